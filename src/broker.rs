@@ -1,0 +1,388 @@
+//! RabbitMQ through lapin: connecting, declaring the topology, consuming
+//! jobs, and publishing progress events and dead letters with publisher
+//! confirms.
+//!
+//! Topology (names are settings):
+//! - `transcoding_jobs`: durable quorum queue with a delivery limit, so a job
+//!   that keeps killing workers still ends; it dead-letters into
+//! - `transcoding_jobs.dead`: durable quorum queue of jobs that cannot succeed;
+//! - `transcoding.progress`: durable fanout exchange of progress events, with
+//! - `transcoding_progress`: durable queue bound to it (other observers bind
+//!   their own queues to the exchange).
+//!
+//! Automatic recovery is off: the worker owns its reconnect loop, because a
+//! delivery belongs to the channel it came on and cannot be acked after a
+//! reconnect.
+
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
+use secrecy::ExposeSecret;
+
+use crate::config::{redact_url, BrokerSettings};
+use crate::job::Progress;
+
+/// A broker failure.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The connection or a channel failed.
+    #[error("RabbitMQ at {url}: {source}")]
+    Amqp {
+        /// The redacted URL.
+        url: String,
+        /// What lapin reported.
+        source: lapin::Error,
+    },
+    /// A queue or exchange exists with other arguments than ours.
+    #[error("RabbitMQ refused to declare {what}: {detail}. It exists with other settings (for example as a classic queue, or with another delivery limit); delete it or choose another name in the configuration")]
+    TopologyMismatch {
+        /// Which queue or exchange.
+        what: String,
+        /// The broker's reply.
+        detail: String,
+    },
+    /// A publish was refused, returned as unroutable, or not confirmed.
+    #[error("RabbitMQ did not take the message for {what}: {detail}")]
+    NotConfirmed {
+        /// Where it was going.
+        what: String,
+        /// Why.
+        detail: String,
+    },
+}
+
+/// Delivery property `x-delivery-count` set by quorum queues on redelivery.
+const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
+
+/// A connection with one channel for consuming and one, in confirm mode,
+/// for publishing.
+#[derive(Debug)]
+pub struct Broker {
+    connection: Connection,
+    consume: Channel,
+    publish: Channel,
+    settings: BrokerSettings,
+    url: String,
+}
+
+impl Broker {
+    /// Connects, declares the topology, and sets the prefetch to `prefetch`.
+    pub async fn connect(
+        settings: &BrokerSettings,
+        max_attempts: u32,
+        prefetch: u16,
+        name: &str,
+    ) -> Result<Broker, BrokerError> {
+        let url = redact_url(&settings.url);
+        let amqp = |source| BrokerError::Amqp {
+            url: url.clone(),
+            source,
+        };
+        let properties =
+            ConnectionProperties::default().with_connection_name(name.to_string().into());
+        let connection = Connection::connect(settings.url.expose_secret(), properties)
+            .await
+            .map_err(amqp)?;
+        let consume = connection.create_channel().await.map_err(amqp)?;
+        let publish = connection.create_channel().await.map_err(amqp)?;
+        publish
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(amqp)?;
+        let broker = Broker {
+            connection,
+            consume,
+            publish,
+            settings: settings.clone(),
+            url: url.clone(),
+        };
+        broker.declare(max_attempts).await?;
+        broker
+            .consume
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await
+            .map_err(amqp)?;
+        Ok(broker)
+    }
+
+    fn amqp(&self, source: lapin::Error) -> BrokerError {
+        BrokerError::Amqp {
+            url: self.url.clone(),
+            source,
+        }
+    }
+
+    /// Declares the queues and exchange on a throwaway channel each, so a
+    /// mismatch can be reported by name (the broker closes the channel).
+    async fn declare(&self, max_attempts: u32) -> Result<(), BrokerError> {
+        let s = &self.settings;
+        let mut dead = FieldTable::default();
+        dead.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+        self.declare_queue(&s.dead_letter_queue, dead).await?;
+
+        self.declare_queue(&s.jobs_queue, jobs_queue_arguments(s, max_attempts))
+            .await?;
+
+        let channel = self
+            .connection
+            .create_channel()
+            .await
+            .map_err(|e| self.amqp(e))?;
+        channel
+            .exchange_declare(
+                s.progress_exchange.as_str().into(),
+                ExchangeKind::Fanout,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| self.mismatch(&format!("exchange {:?}", s.progress_exchange), e))?;
+        let _ = channel.close(200, "declared".into()).await;
+
+        let mut progress = FieldTable::default();
+        progress.insert(
+            "x-max-length".into(),
+            AMQPValue::LongLongInt(i64::from(s.progress_queue_max_length)),
+        );
+        self.declare_queue(&s.progress_queue, progress).await?;
+        self.publish
+            .queue_bind(
+                s.progress_queue.as_str().into(),
+                s.progress_exchange.as_str().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| self.amqp(e))?;
+        Ok(())
+    }
+
+    async fn declare_queue(&self, name: &str, arguments: FieldTable) -> Result<(), BrokerError> {
+        let channel = self
+            .connection
+            .create_channel()
+            .await
+            .map_err(|e| self.amqp(e))?;
+        channel
+            .queue_declare(
+                name.into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                arguments,
+            )
+            .await
+            .map_err(|e| self.mismatch(&format!("queue {name:?}"), e))?;
+        let _ = channel.close(200, "declared".into()).await;
+        Ok(())
+    }
+
+    fn mismatch(&self, what: &str, e: lapin::Error) -> BrokerError {
+        let detail = e.to_string();
+        if detail.contains("PRECONDITION_FAILED") || detail.contains("inequivalent") {
+            BrokerError::TopologyMismatch {
+                what: what.to_string(),
+                detail,
+            }
+        } else {
+            self.amqp(e)
+        }
+    }
+
+    /// Starts consuming the jobs queue.
+    pub async fn consume_jobs(&self, consumer_tag: &str) -> Result<Consumer, BrokerError> {
+        self.consume
+            .basic_consume(
+                self.settings.jobs_queue.as_str().into(),
+                consumer_tag.into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| self.amqp(e))
+    }
+
+    /// Publishes a progress event. With `confirm`, the event is persistent
+    /// and this waits for the broker's confirm; otherwise it is sent and
+    /// forgotten (a lost intermediate event does no harm).
+    pub async fn publish_progress(
+        &self,
+        progress: &Progress,
+        confirm: bool,
+    ) -> Result<(), BrokerError> {
+        let body = serde_json::to_vec(progress).expect("progress serializes");
+        let properties = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(if confirm { 2 } else { 1 });
+        let pending = self
+            .publish
+            .basic_publish(
+                self.settings.progress_exchange.as_str().into(),
+                "".into(),
+                BasicPublishOptions::default(),
+                &body,
+                properties,
+            )
+            .await
+            .map_err(|e| self.amqp(e))?;
+        if confirm {
+            let confirmation = pending.await.map_err(|e| self.amqp(e))?;
+            if !confirmation.is_ack() {
+                return Err(BrokerError::NotConfirmed {
+                    what: format!("exchange {:?}", self.settings.progress_exchange),
+                    detail: "the broker nacked it".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes `body` to the dead-letter queue as a persistent message with
+    /// `headers`, and waits for the broker's confirm.
+    pub async fn dead_letter(&self, body: &[u8], headers: FieldTable) -> Result<(), BrokerError> {
+        let queue = self.settings.dead_letter_queue.clone();
+        self.publish_confirmed(&queue, body, headers).await
+    }
+
+    /// Publishes `body` to `queue` through the default exchange, persistent
+    /// and mandatory, and waits until the broker confirms it is stored.
+    pub async fn publish_confirmed(
+        &self,
+        queue: &str,
+        body: &[u8],
+        headers: FieldTable,
+    ) -> Result<(), BrokerError> {
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_headers(headers);
+        let confirmation = self
+            .publish
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                body,
+                properties,
+            )
+            .await
+            .map_err(|e| self.amqp(e))?
+            .await
+            .map_err(|e| self.amqp(e))?;
+        let not = |detail: String| BrokerError::NotConfirmed {
+            what: format!("queue {queue:?}"),
+            detail,
+        };
+        if !confirmation.is_ack() {
+            return Err(not("the broker nacked it".into()));
+        }
+        if let Some(returned) = confirmation.take_message() {
+            return Err(not(format!(
+                "returned as {} {}",
+                returned.reply_code, returned.reply_text
+            )));
+        }
+        Ok(())
+    }
+
+    /// Stops the consumer `consumer_tag`: no new job is delivered; jobs
+    /// already delivered stay with the worker until it settles them.
+    pub async fn stop_consuming(&self, consumer_tag: &str) {
+        if let Err(e) = self
+            .consume
+            .basic_cancel(
+                consumer_tag.into(),
+                lapin::options::BasicCancelOptions::default(),
+            )
+            .await
+        {
+            tracing::debug!(error = %e, "cancelling the consumer failed");
+        }
+    }
+
+    /// Whether the connection is still up.
+    pub fn is_connected(&self) -> bool {
+        self.connection.status().connected()
+    }
+
+    /// Closes the connection politely (unacked deliveries return to the queue).
+    pub async fn close(&self) {
+        let _ = self.connection.close(200, "worker stopping".into()).await;
+    }
+}
+
+/// The arguments of the jobs queue: quorum type, a delivery limit of
+/// `max_attempts - 1` redeliveries, and at-least-once dead-lettering into
+/// the dead-letter queue.
+pub fn jobs_queue_arguments(settings: &BrokerSettings, max_attempts: u32) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    args.insert(
+        "x-delivery-limit".into(),
+        AMQPValue::LongLongInt(i64::from(max_attempts.saturating_sub(1))),
+    );
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString("".into()),
+    );
+    args.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString(settings.dead_letter_queue.as_str().into()),
+    );
+    args.insert(
+        "x-dead-letter-strategy".into(),
+        AMQPValue::LongString("at-least-once".into()),
+    );
+    args.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+    args
+}
+
+/// The attempt number of a delivery (1 for the first), from the quorum
+/// queue's `x-delivery-count` header.
+pub fn attempt_of(properties: &BasicProperties) -> u32 {
+    let count = properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(DELIVERY_COUNT_HEADER).cloned())
+        .and_then(|v| match v {
+            AMQPValue::LongLongInt(n) => u32::try_from(n).ok(),
+            AMQPValue::LongInt(n) => u32::try_from(n).ok(),
+            AMQPValue::LongUInt(n) => Some(n),
+            AMQPValue::ShortInt(n) => u32::try_from(n).ok(),
+            AMQPValue::ShortUInt(n) => Some(u32::from(n)),
+            _ => None,
+        })
+        .unwrap_or(0);
+    count.saturating_add(1)
+}
+
+/// Builds a header table of string values.
+pub fn string_headers<'a>(pairs: impl IntoIterator<Item = (&'a str, String)>) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (key, value) in pairs {
+        table.insert(
+            ShortString::from(key),
+            AMQPValue::LongString(LongString::from(value)),
+        );
+    }
+    table
+}

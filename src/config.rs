@@ -1,0 +1,507 @@
+//! Settings: built-in defaults <- optional file <- environment (and `.env`).
+//!
+//! This is the only module that reads environment variables. The defaults
+//! live in `config/transcode-worker.toml`, which is compiled in, so the file
+//! operators read is the one the binary uses. Bad settings fail at start with
+//! a message that names the setting; secrets are wrapped so they never print.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+use crate::fragment::{Allowlist, Fragment};
+
+/// The built-in defaults, the same text as `config/transcode-worker.toml`.
+pub const DEFAULTS_TOML: &str = include_str!("../config/transcode-worker.toml");
+
+/// Environment variables of the original service, and the setting each sets.
+pub const SEED_ENV_NAMES: &[(&str, &str)] = &[
+    ("AMQP_URL", "broker.url"),
+    ("AWS_ACCESS_KEY_ID", "storage.access_key"),
+    ("AWS_SECRET_ACCESS_KEY", "storage.secret_key"),
+    ("S3_BUCKET_NAME", "storage.bucket"),
+    ("AWS_S3_ENDPOINT_URL", "storage.endpoint"),
+    ("AWS_REGION", "storage.region"),
+];
+
+/// Prefix of the environment variables that set any other setting.
+pub const ENV_PREFIX: &str = "TRANSCODE";
+
+/// All settings of the worker and of `queue-files`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    /// RabbitMQ connection and topology.
+    pub broker: BrokerSettings,
+    /// Where inputs are read and outputs written.
+    pub storage: StorageSettings,
+    /// How the worker runs jobs.
+    pub worker: WorkerSettings,
+    /// Pipeline policy.
+    pub pipeline: PipelineSettings,
+    /// Named presets, by name.
+    pub presets: BTreeMap<String, Preset>,
+}
+
+/// RabbitMQ connection and topology.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BrokerSettings {
+    /// AMQP URL; holds the password, so it is secret.
+    pub url: SecretString,
+    /// Durable quorum queue of jobs.
+    pub jobs_queue: String,
+    /// Fanout exchange of progress events.
+    pub progress_exchange: String,
+    /// Durable queue bound to the progress exchange.
+    pub progress_queue: String,
+    /// Bound on unread progress events kept in `progress_queue`.
+    pub progress_queue_max_length: u32,
+    /// Queue of jobs that cannot succeed.
+    pub dead_letter_queue: String,
+    /// First wait between reconnection attempts.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_min_delay: Duration,
+    /// Longest wait between reconnection attempts.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_max_delay: Duration,
+}
+
+/// Which storage backend to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// S3-compatible object storage.
+    S3,
+    /// A plain directory (NAS, NFS mount).
+    Directory,
+}
+
+/// Where inputs are read and outputs written.
+#[derive(Debug, Clone, Deserialize)]
+pub struct StorageSettings {
+    /// `s3` or `directory`.
+    pub backend: Backend,
+    /// S3 bucket name.
+    pub bucket: String,
+    /// S3 endpoint URL; empty for AWS.
+    pub endpoint: String,
+    /// S3 region.
+    pub region: String,
+    /// S3 access key id.
+    pub access_key: String,
+    /// S3 secret access key.
+    pub secret_key: SecretString,
+    /// Path-style addressing; defaults to on when an endpoint is set.
+    pub path_style: Option<bool>,
+    /// Root folder of the directory backend.
+    pub directory: PathBuf,
+    /// How long a failing transfer is retried.
+    #[serde(with = "humantime_serde")]
+    pub retry_for: Duration,
+    /// Multipart upload parts in flight.
+    pub upload_concurrency: usize,
+}
+
+/// How the worker runs jobs.
+#[derive(Debug, Clone, Deserialize)]
+pub struct WorkerSettings {
+    /// Name in progress events; empty means `<host>:<pid>`.
+    pub id: String,
+    /// Jobs at once (and AMQP prefetch).
+    pub concurrency: u16,
+    /// Attempts before dead-lettering.
+    pub max_attempts: u32,
+    /// Folder for per-job temporary folders; empty means the system temp dir.
+    pub scratch_dir: PathBuf,
+    /// Time a running job gets to finish on shutdown.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// An attempt without progress for this long is aborted.
+    #[serde(with = "humantime_serde")]
+    pub stall_timeout: Duration,
+    /// Longest a single attempt may run.
+    #[serde(with = "humantime_serde")]
+    pub job_timeout: Duration,
+    /// First delay before a transiently failed job is given back.
+    #[serde(with = "humantime_serde")]
+    pub retry_delay: Duration,
+    /// Longest such delay.
+    #[serde(with = "humantime_serde")]
+    pub retry_max_delay: Duration,
+}
+
+/// Pipeline policy.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PipelineSettings {
+    /// Preset for jobs that name neither a preset nor a fragment.
+    pub default_preset: String,
+    /// Preset for `.webm` outputs of such jobs.
+    pub default_webm_preset: String,
+    /// Whether jobs may carry raw `transcode_options`.
+    pub allow_transcode_options: bool,
+    /// Elements allowed in fragments beyond the built-in list.
+    pub extra_allowed_elements: Vec<String>,
+    /// Allowed difference between input and output duration.
+    #[serde(with = "humantime_serde")]
+    pub duration_tolerance: Duration,
+}
+
+/// A named, operator-defined way to transcode.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct Preset {
+    /// What it makes, for people.
+    #[serde(default)]
+    pub description: String,
+    /// The video branch, e.g. `videoconvert ! x264enc`.
+    pub video: String,
+    /// The audio branch; the container's default when absent.
+    #[serde(default)]
+    pub audio: Option<String>,
+}
+
+/// A setting that is missing or wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The layers could not be read or merged.
+    #[error("configuration: {0}")]
+    Load(String),
+    /// One setting is invalid.
+    #[error("invalid setting {setting}: {problem}")]
+    Invalid {
+        /// Dotted name of the setting, with its environment name where it has one.
+        setting: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+}
+
+fn invalid(setting: &str, problem: impl Into<String>) -> ConfigError {
+    let env = SEED_ENV_NAMES
+        .iter()
+        .find(|(_, key)| *key == setting)
+        .map(|(env, _)| (*env).to_string())
+        .unwrap_or_else(|| {
+            format!(
+                "{ENV_PREFIX}_{}",
+                setting.replace('.', "__").to_ascii_uppercase()
+            )
+        });
+    ConfigError::Invalid {
+        setting: format!("{setting} (env {env})"),
+        problem: problem.into(),
+    }
+}
+
+impl Settings {
+    /// Loads settings from the process environment, a `.env` file in the
+    /// working directory, and `file` (or the file named by `TRANSCODE_CONFIG`).
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        let mut env: HashMap<String, String> = HashMap::new();
+        if let Ok(iter) = dotenvy::from_filename_iter(".env") {
+            for (key, value) in iter.flatten() {
+                env.insert(key, value);
+            }
+        }
+        env.extend(std::env::vars());
+        Settings::from_env(file, &env)
+    }
+
+    /// Loads settings from the given environment map and optional file.
+    pub fn from_env(
+        file: Option<&Path>,
+        env: &HashMap<String, String>,
+    ) -> Result<Settings, ConfigError> {
+        let load = |e: config::ConfigError| ConfigError::Load(e.to_string());
+        let file = file
+            .map(Path::to_path_buf)
+            .or_else(|| env.get("TRANSCODE_CONFIG").map(PathBuf::from));
+        let mut builder = config::Config::builder().add_source(config::File::from_str(
+            DEFAULTS_TOML,
+            config::FileFormat::Toml,
+        ));
+        if let Some(path) = &file {
+            if !path.is_file() {
+                return Err(ConfigError::Load(format!(
+                    "the configuration file {} does not exist",
+                    path.display()
+                )));
+            }
+            builder = builder.add_source(config::File::from(path.as_path()));
+        }
+        let prefixed: config::Map<String, String> = env
+            .iter()
+            .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}_")) && *k != "TRANSCODE_CONFIG")
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("_")
+                .separator("__")
+                .list_separator(",")
+                .with_list_parse_key("pipeline.extra_allowed_elements")
+                .try_parsing(true)
+                .source(Some(prefixed)),
+        );
+        for (name, key) in SEED_ENV_NAMES {
+            builder = builder
+                .set_override_option(*key, env.get(*name).cloned())
+                .map_err(load)?;
+        }
+        let settings: Settings = builder
+            .build()
+            .map_err(load)?
+            .try_deserialize()
+            .map_err(load)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        lapin::uri::AMQPUri::from_str(self.broker.url.expose_secret())
+            .map_err(|e| invalid("broker.url", format!("not an AMQP URL: {e}")))?;
+        for (key, name) in [
+            ("broker.jobs_queue", &self.broker.jobs_queue),
+            ("broker.progress_exchange", &self.broker.progress_exchange),
+            ("broker.progress_queue", &self.broker.progress_queue),
+            ("broker.dead_letter_queue", &self.broker.dead_letter_queue),
+        ] {
+            if name.is_empty() || name.len() > 255 {
+                return Err(invalid(key, "must be 1 to 255 characters long"));
+            }
+        }
+        match self.storage.backend {
+            Backend::S3 => {
+                if self.storage.bucket.is_empty() {
+                    return Err(invalid(
+                        "storage.bucket",
+                        "required when storage.backend is \"s3\"",
+                    ));
+                }
+                if !self.storage.endpoint.is_empty() {
+                    let ok = self.storage.endpoint.starts_with("http://")
+                        || self.storage.endpoint.starts_with("https://");
+                    if !ok {
+                        return Err(invalid(
+                            "storage.endpoint",
+                            "must start with http:// or https://",
+                        ));
+                    }
+                }
+                if self.storage.access_key.is_empty()
+                    != self.storage.secret_key.expose_secret().is_empty()
+                {
+                    return Err(invalid(
+                        "storage.secret_key",
+                        "the access key and the secret key must be given together",
+                    ));
+                }
+            }
+            Backend::Directory => {
+                if !self.storage.directory.is_dir() {
+                    return Err(invalid(
+                        "storage.directory",
+                        format!("{:?} is not an existing directory", self.storage.directory),
+                    ));
+                }
+            }
+        }
+        if self.storage.upload_concurrency == 0 {
+            return Err(invalid("storage.upload_concurrency", "must be at least 1"));
+        }
+        if self.worker.concurrency == 0 {
+            return Err(invalid("worker.concurrency", "must be at least 1"));
+        }
+        if self.worker.max_attempts == 0 {
+            return Err(invalid("worker.max_attempts", "must be at least 1"));
+        }
+        let allow = self.allowlist();
+        for (name, preset) in &self.presets {
+            Fragment::parse(&preset.video, &allow)
+                .map_err(|e| invalid(&format!("presets.{name}.video"), e.message))?;
+        }
+        for key in ["pipeline.default_preset", "pipeline.default_webm_preset"] {
+            let name = if key == "pipeline.default_preset" {
+                &self.pipeline.default_preset
+            } else {
+                &self.pipeline.default_webm_preset
+            };
+            if !self.presets.contains_key(name) {
+                return Err(invalid(key, format!("there is no preset named {name:?}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The elements job fragments may use.
+    pub fn allowlist(&self) -> Allowlist {
+        Allowlist::new(&self.pipeline.extra_allowed_elements)
+    }
+
+    /// The worker's name in progress events.
+    pub fn worker_id(&self) -> String {
+        if self.worker.id.is_empty() {
+            format!(
+                "{}:{}",
+                gethostname::gethostname().to_string_lossy(),
+                std::process::id()
+            )
+        } else {
+            self.worker.id.clone()
+        }
+    }
+
+    /// The folder per-job temporary folders are made in.
+    pub fn scratch_dir(&self) -> PathBuf {
+        if self.worker.scratch_dir.as_os_str().is_empty() {
+            std::env::temp_dir()
+        } else {
+            self.worker.scratch_dir.clone()
+        }
+    }
+}
+
+/// The AMQP URL with its password replaced by `***`, for logs.
+pub fn redact_url(url: &SecretString) -> String {
+    match lapin::uri::AMQPUri::from_str(url.expose_secret()) {
+        Ok(uri) => format!(
+            "{}://{}@{}:{}/{}",
+            match uri.scheme {
+                lapin::uri::AMQPScheme::AMQP => "amqp",
+                lapin::uri::AMQPScheme::AMQPS => "amqps",
+            },
+            uri.authority.userinfo.username,
+            uri.authority.host,
+            uri.authority.port,
+            uri.vhost
+        ),
+        Err(_) => "<invalid AMQP URL>".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn s3_env() -> HashMap<String, String> {
+        env(&[
+            ("AWS_ACCESS_KEY_ID", "AKID"),
+            ("AWS_SECRET_ACCESS_KEY", "s3cr3t-value"),
+            ("S3_BUCKET_NAME", "videos"),
+            ("AWS_S3_ENDPOINT_URL", "http://minio:9000"),
+        ])
+    }
+
+    #[test]
+    fn the_original_environment_names_work() {
+        let mut e = s3_env();
+        e.insert("AMQP_URL".into(), "amqp://u:p@rabbit:5673/vh".into());
+        e.insert("AWS_REGION".into(), "eu-west-1".into());
+        let s = Settings::from_env(None, &e).unwrap();
+        assert_eq!(s.storage.bucket, "videos");
+        assert_eq!(s.storage.endpoint, "http://minio:9000");
+        assert_eq!(s.storage.access_key, "AKID");
+        assert_eq!(s.storage.secret_key.expose_secret(), "s3cr3t-value");
+        assert_eq!(s.storage.region, "eu-west-1");
+        assert_eq!(s.broker.url.expose_secret(), "amqp://u:p@rabbit:5673/vh");
+        assert_eq!(s.broker.jobs_queue, "transcoding_jobs");
+        assert_eq!(s.broker.progress_queue, "transcoding_progress");
+        assert_eq!(s.worker.concurrency, 1);
+        assert!(s.presets.contains_key("h264-mp4"));
+    }
+
+    #[test]
+    fn prefixed_variables_set_nested_settings() {
+        let mut e = s3_env();
+        e.insert("TRANSCODE_WORKER__CONCURRENCY".into(), "3".into());
+        e.insert("TRANSCODE_BROKER__JOBS_QUEUE".into(), "jobs-x".into());
+        e.insert("TRANSCODE_WORKER__DRAIN_TIMEOUT".into(), "90s".into());
+        e.insert(
+            "TRANSCODE_PIPELINE__EXTRA_ALLOWED_ELEMENTS".into(),
+            "myenc,otherenc".into(),
+        );
+        let s = Settings::from_env(None, &e).unwrap();
+        assert_eq!(s.worker.concurrency, 3);
+        assert_eq!(s.broker.jobs_queue, "jobs-x");
+        assert_eq!(s.worker.drain_timeout, Duration::from_secs(90));
+        assert_eq!(s.pipeline.extra_allowed_elements, ["myenc", "otherenc"]);
+    }
+
+    #[test]
+    fn a_file_overrides_defaults_and_adds_presets() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[worker]\nmax_attempts = 7\n[presets.tiny]\nvideo = \"videoconvert ! x264enc\"\n",
+        )
+        .unwrap();
+        let s = Settings::from_env(Some(&path), &s3_env()).unwrap();
+        assert_eq!(s.worker.max_attempts, 7);
+        assert!(s.presets.contains_key("tiny"));
+        assert!(s.presets.contains_key("h264-mp4"));
+    }
+
+    #[test]
+    fn bad_settings_name_the_setting() {
+        let err = Settings::from_env(None, &env(&[])).unwrap_err().to_string();
+        assert!(err.contains("storage.bucket"), "{err}");
+        assert!(err.contains("S3_BUCKET_NAME"), "{err}");
+
+        let mut e = s3_env();
+        e.insert("TRANSCODE_WORKER__CONCURRENCY".into(), "0".into());
+        let err = Settings::from_env(None, &e).unwrap_err().to_string();
+        assert!(err.contains("TRANSCODE_WORKER__CONCURRENCY"), "{err}");
+
+        let mut e = s3_env();
+        e.insert("AMQP_URL".into(), "http://nope".into());
+        let err = Settings::from_env(None, &e).unwrap_err().to_string();
+        assert!(err.contains("broker.url"), "{err}");
+
+        let mut e = s3_env();
+        e.insert("TRANSCODE_STORAGE__BACKEND".into(), "ftp".into());
+        let err = Settings::from_env(None, &e).unwrap_err().to_string();
+        assert!(err.contains("backend"), "{err}");
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let mut e = s3_env();
+        e.insert(
+            "AMQP_URL".into(),
+            "amqp://user:hunter2pw@rabbit:5672/%2f".into(),
+        );
+        let s = Settings::from_env(None, &e).unwrap();
+        let debug = format!("{s:?}");
+        assert!(!debug.contains("s3cr3t-value"), "{debug}");
+        assert!(!debug.contains("hunter2pw"), "{debug}");
+        let redacted = redact_url(&s.broker.url);
+        assert_eq!(redacted, "amqp://user@rabbit:5672//");
+        assert!(!redacted.contains("hunter2pw"));
+    }
+
+    #[test]
+    fn the_directory_backend_needs_an_existing_directory() {
+        let e = env(&[
+            ("TRANSCODE_STORAGE__BACKEND", "directory"),
+            ("TRANSCODE_STORAGE__DIRECTORY", "/no/such/dir"),
+        ]);
+        let err = Settings::from_env(None, &e).unwrap_err().to_string();
+        assert!(err.contains("storage.directory"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let e = env(&[
+            ("TRANSCODE_STORAGE__BACKEND", "directory"),
+            ("TRANSCODE_STORAGE__DIRECTORY", dir.path().to_str().unwrap()),
+        ]);
+        assert!(Settings::from_env(None, &e).is_ok());
+    }
+}

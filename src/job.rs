@@ -1,0 +1,308 @@
+//! The messages other programs exchange with the worker: the job it takes
+//! from `transcoding_jobs` and the progress events it publishes.
+//!
+//! The job format is the one of the original service: any AMQP client can
+//! publish `{"job_id", "input_key", "output_key", "transcode_options"}` as
+//! raw JSON bytes. Optional fields extend it; unknown fields are ignored.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ErrorKind, JobError};
+
+/// Longest accepted `job_id`, in bytes.
+pub const MAX_JOB_ID_LEN: usize = 128;
+/// Longest accepted storage key, in bytes (the S3 limit).
+pub const MAX_KEY_LEN: usize = 1024;
+
+/// A transcoding job as published on the jobs queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    /// Identifies the job in progress events; letters, digits and `._:-`.
+    pub job_id: String,
+    /// Key of the input object (or path relative to the storage directory).
+    pub input_key: String,
+    /// Key the output is stored under; its extension picks the container.
+    pub output_key: String,
+    /// The video branch of a GStreamer pipeline, e.g. `videoconvert ! x264enc`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transcode_options: Option<String>,
+    /// A named preset from the configuration, used instead of `transcode_options`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preset: Option<String>,
+    /// What the publisher learned about the input (queue-files fills this in).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceInfo>,
+}
+
+/// Probe details of the input, as published by `queue-files`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SourceInfo {
+    /// Container format, e.g. `video/x-ms-asf`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// Video codec, e.g. `video/x-wmv`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub video_codec: Option<String>,
+    /// Audio codec, when the input has audio.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio_codec: Option<String>,
+    /// Width in pixels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub width: Option<u32>,
+    /// Height in pixels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub height: Option<u32>,
+    /// Frames per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frame_rate: Option<f64>,
+    /// Overall bitrate in bits per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bitrate: Option<u64>,
+    /// Duration in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_secs: Option<f64>,
+    /// Size of the input in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<u64>,
+}
+
+impl Job {
+    /// Parses and checks a job message body.
+    ///
+    /// Errors are [`ErrorKind::InvalidJob`] with a sentence naming the problem.
+    pub fn parse(body: &[u8]) -> Result<Job, JobError> {
+        let text = std::str::from_utf8(body).map_err(|e| {
+            JobError::new(
+                ErrorKind::InvalidJob,
+                format!("the message is not UTF-8 text: {e}"),
+            )
+        })?;
+        let job: Job = serde_json::from_str(text).map_err(|e| {
+            JobError::new(
+                ErrorKind::InvalidJob,
+                format!("the message is not a valid job: {e}"),
+            )
+        })?;
+        job.check()?;
+        Ok(job)
+    }
+
+    /// Best effort to find a `job_id` in a message that is not a valid job,
+    /// so that its failure can still be reported under that id.
+    pub fn salvage_id(body: &[u8]) -> Option<String> {
+        #[derive(Deserialize)]
+        struct IdOnly {
+            job_id: String,
+        }
+        let id = serde_json::from_slice::<IdOnly>(body).ok()?.job_id;
+        check_job_id(&id).ok()?;
+        Some(id)
+    }
+
+    fn check(&self) -> Result<(), JobError> {
+        check_job_id(&self.job_id)?;
+        check_key("input_key", &self.input_key)?;
+        check_key("output_key", &self.output_key)?;
+        if self.transcode_options.is_some() && self.preset.is_some() {
+            return Err(invalid(
+                "give either transcode_options or preset, not both".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn invalid(message: String) -> JobError {
+    JobError::new(ErrorKind::InvalidJob, message)
+}
+
+fn check_job_id(id: &str) -> Result<(), JobError> {
+    if id.is_empty() || id.len() > MAX_JOB_ID_LEN {
+        return Err(invalid(format!(
+            "job_id must be 1 to {MAX_JOB_ID_LEN} characters long"
+        )));
+    }
+    if let Some(c) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')))
+    {
+        return Err(invalid(format!(
+            "job_id may hold only letters, digits and . _ : - (found {c:?})"
+        )));
+    }
+    Ok(())
+}
+
+fn check_key(field: &str, key: &str) -> Result<(), JobError> {
+    if key.is_empty() {
+        return Err(invalid(format!("{field} is empty")));
+    }
+    if key.len() > MAX_KEY_LEN {
+        return Err(invalid(format!(
+            "{field} is longer than {MAX_KEY_LEN} bytes"
+        )));
+    }
+    if key.chars().any(char::is_control) {
+        return Err(invalid(format!("{field} contains a control character")));
+    }
+    Ok(())
+}
+
+/// The phase a job is in, as published in progress events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// Fetching the input from storage.
+    Downloading,
+    /// Running the GStreamer pipeline.
+    Transcoding,
+    /// Storing the output.
+    Uploading,
+    /// The output is stored and verified; the last event of a successful attempt.
+    Completed,
+    /// The attempt failed; the last event of a failed attempt.
+    Failed,
+}
+
+/// A progress event, published to the progress exchange.
+///
+/// `job_id` and `progress` are what the original service's consumers read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// The job this event is about.
+    pub job_id: String,
+    /// Overall progress of the attempt, 0 to 100; 100 only when completed.
+    pub progress: f64,
+    /// The phase of the attempt.
+    pub state: State,
+    /// The worker running the attempt (`host:pid` by default).
+    pub worker: String,
+    /// The attempt number, starting at 1.
+    pub attempt: u32,
+    /// When the event was made, RFC 3339 in UTC.
+    pub timestamp: String,
+    /// Estimated seconds left in the transcode, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eta_secs: Option<f64>,
+    /// On failure: what went wrong, for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// On failure: what went wrong, as a stable word for programs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_kind: Option<ErrorKind>,
+    /// On failure: whether the job will be attempted again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub will_retry: Option<bool>,
+    /// The output key, on completion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_key: Option<String>,
+}
+
+/// The current time as RFC 3339 in UTC.
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The exact bytes `json.dumps` makes of the original service's example job.
+    const SEED_JOB: &[u8] = br#"{"job_id": "job1", "input_key": "path/to/input_file", "output_key": "path/to/output_file", "transcode_options": "videoconvert ! x264enc"}"#;
+
+    #[test]
+    fn accepts_the_original_job_message_byte_for_byte() {
+        let job = Job::parse(SEED_JOB).unwrap();
+        assert_eq!(job.job_id, "job1");
+        assert_eq!(job.input_key, "path/to/input_file");
+        assert_eq!(job.output_key, "path/to/output_file");
+        assert_eq!(
+            job.transcode_options.as_deref(),
+            Some("videoconvert ! x264enc")
+        );
+        assert_eq!(job.preset, None);
+    }
+
+    #[test]
+    fn ignores_unknown_fields_and_takes_optional_ones() {
+        let job = Job::parse(
+            br#"{"job_id":"a","input_key":"i.wmv","output_key":"o.mp4","preset":"h264-mp4","colour":"blue","source":{"width":640,"future":1}}"#,
+        )
+        .unwrap();
+        assert_eq!(job.preset.as_deref(), Some("h264-mp4"));
+        assert_eq!(job.source.unwrap().width, Some(640));
+    }
+
+    #[test]
+    fn rejects_missing_fields_with_the_field_name() {
+        let err = Job::parse(br#"{"job_id":"a","input_key":"i"}"#).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::InvalidJob);
+        assert!(err.message.contains("output_key"), "{}", err.message);
+    }
+
+    #[test]
+    fn rejects_non_utf8_and_non_json() {
+        assert!(Job::parse(&[0xff, 0xfe, b'{'])
+            .unwrap_err()
+            .message
+            .contains("UTF-8"));
+        assert!(Job::parse(b"hello")
+            .unwrap_err()
+            .message
+            .contains("not a valid job"));
+    }
+
+    #[test]
+    fn rejects_bad_ids_and_keys() {
+        let cases: &[&[u8]] = &[
+            br#"{"job_id":"","input_key":"i","output_key":"o"}"#,
+            br#"{"job_id":"a b","input_key":"i","output_key":"o"}"#,
+            br#"{"job_id":"a","input_key":"","output_key":"o"}"#,
+            br#"{"job_id":"a","input_key":"i\u0000x","output_key":"o"}"#,
+            br#"{"job_id":"a","input_key":"i","output_key":"o\nx"}"#,
+            br#"{"job_id":"a","input_key":"i","output_key":"o","preset":"p","transcode_options":"x264enc"}"#,
+        ];
+        for body in cases {
+            let err = Job::parse(body).unwrap_err();
+            assert_eq!(
+                err.kind,
+                ErrorKind::InvalidJob,
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    #[test]
+    fn salvages_a_valid_id_from_an_invalid_job() {
+        assert_eq!(
+            Job::salvage_id(br#"{"job_id":"x1","input_key":5}"#).as_deref(),
+            Some("x1")
+        );
+        assert_eq!(Job::salvage_id(b"not json"), None);
+    }
+
+    #[test]
+    fn progress_serializes_the_fields_consumers_read() {
+        let p = Progress {
+            job_id: "job1".into(),
+            progress: 42.0,
+            state: State::Transcoding,
+            worker: "host:1".into(),
+            attempt: 1,
+            timestamp: now_rfc3339(),
+            eta_secs: None,
+            error: None,
+            error_kind: None,
+            will_retry: None,
+            output_key: None,
+        };
+        let v: serde_json::Value = serde_json::to_value(&p).unwrap();
+        assert_eq!(v["job_id"], "job1");
+        assert_eq!(v["progress"], 42.0);
+        assert_eq!(v["state"], "transcoding");
+        assert!(v.get("error").is_none());
+    }
+}

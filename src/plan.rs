@@ -1,0 +1,202 @@
+//! Deciding what to run for a job, before anything is downloaded: the
+//! checked video branch (from the job's fragment or a preset), the audio
+//! branch and the muxer that the output key's extension calls for.
+
+use std::path::Path;
+
+use crate::config::Settings;
+use crate::error::{ErrorKind, JobError};
+use crate::fragment::Fragment;
+use crate::job::Job;
+
+/// Audio branch for MP4, MOV and Matroska outputs when the preset has none.
+pub const DEFAULT_AAC: &str = "audioconvert ! audioresample ! avenc_aac bitrate=128000";
+/// Audio branch for WebM outputs when the preset has none.
+pub const DEFAULT_OPUS: &str = "audioconvert ! audioresample ! opusenc bitrate=128000";
+
+/// What the pipeline of one job is made of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// The checked, canonical video branch.
+    pub video: String,
+    /// The audio branch, used when the input has audio.
+    pub audio: String,
+    /// The GStreamer muxer element for the output container.
+    pub muxer: &'static str,
+    /// The preset used, if any.
+    pub preset: Option<String>,
+}
+
+/// A container the worker can write, chosen by the output key's extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Container {
+    muxer: &'static str,
+    webm: bool,
+}
+
+fn container_for(output_key: &str) -> Result<Container, JobError> {
+    let ext = Path::new(output_key)
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    let (muxer, webm) = match ext.as_deref() {
+        None | Some("mp4") | Some("m4v") => ("mp4mux", false),
+        Some("mov") => ("qtmux", false),
+        Some("mkv") => ("matroskamux", false),
+        Some("webm") => ("webmmux", true),
+        Some(other) => {
+            return Err(JobError::new(
+                ErrorKind::InvalidJob,
+                format!(
+                    "output_key ends in .{other}, which is not a container this worker writes (mp4, m4v, mov, mkv, webm; no extension means mp4)"
+                ),
+            ))
+        }
+    };
+    Ok(Container { muxer, webm })
+}
+
+/// Works out the pipeline for `job` under `settings`.
+pub fn plan(job: &Job, settings: &Settings) -> Result<Plan, JobError> {
+    let container = container_for(&job.output_key)?;
+    let allow = settings.allowlist();
+    if let Some(options) = &job.transcode_options {
+        if !settings.pipeline.allow_transcode_options {
+            return Err(JobError::new(
+                ErrorKind::InvalidPipeline,
+                "this worker accepts presets only: transcode_options are refused",
+            ));
+        }
+        let fragment = Fragment::parse(options, &allow)?;
+        return Ok(Plan {
+            video: fragment.to_string(),
+            audio: default_audio(container).to_string(),
+            muxer: container.muxer,
+            preset: None,
+        });
+    }
+    let name = match &job.preset {
+        Some(name) => name.as_str(),
+        None if container.webm => settings.pipeline.default_webm_preset.as_str(),
+        None => settings.pipeline.default_preset.as_str(),
+    };
+    let preset = settings.presets.get(name).ok_or_else(|| {
+        JobError::new(
+            ErrorKind::InvalidJob,
+            format!(
+                "there is no preset named {name:?} (known: {})",
+                settings
+                    .presets
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )
+    })?;
+    let fragment = Fragment::parse(&preset.video, &allow)?;
+    Ok(Plan {
+        video: fragment.to_string(),
+        audio: preset
+            .audio
+            .clone()
+            .unwrap_or_else(|| default_audio(container).to_string()),
+        muxer: container.muxer,
+        preset: Some(name.to_string()),
+    })
+}
+
+fn default_audio(container: Container) -> &'static str {
+    if container.webm {
+        DEFAULT_OPUS
+    } else {
+        DEFAULT_AAC
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn settings(extra: &[(&str, &str)]) -> Settings {
+        let mut env: HashMap<String, String> = [("S3_BUCKET_NAME", "b")]
+            .iter()
+            .chain(extra)
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        env.insert("AWS_S3_ENDPOINT_URL".into(), "http://x".into());
+        Settings::from_env(None, &env).unwrap()
+    }
+
+    fn job(output: &str, options: Option<&str>, preset: Option<&str>) -> Job {
+        Job {
+            job_id: "j".into(),
+            input_key: "in.wmv".into(),
+            output_key: output.into(),
+            transcode_options: options.map(String::from),
+            preset: preset.map(String::from),
+            source: None,
+        }
+    }
+
+    #[test]
+    fn the_original_job_gets_its_fragment_in_mp4_with_aac() {
+        let p = plan(
+            &job("path/to/output_file", Some("videoconvert ! x264enc"), None),
+            &settings(&[]),
+        )
+        .unwrap();
+        assert_eq!(p.video, "videoconvert ! x264enc");
+        assert_eq!(p.muxer, "mp4mux");
+        assert_eq!(p.audio, DEFAULT_AAC);
+        assert_eq!(p.preset, None);
+    }
+
+    #[test]
+    fn no_fragment_and_no_preset_means_the_default_preset() {
+        let s = settings(&[]);
+        let p = plan(&job("o.mp4", None, None), &s).unwrap();
+        assert_eq!(p.preset.as_deref(), Some("h264-mp4"));
+        assert!(p.video.contains("x264enc"));
+        let p = plan(&job("o.webm", None, None), &s).unwrap();
+        assert_eq!(p.preset.as_deref(), Some("vp9-webm"));
+        assert_eq!(p.muxer, "webmmux");
+        assert!(p.audio.contains("opusenc"));
+        let p = plan(&job("o.MKV", None, Some("hevc-mp4")), &s).unwrap();
+        assert_eq!(p.muxer, "matroskamux");
+        assert!(p.video.contains("x265enc"));
+    }
+
+    #[test]
+    fn unknown_presets_and_containers_are_invalid_jobs() {
+        let s = settings(&[]);
+        let err = plan(&job("o.mp4", None, Some("nope")), &s).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::InvalidJob);
+        assert!(err.message.contains("h264-mp4"), "{}", err.message);
+        let err = plan(&job("o.exe", None, None), &s).unwrap_err();
+        assert!(err.message.contains(".exe"), "{}", err.message);
+    }
+
+    #[test]
+    fn operators_can_refuse_raw_fragments() {
+        let s = settings(&[("TRANSCODE_PIPELINE__ALLOW_TRANSCODE_OPTIONS", "false")]);
+        let err = plan(&job("o.mp4", Some("videoconvert ! x264enc"), None), &s).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::InvalidPipeline);
+        assert!(plan(&job("o.mp4", None, Some("h264-720p")), &s).is_ok());
+    }
+
+    #[test]
+    fn hostile_fragments_are_refused_before_anything_runs() {
+        let err = plan(
+            &job(
+                "o.mp4",
+                Some("videoconvert ! filesink location=/etc/x"),
+                None,
+            ),
+            &settings(&[]),
+        )
+        .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::InvalidPipeline);
+    }
+}

@@ -1,0 +1,128 @@
+//! Progress reporting for one attempt: turns phase and position updates into
+//! [`Progress`] events that are monotonic, rate-limited, and end with one
+//! `completed` or `failed` event published with a broker confirm.
+//!
+//! Overall progress is split by phase: downloading 0-5 %, transcoding
+//! 5-95 %, uploading 95-99 %, and 100 % only once the job is completed. An
+//! event goes out on every phase change, on each whole-percent change (at
+//! most four a second), and at least every two seconds.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::broker::{Broker, BrokerError};
+use crate::error::JobError;
+use crate::job::{now_rfc3339, Progress, State};
+
+/// Shortest gap between two events of the same phase.
+const MIN_INTERVAL: Duration = Duration::from_millis(250);
+/// Longest gap between two events while a job runs.
+const MAX_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The share of overall progress each phase covers, as (start, end) percent.
+fn span(state: State) -> (f64, f64) {
+    match state {
+        State::Downloading => (0.0, 5.0),
+        State::Transcoding => (5.0, 95.0),
+        State::Uploading => (95.0, 99.0),
+        State::Completed => (100.0, 100.0),
+        State::Failed => (0.0, 0.0),
+    }
+}
+
+#[derive(Debug)]
+struct Last {
+    state: Option<State>,
+    percent: f64,
+    sent_at: Option<Instant>,
+}
+
+/// Publishes the progress of one attempt of one job.
+#[derive(Debug, Clone)]
+pub struct Reporter {
+    broker: Arc<Broker>,
+    job_id: String,
+    attempt: u32,
+    worker: String,
+    last: Arc<Mutex<Last>>,
+}
+
+impl Reporter {
+    /// A reporter for attempt `attempt` of `job_id` run by `worker`.
+    pub fn new(broker: Arc<Broker>, job_id: &str, attempt: u32, worker: &str) -> Self {
+        Reporter {
+            broker,
+            job_id: job_id.to_string(),
+            attempt,
+            worker: worker.to_string(),
+            last: Arc::new(Mutex::new(Last {
+                state: None,
+                percent: 0.0,
+                sent_at: None,
+            })),
+        }
+    }
+
+    fn event(&self, state: State, percent: f64) -> Progress {
+        Progress {
+            job_id: self.job_id.clone(),
+            progress: (percent * 10.0).round() / 10.0,
+            state,
+            worker: self.worker.clone(),
+            attempt: self.attempt,
+            timestamp: now_rfc3339(),
+            eta_secs: None,
+            error: None,
+            error_kind: None,
+            will_retry: None,
+            output_key: None,
+        }
+    }
+
+    /// Reports that `state` is `fraction` (0 to 1) done, with an optional
+    /// ETA; publishes only when the rate rules say so. Never fails: a lost
+    /// intermediate event is logged and forgotten.
+    pub async fn update(&self, state: State, fraction: f64, eta: Option<Duration>) {
+        let (start, end) = span(state);
+        let percent = start + (end - start) * fraction.clamp(0.0, 1.0);
+        let now = Instant::now();
+        let percent = {
+            let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+            let percent = percent.max(last.percent);
+            let since = last.sent_at.map(|t| now.duration_since(t));
+            let due = last.state != Some(state)
+                || since.is_none_or(|s| s >= MAX_INTERVAL)
+                || (percent.floor() > last.percent.floor()
+                    && since.is_none_or(|s| s >= MIN_INTERVAL));
+            if !due {
+                return;
+            }
+            last.state = Some(state);
+            last.percent = percent;
+            last.sent_at = Some(now);
+            percent
+        };
+        let mut event = self.event(state, percent);
+        event.eta_secs = eta.map(|d| (d.as_secs_f64() * 10.0).round() / 10.0);
+        if let Err(e) = self.broker.publish_progress(&event, false).await {
+            tracing::debug!(error = %e, "progress event not sent");
+        }
+    }
+
+    /// Publishes the `completed` event (100 %) and waits for the broker's confirm.
+    pub async fn completed(&self, output_key: &str) -> Result<(), BrokerError> {
+        let mut event = self.event(State::Completed, 100.0);
+        event.output_key = Some(output_key.to_string());
+        self.broker.publish_progress(&event, true).await
+    }
+
+    /// Publishes the `failed` event for `error` and waits for the broker's confirm.
+    pub async fn failed(&self, error: &JobError, will_retry: bool) -> Result<(), BrokerError> {
+        let percent = self.last.lock().unwrap_or_else(|e| e.into_inner()).percent;
+        let mut event = self.event(State::Failed, percent);
+        event.error = Some(error.message.clone());
+        event.error_kind = Some(error.kind);
+        event.will_retry = Some(will_retry);
+        self.broker.publish_progress(&event, true).await
+    }
+}

@@ -1,0 +1,242 @@
+//! A plain directory as storage: a NAS or NFS mount shared by the workers.
+//!
+//! Keys are paths relative to the root. They are confined to it: absolute
+//! paths, `..` and symbolic links that lead outside are refused. Inputs are
+//! read in place; outputs are written to a hidden temporary name beside
+//! their key, synced, and renamed into place, so a partial output is never
+//! visible under its key.
+
+use std::path::{Component, Path, PathBuf};
+
+use tokio::io::AsyncWriteExt;
+
+use super::{LocalInput, ObjectInfo, StorageError, Transferred};
+
+/// A storage root directory.
+#[derive(Debug, Clone)]
+pub struct DirStore {
+    root: PathBuf,
+}
+
+fn local(path: &Path, e: std::io::Error) -> StorageError {
+    StorageError::Local(format!("{}: {e}", path.display()))
+}
+
+impl DirStore {
+    /// Uses `root`, which must exist.
+    pub fn new(root: &Path) -> Result<DirStore, StorageError> {
+        let root = root
+            .canonicalize()
+            .map_err(|e| StorageError::Unavailable(format!("{}: {e}", root.display())))?;
+        Ok(DirStore { root })
+    }
+
+    pub(super) fn describe(&self) -> String {
+        format!("directory {}", self.root.display())
+    }
+
+    /// Checks `key` lexically and joins it to the root.
+    fn join(&self, key: &str) -> Result<PathBuf, StorageError> {
+        let refuse = |reason: &str| StorageError::InvalidKey {
+            key: key.to_string(),
+            reason: reason.to_string(),
+        };
+        if key.contains('\0') {
+            return Err(refuse("it contains a NUL byte"));
+        }
+        let path = Path::new(key);
+        let mut clean = PathBuf::new();
+        for component in path.components() {
+            match component {
+                Component::Normal(part) => clean.push(part),
+                Component::CurDir => {}
+                Component::ParentDir => return Err(refuse("'..' is not allowed")),
+                Component::RootDir | Component::Prefix(_) => {
+                    return Err(refuse("absolute paths are not allowed"))
+                }
+            }
+        }
+        if clean.as_os_str().is_empty() {
+            return Err(refuse("it names no file"));
+        }
+        Ok(self.root.join(clean))
+    }
+
+    /// Resolves symbolic links of an existing path and checks it stays inside the root.
+    fn confine(&self, key: &str, path: &Path) -> Result<PathBuf, StorageError> {
+        let real = path.canonicalize().map_err(|e| local(path, e))?;
+        if !real.starts_with(&self.root) {
+            return Err(StorageError::InvalidKey {
+                key: key.to_string(),
+                reason: "it leads outside the storage directory".to_string(),
+            });
+        }
+        Ok(real)
+    }
+
+    pub(super) async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StorageError> {
+        let path = self.join(key)?;
+        match tokio::fs::symlink_metadata(&path).await {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(local(&path, e)),
+            Ok(_) => {}
+        }
+        let real = self.confine(key, &path)?;
+        let meta = tokio::fs::metadata(&real)
+            .await
+            .map_err(|e| local(&real, e))?;
+        if !meta.is_file() {
+            return Ok(None);
+        }
+        Ok(Some(ObjectInfo {
+            size: meta.len(),
+            metadata: Vec::new(),
+        }))
+    }
+
+    pub(super) async fn fetch(&self, key: &str) -> Result<LocalInput, StorageError> {
+        let info = self
+            .head(key)
+            .await?
+            .ok_or_else(|| StorageError::NotFound {
+                key: key.to_string(),
+                store: self.describe(),
+            })?;
+        let path = self.confine(key, &self.join(key)?)?;
+        Ok(LocalInput {
+            path,
+            size: info.size,
+        })
+    }
+
+    pub(super) async fn store(
+        &self,
+        src: &Path,
+        key: &str,
+        _metadata: &[(String, String)],
+        counter: &Transferred,
+    ) -> Result<(), StorageError> {
+        let dest = self.join(key)?;
+        let parent = dest
+            .parent()
+            .expect("a joined key has a parent")
+            .to_path_buf();
+        tokio::fs::create_dir_all(&parent)
+            .await
+            .map_err(|e| local(&parent, e))?;
+        let parent = self.confine(key, &parent)?;
+        let name = dest.file_name().expect("a joined key has a file name");
+        let dest = parent.join(name);
+        if let Ok(meta) = tokio::fs::symlink_metadata(&dest).await {
+            if meta.file_type().is_symlink() || meta.is_dir() {
+                return Err(StorageError::InvalidKey {
+                    key: key.to_string(),
+                    reason: "it names a symbolic link or a directory".to_string(),
+                });
+            }
+        }
+        let partial = parent.join(format!(
+            ".{}.partial-{}",
+            name.to_string_lossy(),
+            uuid::Uuid::new_v4()
+        ));
+        let result = copy_synced(src, &partial, counter).await;
+        let result = match result {
+            Ok(()) => tokio::fs::rename(&partial, &dest)
+                .await
+                .map_err(|e| local(&dest, e)),
+            Err(e) => Err(e),
+        };
+        if result.is_err() {
+            let _ = tokio::fs::remove_file(&partial).await;
+        }
+        result
+    }
+}
+
+/// Copies `src` to the new file `dest` in chunks, counting bytes, and syncs it.
+async fn copy_synced(src: &Path, dest: &Path, counter: &Transferred) -> Result<(), StorageError> {
+    let mut reader = tokio::fs::File::open(src)
+        .await
+        .map_err(|e| local(src, e))?;
+    let file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dest)
+        .await
+        .map_err(|e| local(dest, e))?;
+    let mut writer =
+        tokio_util::io::InspectWriter::new(file, |bytes| counter.add(bytes.len() as u64));
+    tokio::io::copy(&mut reader, &mut writer)
+        .await
+        .map_err(|e| local(dest, e))?;
+    let mut file = writer.into_inner();
+    file.flush().await.map_err(|e| local(dest, e))?;
+    file.sync_all().await.map_err(|e| local(dest, e))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn keys_are_confined_to_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DirStore::new(dir.path()).unwrap();
+        for key in ["../x", "/etc/passwd", "a/../../x", "", ".", "a\0b"] {
+            assert!(
+                matches!(store.join(key), Err(StorageError::InvalidKey { .. })),
+                "{key:?}"
+            );
+        }
+        assert_eq!(store.join("./a/b.mp4").unwrap(), store.root.join("a/b.mp4"));
+    }
+
+    #[tokio::test]
+    async fn symlinks_leading_outside_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), b"x").unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("escape")).unwrap();
+        let store = DirStore::new(dir.path()).unwrap();
+        let err = store.fetch("escape/secret").await.unwrap_err();
+        assert!(matches!(err, StorageError::InvalidKey { .. }), "{err}");
+        let src = dir.path().join("src");
+        std::fs::write(&src, b"data").unwrap();
+        let err = store
+            .store(&src, "escape/out.mp4", &[], &Transferred::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StorageError::InvalidKey { .. }), "{err}");
+        assert!(!outside.path().join("out.mp4").exists());
+    }
+
+    #[tokio::test]
+    async fn store_creates_folders_and_leaves_no_partial_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DirStore::new(dir.path()).unwrap();
+        let src = dir.path().join("src");
+        std::fs::write(&src, vec![7u8; 100_000]).unwrap();
+        let counter = Transferred::default();
+        store
+            .store(&src, "out/a b/c.mp4", &[], &counter)
+            .await
+            .unwrap();
+        assert_eq!(counter.get(), 100_000);
+        let stored = dir.path().join("out/a b/c.mp4");
+        assert_eq!(std::fs::read(&stored).unwrap().len(), 100_000);
+        let names: Vec<_> = std::fs::read_dir(dir.path().join("out/a b"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["c.mp4"]);
+        let info = store.head("out/a b/c.mp4").await.unwrap().unwrap();
+        assert_eq!(info.size, 100_000);
+        assert!(store.head("missing").await.unwrap().is_none());
+        assert!(matches!(
+            store.fetch("missing").await,
+            Err(StorageError::NotFound { .. })
+        ));
+    }
+}

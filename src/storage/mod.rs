@@ -1,0 +1,210 @@
+//! Where inputs come from and outputs go: S3-compatible object storage
+//! ([`s3`], through rust-s3) or a plain directory ([`directory`], a NAS or
+//! NFS mount), behind one small enum.
+//!
+//! Transfers stream between storage and files in the job's scratch folder,
+//! so memory does not grow with the size of a video. Transient failures are
+//! retried with exponential backoff and jitter for `storage.retry_for`;
+//! a transfer counts its bytes into a [`Transferred`] counter so the worker
+//! can report progress and notice a stalled transfer.
+
+pub mod directory;
+pub mod s3;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+
+use crate::config::{Backend, StorageSettings};
+use crate::error::{ErrorKind, JobError};
+
+/// A storage failure.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StorageError {
+    /// No object under that key.
+    #[error("no object with key {key:?} in {store}")]
+    NotFound {
+        /// The key asked for.
+        key: String,
+        /// Which storage, e.g. `bucket videos`.
+        store: String,
+    },
+    /// The key is not acceptable for this storage.
+    #[error("key {key:?} is not allowed: {reason}")]
+    InvalidKey {
+        /// The key given.
+        key: String,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// The storage could not be reached or failed; worth retrying.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// A local file operation failed.
+    #[error("local file error: {0}")]
+    Local(String),
+}
+
+impl StorageError {
+    /// Whether retrying the same operation may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StorageError::Unavailable(_))
+    }
+}
+
+impl From<StorageError> for JobError {
+    fn from(e: StorageError) -> JobError {
+        let kind = match &e {
+            StorageError::NotFound { .. } => ErrorKind::InputNotFound,
+            StorageError::InvalidKey { .. } => ErrorKind::InvalidJob,
+            StorageError::Unavailable(_) => ErrorKind::StorageUnavailable,
+            StorageError::Local(_) => ErrorKind::Internal,
+        };
+        JobError::new(kind, e.to_string())
+    }
+}
+
+/// What storage knows about an object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// Size in bytes.
+    pub size: u64,
+    /// User metadata (S3 `x-amz-meta-*`), lower-case names.
+    pub metadata: Vec<(String, String)>,
+}
+
+/// A byte counter shared between a transfer and whoever watches it.
+#[derive(Debug, Clone, Default)]
+pub struct Transferred(Arc<AtomicU64>);
+
+impl Transferred {
+    /// Bytes moved so far.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn reset(&self) {
+        self.0.store(0, Ordering::Relaxed);
+    }
+}
+
+/// A local file holding the input of a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalInput {
+    /// Where the pipeline reads it.
+    pub path: PathBuf,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// The configured storage backend.
+#[derive(Debug, Clone)]
+pub enum Storage {
+    /// S3-compatible object storage.
+    S3(s3::S3Store),
+    /// A directory tree.
+    Directory(directory::DirStore),
+}
+
+impl Storage {
+    /// Opens the backend named by the settings.
+    pub fn from_settings(settings: &StorageSettings) -> Result<Storage, StorageError> {
+        Ok(match settings.backend {
+            Backend::S3 => Storage::S3(s3::S3Store::new(settings)?),
+            Backend::Directory => {
+                Storage::Directory(directory::DirStore::new(&settings.directory)?)
+            }
+        })
+    }
+
+    /// A short description for logs, e.g. `bucket videos at http://minio:9000`.
+    pub fn describe(&self) -> String {
+        match self {
+            Storage::S3(s) => s.describe(),
+            Storage::Directory(d) => d.describe(),
+        }
+    }
+
+    /// Size and metadata of `key`, or `None` when there is no such object.
+    pub async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StorageError> {
+        match self {
+            Storage::S3(s) => s.head(key).await,
+            Storage::Directory(d) => d.head(key).await,
+        }
+    }
+
+    /// Makes the object `key` available as a local file, downloading it into
+    /// `scratch` when needed; counts the bytes into `counter`.
+    pub async fn fetch(
+        &self,
+        key: &str,
+        scratch: &Path,
+        counter: &Transferred,
+    ) -> Result<LocalInput, StorageError> {
+        match self {
+            Storage::S3(s) => s.fetch(key, &scratch.join("input"), counter).await,
+            Storage::Directory(d) => d.fetch(key).await,
+        }
+    }
+
+    /// Stores the file `src` under `key`, with user `metadata`. The object
+    /// appears under `key` only once it is complete.
+    pub async fn store(
+        &self,
+        src: &Path,
+        key: &str,
+        metadata: &[(String, String)],
+        counter: &Transferred,
+    ) -> Result<(), StorageError> {
+        match self {
+            Storage::S3(s) => s.store(src, key, metadata, counter).await,
+            Storage::Directory(d) => d.store(src, key, metadata, counter).await,
+        }
+    }
+}
+
+/// Runs `op` until it succeeds, fails permanently, or `retry_for` has been
+/// spent in backoff delays between attempts.
+pub async fn with_retries<T, F, Fut>(
+    what: &str,
+    retry_for: Duration,
+    op: F,
+) -> Result<T, StorageError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StorageError>>,
+{
+    let backoff = ExponentialBuilder::default()
+        .with_jitter()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(20))
+        .without_max_times()
+        .with_total_delay(Some(retry_for));
+    op.retry(backoff)
+        .when(StorageError::is_transient)
+        .notify(|e, delay| tracing::warn!(error = %e, ?delay, "{what} failed, retrying"))
+        .await
+}
+
+/// The MIME type for an output key, from its extension.
+pub fn content_type_for(key: &str) -> &'static str {
+    match Path::new(key)
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        Some("mp4") | Some("m4v") => "video/mp4",
+        Some("mov") => "video/quicktime",
+        Some("mkv") => "video/x-matroska",
+        Some("webm") => "video/webm",
+        _ => "application/octet-stream",
+    }
+}

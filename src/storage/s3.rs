@@ -1,0 +1,225 @@
+//! S3-compatible object storage (MinIO, Garage, AWS) through rust-s3.
+//!
+//! Downloads stream into a file and are checked against the object's size,
+//! so a truncated body is never handed to GStreamer. Uploads stream from the
+//! file, as a multipart upload for anything over one 8 MiB part, which S3
+//! makes visible under the key only when it completes. Transfers have no
+//! whole-request timeout (rust-s3's default would cut any transfer longer
+//! than a minute); the worker watches their byte counters instead.
+
+use std::time::Duration;
+
+use s3::creds::Credentials;
+use s3::error::S3Error;
+use s3::{Bucket, Region};
+use secrecy::ExposeSecret;
+use tokio::io::AsyncWriteExt;
+use tokio_util::io::{InspectReader, InspectWriter};
+
+use super::{content_type_for, with_retries, LocalInput, ObjectInfo, StorageError, Transferred};
+use crate::config::StorageSettings;
+
+/// Timeout of requests without a body (HEAD).
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An S3 bucket.
+#[derive(Debug, Clone)]
+pub struct S3Store {
+    /// For small requests, with a timeout.
+    control: Box<Bucket>,
+    /// For transfers, without a whole-request timeout.
+    transfer: Box<Bucket>,
+    endpoint: String,
+    retry_for: Duration,
+    upload_concurrency: usize,
+}
+
+impl S3Store {
+    /// Opens the bucket named by the settings (no request is made).
+    pub fn new(settings: &StorageSettings) -> Result<S3Store, StorageError> {
+        let config_error = |e: S3Error| StorageError::Unavailable(format!("S3 set-up: {e}"));
+        let region = if settings.endpoint.is_empty() {
+            settings
+                .region
+                .parse::<Region>()
+                .map_err(|e| StorageError::Unavailable(format!("S3 region: {e}")))?
+        } else {
+            Region::Custom {
+                region: settings.region.clone(),
+                endpoint: settings.endpoint.trim_end_matches('/').to_string(),
+            }
+        };
+        let credentials = if settings.access_key.is_empty() {
+            Credentials::anonymous().map_err(|e| StorageError::Unavailable(e.to_string()))?
+        } else {
+            Credentials::new(
+                Some(&settings.access_key),
+                Some(settings.secret_key.expose_secret()),
+                None,
+                None,
+                None,
+            )
+            .map_err(|e| StorageError::Unavailable(e.to_string()))?
+        };
+        let mut bucket =
+            Bucket::new(&settings.bucket, region, credentials).map_err(config_error)?;
+        if settings.path_style.unwrap_or(!settings.endpoint.is_empty()) {
+            bucket.set_path_style();
+        }
+        let mut control = bucket.clone();
+        control.set_request_timeout(Some(CONTROL_TIMEOUT));
+        bucket.set_request_timeout(None);
+        Ok(S3Store {
+            control,
+            transfer: bucket,
+            endpoint: settings.endpoint.clone(),
+            retry_for: settings.retry_for,
+            upload_concurrency: settings.upload_concurrency,
+        })
+    }
+
+    pub(super) fn describe(&self) -> String {
+        if self.endpoint.is_empty() {
+            format!("bucket {}", self.control.name())
+        } else {
+            format!("bucket {} at {}", self.control.name(), self.endpoint)
+        }
+    }
+
+    fn error(&self, key: &str, e: S3Error) -> StorageError {
+        match e {
+            S3Error::HttpFailWithBody(404, _) => StorageError::NotFound {
+                key: key.to_string(),
+                store: self.describe(),
+            },
+            S3Error::HttpFailWithBody(status, body) => StorageError::Unavailable(format!(
+                "{} answered HTTP {status} for {key:?}: {}",
+                self.describe(),
+                s3_error_code(&body)
+            )),
+            S3Error::Io(e) => StorageError::Local(e.to_string()),
+            other => StorageError::Unavailable(format!("{}: {other}", self.describe())),
+        }
+    }
+
+    pub(super) async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StorageError> {
+        with_retries("S3 HEAD", self.retry_for, || async {
+            match self.control.head_object(key).await {
+                Ok((head, _)) => Ok(Some(ObjectInfo {
+                    size: head.content_length.unwrap_or(0).max(0) as u64,
+                    metadata: head
+                        .metadata
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                        .collect(),
+                })),
+                Err(e) => match self.error(key, e) {
+                    StorageError::NotFound { .. } => Ok(None),
+                    other => Err(other),
+                },
+            }
+        })
+        .await
+    }
+
+    pub(super) async fn fetch(
+        &self,
+        key: &str,
+        dest: &std::path::Path,
+        counter: &Transferred,
+    ) -> Result<LocalInput, StorageError> {
+        let expected = self
+            .head(key)
+            .await?
+            .ok_or_else(|| StorageError::NotFound {
+                key: key.to_string(),
+                store: self.describe(),
+            })?
+            .size;
+        with_retries("S3 download", self.retry_for, || async {
+            counter.reset();
+            let file = tokio::fs::File::create(dest)
+                .await
+                .map_err(|e| StorageError::Local(format!("{}: {e}", dest.display())))?;
+            let mut writer = InspectWriter::new(file, |bytes| counter.add(bytes.len() as u64));
+            self.transfer
+                .get_object_to_writer(key, &mut writer)
+                .await
+                .map_err(|e| self.error(key, e))?;
+            let mut file = writer.into_inner();
+            file.flush()
+                .await
+                .map_err(|e| StorageError::Local(e.to_string()))?;
+            let got = file
+                .metadata()
+                .await
+                .map_err(|e| StorageError::Local(e.to_string()))?
+                .len();
+            if got != expected {
+                return Err(StorageError::Unavailable(format!(
+                    "download of {key:?} was cut short: {got} of {expected} bytes"
+                )));
+            }
+            Ok(LocalInput {
+                path: dest.to_path_buf(),
+                size: got,
+            })
+        })
+        .await
+    }
+
+    pub(super) async fn store(
+        &self,
+        src: &std::path::Path,
+        key: &str,
+        metadata: &[(String, String)],
+        counter: &Transferred,
+    ) -> Result<(), StorageError> {
+        let size = tokio::fs::metadata(src)
+            .await
+            .map_err(|e| StorageError::Local(format!("{}: {e}", src.display())))?
+            .len();
+        with_retries("S3 upload", self.retry_for, || async {
+            counter.reset();
+            let file = tokio::fs::File::open(src)
+                .await
+                .map_err(|e| StorageError::Local(format!("{}: {e}", src.display())))?;
+            let mut reader = InspectReader::new(file, |bytes| counter.add(bytes.len() as u64));
+            let mut request = self
+                .transfer
+                .put_object_stream_builder(key)
+                .with_content_type(content_type_for(key))
+                .with_max_concurrent_chunks(self.upload_concurrency);
+            for (name, value) in metadata {
+                request = request
+                    .with_metadata(name, value)
+                    .map_err(|e| StorageError::Local(format!("metadata {name}: {e}")))?;
+            }
+            request
+                .execute_stream(&mut reader)
+                .await
+                .map_err(|e| self.error(key, e))?;
+            Ok(())
+        })
+        .await?;
+        match self.head(key).await? {
+            Some(info) if info.size == size => Ok(()),
+            Some(info) => Err(StorageError::Unavailable(format!(
+                "stored {key:?} has {} bytes, expected {size}",
+                info.size
+            ))),
+            None => Err(StorageError::Unavailable(format!(
+                "{key:?} is missing right after it was stored"
+            ))),
+        }
+    }
+}
+
+/// The `<Code>` of an S3 error body, or the body's start.
+fn s3_error_code(body: &str) -> String {
+    body.split_once("<Code>")
+        .and_then(|(_, rest)| rest.split_once("</Code>"))
+        .map(|(code, _)| code.to_string())
+        .unwrap_or_else(|| body.chars().take(120).collect())
+}

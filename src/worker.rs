@@ -1,0 +1,555 @@
+//! The worker loop: connect, consume, process, settle; reconnect when the
+//! broker goes away; drain on shutdown.
+//!
+//! One attempt of a job: plan the pipeline (nothing is downloaded for a job
+//! that cannot run), fetch the input into a per-job scratch folder, run the
+//! pipeline process, upload the verified output, publish `completed` with a
+//! broker confirm, and only then ack. Any failure is settled by
+//! [`JobError::disposition`]: retried after a backoff delay, given back at
+//! once, or moved to the dead-letter queue (after a `failed` event, with the
+//! reason in its headers). The scratch folder is removed on every path.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use rand::Rng;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::broker::{attempt_of, string_headers, Broker, BrokerError};
+use crate::config::Settings;
+use crate::error::{Disposition, ErrorKind, JobError};
+use crate::job::{Job, State};
+use crate::pipeline::{MediaInfo, TranscodeSpec};
+use crate::plan::plan;
+use crate::progress::Reporter;
+use crate::storage::{Storage, Transferred};
+use crate::transcoder::{ChildEvent, Transcoder};
+
+/// Why the worker stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The broker's topology conflicts with ours; retrying cannot help.
+    #[error(transparent)]
+    Topology(BrokerError),
+    /// The storage backend could not be opened.
+    #[error("storage: {0}")]
+    Storage(#[from] crate::storage::StorageError),
+    /// The scratch folder is not usable.
+    #[error("scratch folder {path}: {problem}")]
+    Scratch {
+        /// The folder.
+        path: String,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+/// How a broker session ended.
+enum SessionEnd {
+    /// Shutdown was asked for; jobs were drained.
+    Shutdown,
+    /// Idle for `exit_when_idle`.
+    Idle,
+    /// The connection or consumer was lost.
+    Lost(String),
+}
+
+/// A transcoding worker.
+#[derive(Debug)]
+pub struct Worker {
+    settings: Settings,
+    storage: Storage,
+    transcoder: Transcoder,
+    id: String,
+    exit_when_idle: Option<Duration>,
+}
+
+impl Worker {
+    /// Makes a worker that runs pipelines with `transcoder`; `exit_when_idle`
+    /// makes [`Worker::run`] return once no job has arrived for that long.
+    pub fn new(
+        settings: Settings,
+        transcoder: Transcoder,
+        exit_when_idle: Option<Duration>,
+    ) -> Result<Arc<Worker>, WorkerError> {
+        let storage = Storage::from_settings(&settings.storage)?;
+        let scratch = settings.scratch_dir();
+        std::fs::create_dir_all(&scratch).map_err(|e| WorkerError::Scratch {
+            path: scratch.display().to_string(),
+            problem: e.to_string(),
+        })?;
+        Ok(Arc::new(Worker {
+            id: settings.worker_id(),
+            settings,
+            storage,
+            transcoder,
+            exit_when_idle,
+        }))
+    }
+
+    /// The worker's name in progress events.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Runs until `shutdown` is cancelled (then drains) or, with
+    /// `exit_when_idle`, until no job has come for that long. Reconnects to
+    /// the broker with capped exponential backoff whenever it is lost.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) -> Result<(), WorkerError> {
+        let b = &self.settings.broker;
+        let mut delay = b.reconnect_min_delay;
+        tracing::info!(worker = %self.id, storage = %self.storage.describe(), broker = %crate::config::redact_url(&b.url), queue = %b.jobs_queue, "worker starting");
+        let connection_name = format!("transcode-worker {}", self.id);
+        loop {
+            let connect = Broker::connect(
+                b,
+                self.settings.worker.max_attempts,
+                self.settings.worker.concurrency,
+                &connection_name,
+            );
+            let broker = tokio::select! {
+                r = connect => r,
+                _ = shutdown.cancelled() => return Ok(()),
+            };
+            let broker = match broker {
+                Ok(broker) => Arc::new(broker),
+                Err(e @ BrokerError::TopologyMismatch { .. }) => {
+                    return Err(WorkerError::Topology(e))
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?delay, "cannot reach the broker");
+                    tokio::select! {
+                        _ = tokio::time::sleep(jitter(delay)) => {}
+                        _ = shutdown.cancelled() => return Ok(()),
+                    }
+                    delay = (delay * 2).min(b.reconnect_max_delay);
+                    continue;
+                }
+            };
+            delay = b.reconnect_min_delay;
+            tracing::info!(queue = %b.jobs_queue, prefetch = self.settings.worker.concurrency, "connected; waiting for jobs");
+            match self.clone().session(broker.clone(), &shutdown).await {
+                SessionEnd::Shutdown => {
+                    broker.close().await;
+                    tracing::info!("stopped");
+                    return Ok(());
+                }
+                SessionEnd::Idle => {
+                    broker.close().await;
+                    tracing::info!("no job for a while; exiting as asked");
+                    return Ok(());
+                }
+                SessionEnd::Lost(why) => {
+                    tracing::warn!(reason = %why, "lost the broker; reconnecting");
+                }
+            }
+        }
+    }
+
+    async fn session(
+        self: Arc<Self>,
+        broker: Arc<Broker>,
+        shutdown: &CancellationToken,
+    ) -> SessionEnd {
+        let tag = format!("{}-{}", self.id, uuid::Uuid::new_v4().simple());
+        let mut consumer = match broker.consume_jobs(&tag).await {
+            Ok(c) => c,
+            Err(e) => return SessionEnd::Lost(e.to_string()),
+        };
+        let abort = CancellationToken::new();
+        let mut jobs = JoinSet::new();
+        let mut last_activity = Instant::now();
+        let mut idle_check = tokio::time::interval(Duration::from_millis(250));
+        let end = loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break SessionEnd::Shutdown,
+                delivery = consumer.next() => match delivery {
+                    Some(Ok(delivery)) => {
+                        last_activity = Instant::now();
+                        jobs.spawn(self.clone().handle(broker.clone(), delivery, abort.child_token()));
+                    }
+                    Some(Err(e)) => break SessionEnd::Lost(e.to_string()),
+                    None => break SessionEnd::Lost("the broker cancelled the consumer".into()),
+                },
+                Some(_) = jobs.join_next(), if !jobs.is_empty() => last_activity = Instant::now(),
+                _ = idle_check.tick(), if self.exit_when_idle.is_some() => {
+                    let idle = self.exit_when_idle.unwrap_or_default();
+                    if jobs.is_empty() && last_activity.elapsed() >= idle {
+                        break SessionEnd::Idle;
+                    }
+                }
+            }
+        };
+        match &end {
+            SessionEnd::Lost(_) => abort.cancel(),
+            SessionEnd::Shutdown | SessionEnd::Idle => {
+                broker.stop_consuming(&tag).await;
+                if !jobs.is_empty() {
+                    let drain = self.settings.worker.drain_timeout;
+                    tracing::info!(
+                        running = jobs.len(),
+                        ?drain,
+                        "stopping: letting running jobs finish"
+                    );
+                    let finished = tokio::time::timeout(drain, async {
+                        while jobs.join_next().await.is_some() {}
+                    })
+                    .await;
+                    if finished.is_err() {
+                        tracing::warn!(
+                            "drain time is up: giving the running jobs back to the queue"
+                        );
+                        abort.cancel();
+                    }
+                }
+            }
+        }
+        while jobs.join_next().await.is_some() {}
+        end
+    }
+
+    /// Processes one delivery to the end and settles it.
+    async fn handle(
+        self: Arc<Self>,
+        broker: Arc<Broker>,
+        delivery: Delivery,
+        abort: CancellationToken,
+    ) {
+        let attempt = attempt_of(&delivery.properties);
+        let job = match Job::parse(&delivery.data) {
+            Ok(job) => job,
+            Err(error) => {
+                let job_id = Job::salvage_id(&delivery.data).unwrap_or_else(|| "unknown".into());
+                let span = tracing::info_span!("job", job_id = %job_id, attempt);
+                let reporter = Reporter::new(broker.clone(), &job_id, attempt, &self.id);
+                return self
+                    .settle(&broker, &delivery, &reporter, &job_id, Err(error))
+                    .instrument(span)
+                    .await;
+            }
+        };
+        let span = tracing::info_span!("job", job_id = %job.job_id, attempt);
+        async {
+            tracing::info!(input = %job.input_key, output = %job.output_key, "job started");
+            let reporter = Reporter::new(broker.clone(), &job.job_id, attempt, &self.id);
+            let limit = self.settings.worker.job_timeout;
+            let result = tokio::select! {
+                r = tokio::time::timeout(limit, self.attempt(&job, &reporter)) => r.unwrap_or_else(|_| Err(JobError::new(
+                    ErrorKind::Stalled,
+                    format!("the job ran longer than the limit of {}", humantime::format_duration(limit)),
+                ))),
+                _ = abort.cancelled() => Err(if broker.is_connected() {
+                    JobError::new(ErrorKind::Shutdown, "the worker stopped before the job finished")
+                } else {
+                    JobError::new(ErrorKind::BrokerUnavailable, "the broker connection was lost during the job")
+                }),
+            };
+            self.settle(&broker, &delivery, &reporter, &job.job_id, result).await
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Settles a delivery: ack after success, else retry, give back or dead-letter.
+    async fn settle(
+        &self,
+        broker: &Broker,
+        delivery: &Delivery,
+        reporter: &Reporter,
+        job_id: &str,
+        result: Result<MediaInfo, JobError>,
+    ) {
+        let attempt = attempt_of(&delivery.properties);
+        let max = self.settings.worker.max_attempts;
+        let error = match result {
+            Ok(_) => {
+                let output_key = Job::parse(&delivery.data)
+                    .map(|j| j.output_key)
+                    .unwrap_or_default();
+                match reporter.completed(&output_key).await {
+                    Ok(()) => {
+                        tracing::info!("job completed");
+                        ack(delivery).await;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "could not publish the completed event; giving the job back");
+                        nack(delivery, true).await;
+                    }
+                }
+                return;
+            }
+            Err(error) => error,
+        };
+        let disposition = error.disposition(attempt, max);
+        let will_retry = disposition != Disposition::DeadLetter;
+        tracing::warn!(kind = %error.kind, error = %error.message, ?disposition, "job attempt failed");
+        if let Err(e) = reporter.failed(&error, will_retry).await {
+            tracing::warn!(error = %e, "could not publish the failed event");
+        }
+        match disposition {
+            Disposition::DeadLetter => {
+                let mut reason = error.message.clone();
+                if !error.kind.is_permanent() {
+                    reason = format!("gave up after {attempt} attempts; last error: {reason}");
+                }
+                let headers = string_headers([
+                    ("x-error", reason),
+                    ("x-error-kind", error.kind.to_string()),
+                    ("x-job-id", job_id.to_string()),
+                    ("x-attempts", attempt.to_string()),
+                    ("x-worker", self.id.clone()),
+                    ("x-failed-at", crate::job::now_rfc3339()),
+                    ("x-original-queue", self.settings.broker.jobs_queue.clone()),
+                ]);
+                match broker.dead_letter(&delivery.data, headers).await {
+                    Ok(()) => ack(delivery).await,
+                    Err(e) => {
+                        tracing::error!(error = %e, "could not dead-letter the job; giving it back");
+                        nack(delivery, true).await;
+                    }
+                }
+            }
+            Disposition::Retry => {
+                let w = &self.settings.worker;
+                let delay = backoff(w.retry_delay, w.retry_max_delay, attempt);
+                tracing::info!(?delay, "retrying after a delay");
+                tokio::time::sleep(delay).await;
+                nack(delivery, true).await;
+            }
+            Disposition::Requeue => nack(delivery, true).await,
+        }
+    }
+
+    /// One attempt: plan, fetch, transcode, upload.
+    async fn attempt(&self, job: &Job, reporter: &Reporter) -> Result<MediaInfo, JobError> {
+        let plan = plan(job, &self.settings)?;
+        let scratch = tempfile::Builder::new()
+            .prefix("job-")
+            .tempdir_in(self.settings.scratch_dir())
+            .map_err(|e| {
+                JobError::new(
+                    ErrorKind::Internal,
+                    format!("cannot make a scratch folder: {e}"),
+                )
+            })?;
+        let stall = self.settings.worker.stall_timeout;
+
+        reporter.update(State::Downloading, 0.0, None).await;
+        let counter = Transferred::default();
+        let expected = self
+            .storage
+            .head(&job.input_key)
+            .await
+            .map_err(JobError::from)?;
+        let Some(expected) = expected else {
+            return Err(JobError::new(
+                ErrorKind::InputNotFound,
+                format!(
+                    "there is no input {:?} in {}",
+                    job.input_key,
+                    self.storage.describe()
+                ),
+            ));
+        };
+        let input = watch_transfer(
+            self.storage.fetch(&job.input_key, scratch.path(), &counter),
+            &counter,
+            expected.size,
+            reporter,
+            State::Downloading,
+            stall,
+        )
+        .await?;
+
+        let spec = TranscodeSpec {
+            input: input.path.clone(),
+            output: scratch.path().join("output"),
+            video: plan.video.clone(),
+            audio: plan.audio.clone(),
+            muxer: plan.muxer.to_string(),
+            duration_tolerance_ms: self.settings.pipeline.duration_tolerance.as_millis() as u64,
+        };
+        tracing::info!(video = %plan.video, muxer = plan.muxer, preset = ?plan.preset, "transcoding");
+        reporter.update(State::Transcoding, 0.0, None).await;
+        let output = self.transcode(&spec, reporter, stall).await?;
+
+        let size = std::fs::metadata(&spec.output)
+            .map(|m| m.len())
+            .unwrap_or(0);
+        reporter.update(State::Uploading, 0.0, None).await;
+        let mut metadata = vec![
+            ("transcode-job-id".to_string(), job.job_id.clone()),
+            ("transcode-worker".to_string(), self.id.clone()),
+        ];
+        if let Some(preset) = &plan.preset {
+            metadata.push(("transcode-preset".to_string(), preset.clone()));
+        }
+        let counter = Transferred::default();
+        watch_transfer(
+            self.storage
+                .store(&spec.output, &job.output_key, &metadata, &counter),
+            &counter,
+            size,
+            reporter,
+            State::Uploading,
+            stall,
+        )
+        .await?;
+        tracing::info!(bytes = size, key = %job.output_key, "output stored");
+        drop(scratch);
+        Ok(output)
+    }
+
+    /// Runs the pipeline process, turning its positions into progress and
+    /// aborting it when its position stops moving for `stall`.
+    async fn transcode(
+        &self,
+        spec: &TranscodeSpec,
+        reporter: &Reporter,
+        stall: Duration,
+    ) -> Result<MediaInfo, JobError> {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let run = self.transcoder.run(spec, tx);
+        tokio::pin!(run);
+        let started = Instant::now();
+        let mut moved_at = Instant::now();
+        let mut position = 0u64;
+        let mut fraction = 0.0;
+        let mut eta = None;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                result = &mut run => return result,
+                Some(event) = rx.recv() => {
+                    if let ChildEvent::Position { position_ms, duration_ms } = event {
+                        if position_ms > position {
+                            position = position_ms;
+                            moved_at = Instant::now();
+                        }
+                        if let Some(total) = duration_ms.filter(|d| *d > 0) {
+                            fraction = (position as f64 / total as f64).min(1.0);
+                            if fraction > 0.0 {
+                                let elapsed = started.elapsed().as_secs_f64();
+                                eta = Some(Duration::from_secs_f64(elapsed / fraction * (1.0 - fraction)));
+                            }
+                        }
+                        reporter.update(State::Transcoding, fraction, eta).await;
+                    }
+                }
+                _ = tick.tick() => {
+                    if moved_at.elapsed() >= stall {
+                        return Err(JobError::new(ErrorKind::Stalled, format!(
+                            "the transcode made no progress for {}", humantime::format_duration(stall))));
+                    }
+                    reporter.update(State::Transcoding, fraction, eta).await;
+                }
+            }
+        }
+    }
+}
+
+/// Awaits a transfer while reporting its bytes as progress of `state`;
+/// fails it as stalled when no byte moves for `stall`.
+async fn watch_transfer<T>(
+    transfer: impl Future<Output = Result<T, crate::storage::StorageError>>,
+    counter: &Transferred,
+    total: u64,
+    reporter: &Reporter,
+    state: State,
+    stall: Duration,
+) -> Result<T, JobError> {
+    tokio::pin!(transfer);
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut last = counter.get();
+    let mut moved_at = Instant::now();
+    loop {
+        tokio::select! {
+            result = &mut transfer => return result.map_err(JobError::from),
+            _ = tick.tick() => {
+                let now = counter.get();
+                if now != last {
+                    last = now;
+                    moved_at = Instant::now();
+                } else if moved_at.elapsed() >= stall {
+                    return Err(JobError::new(ErrorKind::Stalled, format!(
+                        "{} made no progress for {}",
+                        if state == State::Uploading { "the upload" } else { "the download" },
+                        humantime::format_duration(stall))));
+                }
+                let fraction = if total > 0 { now as f64 / total as f64 } else { 0.0 };
+                reporter.update(state, fraction, None).await;
+            }
+        }
+    }
+}
+
+async fn ack(delivery: &Delivery) {
+    match delivery.acker.ack(BasicAckOptions::default()).await {
+        Ok(true) => {}
+        Ok(false) => tracing::warn!(
+            "the ack was not sent (the channel is gone); the broker will deliver the job again"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "the ack failed; the broker will deliver the job again")
+        }
+    }
+}
+
+async fn nack(delivery: &Delivery, requeue: bool) {
+    let options = BasicNackOptions {
+        requeue,
+        ..Default::default()
+    };
+    match delivery.acker.nack(options).await {
+        Ok(true) => {}
+        Ok(false) => tracing::warn!(
+            "the nack was not sent (the channel is gone); the broker will deliver the job again"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "the nack failed; the broker will deliver the job again")
+        }
+    }
+}
+
+/// `base * 2^(attempt-1)`, capped at `max`, with up to 50 % random jitter.
+fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
+    let exp = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
+    jitter(exp.min(max))
+}
+
+fn jitter(delay: Duration) -> Duration {
+    let factor = rand::rng().random_range(0.5..=1.0);
+    delay.mul_f64(factor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let base = Duration::from_secs(2);
+        let max = Duration::from_secs(60);
+        for _ in 0..50 {
+            let d1 = backoff(base, max, 1);
+            assert!(
+                d1 >= Duration::from_secs(1) && d1 <= Duration::from_secs(2),
+                "{d1:?}"
+            );
+            let d3 = backoff(base, max, 3);
+            assert!(
+                d3 >= Duration::from_secs(4) && d3 <= Duration::from_secs(8),
+                "{d3:?}"
+            );
+            let d30 = backoff(base, max, 30);
+            assert!(d30 <= max && d30 >= max / 2, "{d30:?}");
+        }
+    }
+}
