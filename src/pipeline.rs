@@ -11,6 +11,7 @@
 //! no branch for (a second audio track, subtitles) go to a `fakesink`.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -119,8 +120,8 @@ pub fn probe(path: &Path, timeout: Duration) -> Result<MediaInfo, JobError> {
         other => return Err(undecodable(format!("{other:?}"))),
     }
     let container = info
-        .container_streams()
-        .first()
+        .stream_info()
+        .filter(|s| s.is::<pbutils::DiscovererContainerInfo>())
         .map(|c| caps_name(c.caps()));
     let video = info
         .video_streams()
@@ -214,6 +215,7 @@ pub fn transcode(
     } else {
         None
     };
+    let video_buffers = count_buffers(&video);
     connect_decoder(&pipeline, &decode, video.clone(), audio);
 
     pipeline.set_state(gst::State::Playing).map_err(|_| {
@@ -245,7 +247,26 @@ pub fn transcode(
         .set_state(gst::State::Null)
         .map_err(|_| internal("cannot stop the pipeline"))?;
     drop(guard);
+    if video_buffers.load(Ordering::Relaxed) == 0 {
+        return Err(JobError::new(
+            ErrorKind::UndecodableInput,
+            "the input's video stream produced no frames",
+        ));
+    }
     Ok(())
+}
+
+/// Counts the buffers entering `bin`.
+fn count_buffers(bin: &gst::Bin) -> Arc<AtomicU64> {
+    let count = Arc::new(AtomicU64::new(0));
+    if let Some(pad) = bin.static_pad("sink") {
+        let counter = count.clone();
+        pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+            counter.fetch_add(1, Ordering::Relaxed);
+            gst::PadProbeReturn::Ok
+        });
+    }
+    count
 }
 
 /// Checks that `output` is a playable file with the expected streams and a

@@ -1,0 +1,8 @@
+//! Integration tests: one test binary (`cargo test --test integration`), one
+//! module per area. Services (RabbitMQ, S3) and fixtures come from
+//! `tests/common`.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod smoke;
