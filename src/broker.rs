@@ -322,6 +322,57 @@ impl Broker {
     pub async fn close(&self) {
         let _ = self.connection.close(200, "worker stopping".into()).await;
     }
+
+    /// Declares a server-named, exclusive, auto-delete queue bound to the
+    /// progress exchange and consumes it without acks: a private copy of
+    /// every progress event published from now on, which the broker deletes
+    /// when this connection closes. Observers (`queue-files --wait`) use
+    /// this and never take events from `progress_queue`. Returns the queue's
+    /// name and the consumer.
+    pub async fn consume_progress_events(
+        &self,
+        consumer_tag: &str,
+    ) -> Result<(String, Consumer), BrokerError> {
+        let queue = self
+            .consume
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| self.amqp(e))?;
+        let name = queue.name().to_string();
+        self.consume
+            .queue_bind(
+                name.as_str().into(),
+                self.settings.progress_exchange.as_str().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| self.amqp(e))?;
+        let consumer = self
+            .consume
+            .basic_consume(
+                name.as_str().into(),
+                consumer_tag.into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    exclusive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| self.amqp(e))?;
+        Ok((name, consumer))
+    }
 }
 
 /// The arguments of the jobs queue: quorum type, a delivery limit of

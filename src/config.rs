@@ -131,6 +131,23 @@ pub struct WorkerSettings {
     /// Longest such delay.
     #[serde(with = "humantime_serde")]
     pub retry_max_delay: Duration,
+    /// Fault injection for reliability tests: abort the process right after
+    /// this phase of an attempt (`download`, `transcode` or `upload`), as a
+    /// power cut would. Never set in production.
+    #[serde(default)]
+    pub crash_after: Option<Phase>,
+}
+
+/// A phase of an attempt, named by fault injection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// Fetching the input.
+    Download,
+    /// Running the pipeline.
+    Transcode,
+    /// Storing the output.
+    Upload,
 }
 
 /// Pipeline policy.

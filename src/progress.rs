@@ -16,8 +16,9 @@ use crate::job::{now_rfc3339, Progress, State};
 
 /// Shortest gap between two events of the same phase.
 const MIN_INTERVAL: Duration = Duration::from_millis(250);
-/// Longest gap between two events while a job runs.
-const MAX_INTERVAL: Duration = Duration::from_secs(2);
+/// Gap after which an event goes out even without change; with the callers'
+/// ticks of at most 500 ms this keeps every gap under two seconds.
+const MAX_INTERVAL: Duration = Duration::from_millis(1500);
 
 /// The share of overall progress each phase covers, as (start, end) percent.
 fn span(state: State) -> (f64, f64) {

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::broker::{attempt_of, string_headers, Broker, BrokerError};
-use crate::config::Settings;
+use crate::config::{Phase, Settings};
 use crate::error::{Disposition, ErrorKind, JobError};
 use crate::job::{Job, State};
 use crate::pipeline::{MediaInfo, TranscodeSpec};
@@ -367,6 +367,7 @@ impl Worker {
             stall,
         )
         .await?;
+        self.fault_point(Phase::Download);
 
         let spec = TranscodeSpec {
             input: input.path.clone(),
@@ -379,6 +380,7 @@ impl Worker {
         tracing::info!(video = %plan.video, muxer = plan.muxer, preset = ?plan.preset, "transcoding");
         reporter.update(State::Transcoding, 0.0, None).await;
         let output = self.transcode(&spec, reporter, stall).await?;
+        self.fault_point(Phase::Transcode);
 
         let size = std::fs::metadata(&spec.output)
             .map(|m| m.len())
@@ -403,8 +405,17 @@ impl Worker {
         )
         .await?;
         tracing::info!(bytes = size, key = %job.output_key, "output stored");
+        self.fault_point(Phase::Upload);
         drop(scratch);
         Ok(output)
+    }
+
+    /// Aborts the process after `phase` when fault injection asks for it.
+    fn fault_point(&self, phase: Phase) {
+        if self.settings.worker.crash_after == Some(phase) {
+            tracing::error!(?phase, "fault injection: aborting the worker");
+            std::process::abort();
+        }
     }
 
     /// Runs the pipeline process, turning its positions into progress and
@@ -423,7 +434,7 @@ impl Worker {
         let mut position = 0u64;
         let mut fraction = 0.0;
         let mut eta = None;
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
             tokio::select! {
                 result = &mut run => return result,

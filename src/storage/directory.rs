@@ -152,6 +152,15 @@ impl DirStore {
         }
         result
     }
+
+    /// Whether the root is (still) an existing directory.
+    pub(super) async fn exists(&self) -> Result<bool, StorageError> {
+        match tokio::fs::metadata(&self.root).await {
+            Ok(meta) => Ok(meta.is_dir()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(local(&self.root, e)),
+        }
+    }
 }
 
 /// Copies `src` to the new file `dest` in chunks, counting bytes, and syncs it.

@@ -168,6 +168,15 @@ impl Storage {
             Storage::Directory(d) => d.store(src, key, metadata, counter).await,
         }
     }
+
+    /// Whether the bucket (or the directory) exists, with one small request;
+    /// an error when the storage cannot be reached or refuses the request.
+    pub async fn exists(&self) -> Result<bool, StorageError> {
+        match self {
+            Storage::S3(s) => s.exists().await,
+            Storage::Directory(d) => d.exists().await,
+        }
+    }
 }
 
 /// Runs `op` until it succeeds, fails permanently, or `retry_for` has been

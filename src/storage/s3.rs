@@ -214,6 +214,22 @@ impl S3Store {
             ))),
         }
     }
+
+    /// Whether the bucket exists: lists at most one key of it.
+    pub(super) async fn exists(&self) -> Result<bool, StorageError> {
+        with_retries("S3 bucket check", self.retry_for, || async {
+            match self
+                .control
+                .list_page(String::new(), None, None, None, Some(1))
+                .await
+            {
+                Ok(_) => Ok(true),
+                Err(S3Error::HttpFailWithBody(404, _)) => Ok(false),
+                Err(e) => Err(self.error("", e)),
+            }
+        })
+        .await
+    }
 }
 
 /// The `<Code>` of an S3 error body, or the body's start.

@@ -1,4 +1,5 @@
-//! Test videos, made at test time with `gst-launch-1.0` from test patterns.
+//! Test videos, made at test time from test patterns with `gst-launch-1.0`
+//! (and ffmpeg for WMV).
 //!
 //! Every fixture is made once and cached in `target/tmp/fixtures/` (file
 //! names carry a hash of the pipeline, so a changed recipe makes a new file;
@@ -24,16 +25,16 @@ const RECIPE_VERSION: u32 = 1;
 /// How long one `gst-launch-1.0` run may take.
 const GST_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// WMV2 video (320x240) + WMA v2 audio (44.1 kHz stereo) in ASF: `.wmv`.
+/// WMV2 video (320x240) + WMA v2 audio (44.1 kHz mono) in ASF: `.wmv`,
+/// made with ffmpeg: GStreamer's asfmux writes files whose video timestamps
+/// start 1000 hours after the audio's, which real cameras and encoders do not.
 pub fn wmv_with_audio(secs: u32) -> PathBuf {
-    let frames = secs * FPS;
-    let mut p = video_src(frames, 320, 240, "smpte");
-    p.extend(tokens(
-        "! avenc_wmv2 ! queue ! asfmux streamable=true name=mux ! filesink",
+    let args = tokens(&format!(
+        "-f lavfi -i testsrc=size=320x240:rate={FPS}:duration={secs} \
+         -f lavfi -i sine=frequency=440:sample_rate=44100:duration={secs} \
+         -c:v wmv2 -b:v 800k -c:a wmav2 -b:a 128k -f asf"
     ));
-    p.extend(audio_src(frames, 44100));
-    p.extend(tokens("! avenc_wmav2 ! queue ! mux."));
-    make("wmv_with_audio", secs, "wmv", p)
+    make_with(Tool::Ffmpeg, "wmv_with_audio", secs, "wmv", args)
 }
 
 /// A "VHS capture": MPEG-2 video (352x288) + MPEG-1 Layer II audio (48 kHz
@@ -331,30 +332,54 @@ fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<(), String>
 /// Makes `{name}-{secs}s-{hash}.{ext}` with `gst-launch-1.0 PIPELINE
 /// location=FILE ...` (`pipeline` ends with the `filesink`, more branches
 /// may follow) unless it is already cached.
-fn make(name: &str, secs: u32, ext: &str, mut pipeline: Vec<String>) -> PathBuf {
+fn make(name: &str, secs: u32, ext: &str, pipeline: Vec<String>) -> PathBuf {
+    make_with(Tool::GstLaunch, name, secs, ext, pipeline)
+}
+
+/// The program that makes a fixture.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tool {
+    /// `gst-launch-1.0 -q PIPELINE`, the file is the `filesink` location.
+    GstLaunch,
+    /// `ffmpeg -v error -y ARGS FILE`.
+    Ffmpeg,
+}
+
+fn make_with(tool: Tool, name: &str, secs: u32, ext: &str, mut pipeline: Vec<String>) -> PathBuf {
     assert!(secs > 0, "fixture durations are whole seconds > 0");
-    let recipe = format!("v{RECIPE_VERSION} {}", pipeline.join(" "));
+    let recipe = format!("v{RECIPE_VERSION} {tool:?} {}", pipeline.join(" "));
     let key = format!("{name}-{secs}s-{:016x}.{ext}", fnv1a(&recipe));
     memoized(key.clone(), move || {
         let path = fixture_dir().join(&key);
         if path.metadata().map(|m| m.len() > 0).unwrap_or(false) {
             return path;
         }
-        let sink = pipeline
-            .iter()
-            .position(|t| t == "filesink")
-            .expect("pipeline has a filesink");
         write_atomically(&path, |tmp| {
-            pipeline.insert(sink + 1, format!("location={}", tmp.display()));
-            let mut cmd = Command::new("gst-launch-1.0");
-            cmd.arg("-q").args(&pipeline);
+            let mut cmd = match tool {
+                Tool::GstLaunch => {
+                    let sink = pipeline
+                        .iter()
+                        .position(|t| t == "filesink")
+                        .expect("pipeline has a filesink");
+                    pipeline.insert(sink + 1, format!("location={}", tmp.display()));
+                    let mut cmd = Command::new("gst-launch-1.0");
+                    cmd.arg("-q").args(&pipeline);
+                    cmd
+                }
+                Tool::Ffmpeg => {
+                    pipeline.push(tmp.display().to_string());
+                    let mut cmd = Command::new("ffmpeg");
+                    cmd.args(["-nostdin", "-v", "error", "-y"]).args(&pipeline);
+                    cmd
+                }
+            };
             let out = super::run_with_timeout(&mut cmd, GST_TIMEOUT)?;
             let size = std::fs::metadata(tmp).map(|m| m.len()).unwrap_or(0);
             if out.status.success() && size > 0 {
                 return Ok(());
             }
             let mut msg = format!(
-                "gst-launch-1.0 {} => {}, {size} bytes written\n",
+                "{tool:?} {} => {}, {size} bytes written\n",
                 pipeline.join(" "),
                 out.status
             );

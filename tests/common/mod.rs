@@ -9,6 +9,7 @@
 //!   waited for when it gives up.
 #![allow(dead_code)]
 
+pub mod farm;
 pub mod fixtures;
 pub mod services;
 

@@ -1,0 +1,481 @@
+//! A transcoding farm for one test: random queue and bucket names on the
+//! shared RabbitMQ node and S3 server (so tests run in parallel), worker
+//! processes started from the real binary, and observers of the progress
+//! exchange and the dead-letter queue.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
+use tempfile::TempDir;
+use transcode_worker::broker::Broker;
+use transcode_worker::config::Settings;
+use transcode_worker::job::{Progress, State};
+
+use super::services::{shared_rabbit, shared_s3, S3Server};
+use super::{random_name, with_timeout, DEFAULT_TIMEOUT};
+
+/// Path of the worker binary built for these tests.
+pub const WORKER_BIN: &str = env!("CARGO_BIN_EXE_transcode-worker");
+
+/// One test's farm.
+pub struct Farm {
+    /// Environment every worker of this farm gets.
+    pub env: HashMap<String, String>,
+    /// The bucket, when the farm uses S3.
+    pub bucket: Option<Box<s3::Bucket>>,
+    /// The storage folder, when the farm uses the directory backend.
+    pub store_dir: Option<TempDir>,
+    /// Scratch folders and logs.
+    pub dir: TempDir,
+    /// The test's own broker connection.
+    pub conn: Connection,
+    /// Settings as the worker sees them.
+    pub settings: Settings,
+}
+
+impl Farm {
+    /// A farm on S3 with `extra` environment settings for the workers.
+    pub async fn s3(extra: &[(&str, &str)]) -> Farm {
+        let s3: &S3Server = shared_s3();
+        let bucket = s3.random_bucket().await;
+        let mut env = base_env(&shared_rabbit().amqp_url());
+        env.insert("AWS_ACCESS_KEY_ID".into(), s3.access_key().into());
+        env.insert("AWS_SECRET_ACCESS_KEY".into(), s3.secret_key().into());
+        env.insert("AWS_S3_ENDPOINT_URL".into(), s3.endpoint().into());
+        env.insert("AWS_REGION".into(), s3.region().into());
+        env.insert("S3_BUCKET_NAME".into(), bucket.name());
+        Farm::finish(env, extra, Some(bucket), None).await
+    }
+
+    /// A farm on the directory backend.
+    pub async fn directory(extra: &[(&str, &str)]) -> Farm {
+        let store = tempfile::tempdir().expect("store dir");
+        let mut env = base_env(&shared_rabbit().amqp_url());
+        env.insert("TRANSCODE_STORAGE__BACKEND".into(), "directory".into());
+        env.insert(
+            "TRANSCODE_STORAGE__DIRECTORY".into(),
+            store.path().display().to_string(),
+        );
+        Farm::finish(env, extra, None, Some(store)).await
+    }
+
+    async fn finish(
+        mut env: HashMap<String, String>,
+        extra: &[(&str, &str)],
+        bucket: Option<Box<s3::Bucket>>,
+        store_dir: Option<TempDir>,
+    ) -> Farm {
+        let dir = tempfile::tempdir().expect("farm dir");
+        env.insert(
+            "TRANSCODE_WORKER__SCRATCH_DIR".into(),
+            dir.path().join("scratch").display().to_string(),
+        );
+        for (k, v) in extra {
+            env.insert(k.to_string(), v.to_string());
+        }
+        let settings = Settings::from_env(None, &env).expect("test settings");
+        // Declare the topology exactly as a worker does, so jobs published
+        // before any worker starts are kept.
+        let broker = with_timeout(
+            DEFAULT_TIMEOUT,
+            "topology declaration",
+            Broker::connect(&settings.broker, settings.worker.max_attempts, 1, "test"),
+        )
+        .await
+        .expect("declare topology");
+        broker.close().await;
+        let conn = with_timeout(
+            DEFAULT_TIMEOUT,
+            "test AMQP connection",
+            Connection::connect(&shared_rabbit().amqp_url(), ConnectionProperties::default()),
+        )
+        .await
+        .expect("test connection");
+        Farm {
+            env,
+            bucket,
+            store_dir,
+            dir,
+            conn,
+            settings,
+        }
+    }
+
+    /// Name of the jobs queue.
+    pub fn jobs_queue(&self) -> &str {
+        &self.settings.broker.jobs_queue
+    }
+
+    /// The scratch folder workers use.
+    pub fn scratch(&self) -> PathBuf {
+        self.dir.path().join("scratch")
+    }
+
+    /// Publishes `body` exactly as the original service's pika example does:
+    /// default exchange, routing key = jobs queue, no properties.
+    pub async fn publish_raw(&self, body: &[u8]) {
+        let channel = self.conn.create_channel().await.expect("channel");
+        channel
+            .basic_publish(
+                "".into(),
+                self.jobs_queue().into(),
+                BasicPublishOptions::default(),
+                body,
+                BasicProperties::default(),
+            )
+            .await
+            .expect("publish");
+        let _ = channel.close(200, "done".into()).await;
+    }
+
+    /// Publishes a job with the given fields (as JSON built by serde_json).
+    pub async fn publish_job(&self, job: serde_json::Value) {
+        self.publish_raw(job.to_string().as_bytes()).await;
+    }
+
+    /// Puts the local file `path` into storage under `key`.
+    pub async fn put_input(&self, key: &str, path: &Path) {
+        let data = std::fs::read(path).expect("read fixture");
+        if let Some(bucket) = &self.bucket {
+            bucket.put_object(key, &data).await.expect("put input");
+        } else {
+            let dest = self.store_dir.as_ref().expect("store").path().join(key);
+            std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+            std::fs::write(dest, data).unwrap();
+        }
+    }
+
+    /// Downloads the object `key` into the farm folder; `None` if missing.
+    pub async fn get_output(&self, key: &str) -> Option<PathBuf> {
+        let dest = self.dir.path().join(format!("got-{}", random_name("out")));
+        if let Some(bucket) = &self.bucket {
+            match bucket.get_object(key).await {
+                Ok(resp) if resp.status_code() == 200 => {
+                    std::fs::write(&dest, resp.bytes()).unwrap();
+                    Some(dest)
+                }
+                _ => None,
+            }
+        } else {
+            let src = self.store_dir.as_ref().expect("store").path().join(key);
+            std::fs::copy(src, &dest).ok().map(|_| dest)
+        }
+    }
+
+    /// Whether an object exists under `key`.
+    pub async fn output_exists(&self, key: &str) -> bool {
+        if let Some(bucket) = &self.bucket {
+            matches!(bucket.head_object(key).await, Ok((_, 200)))
+        } else {
+            self.store_dir
+                .as_ref()
+                .expect("store")
+                .path()
+                .join(key)
+                .is_file()
+        }
+    }
+
+    /// Starts a worker process with this farm's environment plus `extra`.
+    pub fn spawn_worker(&self, extra: &[(&str, &str)]) -> WorkerProc {
+        let name = random_name("worker");
+        let log = self.dir.path().join(format!("{name}.log"));
+        let file = File::create(&log).expect("log file");
+        let mut cmd = Command::new(WORKER_BIN);
+        cmd.arg("run")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", self.dir.path())
+            .env("RUST_LOG", "info,transcode_worker=debug")
+            .env("TRANSCODE_WORKER__ID", &name)
+            .envs(&self.env)
+            .envs(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file);
+        let child = cmd.spawn().expect("start worker");
+        WorkerProc { child, log, name }
+    }
+
+    /// A consumer on a fresh exclusive queue bound to the progress exchange:
+    /// it sees every event from now on without taking any from the
+    /// `transcoding_progress` queue.
+    pub async fn watch_progress(&self) -> ProgressWatch {
+        let channel = self.conn.create_channel().await.expect("channel");
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("declare watch queue");
+        channel
+            .queue_bind(
+                queue.name().clone(),
+                self.settings.broker.progress_exchange.as_str().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("bind watch queue");
+        let consumer = channel
+            .basic_consume(
+                queue.name().clone(),
+                "watch".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("consume watch queue");
+        ProgressWatch {
+            _channel: channel,
+            consumer,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Takes every message now in the dead-letter queue: body and headers.
+    pub async fn dead_letters(&self) -> Vec<(Vec<u8>, HashMap<String, String>)> {
+        self.drain_queue(&self.settings.broker.dead_letter_queue.clone())
+            .await
+    }
+
+    /// Takes every message now in `queue`.
+    pub async fn drain_queue(&self, queue: &str) -> Vec<(Vec<u8>, HashMap<String, String>)> {
+        let channel = self.conn.create_channel().await.expect("channel");
+        let mut out = Vec::new();
+        while let Some(msg) = channel
+            .basic_get(queue.into(), BasicGetOptions::default())
+            .await
+            .expect("basic.get")
+        {
+            let headers = msg
+                .delivery
+                .properties
+                .headers()
+                .as_ref()
+                .map(headers_to_strings)
+                .unwrap_or_default();
+            out.push((msg.delivery.data.clone(), headers));
+            msg.delivery
+                .acker
+                .ack(BasicAckOptions::default())
+                .await
+                .expect("ack");
+        }
+        let _ = channel.close(200, "done".into()).await;
+        out
+    }
+
+    /// Ready and unacknowledged message counts of the jobs queue.
+    pub fn jobs_queue_counts(&self) -> (u64, u64) {
+        let out = shared_rabbit().ctl(&[
+            "list_queues",
+            "-q",
+            "--no-table-headers",
+            "name",
+            "messages_ready",
+            "messages_unacknowledged",
+        ]);
+        for line in out.lines() {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if cols.len() == 3 && cols[0] == self.jobs_queue() {
+                return (cols[1].parse().unwrap(), cols[2].parse().unwrap());
+            }
+        }
+        panic!("queue {} not listed:\n{out}", self.jobs_queue());
+    }
+
+    /// A channel for ad-hoc checks.
+    pub async fn channel(&self) -> Channel {
+        self.conn.create_channel().await.expect("channel")
+    }
+}
+
+fn headers_to_strings(table: &FieldTable) -> HashMap<String, String> {
+    table
+        .inner()
+        .iter()
+        .map(|(k, v)| {
+            let v = match v {
+                AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).to_string(),
+                AMQPValue::ShortString(s) => s.to_string(),
+                other => format!("{other:?}"),
+            };
+            (k.to_string(), v)
+        })
+        .collect()
+}
+
+fn base_env(amqp_url: &str) -> HashMap<String, String> {
+    let mut env = HashMap::new();
+    env.insert("AMQP_URL".into(), amqp_url.to_string());
+    for (key, prefix) in [
+        ("TRANSCODE_BROKER__JOBS_QUEUE", "jobs"),
+        ("TRANSCODE_BROKER__PROGRESS_EXCHANGE", "progress-x"),
+        ("TRANSCODE_BROKER__PROGRESS_QUEUE", "progress"),
+        ("TRANSCODE_BROKER__DEAD_LETTER_QUEUE", "dead"),
+    ] {
+        env.insert(key.into(), random_name(prefix));
+    }
+    // Short delays so retry paths run quickly in tests.
+    env.insert("TRANSCODE_WORKER__RETRY_DELAY".into(), "200ms".into());
+    env.insert("TRANSCODE_WORKER__RETRY_MAX_DELAY".into(), "1s".into());
+    env.insert("TRANSCODE_BROKER__RECONNECT_MAX_DELAY".into(), "2s".into());
+    env
+}
+
+/// A running worker process; killed when dropped.
+pub struct WorkerProc {
+    /// The process.
+    pub child: Child,
+    /// Its log file (stdout and stderr).
+    pub log: PathBuf,
+    /// Its worker id.
+    pub name: String,
+}
+
+impl WorkerProc {
+    /// Process id.
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Sends `signal` to the worker.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.pid(), signal) };
+    }
+
+    /// The log so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for the process to exit; panics with its log after `timeout`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            if std::time::Instant::now() > deadline {
+                panic!(
+                    "worker {} did not exit within {timeout:?}; log:\n{}",
+                    self.name,
+                    self.logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Process ids of this worker's child processes.
+    pub fn children(&self) -> Vec<i32> {
+        let mut pids = Vec::new();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // The fields after the command name, which is in parentheses.
+            let Some((_, rest)) = stat.rsplit_once(')') else {
+                continue;
+            };
+            let ppid = rest.split_whitespace().nth(1).and_then(|p| p.parse().ok());
+            if ppid == Some(self.pid()) {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+}
+
+impl Drop for WorkerProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- log of {} ---\n{}", self.name, self.logs());
+        }
+    }
+}
+
+/// Progress events seen on a test's own queue bound to the progress exchange.
+pub struct ProgressWatch {
+    _channel: Channel,
+    consumer: Consumer,
+    /// Every event received so far, in order.
+    pub seen: Vec<Progress>,
+}
+
+impl ProgressWatch {
+    /// Waits for the next event.
+    pub async fn next(&mut self, timeout: Duration) -> Progress {
+        let delivery = with_timeout(timeout, "a progress event", self.consumer.next())
+            .await
+            .expect("progress consumer ended")
+            .expect("progress delivery");
+        let event: Progress = serde_json::from_slice(&delivery.data).unwrap_or_else(|e| {
+            panic!(
+                "bad progress event {:?}: {e}",
+                String::from_utf8_lossy(&delivery.data)
+            )
+        });
+        self.seen.push(event.clone());
+        event
+    }
+
+    /// Waits until `job_id` has reached a final state (completed, or failed
+    /// without retry) and returns that event.
+    pub async fn until_final(&mut self, job_id: &str, timeout: Duration) -> Progress {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                panic!(
+                    "job {job_id} did not finish within {timeout:?}; events: {:#?}",
+                    self.of(job_id)
+                );
+            }
+            let event = self.next(left).await;
+            if event.job_id == job_id
+                && (event.state == State::Completed
+                    || (event.state == State::Failed && event.will_retry == Some(false)))
+            {
+                return event;
+            }
+        }
+    }
+
+    /// The events of `job_id` seen so far.
+    pub fn of(&self, job_id: &str) -> Vec<Progress> {
+        self.seen
+            .iter()
+            .filter(|e| e.job_id == job_id)
+            .cloned()
+            .collect()
+    }
+}

@@ -1,0 +1,361 @@
+//! The worker end to end: jobs in on RabbitMQ, GStreamer transcodes, outputs
+//! in S3 or a directory, progress out, ack only after the upload, failures in
+//! the dead-letter queue, and a killed worker's job finished by another.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use transcode_worker::error::ErrorKind;
+use transcode_worker::job::{Progress, State};
+
+use crate::common::farm::Farm;
+use crate::common::{fixtures, wait_for, with_timeout};
+
+/// Long enough for a few small transcodes on a loaded 2-core machine.
+const JOB_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The exact bytes of the original service's example job, with keys that
+/// exist in the test bucket.
+fn seed_job(job_id: &str, input_key: &str, output_key: &str) -> String {
+    format!(
+        r#"{{"job_id": "{job_id}", "input_key": "{input_key}", "output_key": "{output_key}", "transcode_options": "videoconvert ! x264enc"}}"#
+    )
+}
+
+/// Asserts the events of one attempt: monotonic, starting at downloading,
+/// 100 only on the final `completed`.
+fn assert_attempt_progress(events: &[Progress]) {
+    assert!(!events.is_empty(), "no events");
+    assert_eq!(events[0].state, State::Downloading, "{events:#?}");
+    let last = events.last().unwrap();
+    assert_eq!(last.state, State::Completed, "{events:#?}");
+    assert_eq!(last.progress, 100.0);
+    for pair in events.windows(2) {
+        assert!(
+            pair[1].progress >= pair[0].progress,
+            "progress went back: {pair:#?}"
+        );
+    }
+    for e in &events[..events.len() - 1] {
+        assert!(e.progress < 100.0, "100 before completion: {e:#?}");
+        assert_ne!(e.state, State::Completed);
+        assert!(!e.worker.is_empty() && !e.timestamp.is_empty());
+        assert_eq!(e.attempt, last.attempt);
+    }
+    let order = |s: State| match s {
+        State::Downloading => 0,
+        State::Transcoding => 1,
+        State::Uploading => 2,
+        State::Completed => 3,
+        State::Failed => 4,
+    };
+    for pair in events.windows(2) {
+        assert!(
+            order(pair[1].state) >= order(pair[0].state),
+            "phases out of order: {pair:#?}"
+        );
+    }
+    assert!(events.iter().any(|e| e.state == State::Transcoding));
+    assert!(events.iter().any(|e| e.state == State::Uploading));
+}
+
+/// Checks a transcoded output: H.264 in MP4, duration within 0.5 s of the
+/// input, audio exactly when the input had audio.
+fn assert_h264_mp4(output: &std::path::Path, input: &std::path::Path) {
+    let out = fixtures::probe(output);
+    let inp = fixtures::probe(input);
+    assert_eq!(
+        out.container.as_deref(),
+        Some("video/quicktime"),
+        "{out:#?}"
+    );
+    assert_eq!(out.video.len(), 1, "{out:#?}");
+    assert_eq!(out.video[0].media_type, "video/x-h264", "{out:#?}");
+    assert_eq!(
+        out.audio.is_empty(),
+        inp.audio.is_empty(),
+        "audio mismatch: in {inp:#?} out {out:#?}"
+    );
+    let (din, dout) = (inp.duration.unwrap(), out.duration.unwrap());
+    let diff = din.abs_diff(dout);
+    // The discoverer under-reports MPEG program stream durations (it
+    // estimates them from the first packets), so compare those against the
+    // number of seconds the fixture was made with.
+    let expected = if inp.container.as_deref() == Some("video/mpeg") {
+        Duration::from_secs(2)
+    } else {
+        din
+    };
+    assert!(
+        expected.abs_diff(dout) <= Duration::from_millis(500),
+        "output lasts {dout:?}, input {din:?} (diff {diff:?})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_original_job_message_is_transcoded_and_acked_after_the_upload() {
+    let farm = Farm::s3(&[]).await;
+    let input = fixtures::wmv_with_audio(2);
+    farm.put_input("drone/clip one.wmv", &input).await;
+    let mut watch = farm.watch_progress().await;
+    let _worker = farm.spawn_worker(&[]);
+    farm.publish_raw(seed_job("job1", "drone/clip one.wmv", "out/clip one.mp4").as_bytes())
+        .await;
+
+    let last = watch.until_final("job1", JOB_TIMEOUT).await;
+    assert_eq!(last.state, State::Completed, "{last:#?}");
+    assert_eq!(last.output_key.as_deref(), Some("out/clip one.mp4"));
+    assert_attempt_progress(&watch.of("job1"));
+
+    let output = farm.get_output("out/clip one.mp4").await.expect("output");
+    assert_h264_mp4(&output, &input);
+
+    // The seed's consumer reads job_id and progress from transcoding_progress.
+    let progress = farm
+        .drain_queue(&farm.settings.broker.progress_queue.clone())
+        .await;
+    let parsed: Vec<serde_json::Value> = progress
+        .iter()
+        .map(|(body, _)| serde_json::from_slice(body).unwrap())
+        .collect();
+    assert!(parsed.len() >= 4, "{parsed:#?}");
+    assert!(parsed
+        .iter()
+        .all(|p| p["job_id"] == "job1" && p["progress"].is_number()));
+    assert_eq!(parsed.last().unwrap()["state"], "completed");
+    assert!(farm.dead_letters().await.is_empty());
+    wait_for(JOB_TIMEOUT, "the job acked", || async {
+        farm.jobs_queue_counts() == (0, 0)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_dies_after_the_upload_but_before_the_ack_leaves_the_job_queued() {
+    let farm = Farm::s3(&[]).await;
+    farm.put_input("a.mov", &fixtures::mjpeg_mov(2)).await;
+    let mut watch = farm.watch_progress().await;
+    // The fault point aborts the worker right after the upload, as a power
+    // cut would: no completed event, no ack.
+    let mut first = farm.spawn_worker(&[("TRANSCODE_WORKER__CRASH_AFTER", "upload")]);
+    farm.publish_job(json!({"job_id": "pc", "input_key": "a.mov", "output_key": "o/a.mp4"}))
+        .await;
+    let status = first.wait_exit(JOB_TIMEOUT).await;
+    assert!(!status.success(), "the fault point aborts the worker");
+    assert!(farm.output_exists("o/a.mp4").await, "the upload happened");
+    // Not acked: the job is given to the next worker, which completes it.
+    let second = farm.spawn_worker(&[]);
+    let last = watch.until_final("pc", JOB_TIMEOUT).await;
+    assert_eq!(last.state, State::Completed, "{last:#?}");
+    assert_eq!(last.worker, second.name);
+    assert_eq!(last.attempt, 2);
+    assert!(
+        watch
+            .of("pc")
+            .iter()
+            .all(|e| e.worker != first.name || e.state != State::Completed),
+        "the first worker never reported completion"
+    );
+    wait_for(JOB_TIMEOUT, "the job acked", || async {
+        farm.jobs_queue_counts() == (0, 0)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_input_kind_becomes_h264_mp4_with_audio_only_when_the_input_had_it() {
+    let farm = Farm::s3(&[]).await;
+    let inputs = [
+        ("vhs", fixtures::mpeg2_ps_with_mp2(2), "tapes/vhs.mpg"),
+        ("mov", fixtures::mjpeg_mov(2), "cam/a.mov"),
+        ("silent", fixtures::video_only(2), "cam/silent.avi"),
+    ];
+    let mut watch = farm.watch_progress().await;
+    let _worker = farm.spawn_worker(&[]);
+    for (id, path, key) in &inputs {
+        farm.put_input(key, path).await;
+        // No transcode_options and no preset: the default H.264 preset.
+        farm.publish_job(
+            json!({"job_id": id, "input_key": key, "output_key": format!("out/{id}.mp4")}),
+        )
+        .await;
+    }
+    for (id, path, _) in &inputs {
+        let last = watch.until_final(id, JOB_TIMEOUT).await;
+        assert_eq!(last.state, State::Completed, "{id}: {last:#?}");
+        let output = farm.get_output(&format!("out/{id}.mp4")).await.expect(id);
+        assert_h264_mp4(&output, path);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_jobs_are_dead_lettered_with_a_reason_and_the_worker_goes_on() {
+    let farm = Farm::s3(&[]).await;
+    farm.put_input("broken.avi", &fixtures::corrupt()).await;
+    farm.put_input("good.mov", &fixtures::mjpeg_mov(2)).await;
+    let mut watch = farm.watch_progress().await;
+    let _worker = farm.spawn_worker(&[]);
+    farm.publish_raw(b"{ this is not json").await;
+    farm.publish_job(
+        json!({"job_id": "missing", "input_key": "nope.wmv", "output_key": "o/missing.mp4"}),
+    )
+    .await;
+    farm.publish_job(
+        json!({"job_id": "corrupt", "input_key": "broken.avi", "output_key": "o/corrupt.mp4"}),
+    )
+    .await;
+    farm.publish_job(
+        json!({"job_id": "hostile", "input_key": "good.mov", "output_key": "o/h.mp4",
+        "transcode_options": "videoconvert ! x264enc ! filesink location=/tmp/pwned"}),
+    )
+    .await;
+    farm.publish_job(
+        json!({"job_id": "good", "input_key": "good.mov", "output_key": "o/good.mp4"}),
+    )
+    .await;
+
+    let expected = [
+        ("missing", ErrorKind::InputNotFound),
+        ("corrupt", ErrorKind::UndecodableInput),
+        ("hostile", ErrorKind::InvalidPipeline),
+    ];
+    for (id, kind) in expected {
+        let last = watch.until_final(id, JOB_TIMEOUT).await;
+        assert_eq!(last.state, State::Failed, "{id}: {last:#?}");
+        assert_eq!(last.error_kind, Some(kind), "{id}: {last:#?}");
+        assert!(
+            last.error.as_deref().is_some_and(|e| e.len() > 10),
+            "{last:#?}"
+        );
+        assert_eq!(
+            last.attempt, 1,
+            "a permanent error is not retried: {last:#?}"
+        );
+    }
+    let last = watch.until_final("good", JOB_TIMEOUT).await;
+    assert_eq!(last.state, State::Completed, "{last:#?}");
+    assert!(!std::path::Path::new("/tmp/pwned").exists());
+
+    let dead = farm.dead_letters().await;
+    assert_eq!(dead.len(), 4, "{dead:#?}");
+    let kind_of = |needle: &str| {
+        dead.iter()
+            .find(|(body, _)| String::from_utf8_lossy(body).contains(needle))
+            .map(|(_, h)| h["x-error-kind"].clone())
+            .unwrap_or_else(|| panic!("no dead letter holding {needle}"))
+    };
+    assert_eq!(kind_of("this is not json"), "invalid_job");
+    assert_eq!(kind_of("nope.wmv"), "input_not_found");
+    assert_eq!(kind_of("broken.avi"), "undecodable_input");
+    assert_eq!(kind_of("pwned"), "invalid_pipeline");
+    for (_, headers) in &dead {
+        assert!(headers["x-error"].len() > 10, "{headers:#?}");
+        assert_eq!(headers["x-attempts"], "1");
+    }
+    // Nothing is left in the jobs queue, and the scratch folder is empty.
+    wait_for(JOB_TIMEOUT, "jobs queue settled", || async {
+        farm.jobs_queue_counts() == (0, 0)
+    })
+    .await;
+    let leftovers: Vec<_> = std::fs::read_dir(farm.scratch()).unwrap().collect();
+    assert!(leftovers.is_empty(), "scratch not empty: {leftovers:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_encode_leaves_the_job_to_another_worker() {
+    // `identity sleep-time` slows each frame down, so the encode reliably
+    // lasts several seconds (2 s of 25 fps video at 60 ms a frame = 3 s).
+    let slow = [("TRANSCODE_PIPELINE__EXTRA_ALLOWED_ELEMENTS", "identity")];
+    let farm = Farm::s3(&slow).await;
+    farm.put_input("long.wmv", &fixtures::wmv_with_audio(2))
+        .await;
+    let mut watch = farm.watch_progress().await;
+    let first = farm.spawn_worker(&slow);
+    farm.publish_job(
+        json!({"job_id": "kill-me", "input_key": "long.wmv", "output_key": "o/long.mp4",
+        "transcode_options": "identity sleep-time=60000 ! videoconvert ! x264enc"}),
+    )
+    .await;
+
+    // Wait until the first worker is encoding, then kill it without warning.
+    loop {
+        let e = watch.next(JOB_TIMEOUT).await;
+        if e.state == State::Transcoding && e.progress > 5.0 {
+            assert_eq!(e.worker, first.name);
+            break;
+        }
+    }
+    let children = first.children();
+    assert!(!children.is_empty(), "the pipeline runs in a child process");
+    first.signal(libc::SIGKILL);
+    drop(first);
+    // Its pipeline process dies with it.
+    wait_for(Duration::from_secs(10), "pipeline process gone", || {
+        let children = children.clone();
+        async move {
+            children
+                .iter()
+                .all(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+        }
+    })
+    .await;
+    assert!(!farm.output_exists("o/long.mp4").await);
+
+    let second = farm.spawn_worker(&slow);
+    let last = watch.until_final("kill-me", JOB_TIMEOUT).await;
+    assert_eq!(last.state, State::Completed, "{last:#?}");
+    assert_eq!(last.worker, second.name);
+    assert_eq!(last.attempt, 2, "the killed attempt counts: {last:#?}");
+    let output = farm.get_output("o/long.mp4").await.expect("output");
+    assert_h264_mp4(&output, &fixtures::wmv_with_audio(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_is_published_at_least_every_two_seconds_during_a_transcode() {
+    let slow = [("TRANSCODE_PIPELINE__EXTRA_ALLOWED_ELEMENTS", "identity")];
+    let farm = Farm::directory(&slow).await;
+    farm.put_input("in/clip.mov", &fixtures::mjpeg_mov(2)).await;
+    let mut watch = farm.watch_progress().await;
+    let _worker = farm.spawn_worker(&slow);
+    // 50 frames at 120 ms each: a 6 s transcode.
+    farm.publish_job(
+        json!({"job_id": "slow", "input_key": "in/clip.mov", "output_key": "out/clip.mkv",
+        "transcode_options": "identity sleep-time=120000 ! videoconvert ! x264enc"}),
+    )
+    .await;
+    let mut stamps = Vec::new();
+    loop {
+        let e = with_timeout(JOB_TIMEOUT, "progress", watch.next(JOB_TIMEOUT)).await;
+        stamps.push((Instant::now(), e.clone()));
+        if e.state == State::Completed || e.state == State::Failed {
+            break;
+        }
+    }
+    let events: Vec<Progress> = stamps.iter().map(|(_, e)| e.clone()).collect();
+    assert_attempt_progress(&events);
+    let transcoding: Vec<_> = stamps
+        .iter()
+        .filter(|(_, e)| e.state == State::Transcoding)
+        .collect();
+    assert!(transcoding.len() >= 4, "{events:#?}");
+    for pair in transcoding.windows(2) {
+        let gap = pair[1].0 - pair[0].0;
+        assert!(gap <= Duration::from_millis(2100), "gap of {gap:?}");
+    }
+    // At most a few a second.
+    let span = transcoding.last().unwrap().0 - transcoding[0].0;
+    assert!(
+        (transcoding.len() as f64) <= span.as_secs_f64() * 4.5 + 2.0,
+        "{} events in {span:?}",
+        transcoding.len()
+    );
+    assert!(transcoding.iter().any(|(_, e)| e.eta_secs.is_some()));
+    // Directory backend, Matroska by extension.
+    let out = fixtures::probe(&farm.get_output("out/clip.mkv").await.expect("output"));
+    assert_eq!(
+        out.container.as_deref(),
+        Some("video/x-matroska"),
+        "{out:#?}"
+    );
+    assert_eq!(out.video[0].media_type, "video/x-h264");
+}
