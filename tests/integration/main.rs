@@ -6,4 +6,5 @@
 mod common;
 
 mod smoke;
+mod storage;
 mod worker;

@@ -9,7 +9,7 @@ use transcode_worker::error::ErrorKind;
 use transcode_worker::job::{Progress, State};
 
 use crate::common::farm::Farm;
-use crate::common::{fixtures, wait_for, with_timeout};
+use crate::common::{fixtures, wait_for, wait_for_value, with_timeout};
 
 /// Long enough for a few small transcodes on a loaded 2-core machine.
 const JOB_TIMEOUT: Duration = Duration::from_secs(120);
@@ -236,7 +236,15 @@ async fn bad_jobs_are_dead_lettered_with_a_reason_and_the_worker_goes_on() {
     assert_eq!(last.state, State::Completed, "{last:#?}");
     assert!(!std::path::Path::new("/tmp/pwned").exists());
 
-    let dead = farm.dead_letters().await;
+    let dead = std::sync::Mutex::new(Vec::new());
+    wait_for(JOB_TIMEOUT, "four dead letters", || async {
+        let got = farm.dead_letters().await;
+        let mut dead = dead.lock().unwrap();
+        dead.extend(got);
+        dead.len() >= 4
+    })
+    .await;
+    let dead = dead.into_inner().unwrap();
     assert_eq!(dead.len(), 4, "{dead:#?}");
     let kind_of = |needle: &str| {
         dead.iter()
@@ -358,4 +366,87 @@ async fn progress_is_published_at_least_every_two_seconds_during_a_transcode() {
         "{out:#?}"
     );
     assert_eq!(out.video[0].media_type, "video/x-h264");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_configuration_fails_at_start_naming_the_setting() {
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (
+            &[("AWS_S3_ENDPOINT_URL", "http://127.0.0.1:9")],
+            "S3_BUCKET_NAME",
+        ),
+        (
+            &[
+                ("S3_BUCKET_NAME", "b"),
+                ("TRANSCODE_WORKER__CONCURRENCY", "zero"),
+            ],
+            "concurrency",
+        ),
+        (
+            &[("S3_BUCKET_NAME", "b"), ("AMQP_URL", "http://not-amqp")],
+            "AMQP_URL",
+        ),
+        (
+            &[
+                ("TRANSCODE_STORAGE__BACKEND", "directory"),
+                ("TRANSCODE_STORAGE__DIRECTORY", "/no/such/dir"),
+            ],
+            "storage.directory",
+        ),
+    ];
+    for (env, needle) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = std::process::Command::new(crate::common::farm::WORKER_BIN);
+        cmd.arg("run")
+            .env_clear()
+            .current_dir(dir.path())
+            .envs(env.iter().copied());
+        let out = crate::common::run_with_timeout(&mut cmd, Duration::from_secs(30)).unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{env:?}: {stderr}");
+        assert!(
+            stderr.contains(needle),
+            "{env:?} should name {needle}: {stderr}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_appear_in_logs_or_progress() {
+    const SECRET: &str = "Zq8-recognisable-secret-4711";
+    // A wrong secret key: S3 refuses every request, so the job fails and the
+    // error paths (logs, failed events, dead letter) all run.
+    let farm = Farm::s3(&[
+        ("TRANSCODE_WORKER__MAX_ATTEMPTS", "1"),
+        ("TRANSCODE_STORAGE__RETRY_FOR", "1s"),
+    ])
+    .await;
+    farm.put_input("a.mov", &fixtures::mjpeg_mov(2)).await;
+    let mut watch = farm.watch_progress().await;
+    let worker = farm.spawn_worker(&[
+        ("AWS_SECRET_ACCESS_KEY", SECRET),
+        ("TRANSCODE_WORKER__MAX_ATTEMPTS", "1"),
+        ("TRANSCODE_STORAGE__RETRY_FOR", "1s"),
+        ("RUST_LOG", "trace"),
+    ]);
+    farm.publish_job(json!({"job_id": "s", "input_key": "a.mov", "output_key": "o/a.mp4"}))
+        .await;
+    let last = watch.until_final("s", JOB_TIMEOUT).await;
+    assert_eq!(last.state, State::Failed, "{last:#?}");
+    assert_eq!(
+        last.error_kind,
+        Some(ErrorKind::StorageUnavailable),
+        "{last:#?}"
+    );
+    let events = serde_json::to_string(&watch.seen).unwrap();
+    assert!(!events.contains(SECRET));
+    let dead = wait_for_value(JOB_TIMEOUT, "the dead letter", || async {
+        Some(farm.dead_letters().await).filter(|d| !d.is_empty())
+    })
+    .await;
+    assert_eq!(dead.len(), 1);
+    assert!(!format!("{dead:?}").contains(SECRET));
+    let logs = worker.logs();
+    assert!(logs.contains("storage"), "{logs}");
+    assert!(!logs.contains(SECRET), "the secret leaked into the logs");
 }

@@ -1,0 +1,97 @@
+//! Storage against a real S3 server over HTTP: streamed multipart upload
+//! with metadata, streamed download checked against the object size, clear
+//! errors for missing objects and an unreachable server.
+
+use std::collections::HashMap;
+use std::io::Write;
+
+use transcode_worker::config::Settings;
+use transcode_worker::storage::{Storage, StorageError, Transferred};
+
+use crate::common::services::{shared_s3, S3Server};
+
+fn settings_for(s3: &S3Server, bucket: &str, retry_for: &str) -> Settings {
+    let env: HashMap<String, String> = [
+        ("AWS_ACCESS_KEY_ID", s3.access_key()),
+        ("AWS_SECRET_ACCESS_KEY", s3.secret_key()),
+        ("AWS_S3_ENDPOINT_URL", s3.endpoint()),
+        ("AWS_REGION", s3.region()),
+        ("S3_BUCKET_NAME", bucket),
+        ("TRANSCODE_STORAGE__RETRY_FOR", retry_for),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    Settings::from_env(None, &env).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_file_round_trips_through_multipart_upload_with_metadata() {
+    let s3 = shared_s3();
+    let bucket = s3.random_bucket().await;
+    let storage = Storage::from_settings(&settings_for(s3, &bucket.name(), "5s").storage).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // 20 MiB plus a bit: three 8 MiB parts, the last one short.
+    let src = dir.path().join("big.bin");
+    let mut file = std::fs::File::create(&src).unwrap();
+    let mut block = vec![0u8; 1 << 20];
+    for i in 0..20u8 {
+        block
+            .iter_mut()
+            .enumerate()
+            .for_each(|(j, b)| *b = (j as u8) ^ i);
+        file.write_all(&block).unwrap();
+    }
+    file.write_all(b"tail").unwrap();
+    drop(file);
+    let size = std::fs::metadata(&src).unwrap().len();
+
+    let sent = Transferred::default();
+    let meta = vec![("transcode-job-id".to_string(), "j1".to_string())];
+    storage
+        .store(&src, "videos/out put.mp4", &meta, &sent)
+        .await
+        .unwrap();
+    assert_eq!(sent.get(), size);
+    let info = storage.head("videos/out put.mp4").await.unwrap().unwrap();
+    assert_eq!(info.size, size);
+    assert!(
+        info.metadata
+            .iter()
+            .any(|(k, v)| k.ends_with("transcode-job-id") && v == "j1"),
+        "{:?}",
+        info.metadata
+    );
+
+    let scratch = tempfile::tempdir().unwrap();
+    let got = Transferred::default();
+    let input = storage
+        .fetch("videos/out put.mp4", scratch.path(), &got)
+        .await
+        .unwrap();
+    assert_eq!(input.size, size);
+    assert_eq!(got.get(), size);
+    assert!(std::fs::read(&input.path).unwrap() == std::fs::read(&src).unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_objects_and_unreachable_servers_give_specific_errors() {
+    let s3 = shared_s3();
+    let bucket = s3.random_bucket().await;
+    let storage = Storage::from_settings(&settings_for(s3, &bucket.name(), "1s").storage).unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let err = storage
+        .fetch("no/such.wmv", scratch.path(), &Transferred::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StorageError::NotFound { .. }), "{err}");
+    assert!(err.to_string().contains("no/such.wmv"), "{err}");
+
+    let own = S3Server::start();
+    let settings = settings_for(&own, "gone", "1s");
+    own.stop();
+    let storage = Storage::from_settings(&settings.storage).unwrap();
+    let err = storage.head("x").await.unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    assert!(matches!(err, StorageError::Unavailable(_)), "{err}");
+}
