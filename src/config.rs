@@ -521,4 +521,42 @@ mod tests {
         ]);
         assert!(Settings::from_env(None, &e).is_ok());
     }
+
+    #[test]
+    fn env_example_names_only_real_settings_and_loads() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/.env.example");
+        let pairs: HashMap<String, String> = dotenvy::from_path_iter(path)
+            .unwrap()
+            .map(|kv| kv.unwrap())
+            .collect();
+        let defaults = config::Config::builder()
+            .add_source(config::File::from_str(
+                DEFAULTS_TOML,
+                config::FileFormat::Toml,
+            ))
+            .build()
+            .unwrap();
+        for key in pairs.keys() {
+            if let Some(rest) = key.strip_prefix("TRANSCODE_") {
+                let setting = rest.to_ascii_lowercase().replace("__", ".");
+                assert!(
+                    defaults.get::<config::Value>(&setting).is_ok(),
+                    "{key} is not a setting"
+                );
+            } else {
+                let known = SEED_ENV_NAMES.iter().any(|(name, _)| name == key)
+                    || ["LOG_FORMAT", "RUST_LOG"].contains(&key.as_str());
+                assert!(known, "{key} is not read by anything");
+            }
+        }
+        for (name, _) in SEED_ENV_NAMES {
+            assert!(
+                pairs.contains_key(*name),
+                "{name} missing from .env.example"
+            );
+        }
+        let s = Settings::from_env(None, &pairs).unwrap();
+        assert_eq!(s.storage.bucket, "your_bucket_name");
+        assert!(s.pipeline.allow_transcode_options);
+    }
 }
