@@ -313,6 +313,24 @@ impl Broker {
         }
     }
 
+    /// Checks that the broker answers on the consuming channel (a passive
+    /// declare of the jobs queue), within `timeout`.
+    pub async fn ping(&self, timeout: std::time::Duration) -> Result<(), String> {
+        let check = self.consume.queue_declare(
+            self.settings.jobs_queue.as_str().into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        );
+        match tokio::time::timeout(timeout, check).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("the broker connection failed: {e}")),
+            Err(_) => Err(format!("the broker did not answer within {timeout:?}")),
+        }
+    }
+
     /// Whether the connection is still up.
     pub fn is_connected(&self) -> bool {
         self.connection.status().connected()
@@ -376,8 +394,13 @@ impl Broker {
 }
 
 /// The arguments of the jobs queue: quorum type, a delivery limit of
-/// `max_attempts - 1` redeliveries, and at-least-once dead-lettering into
-/// the dead-letter queue.
+/// `max_attempts` redeliveries, and at-least-once dead-lettering into the
+/// dead-letter queue.
+///
+/// The limit lets one delivery more through than a worker will attempt:
+/// when every allowed attempt ended without a result (each killed its
+/// worker), the next worker to get the job dead-letters it at once with a
+/// `failed` event; the broker's own limit is the backstop behind that.
 pub fn jobs_queue_arguments(settings: &BrokerSettings, max_attempts: u32) -> FieldTable {
     let mut args = FieldTable::default();
     args.insert(
@@ -386,7 +409,7 @@ pub fn jobs_queue_arguments(settings: &BrokerSettings, max_attempts: u32) -> Fie
     );
     args.insert(
         "x-delivery-limit".into(),
-        AMQPValue::LongLongInt(i64::from(max_attempts.saturating_sub(1))),
+        AMQPValue::LongLongInt(i64::from(max_attempts)),
     );
     args.insert(
         "x-dead-letter-exchange".into(),

@@ -61,6 +61,9 @@ pub struct BrokerSettings {
     pub progress_queue_max_length: u32,
     /// Queue of jobs that cannot succeed.
     pub dead_letter_queue: String,
+    /// How often the broker's liveness is checked.
+    #[serde(with = "humantime_serde")]
+    pub liveness_interval: Duration,
     /// First wait between reconnection attempts.
     #[serde(with = "humantime_serde")]
     pub reconnect_min_delay: Duration,
@@ -119,9 +122,15 @@ pub struct WorkerSettings {
     /// Time a running job gets to finish on shutdown.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
-    /// An attempt without progress for this long is aborted.
+    /// A download that moves no byte for this long is aborted.
     #[serde(with = "humantime_serde")]
-    pub stall_timeout: Duration,
+    pub download_stall_timeout: Duration,
+    /// A transcode whose position does not move for this long is aborted.
+    #[serde(with = "humantime_serde")]
+    pub transcode_stall_timeout: Duration,
+    /// An upload that moves no byte for this long is aborted.
+    #[serde(with = "humantime_serde")]
+    pub upload_stall_timeout: Duration,
     /// Longest a single attempt may run.
     #[serde(with = "humantime_serde")]
     pub job_timeout: Duration,
@@ -131,6 +140,10 @@ pub struct WorkerSettings {
     /// Longest such delay.
     #[serde(with = "humantime_serde")]
     pub retry_max_delay: Duration,
+    /// Free space (MiB) the scratch folder must keep beyond the input's size.
+    pub min_free_space_mb: u64,
+    /// Memory limit (MiB) of a pipeline process; 0 for none.
+    pub pipeline_memory_limit_mb: u64,
     /// Fault injection for reliability tests: abort the process right after
     /// this phase of an attempt (`download`, `transcode` or `upload`), as a
     /// power cut would. Never set in production.

@@ -35,7 +35,12 @@ pub enum ErrorKind {
     BrokerUnavailable,
     /// The worker is shutting down and gave the job back.
     Shutdown,
-    /// A local problem of the worker (disk, temp files).
+    /// Earlier attempts ended without a result (each stopped or crashed the
+    /// worker that ran it), as many times as attempts are allowed.
+    AttemptsExhausted,
+    /// Not enough free space in the scratch folder.
+    NoSpace,
+    /// A local problem of the worker (temp files, missing plugins).
     Internal,
 }
 
@@ -49,6 +54,7 @@ impl ErrorKind {
                 | ErrorKind::InputNotFound
                 | ErrorKind::UndecodableInput
                 | ErrorKind::TranscodeFailed
+                | ErrorKind::AttemptsExhausted
         )
     }
 
@@ -66,6 +72,8 @@ impl ErrorKind {
             ErrorKind::StorageUnavailable => "storage_unavailable",
             ErrorKind::BrokerUnavailable => "broker_unavailable",
             ErrorKind::Shutdown => "shutdown",
+            ErrorKind::AttemptsExhausted => "attempts_exhausted",
+            ErrorKind::NoSpace => "no_space",
             ErrorKind::Internal => "internal",
         }
     }

@@ -76,7 +76,9 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let worker = match Worker::new(settings, Transcoder::new(exe, None), exit_when_idle) {
+        let limit_mb = settings.worker.pipeline_memory_limit_mb;
+        let transcoder = Transcoder::new(exe, (limit_mb > 0).then_some(limit_mb << 20));
+        let worker = match Worker::new(settings, transcoder, exit_when_idle) {
             Ok(w) => w,
             Err(e) => {
                 tracing::error!("{e}");

@@ -215,7 +215,7 @@ pub fn transcode(
     } else {
         None
     };
-    let video_buffers = count_buffers(&video);
+    let video_stats = watch_branch(&video);
     connect_decoder(&pipeline, &decode, video.clone(), audio);
 
     pipeline.set_state(gst::State::Playing).map_err(|_| {
@@ -234,20 +234,20 @@ pub fn transcode(
                 _ => {}
             }
         }
-        if let Some(pos) = pipeline.query_position::<gst::ClockTime>() {
+        if let Some(position) = video_stats.position() {
             let duration = duration.or_else(|| {
                 pipeline
                     .query_duration::<gst::ClockTime>()
                     .map(|d| Duration::from_nanos(d.nseconds()))
             });
-            on_position(Duration::from_nanos(pos.nseconds()), duration);
+            on_position(position, duration);
         }
     }
     pipeline
         .set_state(gst::State::Null)
         .map_err(|_| internal("cannot stop the pipeline"))?;
     drop(guard);
-    if video_buffers.load(Ordering::Relaxed) == 0 {
+    if video_stats.buffers.load(Ordering::Relaxed) == 0 {
         return Err(JobError::new(
             ErrorKind::UndecodableInput,
             "the input's video stream produced no frames",
@@ -256,17 +256,44 @@ pub fn transcode(
     Ok(())
 }
 
-/// Counts the buffers entering `bin`.
-fn count_buffers(bin: &gst::Bin) -> Arc<AtomicU64> {
-    let count = Arc::new(AtomicU64::new(0));
+/// What has entered a branch: buffers, and the first and latest timestamps.
+#[derive(Debug)]
+struct BranchStats {
+    buffers: AtomicU64,
+    first_pts: AtomicU64,
+    last_pts: AtomicU64,
+}
+
+impl BranchStats {
+    /// Media time that has entered the branch. Measured at the branch's
+    /// input rather than at the sink, so it does not lag by the encoder's
+    /// look-ahead.
+    fn position(&self) -> Option<Duration> {
+        let first = self.first_pts.load(Ordering::Relaxed);
+        let last = self.last_pts.load(Ordering::Relaxed);
+        (first != u64::MAX).then(|| Duration::from_nanos(last.saturating_sub(first)))
+    }
+}
+
+/// Watches the buffers entering `bin`.
+fn watch_branch(bin: &gst::Bin) -> Arc<BranchStats> {
+    let stats = Arc::new(BranchStats {
+        buffers: AtomicU64::new(0),
+        first_pts: AtomicU64::new(u64::MAX),
+        last_pts: AtomicU64::new(0),
+    });
     if let Some(pad) = bin.static_pad("sink") {
-        let counter = count.clone();
-        pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
-            counter.fetch_add(1, Ordering::Relaxed);
+        let stats = stats.clone();
+        pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+            stats.buffers.fetch_add(1, Ordering::Relaxed);
+            if let Some(pts) = info.buffer().and_then(|b| b.pts()) {
+                stats.first_pts.fetch_min(pts.nseconds(), Ordering::Relaxed);
+                stats.last_pts.fetch_max(pts.nseconds(), Ordering::Relaxed);
+            }
             gst::PadProbeReturn::Ok
         });
     }
-    count
+    stats
 }
 
 /// Checks that `output` is a playable file with the expected streams and a

@@ -106,6 +106,23 @@ pub fn plan(job: &Job, settings: &Settings) -> Result<Plan, JobError> {
     })
 }
 
+impl Plan {
+    /// A short stable text identifying what an output of `job` made with
+    /// this plan depends on: the pipeline, the keys and the input's size. Stored with the
+    /// output, it lets a redelivered job recognise its own finished output.
+    pub fn fingerprint(&self, job: &Job, input_size: u64) -> String {
+        let text = format!(
+            "{}\n{}\n{}\n{}\n{}\n{input_size}",
+            self.video, self.audio, self.muxer, job.input_key, job.output_key
+        );
+        // FNV-1a: stable across Rust versions, unlike the std hasher.
+        let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        format!("{hash:016x}")
+    }
+}
+
 fn default_audio(container: Container) -> &'static str {
     if container.webm {
         DEFAULT_OPUS

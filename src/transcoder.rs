@@ -57,6 +57,15 @@ pub enum ChildEvent {
 /// Entry point of `transcode-worker pipeline`: reads the spec from standard
 /// input, runs it, reports on standard output. Returns the exit code.
 pub fn child_main() -> i32 {
+    // Rust's runtime handles SIGSEGV and SIGBUS to report stack overflows,
+    // and lets a signal sent with kill(2) pass; a pipeline process must die
+    // of any such signal, so the worker sees the crash.
+    // SAFETY: restoring the default disposition of two signals at start-up,
+    // before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGSEGV, libc::SIG_DFL);
+        libc::signal(libc::SIGBUS, libc::SIG_DFL);
+    }
     let stdout = std::io::stdout();
     let emit = |event: &ChildEvent| {
         let mut out = stdout.lock();
@@ -109,7 +118,7 @@ pub struct Transcoder {
 
 impl Transcoder {
     /// Uses the program `exe` (the worker binary) as the pipeline process,
-    /// limiting its address space to `memory_limit` bytes when given.
+    /// limiting its memory to `memory_limit` bytes when given.
     pub fn new(exe: PathBuf, memory_limit: Option<u64>) -> Self {
         Transcoder { exe, memory_limit }
     }
@@ -144,7 +153,7 @@ impl Transcoder {
                         rlim_cur: bytes,
                         rlim_max: bytes,
                     };
-                    libc::setrlimit(libc::RLIMIT_AS, &limit);
+                    libc::setrlimit(libc::RLIMIT_DATA, &limit);
                 }
                 Ok(())
             });

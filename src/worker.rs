@@ -85,6 +85,7 @@ impl Worker {
             path: scratch.display().to_string(),
             problem: e.to_string(),
         })?;
+        clean_stale_scratch(&scratch);
         Ok(Arc::new(Worker {
             id: settings.worker_id(),
             settings,
@@ -167,9 +168,16 @@ impl Worker {
         let mut jobs = JoinSet::new();
         let mut last_activity = Instant::now();
         let mut idle_check = tokio::time::interval(Duration::from_millis(250));
+        let liveness = self.settings.broker.liveness_interval;
+        let mut live_check = tokio::time::interval(liveness);
         let end = loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break SessionEnd::Shutdown,
+                _ = live_check.tick() => {
+                    if let Err(why) = broker.ping(liveness * 2).await {
+                        break SessionEnd::Lost(why);
+                    }
+                }
                 delivery = consumer.next() => match delivery {
                     Some(Ok(delivery)) => {
                         last_activity = Instant::now();
@@ -237,8 +245,16 @@ impl Worker {
         };
         let span = tracing::info_span!("job", job_id = %job.job_id, attempt);
         async {
-            tracing::info!(input = %job.input_key, output = %job.output_key, "job started");
             let reporter = Reporter::new(broker.clone(), &job.job_id, attempt, &self.id);
+            let max = self.settings.worker.max_attempts;
+            if attempt > max {
+                let error = JobError::new(
+                    ErrorKind::AttemptsExhausted,
+                    format!("{max} attempts ended without a result (each stopped or crashed the worker running it)"),
+                );
+                return self.settle(&broker, &delivery, &reporter, &job.job_id, Err(error)).await;
+            }
+            tracing::info!(input = %job.input_key, output = %job.output_key, "job started");
             let limit = self.settings.worker.job_timeout;
             let result = tokio::select! {
                 r = tokio::time::timeout(limit, self.attempt(&job, &reporter)) => r.unwrap_or_else(|_| Err(JobError::new(
@@ -330,8 +346,9 @@ impl Worker {
     /// One attempt: plan, fetch, transcode, upload.
     async fn attempt(&self, job: &Job, reporter: &Reporter) -> Result<MediaInfo, JobError> {
         let plan = plan(job, &self.settings)?;
+        let w = &self.settings.worker;
         let scratch = tempfile::Builder::new()
-            .prefix("job-")
+            .prefix(&scratch_prefix())
             .tempdir_in(self.settings.scratch_dir())
             .map_err(|e| {
                 JobError::new(
@@ -339,16 +356,14 @@ impl Worker {
                     format!("cannot make a scratch folder: {e}"),
                 )
             })?;
-        let stall = self.settings.worker.stall_timeout;
 
         reporter.update(State::Downloading, 0.0, None).await;
-        let counter = Transferred::default();
-        let expected = self
+        let Some(expected) = self
             .storage
             .head(&job.input_key)
             .await
-            .map_err(JobError::from)?;
-        let Some(expected) = expected else {
+            .map_err(JobError::from)?
+        else {
             return Err(JobError::new(
                 ErrorKind::InputNotFound,
                 format!(
@@ -358,13 +373,25 @@ impl Worker {
                 ),
             ));
         };
+        let fingerprint = plan.fingerprint(job, expected.size);
+        if let Some(output) = self.already_done(job, &fingerprint).await? {
+            tracing::info!(key = %job.output_key, "the verified output of this job is already stored; not transcoding again");
+            return Ok(output);
+        }
+        let local_copy = matches!(self.storage, Storage::S3(_));
+        check_free_space(
+            scratch.path(),
+            if local_copy { expected.size } else { 0 },
+            w.min_free_space_mb,
+        )?;
+        let counter = Transferred::default();
         let input = watch_transfer(
             self.storage.fetch(&job.input_key, scratch.path(), &counter),
             &counter,
             expected.size,
             reporter,
             State::Downloading,
-            stall,
+            w.download_stall_timeout,
         )
         .await?;
         self.fault_point(Phase::Download);
@@ -379,7 +406,9 @@ impl Worker {
         };
         tracing::info!(video = %plan.video, muxer = plan.muxer, preset = ?plan.preset, "transcoding");
         reporter.update(State::Transcoding, 0.0, None).await;
-        let output = self.transcode(&spec, reporter, stall).await?;
+        let output = self
+            .transcode(&spec, reporter, w.transcode_stall_timeout)
+            .await?;
         self.fault_point(Phase::Transcode);
 
         let size = std::fs::metadata(&spec.output)
@@ -387,7 +416,8 @@ impl Worker {
             .unwrap_or(0);
         reporter.update(State::Uploading, 0.0, None).await;
         let mut metadata = vec![
-            ("transcode-job-id".to_string(), job.job_id.clone()),
+            (META_JOB_ID.to_string(), job.job_id.clone()),
+            (META_FINGERPRINT.to_string(), fingerprint),
             ("transcode-worker".to_string(), self.id.clone()),
         ];
         if let Some(preset) = &plan.preset {
@@ -401,13 +431,40 @@ impl Worker {
             size,
             reporter,
             State::Uploading,
-            stall,
+            w.upload_stall_timeout,
         )
         .await?;
         tracing::info!(bytes = size, key = %job.output_key, "output stored");
         self.fault_point(Phase::Upload);
         drop(scratch);
         Ok(output)
+    }
+
+    /// The output of an earlier attempt of the same job with the same
+    /// settings, if one was stored (it was verified before it was stored).
+    async fn already_done(
+        &self,
+        job: &Job,
+        fingerprint: &str,
+    ) -> Result<Option<MediaInfo>, JobError> {
+        let Some(info) = self
+            .storage
+            .head(&job.output_key)
+            .await
+            .map_err(JobError::from)?
+        else {
+            return Ok(None);
+        };
+        let meta = |name: &str| {
+            info.metadata
+                .iter()
+                .find(|(k, _)| k == name || k.ends_with(&format!("-{name}")))
+                .map(|(_, v)| v.as_str())
+        };
+        let done = info.size > 0
+            && meta(META_JOB_ID) == Some(job.job_id.as_str())
+            && meta(META_FINGERPRINT) == Some(fingerprint);
+        Ok(done.then(MediaInfo::default))
     }
 
     /// Aborts the process after `phase` when fault injection asks for it.
@@ -464,6 +521,76 @@ impl Worker {
             }
         }
     }
+}
+
+/// Object metadata naming the job that made an output.
+const META_JOB_ID: &str = "transcode-job-id";
+/// Object metadata identifying the settings an output was made with.
+const META_FINGERPRINT: &str = "transcode-fingerprint";
+
+/// Prefix of this process's per-job scratch folders: `job-<pid>-`.
+fn scratch_prefix() -> String {
+    format!("job-{}-", std::process::id())
+}
+
+/// Removes scratch folders left by worker processes that no longer run
+/// (a killed worker cannot clean up after itself).
+pub fn clean_stale_scratch(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        let Some(pid) = name
+            .strip_prefix("job-")
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: kill with signal 0 only checks whether the process exists.
+        let alive = unsafe { libc::kill(pid, 0) } == 0
+            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+        if !alive {
+            tracing::info!(folder = %entry.path().display(), "removing the scratch folder of a worker that is gone");
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Fails as [`ErrorKind::NoSpace`] unless the file system of `dir` has
+/// `needed` bytes plus `reserve_mb` MiB free.
+fn check_free_space(dir: &std::path::Path, needed: u64, reserve_mb: u64) -> Result<(), JobError> {
+    let free = free_space(dir).map_err(|e| {
+        JobError::new(
+            ErrorKind::Internal,
+            format!("cannot read the free space of {}: {e}", dir.display()),
+        )
+    })?;
+    let want = needed.saturating_add(reserve_mb.saturating_mul(1 << 20));
+    if free < want {
+        return Err(JobError::new(
+            ErrorKind::NoSpace,
+            format!(
+                "not enough free space in {}: {} MiB free, {} MiB needed",
+                dir.display(),
+                free >> 20,
+                want >> 20
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn free_space(dir: &std::path::Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())?;
+    // SAFETY: statvfs fills the zeroed struct; the path is a valid C string.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(stat.f_bavail as u64 * stat.f_frsize as u64)
 }
 
 /// Awaits a transfer while reporting its bytes as progress of `state`;

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -21,14 +22,36 @@ use transcode_worker::broker::Broker;
 use transcode_worker::config::Settings;
 use transcode_worker::job::{Progress, State};
 
-use super::services::{shared_rabbit, shared_s3, S3Server};
+use super::services::{shared_rabbit, shared_s3, RabbitNode, S3Server};
 use super::{random_name, with_timeout, DEFAULT_TIMEOUT};
 
 /// Path of the worker binary built for these tests.
 pub const WORKER_BIN: &str = env!("CARGO_BIN_EXE_transcode-worker");
 
+/// The RabbitMQ node a farm uses: the shared one, or a test's own (which
+/// the test may stop and restart).
+#[derive(Clone)]
+pub enum Rabbit {
+    /// The node shared by all tests.
+    Shared(&'static RabbitNode),
+    /// A node of this test only.
+    Own(Arc<RabbitNode>),
+}
+
+impl std::ops::Deref for Rabbit {
+    type Target = RabbitNode;
+    fn deref(&self) -> &RabbitNode {
+        match self {
+            Rabbit::Shared(node) => node,
+            Rabbit::Own(node) => node,
+        }
+    }
+}
+
 /// One test's farm.
 pub struct Farm {
+    /// The broker node.
+    pub rabbit: Rabbit,
     /// Environment every worker of this farm gets.
     pub env: HashMap<String, String>,
     /// The bucket, when the farm uses S3.
@@ -46,30 +69,36 @@ pub struct Farm {
 impl Farm {
     /// A farm on S3 with `extra` environment settings for the workers.
     pub async fn s3(extra: &[(&str, &str)]) -> Farm {
-        let s3: &S3Server = shared_s3();
+        Farm::s3_on(Rabbit::Shared(shared_rabbit()), shared_s3(), extra).await
+    }
+
+    /// A farm on the given broker node and S3 server.
+    pub async fn s3_on(rabbit: Rabbit, s3: &S3Server, extra: &[(&str, &str)]) -> Farm {
         let bucket = s3.random_bucket().await;
-        let mut env = base_env(&shared_rabbit().amqp_url());
+        let mut env = base_env(&rabbit.amqp_url());
         env.insert("AWS_ACCESS_KEY_ID".into(), s3.access_key().into());
         env.insert("AWS_SECRET_ACCESS_KEY".into(), s3.secret_key().into());
         env.insert("AWS_S3_ENDPOINT_URL".into(), s3.endpoint().into());
         env.insert("AWS_REGION".into(), s3.region().into());
         env.insert("S3_BUCKET_NAME".into(), bucket.name());
-        Farm::finish(env, extra, Some(bucket), None).await
+        Farm::finish(rabbit, env, extra, Some(bucket), None).await
     }
 
     /// A farm on the directory backend.
     pub async fn directory(extra: &[(&str, &str)]) -> Farm {
         let store = tempfile::tempdir().expect("store dir");
-        let mut env = base_env(&shared_rabbit().amqp_url());
+        let rabbit = Rabbit::Shared(shared_rabbit());
+        let mut env = base_env(&rabbit.amqp_url());
         env.insert("TRANSCODE_STORAGE__BACKEND".into(), "directory".into());
         env.insert(
             "TRANSCODE_STORAGE__DIRECTORY".into(),
             store.path().display().to_string(),
         );
-        Farm::finish(env, extra, None, Some(store)).await
+        Farm::finish(rabbit, env, extra, None, Some(store)).await
     }
 
     async fn finish(
+        rabbit: Rabbit,
         mut env: HashMap<String, String>,
         extra: &[(&str, &str)],
         bucket: Option<Box<s3::Bucket>>,
@@ -94,14 +123,9 @@ impl Farm {
         .await
         .expect("declare topology");
         broker.close().await;
-        let conn = with_timeout(
-            DEFAULT_TIMEOUT,
-            "test AMQP connection",
-            Connection::connect(&shared_rabbit().amqp_url(), ConnectionProperties::default()),
-        )
-        .await
-        .expect("test connection");
+        let conn = connect(&rabbit.amqp_url()).await;
         Farm {
+            rabbit,
             env,
             bucket,
             store_dir,
@@ -109,6 +133,11 @@ impl Farm {
             conn,
             settings,
         }
+    }
+
+    /// Opens a new test connection (after the broker restarted).
+    pub async fn reconnect(&mut self) {
+        self.conn = connect(&self.rabbit.amqp_url()).await;
     }
 
     /// Name of the jobs queue.
@@ -287,9 +316,29 @@ impl Farm {
         out
     }
 
-    /// Ready and unacknowledged message counts of the jobs queue.
+    /// Jobs ready in the jobs queue, as the queue itself counts them (a
+    /// passive declare; `rabbitmqctl list_queues` may lag for quorum queues).
+    pub async fn ready_jobs(&self) -> u32 {
+        let channel = self.channel().await;
+        let queue = channel
+            .queue_declare(
+                self.jobs_queue().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("passive declare");
+        let _ = channel.close(200, "done".into()).await;
+        queue.message_count()
+    }
+
+    /// Ready and unacknowledged message counts of the jobs queue
+    /// (`rabbitmqctl list_queues`, which may lag a little for quorum queues).
     pub fn jobs_queue_counts(&self) -> (u64, u64) {
-        let out = shared_rabbit().ctl(&[
+        let out = self.rabbit.ctl(&[
             "list_queues",
             "-q",
             "--no-table-headers",
@@ -310,6 +359,16 @@ impl Farm {
     pub async fn channel(&self) -> Channel {
         self.conn.create_channel().await.expect("channel")
     }
+}
+
+async fn connect(url: &str) -> Connection {
+    with_timeout(
+        DEFAULT_TIMEOUT,
+        "test AMQP connection",
+        Connection::connect(url, ConnectionProperties::default()),
+    )
+    .await
+    .expect("test connection")
 }
 
 fn headers_to_strings(table: &FieldTable) -> HashMap<String, String> {

@@ -5,6 +5,8 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod queue_files;
+mod reliability;
 mod smoke;
 mod storage;
 mod worker;
