@@ -106,6 +106,10 @@ pub struct StorageSettings {
     pub retry_for: Duration,
     /// Multipart upload parts in flight.
     pub upload_concurrency: usize,
+    /// Prefixes `input_key` must start with; empty for any.
+    pub allowed_input_prefixes: Vec<String>,
+    /// Prefixes `output_key` must start with; empty for any.
+    pub allowed_output_prefixes: Vec<String>,
 }
 
 /// How the worker runs jobs.
@@ -140,6 +144,8 @@ pub struct WorkerSettings {
     /// Longest such delay.
     #[serde(with = "humantime_serde")]
     pub retry_max_delay: Duration,
+    /// Largest job message accepted, in bytes.
+    pub max_message_bytes: usize,
     /// Free space (MiB) the scratch folder must keep beyond the input's size.
     pub min_free_space_mb: u64,
     /// Memory limit (MiB) of a pipeline process; 0 for none.
@@ -272,6 +278,8 @@ impl Settings {
                 .separator("__")
                 .list_separator(",")
                 .with_list_parse_key("pipeline.extra_allowed_elements")
+                .with_list_parse_key("storage.allowed_input_prefixes")
+                .with_list_parse_key("storage.allowed_output_prefixes")
                 .try_parsing(true)
                 .source(Some(prefixed)),
         );

@@ -450,4 +450,63 @@ mod tests {
         assert!(Fragment::parse("videoconvert ! myenc", &allow).is_ok());
         assert!(parse("videoconvert ! myenc").is_err());
     }
+
+    mod fuzz {
+        //! Property tests of the validator (run briefly by `cargo test`;
+        //! `PROPTEST_CASES=1000000 cargo test --lib fragment::tests::fuzz`
+        //! for a long run).
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Pieces of launch syntax, hostile and benign, to assemble.
+        fn token() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("!".to_string()),
+                Just(" ".to_string()),
+                Just("\"".to_string()),
+                Just("(".to_string()),
+                Just(")".to_string()),
+                Just(".".to_string()),
+                Just("=".to_string()),
+                Just("\\".to_string()),
+                Just("videoconvert".to_string()),
+                Just("x264enc".to_string()),
+                Just("filesink".to_string()),
+                Just("filesrc".to_string()),
+                Just("location=/tmp/x".to_string()),
+                Just("name=tw_mux".to_string()),
+                Just("tw_mux.".to_string()),
+                Just("video/x-raw,width=640".to_string()),
+                Just("speed-preset=fast".to_string()),
+                Just("option-string=a".to_string()),
+                "[a-z0-9_/=,.:-]{0,12}",
+                any::<char>().prop_map(String::from),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn never_panics_on_any_text(text in ".{0,300}") {
+                let _ = Fragment::parse(&text, &Allowlist::default());
+            }
+
+            #[test]
+            fn accepted_fragments_are_safe_and_canonical(tokens in prop::collection::vec(token(), 0..24)) {
+                let text = tokens.concat();
+                let allow = Allowlist::default();
+                if let Ok(fragment) = Fragment::parse(&text, &allow) {
+                    for factory in fragment.factories() {
+                        prop_assert!(allow.allows(factory), "{factory} from {text:?}");
+                    }
+                    let canonical = fragment.to_string();
+                    let lower = canonical.to_ascii_lowercase();
+                    for denied in ["location", "name=", "filesink", "filesrc", "option-string", "(", "\\"] {
+                        prop_assert!(!lower.contains(denied), "{denied} in {canonical:?} from {text:?}");
+                    }
+                    let again = Fragment::parse(&canonical, &allow).expect("canonical text parses");
+                    prop_assert_eq!(again.to_string(), canonical);
+                }
+            }
+        }
+    }
 }

@@ -67,6 +67,19 @@ pub struct SourceInfo {
 }
 
 impl Job {
+    /// Parses and checks a job message body of at most `max_bytes`.
+    ///
+    /// Errors are [`ErrorKind::InvalidJob`] with a sentence naming the problem.
+    pub fn parse_limited(body: &[u8], max_bytes: usize) -> Result<Job, JobError> {
+        if body.len() > max_bytes {
+            return Err(invalid(format!(
+                "the message is {} bytes long; the limit is {max_bytes}",
+                body.len()
+            )));
+        }
+        Job::parse(body)
+    }
+
     /// Parses and checks a job message body.
     ///
     /// Errors are [`ErrorKind::InvalidJob`] with a sentence naming the problem.
@@ -304,5 +317,39 @@ mod tests {
         assert_eq!(v["progress"], 42.0);
         assert_eq!(v["state"], "transcoding");
         assert!(v.get("error").is_none());
+    }
+
+    mod fuzz {
+        //! Property tests of the message parser (a long run:
+        //! `PROPTEST_CASES=1000000 cargo test --lib job::tests::fuzz`).
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn never_panics_on_any_bytes(body in prop::collection::vec(any::<u8>(), 0..512)) {
+                let _ = Job::parse(&body);
+                let _ = Job::salvage_id(&body);
+            }
+
+            #[test]
+            fn accepted_jobs_have_checked_fields(
+                id in ".{0,40}",
+                input in ".{0,40}",
+                output in ".{0,40}",
+                options in proptest::option::of(".{0,40}"),
+            ) {
+                let body = serde_json::json!({
+                    "job_id": id, "input_key": input, "output_key": output,
+                    "transcode_options": options,
+                }).to_string();
+                if let Ok(job) = Job::parse(body.as_bytes()) {
+                    prop_assert!(!job.job_id.is_empty() && job.job_id.len() <= MAX_JOB_ID_LEN);
+                    prop_assert!(!job.input_key.chars().any(char::is_control));
+                    prop_assert!(!job.output_key.chars().any(char::is_control));
+                    prop_assert!(!job.input_key.is_empty() && !job.output_key.is_empty());
+                }
+            }
+        }
     }
 }

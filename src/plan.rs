@@ -58,6 +58,16 @@ fn container_for(output_key: &str) -> Result<Container, JobError> {
 
 /// Works out the pipeline for `job` under `settings`.
 pub fn plan(job: &Job, settings: &Settings) -> Result<Plan, JobError> {
+    check_prefix(
+        "input_key",
+        &job.input_key,
+        &settings.storage.allowed_input_prefixes,
+    )?;
+    check_prefix(
+        "output_key",
+        &job.output_key,
+        &settings.storage.allowed_output_prefixes,
+    )?;
     let container = container_for(&job.output_key)?;
     let allow = settings.allowlist();
     if let Some(options) = &job.transcode_options {
@@ -121,6 +131,25 @@ impl Plan {
         });
         format!("{hash:016x}")
     }
+}
+
+/// Refuses `key` unless it starts with one of `prefixes` (any key when empty).
+fn check_prefix(field: &str, key: &str, prefixes: &[String]) -> Result<(), JobError> {
+    let prefixes: Vec<&String> = prefixes.iter().filter(|p| !p.is_empty()).collect();
+    if prefixes.is_empty() || prefixes.iter().any(|p| key.starts_with(p.as_str())) {
+        return Ok(());
+    }
+    Err(JobError::new(
+        ErrorKind::InvalidJob,
+        format!(
+            "{field} {key:?} is outside the allowed prefixes ({})",
+            prefixes
+                .iter()
+                .map(|p| p.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    ))
 }
 
 fn default_audio(container: Container) -> &'static str {
@@ -201,6 +230,23 @@ mod tests {
         let err = plan(&job("o.mp4", Some("videoconvert ! x264enc"), None), &s).unwrap_err();
         assert_eq!(err.kind, ErrorKind::InvalidPipeline);
         assert!(plan(&job("o.mp4", None, Some("h264-720p")), &s).is_ok());
+    }
+
+    #[test]
+    fn keys_outside_the_allowed_prefixes_are_refused() {
+        let s = settings(&[
+            ("TRANSCODE_STORAGE__ALLOWED_INPUT_PREFIXES", "in/,uploads/"),
+            ("TRANSCODE_STORAGE__ALLOWED_OUTPUT_PREFIXES", "out/"),
+        ]);
+        let mut j = job("out/o.mp4", None, None);
+        j.input_key = "in/a.wmv".into();
+        assert!(plan(&j, &s).is_ok());
+        j.input_key = "secret/a.wmv".into();
+        let err = plan(&j, &s).unwrap_err();
+        assert!(err.message.contains("in/, uploads/"), "{}", err.message);
+        j.input_key = "uploads/a.wmv".into();
+        j.output_key = "elsewhere/o.mp4".into();
+        assert!(plan(&j, &s).unwrap_err().message.contains("output_key"));
     }
 
     #[test]

@@ -231,10 +231,14 @@ impl Worker {
         abort: CancellationToken,
     ) {
         let attempt = attempt_of(&delivery.properties);
-        let job = match Job::parse(&delivery.data) {
+        let job = match Job::parse_limited(&delivery.data, self.settings.worker.max_message_bytes) {
             Ok(job) => job,
             Err(error) => {
-                let job_id = Job::salvage_id(&delivery.data).unwrap_or_else(|| "unknown".into());
+                let limit = self.settings.worker.max_message_bytes;
+                let job_id = (delivery.data.len() <= limit)
+                    .then(|| Job::salvage_id(&delivery.data))
+                    .flatten()
+                    .unwrap_or_else(|| "unknown".into());
                 let span = tracing::info_span!("job", job_id = %job_id, attempt);
                 let reporter = Reporter::new(broker.clone(), &job_id, attempt, &self.id);
                 return self
@@ -346,6 +350,8 @@ impl Worker {
     /// One attempt: plan, fetch, transcode, upload.
     async fn attempt(&self, job: &Job, reporter: &Reporter) -> Result<MediaInfo, JobError> {
         let plan = plan(job, &self.settings)?;
+        self.storage.check_key(&job.input_key)?;
+        self.storage.check_key(&job.output_key)?;
         let w = &self.settings.worker;
         let scratch = tempfile::Builder::new()
             .prefix(&scratch_prefix())

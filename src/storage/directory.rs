@@ -35,6 +35,10 @@ impl DirStore {
         format!("directory {}", self.root.display())
     }
 
+    pub(super) fn check_key(&self, key: &str) -> Result<(), StorageError> {
+        self.join(key).map(|_| ())
+    }
+
     /// Checks `key` lexically and joins it to the root.
     fn join(&self, key: &str) -> Result<PathBuf, StorageError> {
         let refuse = |reason: &str| StorageError::InvalidKey {

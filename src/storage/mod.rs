@@ -132,6 +132,15 @@ impl Storage {
         }
     }
 
+    /// Checks that `key` is acceptable to this backend, without touching
+    /// storage (the directory backend confines keys to its root).
+    pub fn check_key(&self, key: &str) -> Result<(), StorageError> {
+        match self {
+            Storage::S3(_) => Ok(()),
+            Storage::Directory(d) => d.check_key(key),
+        }
+    }
+
     /// Size and metadata of `key`, or `None` when there is no such object.
     pub async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StorageError> {
         match self {

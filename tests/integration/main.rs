@@ -7,6 +7,7 @@ mod common;
 
 mod queue_files;
 mod reliability;
+mod security;
 mod smoke;
 mod storage;
 mod worker;
