@@ -51,6 +51,51 @@ pub enum WorkerError {
     },
 }
 
+/// Aborts the running attempts of a session, with the reason they get.
+#[derive(Debug, Clone, Default)]
+struct Abort {
+    token: CancellationToken,
+    reason: Arc<std::sync::OnceLock<JobError>>,
+}
+
+impl Abort {
+    /// Aborts every attempt watching this, with `reason` (the first reason wins).
+    fn fire(&self, reason: JobError) {
+        let _ = self.reason.set(reason);
+        self.token.cancel();
+    }
+
+    /// Resolves with the reason once fired.
+    async fn fired(&self) -> JobError {
+        self.token.cancelled().await;
+        self.reason
+            .get()
+            .cloned()
+            .unwrap_or_else(|| JobError::new(ErrorKind::Shutdown, "the attempt was aborted"))
+    }
+}
+
+/// Says why a broker session ended, with the fix when it is the broker's
+/// consumer timeout (the delivery can no longer be acked either way, and
+/// the broker gives it to a worker again).
+fn explain_loss(why: &str) -> String {
+    let timed_out = why.contains("acknowledgement") && why.contains("timed out");
+    if timed_out {
+        format!(
+            "the broker took the job back because it stayed unacknowledged longer than the broker's consumer_timeout ({why}); \
+             raise consumer_timeout above the longest job (rabbitmq.conf on RabbitMQ 3.10/3.11, or the consumer-timeout \
+             queue policy on 3.12 and later)"
+        )
+    } else if why.contains("cancelled the consumer") {
+        format!(
+            "{why} (RabbitMQ 4.3 and later do this when a delivery stays unacknowledged longer than the consumer timeout, \
+             or when the queue is deleted); the job was given back"
+        )
+    } else {
+        format!("the broker connection was lost during the job: {why}")
+    }
+}
+
 /// How a broker session ended.
 enum SessionEnd {
     /// Shutdown was asked for; jobs were drained.
@@ -164,7 +209,7 @@ impl Worker {
             Ok(c) => c,
             Err(e) => return SessionEnd::Lost(e.to_string()),
         };
-        let abort = CancellationToken::new();
+        let abort = Abort::default();
         let mut jobs = JoinSet::new();
         let mut last_activity = Instant::now();
         let mut idle_check = tokio::time::interval(Duration::from_millis(250));
@@ -175,13 +220,19 @@ impl Worker {
                 _ = shutdown.cancelled() => break SessionEnd::Shutdown,
                 _ = live_check.tick() => {
                     if let Err(why) = broker.ping(liveness * 2).await {
-                        break SessionEnd::Lost(why);
+                        // A closing channel's own reason (such as the
+                        // broker's consumer timeout) says more than the ping.
+                        let reason = match tokio::time::timeout(Duration::from_millis(200), consumer.next()).await {
+                            Ok(Some(Err(e))) => e.to_string(),
+                            _ => why,
+                        };
+                        break SessionEnd::Lost(reason);
                     }
                 }
                 delivery = consumer.next() => match delivery {
                     Some(Ok(delivery)) => {
                         last_activity = Instant::now();
-                        jobs.spawn(self.clone().handle(broker.clone(), delivery, abort.child_token()));
+                        jobs.spawn(self.clone().handle(broker.clone(), delivery, abort.clone()));
                     }
                     Some(Err(e)) => break SessionEnd::Lost(e.to_string()),
                     None => break SessionEnd::Lost("the broker cancelled the consumer".into()),
@@ -196,7 +247,10 @@ impl Worker {
             }
         };
         match &end {
-            SessionEnd::Lost(_) => abort.cancel(),
+            SessionEnd::Lost(why) => abort.fire(JobError::new(
+                ErrorKind::BrokerUnavailable,
+                explain_loss(why),
+            )),
             SessionEnd::Shutdown | SessionEnd::Idle => {
                 broker.stop_consuming(&tag).await;
                 if !jobs.is_empty() {
@@ -214,7 +268,13 @@ impl Worker {
                         tracing::warn!(
                             "drain time is up: giving the running jobs back to the queue"
                         );
-                        abort.cancel();
+                        abort.fire(JobError::new(
+                            ErrorKind::Shutdown,
+                            format!(
+                                "the worker stopped and the job did not finish within the drain time of {}",
+                                humantime::format_duration(drain)
+                            ),
+                        ));
                     }
                 }
             }
@@ -224,12 +284,7 @@ impl Worker {
     }
 
     /// Processes one delivery to the end and settles it.
-    async fn handle(
-        self: Arc<Self>,
-        broker: Arc<Broker>,
-        delivery: Delivery,
-        abort: CancellationToken,
-    ) {
+    async fn handle(self: Arc<Self>, broker: Arc<Broker>, delivery: Delivery, abort: Abort) {
         let attempt = attempt_of(&delivery.properties);
         let job = match Job::parse_limited(&delivery.data, self.settings.worker.max_message_bytes) {
             Ok(job) => job,
@@ -254,7 +309,7 @@ impl Worker {
             if attempt > max {
                 let error = JobError::new(
                     ErrorKind::AttemptsExhausted,
-                    format!("{max} attempts ended without a result (each stopped or crashed the worker running it)"),
+                    format!("{max} attempts ended without a result (each time the worker running it crashed, was stopped, or lost the broker)"),
                 );
                 return self.settle(&broker, &delivery, &reporter, &job.job_id, Err(error)).await;
             }
@@ -265,11 +320,7 @@ impl Worker {
                     ErrorKind::Stalled,
                     format!("the job ran longer than the limit of {}", humantime::format_duration(limit)),
                 ))),
-                _ = abort.cancelled() => Err(if broker.is_connected() {
-                    JobError::new(ErrorKind::Shutdown, "the worker stopped before the job finished")
-                } else {
-                    JobError::new(ErrorKind::BrokerUnavailable, "the broker connection was lost during the job")
-                }),
+                reason = abort.fired() => Err(reason),
             };
             self.settle(&broker, &delivery, &reporter, &job.job_id, result).await
         }

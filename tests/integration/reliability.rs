@@ -323,3 +323,56 @@ async fn a_storage_outage_is_retried_until_storage_is_back() {
     assert_eq!(last.state, State::Completed, "{last:#?}");
     assert!(farm.dead_letters().await.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_longer_than_the_consumer_timeout_is_never_lost_nor_run_twice_at_once() {
+    // RabbitMQ 3.10: a global consumer_timeout closes the channel of a
+    // delivery left unacked too long, and requeues it.
+    let node = Arc::new(RabbitNode::start(
+        RabbitOptions::default()
+            .conf("consumer_timeout = 5000")
+            .advanced_config("[{rabbit, [{channel_tick_interval, 1000}]}]."),
+    ));
+    let max = ("TRANSCODE_WORKER__MAX_ATTEMPTS", "2");
+    let extra = [SLOW, max, ("TRANSCODE_BROKER__LIVENESS_INTERVAL", "1s")];
+    let farm = Farm::s3_on(Rabbit::Own(node.clone()), shared_s3(), &extra).await;
+    farm.put_input("a.mov", &fixtures::mjpeg_mov(2)).await;
+    let mut watch = farm.watch_progress().await;
+    let worker = farm.spawn_worker(&extra);
+    // 50 frames at 400 ms: a 20 s encode.
+    farm.publish_job(slow_job("long", "a.mov", "o/long.mp4", 400_000))
+        .await;
+
+    let mut most_pipelines = 0;
+    let last = loop {
+        most_pipelines = most_pipelines.max(worker.children().len());
+        let e = watch.next(JOB_TIMEOUT).await;
+        if e.job_id == "long"
+            && (e.state == State::Completed
+                || (e.state == State::Failed && e.will_retry == Some(false)))
+        {
+            break e;
+        }
+    };
+    assert!(most_pipelines <= 1, "two encodes of the job at once");
+    // Every attempt was cut by the broker and said why; the job then ended
+    // in the dead-letter queue instead of looping.
+    let cut: Vec<_> = watch
+        .of("long")
+        .into_iter()
+        .filter(|e| e.state == State::Failed && e.will_retry == Some(true))
+        .collect();
+    assert_eq!(cut.len(), 2, "{:#?}", watch.of("long"));
+    for e in &cut {
+        let error = e.error.as_deref().unwrap();
+        assert!(error.contains("consumer_timeout"), "{error}");
+        assert_eq!(e.error_kind, Some(ErrorKind::BrokerUnavailable));
+    }
+    assert_eq!(last.state, State::Failed);
+    assert_eq!(last.error_kind, Some(ErrorKind::AttemptsExhausted));
+    wait_for(JOB_TIMEOUT, "the dead letter", || async {
+        farm.dead_letters().await.len() == 1
+    })
+    .await;
+    assert!(!farm.output_exists("o/long.mp4").await);
+}
