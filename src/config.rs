@@ -13,7 +13,7 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use crate::fragment::{Allowlist, Fragment};
+use crate::fragment::{Allowlist, Fragment, Limits};
 
 /// The built-in defaults, the same text as `config/transcode-worker.toml`.
 pub const DEFAULTS_TOML: &str = include_str!("../config/transcode-worker.toml");
@@ -183,6 +183,15 @@ pub struct PipelineSettings {
     /// Allowed difference between input and output duration.
     #[serde(with = "humantime_serde")]
     pub duration_tolerance: Duration,
+    /// Widest frame a fragment may ask for, and widest input accepted.
+    pub max_width: u32,
+    /// Tallest frame a fragment may ask for, and tallest input accepted.
+    pub max_height: u32,
+    /// Highest encoder bitrate a fragment may ask for, in kbit/s.
+    pub max_bitrate_kbps: u64,
+    /// Longest input accepted.
+    #[serde(with = "humantime_serde")]
+    pub max_duration: Duration,
 }
 
 /// A named, operator-defined way to transcode.
@@ -371,6 +380,15 @@ impl Settings {
             }
         }
         Ok(())
+    }
+
+    /// The limits job fragments must keep to.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_width: self.pipeline.max_width,
+            max_height: self.pipeline.max_height,
+            max_bitrate_kbps: self.pipeline.max_bitrate_kbps,
+        }
     }
 
     /// The elements job fragments may use.

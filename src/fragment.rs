@@ -129,6 +129,20 @@ impl Allowlist {
     }
 }
 
+/// Limits on what a fragment may ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Widest frame a caps filter may ask for, in pixels.
+    pub max_width: u32,
+    /// Tallest frame a caps filter may ask for, in pixels.
+    pub max_height: u32,
+    /// Highest bitrate an encoder property may ask for, in kbit/s.
+    pub max_bitrate_kbps: u64,
+}
+
+/// Encoders whose `bitrate` properties are in kbit/s (the others use bit/s).
+const KBPS_ENCODERS: &[&str] = &["x264enc", "x265enc", "theoraenc", "av1enc"];
+
 fn reject(message: String) -> JobError {
     JobError::new(ErrorKind::InvalidPipeline, message)
 }
@@ -165,6 +179,58 @@ impl Fragment {
             ));
         }
         Ok(Fragment { segments })
+    }
+
+    /// Refuses caps asking for frames larger than `limits` and encoder
+    /// bitrates above them.
+    pub fn check_limits(&self, limits: &Limits) -> Result<(), JobError> {
+        for segment in &self.segments {
+            match segment {
+                Segment::Caps(caps) => {
+                    for field in caps.split(',').skip(1) {
+                        let Some((name, value)) = field.split_once('=') else {
+                            continue;
+                        };
+                        let (name, max) = match name.trim() {
+                            "width" => ("width", limits.max_width),
+                            "height" => ("height", limits.max_height),
+                            _ => continue,
+                        };
+                        let digits = value.trim().trim_start_matches("(int)");
+                        if digits.parse::<u64>().is_ok_and(|v| v > u64::from(max)) {
+                            return Err(reject(format!(
+                                "the caps ask for a {name} of {digits}; the limit is {max}"
+                            )));
+                        }
+                    }
+                }
+                Segment::Element {
+                    factory,
+                    properties,
+                } => {
+                    for (name, value) in properties {
+                        if !name.contains("bitrate") {
+                            continue;
+                        }
+                        let Ok(v) = value.parse::<u64>() else {
+                            continue;
+                        };
+                        let kbps = if KBPS_ENCODERS.contains(&factory.as_str()) {
+                            v
+                        } else {
+                            v / 1000
+                        };
+                        if kbps > limits.max_bitrate_kbps {
+                            return Err(reject(format!(
+                                "{factory} {name}={value} is {kbps} kbit/s; the limit is {} kbit/s",
+                                limits.max_bitrate_kbps
+                            )));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The element factory names the fragment uses, in order.
@@ -442,6 +508,28 @@ mod tests {
         assert!(parse(&long).unwrap_err().message.contains("more than"));
         let huge = format!("x264enc bitrate={}", "1".repeat(MAX_FRAGMENT_LEN));
         assert!(parse(&huge).unwrap_err().message.contains("longer than"));
+    }
+
+    #[test]
+    fn limits_cap_frame_size_and_bitrate() {
+        let limits = Limits {
+            max_width: 1920,
+            max_height: 1080,
+            max_bitrate_kbps: 50_000,
+        };
+        let ok =
+            parse("videoscale ! video/x-raw,width=1920,height=(int)1080 ! x264enc bitrate=8000")
+                .unwrap();
+        assert!(ok.check_limits(&limits).is_ok());
+        for text in [
+            "videoscale ! video/x-raw,width=100000 ! x264enc",
+            "videoscale ! video/x-raw, height=(int)4320 ! x264enc",
+            "x264enc bitrate=900000",
+            "vp9enc target-bitrate=90000000",
+        ] {
+            let err = parse(text).unwrap().check_limits(&limits).unwrap_err();
+            assert!(err.message.contains("limit"), "{text}: {}", err.message);
+        }
     }
 
     #[test]

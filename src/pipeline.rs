@@ -77,6 +77,31 @@ pub struct TranscodeSpec {
     pub muxer: String,
     /// Allowed difference between input and output duration, in ms.
     pub duration_tolerance_ms: u64,
+    /// Largest input accepted: width, height (pixels) and duration (ms).
+    pub max_input: (u32, u32, u64),
+}
+
+/// Refuses inputs larger or longer than `spec.max_input`.
+pub fn check_input_limits(spec: &TranscodeSpec, input: &MediaInfo) -> Result<(), JobError> {
+    let (max_w, max_h, max_ms) = spec.max_input;
+    let too =
+        |what: String| JobError::new(ErrorKind::InvalidJob, format!("the input is too {what}"));
+    if let Some(v) = &input.video {
+        if v.width > max_w || v.height > max_h {
+            return Err(too(format!(
+                "large: {}x{}, the limit is {max_w}x{max_h}",
+                v.width, v.height
+            )));
+        }
+    }
+    if let Some(ms) = input.duration_ms.filter(|ms| *ms > max_ms) {
+        return Err(too(format!(
+            "long: {:.0} s, the limit is {:.0} s",
+            ms as f64 / 1000.0,
+            max_ms as f64 / 1000.0
+        )));
+    }
+    Ok(())
 }
 
 /// Initializes GStreamer once; a failure means the worker cannot transcode at all.
@@ -469,4 +494,43 @@ fn classify(err: &gst::message::Error) -> JobError {
         _ => ErrorKind::TranscodeFailed,
     };
     JobError::new(kind, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> TranscodeSpec {
+        TranscodeSpec {
+            input: "in".into(),
+            output: "out".into(),
+            video: "x264enc".into(),
+            audio: String::new(),
+            muxer: "mp4mux".into(),
+            duration_tolerance_ms: 500,
+            max_input: (1920, 1080, 60_000),
+        }
+    }
+
+    fn media(width: u32, height: u32, ms: u64) -> MediaInfo {
+        MediaInfo {
+            duration_ms: Some(ms),
+            video: Some(VideoStream {
+                width,
+                height,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn inputs_beyond_the_limits_are_refused() {
+        assert!(check_input_limits(&spec(), &media(1920, 1080, 60_000)).is_ok());
+        let err = check_input_limits(&spec(), &media(3840, 2160, 1000)).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::InvalidJob);
+        assert!(err.message.contains("3840x2160"), "{}", err.message);
+        let err = check_input_limits(&spec(), &media(640, 480, 61_000)).unwrap_err();
+        assert!(err.message.contains("long"), "{}", err.message);
+    }
 }

@@ -78,6 +78,7 @@ pub fn plan(job: &Job, settings: &Settings) -> Result<Plan, JobError> {
             ));
         }
         let fragment = Fragment::parse(options, &allow)?;
+        fragment.check_limits(&settings.limits())?;
         return Ok(Plan {
             video: fragment.to_string(),
             audio: default_audio(container).to_string(),

@@ -97,6 +97,7 @@ fn run_child(emit: &dyn Fn(&ChildEvent)) -> Result<MediaInfo, JobError> {
     let spec: TranscodeSpec = serde_json::from_str(&line)
         .map_err(|e| JobError::new(ErrorKind::Internal, format!("bad spec: {e}")))?;
     let input = pipeline::probe(&spec.input, Duration::from_secs(60))?;
+    pipeline::check_input_limits(&spec, &input)?;
     emit(&ChildEvent::Probed {
         input: input.clone(),
     });

@@ -460,6 +460,11 @@ impl Worker {
             audio: plan.audio.clone(),
             muxer: plan.muxer.to_string(),
             duration_tolerance_ms: self.settings.pipeline.duration_tolerance.as_millis() as u64,
+            max_input: (
+                self.settings.pipeline.max_width,
+                self.settings.pipeline.max_height,
+                self.settings.pipeline.max_duration.as_millis() as u64,
+            ),
         };
         tracing::info!(video = %plan.video, muxer = plan.muxer, preset = ?plan.preset, "transcoding");
         reporter.update(State::Transcoding, 0.0, None).await;
