@@ -595,7 +595,7 @@ mod tests {
             );
         }
         let s = Settings::from_env(None, &pairs).unwrap();
-        assert_eq!(s.storage.bucket, "your_bucket_name");
+        assert_eq!(s.storage.bucket, "videos");
         assert!(s.pipeline.allow_transcode_options);
     }
 }

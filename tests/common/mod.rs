@@ -12,6 +12,7 @@
 pub mod farm;
 pub mod fixtures;
 pub mod services;
+pub mod tls;
 
 use std::future::Future;
 use std::io::Read;

@@ -5,6 +5,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod deploy;
 mod queue_files;
 mod reliability;
 mod security;

@@ -358,3 +358,58 @@ async fn every_shipped_preset_makes_what_it_promises() {
         assert!(diff <= Duration::from_millis(500), "{preset}: {diff:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqps_and_https_endpoints_work() {
+    use crate::common::farm::Rabbit;
+    use crate::common::services::{free_port, shared_s3, RabbitNode, RabbitOptions};
+    use crate::common::tls::{tls_relay, TestCa};
+
+    let ca = TestCa::new();
+    let tls_port = free_port();
+    let node = std::sync::Arc::new(RabbitNode::start(
+        RabbitOptions::default()
+            .conf(format!("listeners.ssl.default = {tls_port}"))
+            .conf(format!(
+                "ssl_options.cacertfile = {}",
+                ca.ca_file().display()
+            ))
+            .conf(format!(
+                "ssl_options.certfile = {}",
+                ca.cert_file().display()
+            ))
+            .conf(format!("ssl_options.keyfile = {}", ca.key_file().display()))
+            .conf("ssl_options.verify = verify_none")
+            .conf("ssl_options.fail_if_no_peer_cert = false"),
+    ));
+    let s3 = shared_s3();
+    let s3_port: u16 = s3
+        .endpoint()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.trim_end_matches('/').parse().ok())
+        .expect("the S3 endpoint has a port");
+    let https_port = tls_relay(&ca, s3_port).await;
+    let farm = Farm::s3_on(Rabbit::Own(node.clone()), s3, &[]).await;
+    farm.put_input("a.mov", &fixtures::mjpeg_mov(1)).await;
+    let mut watch = farm.watch_progress().await;
+    let amqps = format!("amqps://guest:guest@localhost:{tls_port}/%2f");
+    let https = format!("https://localhost:{https_port}");
+    let ca_file = ca.ca_file().display().to_string();
+    let worker = farm.spawn_worker(&[
+        ("AMQP_URL", &amqps),
+        ("AWS_S3_ENDPOINT_URL", &https),
+        ("SSL_CERT_FILE", &ca_file),
+    ]);
+    farm.publish_job(json!({"job_id": "tls", "input_key": "a.mov", "output_key": "o/a.mp4"}))
+        .await;
+    let last = watch.until_final("tls", TIMEOUT).await;
+    assert_eq!(last.state, State::Completed, "{last:#?}\n{}", worker.logs());
+    let logs = worker.logs();
+    assert!(
+        logs.contains(&format!("amqps://guest@localhost:{tls_port}")),
+        "{logs}"
+    );
+    assert!(logs.contains(&https), "{logs}");
+    assert!(farm.output_exists("o/a.mp4").await);
+}

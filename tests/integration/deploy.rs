@@ -1,0 +1,577 @@
+//! The puppet module's supervisord deployment, run for real: the module
+//! (`puppet/modules/transcode_worker`) is compiled by `puppet apply --noop`
+//! with test parameters from Hiera, the files it would write (program
+//! section, start script, configuration, environment file) are taken from
+//! the compiled catalogue and written into a temporary folder, and a real
+//! supervisord with a private configuration runs the workers from them.
+//!
+//! `supervisorctl stop` in the middle of a job makes the worker give the job
+//! back (it exits 0 by itself, well within `stopwaitsecs`), the other worker
+//! of the program finishes it, and `supervisorctl start` brings the stopped
+//! worker back, able to take jobs again.
+//!
+//! Needs `puppet` and `supervisor` (Debian packages, installed by
+//! `scripts/install-deps`).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tempfile::TempDir;
+use transcode_worker::error::ErrorKind;
+use transcode_worker::job::State;
+
+use crate::common::farm::{Farm, WORKER_BIN};
+use crate::common::{fixtures, poll_until, run_with_timeout, wait_for, wait_for_value};
+
+/// Long enough for a few small transcodes on a loaded 2-core machine.
+const JOB_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The module under test.
+const MODULE_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/puppet/modules");
+
+/// Program name of the workers in supervisord.
+const PROGRAM: &str = "transcode-worker";
+
+/// The drain timeout the module is given (seconds).
+const DRAIN_SECS: u64 = 1;
+
+/// Settings the module takes as class parameters; everything else in the
+/// farm's environment goes to `extra_env`.
+const CLASS_ENV: &[&str] = &[
+    "AMQP_URL",
+    "S3_BUCKET_NAME",
+    "AWS_S3_ENDPOINT_URL",
+    "AWS_REGION",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+];
+
+/// Finds `program` on PATH or in the sbin folders (supervisord lives in
+/// /usr/bin on Debian, but be lenient).
+fn find_program(program: &str) -> PathBuf {
+    let path = std::env::var("PATH").unwrap_or_default();
+    let found = path
+        .split(':')
+        .chain(["/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/bin"])
+        .map(|dir| Path::new(dir).join(program))
+        .find(|p| p.is_file());
+    found.unwrap_or_else(|| panic!("{program} is not installed: run scripts/install-deps"))
+}
+
+/// The name of the user running the tests (the workers run as that user:
+/// supervisord accepts `user=` naming the user it already runs as).
+fn current_user() -> String {
+    let out =
+        run_with_timeout(Command::new("id").arg("-un"), Duration::from_secs(10)).expect("id -un");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// What the module's catalogue holds: the files it would manage.
+struct Catalogue {
+    /// Path -> (content, mode) of every file with content.
+    files: HashMap<String, (String, Option<String>)>,
+    /// Every directory it would make.
+    dirs: Vec<String>,
+}
+
+/// Compiles the module with `hiera` as its parameters (automatic parameter
+/// lookup, as a site's Hiera would give them) and returns the catalogue's
+/// files. `puppet apply --noop` with private settings folders changes
+/// nothing on this machine.
+fn compile_module(dir: &Path, hiera: &Value) -> Catalogue {
+    let puppet = find_program("puppet");
+    let data = dir.join("hiera");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(
+        data.join("test.json"),
+        serde_json::to_vec_pretty(hiera).unwrap(),
+    )
+    .unwrap();
+    let hiera_yaml = dir.join("hiera.yaml");
+    std::fs::write(
+        &hiera_yaml,
+        format!(
+            "---\nversion: 5\ndefaults:\n  datadir: {}\n  data_hash: json_data\nhierarchy:\n  - name: test\n    path: test.json\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let site = dir.join("site.pp");
+    std::fs::write(&site, "include transcode_worker\n").unwrap();
+
+    let state = dir.join("puppet");
+    let mut cmd = Command::new(puppet);
+    cmd.arg("apply").arg("--noop").arg("--detailed-exitcodes");
+    for (opt, sub) in [
+        ("--confdir", "conf"),
+        ("--vardir", "var"),
+        ("--codedir", "code"),
+        ("--logdir", "log"),
+        ("--rundir", "run"),
+        ("--publicdir", "pub"),
+    ] {
+        cmd.arg(opt).arg(state.join(sub));
+    }
+    cmd.arg("--modulepath")
+        .arg(MODULE_PATH)
+        .arg("--hiera_config")
+        .arg(&hiera_yaml)
+        .arg("--catalog_cache_terminus")
+        .arg("json")
+        .arg(&site);
+    let out = run_with_timeout(&mut cmd, Duration::from_secs(120)).expect("puppet apply");
+    // --detailed-exitcodes: 0 nothing to change, 2 changes (noop); 4 and 6 failures.
+    assert!(
+        matches!(out.status.code(), Some(0) | Some(2)),
+        "puppet apply --noop failed ({:?}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let catalog_dir = state.join("var/client_data/catalog");
+    let file = std::fs::read_dir(&catalog_dir)
+        .unwrap_or_else(|e| panic!("no catalogue in {}: {e}", catalog_dir.display()))
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "json"))
+        .expect("a catalogue file");
+    let catalog: Value = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
+    let mut files = HashMap::new();
+    let mut dirs = Vec::new();
+    for resource in catalog["resources"].as_array().expect("resources") {
+        if resource["type"] != "File" {
+            continue;
+        }
+        let title = resource["title"].as_str().unwrap().to_string();
+        let params = &resource["parameters"];
+        if params["ensure"] == "directory" {
+            dirs.push(title);
+        } else if let Some(content) = params["content"].as_str() {
+            let mode = params["mode"].as_str().map(str::to_string);
+            files.insert(title, (content.to_string(), mode));
+        }
+    }
+    Catalogue { files, dirs }
+}
+
+/// Writes the catalogue's directories and files (all inside the test's
+/// folder) as `puppet apply` would.
+fn write_catalogue(catalogue: &Catalogue, root: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for dir in &catalogue.dirs {
+        assert!(
+            Path::new(dir).starts_with(root),
+            "{dir} is outside {root:?}"
+        );
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    for (path, (content, mode)) in &catalogue.files {
+        assert!(
+            Path::new(path).starts_with(root),
+            "{path} is outside {root:?}"
+        );
+        std::fs::create_dir_all(Path::new(path).parent().unwrap()).unwrap();
+        std::fs::write(path, content).unwrap();
+        if let Some(mode) = mode {
+            let mode = u32::from_str_radix(mode, 8).expect("octal mode");
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+    }
+}
+
+/// A private supervisord (own socket, pid file and logs in a temporary
+/// folder) including the program sections of `conf_d`. Stopped, with its
+/// workers, when dropped, also when the test panics.
+struct Supervisord {
+    child: Child,
+    conf: PathBuf,
+    dir: PathBuf,
+    log_dir: PathBuf,
+}
+
+impl Supervisord {
+    fn start(dir: &Path, conf_d: &Path, log_dir: &Path) -> Supervisord {
+        let supervisord = find_program("supervisord");
+        let conf = dir.join("supervisord.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "[unix_http_server]\nfile={sock}\nchmod=0700\n\n\
+                 [supervisord]\nnodaemon=true\nlogfile={log}\npidfile={pid}\n\
+                 childlogdir={dir}\nloglevel=info\n\n\
+                 [rpcinterface:supervisor]\n\
+                 supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface\n\n\
+                 [supervisorctl]\nserverurl=unix://{sock}\n\n\
+                 [include]\nfiles = {conf_d}/*.conf\n",
+                sock = dir.join("supervisor.sock").display(),
+                log = dir.join("supervisord.log").display(),
+                pid = dir.join("supervisord.pid").display(),
+                dir = dir.display(),
+                conf_d = conf_d.display(),
+            ),
+        )
+        .unwrap();
+        let mut cmd = Command::new(supervisord);
+        cmd.arg("-n")
+            .arg("-c")
+            .arg(&conf)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", dir)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // If the test dies without unwinding, supervisord gets a SIGTERM and
+        // stops its workers. (The death signal follows the spawning thread:
+        // the test's own thread, which runs the test body to its end.)
+        // SAFETY: prctl is async-signal-safe; nothing else runs before exec.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("start supervisord");
+        let sup = Supervisord {
+            child,
+            conf,
+            dir: dir.to_path_buf(),
+            log_dir: log_dir.to_path_buf(),
+        };
+        poll_until(
+            Duration::from_secs(30),
+            "supervisord's control socket",
+            || {
+                sup.try_ctl(&["pid"])
+                    .is_some_and(|out| out.trim().parse::<u32>().is_ok())
+            },
+        );
+        sup
+    }
+
+    /// Runs supervisorctl against this supervisord; `None` if it could not
+    /// talk to it. `timeout` bounds the command (a `stop` waits for the drain).
+    fn ctl_with_timeout(&self, args: &[&str], timeout: Duration) -> Option<String> {
+        let out = run_with_timeout(
+            Command::new(find_program("supervisorctl"))
+                .arg("-c")
+                .arg(&self.conf)
+                .args(args),
+            timeout,
+        )
+        .ok()?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (!text.contains("refused connection") && !text.contains("no such file")).then_some(text)
+    }
+
+    fn try_ctl(&self, args: &[&str]) -> Option<String> {
+        self.ctl_with_timeout(args, Duration::from_secs(20))
+    }
+
+    fn ctl(&self, args: &[&str]) -> String {
+        self.try_ctl(args)
+            .unwrap_or_else(|| panic!("supervisorctl {args:?} could not reach supervisord"))
+    }
+
+    /// State (`RUNNING`, `STOPPED`, ...) and pid of process `name`
+    /// (`group:process`).
+    fn status(&self, name: &str) -> (String, Option<i32>) {
+        let out = self.ctl(&["status", name]);
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} not in status:\n{out}"));
+        let mut cols = line.split_whitespace();
+        cols.next();
+        let state = cols.next().unwrap_or_default().to_string();
+        let pid = line
+            .split("pid ")
+            .nth(1)
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|p| p.trim().parse().ok());
+        (state, pid)
+    }
+
+    /// Waits until `name` is RUNNING and returns its pid.
+    async fn wait_running(&self, name: &str, timeout: Duration) -> i32 {
+        wait_for_value(timeout, &format!("{name} RUNNING"), || async {
+            match self.status(name) {
+                (state, Some(pid)) if state == "RUNNING" => Some(pid),
+                _ => None,
+            }
+        })
+        .await
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("supervisord.log")).unwrap_or_default()
+    }
+
+    fn worker_logs(&self) -> String {
+        let mut out = String::new();
+        for entry in std::fs::read_dir(&self.log_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            out.push_str(&format!(
+                "--- {} ---\n{}\n",
+                entry.path().display(),
+                std::fs::read_to_string(entry.path()).unwrap_or_default()
+            ));
+        }
+        out
+    }
+}
+
+impl Drop for Supervisord {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- supervisord log ---\n{}\n{}",
+                self.log(),
+                self.worker_logs()
+            );
+        }
+        let pid = self.child.id() as i32;
+        // Graceful: supervisord stops its workers (each drains for 1 s).
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // It hung: kill its processes, then it.
+        for child in children_of(pid) {
+            // SAFETY: kill(2) on a process supervisord started for this test.
+            unsafe { libc::kill(-child, libc::SIGKILL) };
+            unsafe { libc::kill(child, libc::SIGKILL) };
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Process ids whose parent is `parent`.
+fn children_of(parent: i32) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        if rest.split_whitespace().nth(1).and_then(|p| p.parse().ok()) == Some(parent) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn supervisorctl_stop_mid_job_gives_the_job_to_the_other_worker_and_start_brings_it_back() {
+    // `identity sleep-time` slows each frame down: 50 frames at 120 ms make
+    // a 6 s encode, far longer than the 1 s drain.
+    let slow = [("TRANSCODE_PIPELINE__EXTRA_ALLOWED_ELEMENTS", "identity")];
+    let farm = Farm::s3(&slow).await;
+    farm.put_input("tapes/vhs.mov", &fixtures::mjpeg_mov(2))
+        .await;
+
+    // The module, with test parameters, compiled into a temporary root.
+    let root = TempDir::new().expect("temp dir");
+    let root_path = root.path();
+    let mut extra_env: serde_json::Map<String, Value> = farm
+        .env
+        .iter()
+        .filter(|(k, _)| !CLASS_ENV.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect();
+    extra_env.insert("RUST_LOG".into(), "info,transcode_worker=debug".into());
+    let env = |k: &str| farm.env.get(k).cloned().unwrap_or_default();
+    let catalogue = compile_module(
+        root_path,
+        &json!({
+            "transcode_worker::binary_source": WORKER_BIN,
+            "transcode_worker::binary_path": WORKER_BIN,
+            "transcode_worker::amqp_url": env("AMQP_URL"),
+            "transcode_worker::s3_bucket": env("S3_BUCKET_NAME"),
+            "transcode_worker::s3_endpoint": env("AWS_S3_ENDPOINT_URL"),
+            "transcode_worker::s3_region": env("AWS_REGION"),
+            "transcode_worker::aws_access_key_id": env("AWS_ACCESS_KEY_ID"),
+            "transcode_worker::aws_secret_access_key": env("AWS_SECRET_ACCESS_KEY"),
+            "transcode_worker::worker_count": 2,
+            "transcode_worker::drain_timeout": DRAIN_SECS,
+            "transcode_worker::extra_env": extra_env,
+            "transcode_worker::log_format": "pretty",
+            "transcode_worker::manage_packages": false,
+            "transcode_worker::manage_user": false,
+            "transcode_worker::manage_supervisor": false,
+            "transcode_worker::user": current_user(),
+            "transcode_worker::wrapper_path": root_path.join("libexec/transcode-worker-run"),
+            "transcode_worker::config_dir": root_path.join("etc"),
+            "transcode_worker::state_dir": root_path.join("state"),
+            "transcode_worker::scratch_dir": root_path.join("state/scratch"),
+            "transcode_worker::log_dir": root_path.join("log"),
+            "transcode_worker::supervisor_conf_dir": root_path.join("conf.d"),
+        }),
+    );
+    let section_path = root_path.join("conf.d/transcode-worker.conf");
+    let section = &catalogue
+        .files
+        .get(section_path.to_str().unwrap())
+        .unwrap_or_else(|| panic!("no program section in {:?}", catalogue.files.keys()))
+        .0;
+    for line in [
+        "[program:transcode-worker]",
+        "numprocs=2",
+        "process_name=%(program_name)s_%(process_num)02d",
+        "stopsignal=TERM",
+        // drain_timeout + 30 by default.
+        "stopwaitsecs=31",
+        "autorestart=true",
+        "killasgroup=true",
+    ] {
+        assert!(
+            section.lines().any(|l| l == line),
+            "{line:?} missing:\n{section}"
+        );
+    }
+    let env_file = &catalogue.files[root_path.join("etc/environment").to_str().unwrap()];
+    assert_eq!(env_file.1.as_deref(), Some("0600"), "environment file mode");
+    write_catalogue(&catalogue, root_path);
+
+    let sup = Supervisord::start(root_path, &root_path.join("conf.d"), &root_path.join("log"));
+    let host = gethostname::gethostname().to_string_lossy().to_string();
+    let name = |n: u32| format!("{PROGRAM}:{PROGRAM}_{n:02}");
+    let worker_id = |n: u32| format!("{host}:{n:02}");
+    let first_pids = [
+        sup.wait_running(&name(1), JOB_TIMEOUT).await,
+        sup.wait_running(&name(2), JOB_TIMEOUT).await,
+    ];
+
+    // A slow job: whichever worker takes it is stopped in the middle of it.
+    let mut watch = farm.watch_progress().await;
+    farm.publish_job(json!({
+        "job_id": "tape-1", "input_key": "tapes/vhs.mov", "output_key": "mp4/vhs.mp4",
+        "transcode_options": "identity sleep-time=120000 ! videoconvert ! x264enc"
+    }))
+    .await;
+    let taker = loop {
+        let e = watch.next(JOB_TIMEOUT).await;
+        if e.job_id == "tape-1" && e.state == State::Transcoding && e.progress > 5.0 {
+            break e.worker;
+        }
+    };
+    let (stopped, other) = if taker == worker_id(1) {
+        (1, 2)
+    } else {
+        assert_eq!(taker, worker_id(2), "unknown worker id");
+        (2, 1)
+    };
+    let stopped_pid = first_pids[stopped as usize - 1];
+    let pipeline = children_of(stopped_pid);
+    assert!(!pipeline.is_empty(), "the pipeline runs in a child process");
+
+    // supervisorctl stop waits until the worker has exited: it drains for
+    // 1 s, gives the job back and exits 0, long before stopwaitsecs (31 s).
+    let started = Instant::now();
+    let out = tokio::task::spawn_blocking({
+        let conf = sup.conf.clone();
+        let target = name(stopped);
+        move || {
+            run_with_timeout(
+                Command::new(find_program("supervisorctl"))
+                    .arg("-c")
+                    .arg(conf)
+                    .args(["stop", &target]),
+                Duration::from_secs(60),
+            )
+        }
+    })
+    .await
+    .unwrap()
+    .expect("supervisorctl stop");
+    let took = started.elapsed();
+    let out = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.contains("stopped"), "supervisorctl stop: {out}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(25),
+        "stop took {took:?}: the worker should drain for 1 s and exit by itself"
+    );
+    assert_eq!(sup.status(&name(stopped)).0, "STOPPED");
+    let log = sup.log();
+    assert!(
+        log.contains(&format!("stopped: {PROGRAM}_{stopped:02} (exit status 0)")),
+        "the worker should exit 0 on SIGTERM, not be killed:\n{log}"
+    );
+    // Its pipeline process is gone too.
+    wait_for(Duration::from_secs(10), "pipeline process gone", || {
+        let pipeline = pipeline.clone();
+        async move {
+            pipeline
+                .iter()
+                .all(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+        }
+    })
+    .await;
+
+    // The job went back to the queue and the other worker finished it.
+    let last = watch.until_final("tape-1", JOB_TIMEOUT).await;
+    assert_eq!(last.state, State::Completed, "{last:#?}");
+    assert_eq!(last.worker, worker_id(other), "{:#?}", watch.of("tape-1"));
+    let given_back = watch
+        .of("tape-1")
+        .into_iter()
+        .find(|e| e.worker == worker_id(stopped) && e.state == State::Failed)
+        .unwrap_or_else(|| {
+            panic!(
+                "no failed event from the stopped worker: {:#?}",
+                watch.of("tape-1")
+            )
+        });
+    assert_eq!(
+        given_back.error_kind,
+        Some(ErrorKind::Shutdown),
+        "{given_back:#?}"
+    );
+    assert_eq!(given_back.will_retry, Some(true), "{given_back:#?}");
+    let output = farm.get_output("mp4/vhs.mp4").await.expect("output");
+    fixtures::assert_decodes(&output, true, true);
+
+    // supervisorctl start brings the stopped worker back ...
+    let out = sup.ctl(&["start", &name(stopped)]);
+    assert!(out.contains("started"), "supervisorctl start: {out}");
+    let new_pid = sup.wait_running(&name(stopped), JOB_TIMEOUT).await;
+    assert_ne!(new_pid, stopped_pid, "a new process");
+    // ... and it takes jobs again: with the other one stopped (idle, so at
+    // once), the next job can only go to it.
+    let out = sup.ctl(&["stop", &name(other)]);
+    assert!(out.contains("stopped"), "supervisorctl stop: {out}");
+    farm.publish_job(json!({
+        "job_id": "tape-2", "input_key": "tapes/vhs.mov", "output_key": "mp4/vhs-2.mp4",
+        "transcode_options": "videoconvert ! x264enc"
+    }))
+    .await;
+    let last = watch.until_final("tape-2", JOB_TIMEOUT).await;
+    assert_eq!(last.state, State::Completed, "{last:#?}");
+    assert_eq!(last.worker, worker_id(stopped));
+    assert!(farm.output_exists("mp4/vhs-2.mp4").await);
+    drop(sup);
+}
