@@ -44,6 +44,9 @@ pub enum BrokerError {
         /// The broker's reply.
         detail: String,
     },
+    /// The connection did not open in time.
+    #[error("RabbitMQ did not complete the connection within {0:?}")]
+    Timeout(std::time::Duration),
     /// A publish was refused, returned as unroutable, or not confirmed.
     #[error("RabbitMQ did not take the message for {what}: {detail}")]
     NotConfirmed {
@@ -76,16 +79,11 @@ impl Broker {
         prefetch: u16,
         name: &str,
     ) -> Result<Broker, BrokerError> {
-        let url = redact_url(&settings.url);
+        let (connection, url) = open_connection(settings, name).await?;
         let amqp = |source| BrokerError::Amqp {
             url: url.clone(),
             source,
         };
-        let properties =
-            ConnectionProperties::default().with_connection_name(name.to_string().into());
-        let connection = Connection::connect(settings.url.expose_secret(), properties)
-            .await
-            .map_err(amqp)?;
         let consume = connection.create_channel().await.map_err(amqp)?;
         let publish = connection.create_channel().await.map_err(amqp)?;
         publish
@@ -331,6 +329,20 @@ impl Broker {
         }
     }
 
+    /// The settings it was made with.
+    pub fn settings(&self) -> &BrokerSettings {
+        &self.settings
+    }
+
+    /// Opens a new channel on this connection (the control responder uses
+    /// its own, so it never delays job consumption).
+    pub async fn open_channel(&self) -> Result<Channel, BrokerError> {
+        self.connection
+            .create_channel()
+            .await
+            .map_err(|e| self.amqp(e))
+    }
+
     /// Whether the connection is still up.
     pub fn is_connected(&self) -> bool {
         self.connection.status().connected()
@@ -391,6 +403,41 @@ impl Broker {
             .map_err(|e| self.amqp(e))?;
         Ok((name, consumer))
     }
+}
+
+/// Opens a connection to the first broker URL that answers (the URLs of a
+/// cluster's nodes are tried in order, each within `connect_timeout`).
+/// Returns it with its redacted URL.
+pub async fn open_connection(
+    settings: &BrokerSettings,
+    name: &str,
+) -> Result<(Connection, String), BrokerError> {
+    let mut last = None;
+    for url in settings.urls() {
+        let redacted = redact_url(&url);
+        let properties =
+            ConnectionProperties::default().with_connection_name(name.to_string().into());
+        let attempt = tokio::time::timeout(
+            settings.connect_timeout,
+            Connection::connect(url.expose_secret(), properties),
+        )
+        .await;
+        match attempt {
+            Ok(Ok(connection)) => return Ok((connection, redacted)),
+            Ok(Err(source)) => {
+                tracing::debug!(url = %redacted, error = %source, "broker node unreachable");
+                last = Some(BrokerError::Amqp {
+                    url: redacted,
+                    source,
+                });
+            }
+            Err(_) => {
+                tracing::debug!(url = %redacted, "broker node did not answer in time");
+                last = Some(BrokerError::Timeout(settings.connect_timeout));
+            }
+        }
+    }
+    Err(last.unwrap_or(BrokerError::Timeout(settings.connect_timeout)))
 }
 
 /// The arguments of the jobs queue: quorum type, a delivery limit of

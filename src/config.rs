@@ -44,6 +44,24 @@ pub struct Settings {
     pub pipeline: PipelineSettings,
     /// Named presets, by name.
     pub presets: BTreeMap<String, Preset>,
+    /// The Prometheus endpoint and health check.
+    pub metrics: MetricsSettings,
+}
+
+/// The HTTP endpoint serving `/metrics` (Prometheus) and `/healthz`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct MetricsSettings {
+    /// `IP:port` to listen on (port 0 picks a free one); empty turns the
+    /// endpoint off.
+    pub listen: String,
+}
+
+impl MetricsSettings {
+    /// The address to listen on; `None` when the endpoint is off. Checked
+    /// when the settings are loaded.
+    pub fn listen_addr(&self) -> Option<std::net::SocketAddr> {
+        self.listen.trim().parse().ok()
+    }
 }
 
 /// RabbitMQ connection and topology.
@@ -61,6 +79,12 @@ pub struct BrokerSettings {
     pub progress_queue_max_length: u32,
     /// Queue of jobs that cannot succeed.
     pub dead_letter_queue: String,
+    /// Fanout exchange of `inspect` and `ping` requests; empty means
+    /// `<jobs_queue>.control`. Use [`BrokerSettings::control_exchange`].
+    pub control_exchange: String,
+    /// Longest wait for a connection to open.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
     /// How often the broker's liveness is checked.
     #[serde(with = "humantime_serde")]
     pub liveness_interval: Duration,
@@ -70,6 +94,18 @@ pub struct BrokerSettings {
     /// Longest wait between reconnection attempts.
     #[serde(with = "humantime_serde")]
     pub reconnect_max_delay: Duration,
+}
+
+impl BrokerSettings {
+    /// The control exchange's name: the setting, or `<jobs_queue>.control`
+    /// when it is empty, so farms on different job queues stay apart.
+    pub fn control_exchange(&self) -> String {
+        if self.control_exchange.is_empty() {
+            format!("{}.control", self.jobs_queue)
+        } else {
+            self.control_exchange.clone()
+        }
+    }
 }
 
 /// Which storage backend to use.
@@ -254,11 +290,43 @@ impl Settings {
         Settings::from_env(file, &env)
     }
 
+    /// Like [`Settings::load`], for commands that only talk to the broker
+    /// (`inspect`, `ping`, `watch`): the storage settings are not checked,
+    /// so an operator needs no bucket or keys to run them.
+    pub fn load_for_broker(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        let mut env: HashMap<String, String> = HashMap::new();
+        if let Ok(iter) = dotenvy::from_filename_iter(".env") {
+            for (key, value) in iter.flatten() {
+                env.insert(key, value);
+            }
+        }
+        env.extend(std::env::vars());
+        Settings::for_broker_from_env(file, &env)
+    }
+
+    /// Like [`Settings::from_env`], checking the broker settings only (see
+    /// [`Settings::load_for_broker`]).
+    pub fn for_broker_from_env(
+        file: Option<&Path>,
+        env: &HashMap<String, String>,
+    ) -> Result<Settings, ConfigError> {
+        let settings = Settings::build(file, env)?;
+        settings.validate_broker()?;
+        Ok(settings)
+    }
+
     /// Loads settings from the given environment map and optional file.
     pub fn from_env(
         file: Option<&Path>,
         env: &HashMap<String, String>,
     ) -> Result<Settings, ConfigError> {
+        let settings = Settings::build(file, env)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Merges the layers, without checking the values.
+    fn build(file: Option<&Path>, env: &HashMap<String, String>) -> Result<Settings, ConfigError> {
         let load = |e: config::ConfigError| ConfigError::Load(e.to_string());
         let file = file
             .map(Path::to_path_buf)
@@ -297,27 +365,41 @@ impl Settings {
                 .set_override_option(*key, env.get(*name).cloned())
                 .map_err(load)?;
         }
-        let settings: Settings = builder
+        builder
             .build()
             .map_err(load)?
             .try_deserialize()
-            .map_err(load)?;
-        settings.validate()?;
-        Ok(settings)
+            .map_err(load)
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
-        lapin::uri::AMQPUri::from_str(self.broker.url.expose_secret())
-            .map_err(|e| invalid("broker.url", format!("not an AMQP URL: {e}")))?;
+    /// Checks the broker settings only.
+    fn validate_broker(&self) -> Result<(), ConfigError> {
+        for url in self.broker.urls() {
+            lapin::uri::AMQPUri::from_str(url.expose_secret())
+                .map_err(|e| invalid("broker.url", format!("not an AMQP URL: {e}")))?;
+        }
         for (key, name) in [
             ("broker.jobs_queue", &self.broker.jobs_queue),
             ("broker.progress_exchange", &self.broker.progress_exchange),
             ("broker.progress_queue", &self.broker.progress_queue),
             ("broker.dead_letter_queue", &self.broker.dead_letter_queue),
+            ("broker.control_exchange", &self.broker.control_exchange()),
         ] {
             if name.is_empty() || name.len() > 255 {
                 return Err(invalid(key, "must be 1 to 255 characters long"));
             }
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_broker()?;
+        let listen = self.metrics.listen.trim();
+        if !listen.is_empty() && listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid(
+                "metrics.listen",
+                format!("{listen:?} is not an IP:port address (e.g. \"127.0.0.1:9464\"); leave it empty to turn the endpoint off"),
+            ));
         }
         match self.storage.backend {
             Backend::S3 => {
@@ -419,9 +501,31 @@ impl Settings {
     }
 }
 
-/// The AMQP URL with its password replaced by `***`, for logs.
+impl BrokerSettings {
+    /// The broker URLs: `url` may list several nodes of a cluster,
+    /// separated by commas; they are tried in order.
+    pub fn urls(&self) -> Vec<SecretString> {
+        self.url
+            .expose_secret()
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(|u| SecretString::from(u.to_string()))
+            .collect()
+    }
+}
+
+/// The AMQP URL (or comma-separated URLs) without passwords, for logs.
 pub fn redact_url(url: &SecretString) -> String {
-    match lapin::uri::AMQPUri::from_str(url.expose_secret()) {
+    url.expose_secret()
+        .split(',')
+        .map(|u| redact_one(u.trim()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn redact_one(url: &str) -> String {
+    match lapin::uri::AMQPUri::from_str(url) {
         Ok(uri) => format!(
             "{}://{}@{}:{}/{}",
             match uri.scheme {
@@ -543,6 +647,67 @@ mod tests {
         let redacted = redact_url(&s.broker.url);
         assert_eq!(redacted, "amqp://user@rabbit:5672//");
         assert!(!redacted.contains("hunter2pw"));
+    }
+
+    #[test]
+    fn several_broker_urls_are_tried_in_order() {
+        let mut e = s3_env();
+        e.insert(
+            "AMQP_URL".into(),
+            "amqp://u:pw1@node1:5672/%2f, amqp://u:pw2@node2:5672/%2f".into(),
+        );
+        let s = Settings::from_env(None, &e).unwrap();
+        let urls: Vec<String> = s
+            .broker
+            .urls()
+            .iter()
+            .map(|u| u.expose_secret().to_string())
+            .collect();
+        assert_eq!(
+            urls,
+            ["amqp://u:pw1@node1:5672/%2f", "amqp://u:pw2@node2:5672/%2f"]
+        );
+        let redacted = redact_url(&s.broker.url);
+        assert_eq!(redacted, "amqp://u@node1:5672//,amqp://u@node2:5672//");
+        e.insert("AMQP_URL".into(), "amqp://ok:5672/%2f,http://bad".into());
+        assert!(Settings::from_env(None, &e).is_err());
+    }
+
+    #[test]
+    fn the_control_exchange_follows_the_jobs_queue_unless_set() {
+        let mut e = s3_env();
+        e.insert("TRANSCODE_BROKER__JOBS_QUEUE".into(), "jobs-x".into());
+        let s = Settings::from_env(None, &e).unwrap();
+        assert_eq!(s.broker.control_exchange(), "jobs-x.control");
+        e.insert("TRANSCODE_BROKER__CONTROL_EXCHANGE".into(), "ctl".into());
+        let s = Settings::from_env(None, &e).unwrap();
+        assert_eq!(s.broker.control_exchange(), "ctl");
+    }
+
+    #[test]
+    fn the_metrics_address_is_checked_and_empty_turns_it_off() {
+        let s = Settings::from_env(None, &s3_env()).unwrap();
+        assert_eq!(s.metrics.listen_addr(), None);
+        let mut e = s3_env();
+        e.insert("TRANSCODE_METRICS__LISTEN".into(), "0.0.0.0:9464".into());
+        let s = Settings::from_env(None, &e).unwrap();
+        assert_eq!(
+            s.metrics.listen_addr(),
+            Some("0.0.0.0:9464".parse().unwrap())
+        );
+        e.insert("TRANSCODE_METRICS__LISTEN".into(), "localhost".into());
+        let err = Settings::from_env(None, &e).unwrap_err().to_string();
+        assert!(err.contains("TRANSCODE_METRICS__LISTEN"), "{err}");
+    }
+
+    #[test]
+    fn observers_need_only_the_broker_settings() {
+        let e = env(&[("AMQP_URL", "amqp://u:p@rabbit:5672/%2f")]);
+        assert!(Settings::from_env(None, &e).is_err(), "no bucket");
+        let s = Settings::for_broker_from_env(None, &e).unwrap();
+        assert_eq!(s.broker.progress_exchange, "transcoding.progress");
+        let bad = env(&[("AMQP_URL", "http://nope")]);
+        assert!(Settings::for_broker_from_env(None, &bad).is_err());
     }
 
     #[test]

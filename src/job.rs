@@ -209,6 +209,25 @@ pub struct Progress {
     /// The output key, on completion.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_key: Option<String>,
+    /// While transcoding: seconds of media transcoded per second of work
+    /// since the phase began (2.0 is twice real time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speed: Option<f64>,
+    /// While transcoding: the media position reached, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position_secs: Option<f64>,
+    /// While transcoding: the media's duration in seconds, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_secs: Option<f64>,
+    /// While downloading or uploading: bytes moved so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    /// While downloading or uploading: bytes to move in all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_total: Option<u64>,
+    /// While downloading or uploading: bytes per second since the phase began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_per_sec: Option<f64>,
 }
 
 /// The current time as RFC 3339 in UTC.
@@ -311,6 +330,12 @@ mod tests {
             error_kind: None,
             will_retry: None,
             output_key: None,
+            speed: None,
+            position_secs: None,
+            duration_secs: None,
+            bytes: None,
+            bytes_total: None,
+            bytes_per_sec: None,
         };
         let v: serde_json::Value = serde_json::to_value(&p).unwrap();
         assert_eq!(v["job_id"], "job1");

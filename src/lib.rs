@@ -18,17 +18,26 @@
 //! - [`pipeline`]: GStreamer (probe, transcode, verify);
 //! - [`transcoder`]: the pipeline child process and its protocol;
 //! - [`progress`]: progress events of one attempt;
-//! - [`worker`]: the consume, process, settle loop.
+//! - [`worker`]: the consume, process, settle loop;
+//! - [`status`]: the live state of a worker (who, connected, running
+//!   attempts, counts), read by the three below;
+//! - [`control`]: the control exchange (`inspect`, `ping`);
+//! - [`metrics`]: Prometheus metrics and the `/metrics` and `/healthz` server;
+//! - [`watch`]: `watch`, live progress for people.
 
 pub mod broker;
 pub mod config;
+pub mod control;
 pub mod error;
 pub mod fragment;
 pub mod job;
+pub mod metrics;
 pub mod pipeline;
 pub mod plan;
 pub mod progress;
+pub mod status;
 pub mod storage;
 pub mod telemetry;
 pub mod transcoder;
+pub mod watch;
 pub mod worker;

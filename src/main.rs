@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use transcode_worker::config::Settings;
+use transcode_worker::control;
+use transcode_worker::metrics::MetricsServer;
 use transcode_worker::telemetry::{self, LogFormat};
 use transcode_worker::transcoder::{self, Transcoder};
 use transcode_worker::worker::Worker;
@@ -41,6 +43,38 @@ enum Command {
     },
     /// Check the configuration and print it (secrets hidden).
     CheckConfig,
+    /// List the live workers on every machine and what each is doing.
+    Inspect {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// How long to wait for the workers' answers, e.g. "2s".
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
+    /// List the live workers and how fast each answers.
+    Ping {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// How long to wait for the workers' answers, e.g. "2s".
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
+    /// Show the progress of running jobs live, until Ctrl-C.
+    Watch {
+        /// Print every progress event as a JSON line (plain lines are also
+        /// used when the output is not a terminal).
+        #[arg(long)]
+        json: bool,
+        /// Only this job (repeat for more); exit once each has ended
+        /// (status 0 when all completed, 1 otherwise).
+        #[arg(long = "job", value_name = "JOB_ID")]
+        jobs: Vec<String>,
+        /// Stop after this long, e.g. "10m".
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<std::time::Duration>,
+    },
     /// Internal: run one pipeline, reading its spec from standard input.
     #[command(hide = true)]
     Pipeline,
@@ -52,6 +86,9 @@ fn main() -> ExitCode {
         return ExitCode::from(transcoder::child_main() as u8);
     }
     telemetry::init(cli.log_format);
+    if let Some(command) = cli.command.as_ref().filter(|c| c.is_observer()) {
+        return observe(cli.config.as_deref(), command);
+    }
     let settings = match Settings::load(cli.config.as_deref()) {
         Ok(s) => s,
         Err(e) => {
@@ -77,6 +114,7 @@ fn main() -> ExitCode {
             }
         };
         let limit_mb = settings.worker.pipeline_memory_limit_mb;
+        let settings_metrics = settings.metrics.listen_addr();
         let transcoder = Transcoder::new(exe, (limit_mb > 0).then_some(limit_mb << 20));
         let worker = match Worker::new(settings, transcoder, exit_when_idle) {
             Ok(w) => w,
@@ -84,6 +122,19 @@ fn main() -> ExitCode {
                 tracing::error!("{e}");
                 return ExitCode::from(2);
             }
+        };
+        let _metrics = match settings_metrics {
+            Some(addr) => match MetricsServer::start(addr, worker.status().clone()).await {
+                Ok(server) => {
+                    tracing::info!(address = %server.addr(), "serving /metrics and /healthz");
+                    Some(server)
+                }
+                Err(e) => {
+                    tracing::error!(address = %addr, error = %e, "cannot serve /metrics and /healthz (metrics.listen); running without them");
+                    None
+                }
+            },
+            None => None,
         };
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
@@ -111,4 +162,106 @@ async fn stop_on_signal(shutdown: CancellationToken) {
         _ = int.recv() => tracing::info!("SIGINT: finishing the running job, taking no new one"),
     }
     shutdown.cancel();
+}
+
+impl Command {
+    /// Whether this command only observes the farm through the broker.
+    fn is_observer(&self) -> bool {
+        matches!(
+            self,
+            Command::Inspect { .. } | Command::Ping { .. } | Command::Watch { .. }
+        )
+    }
+}
+
+/// Runs `inspect`, `ping` or `watch`: 0 when workers answered (or every
+/// watched job completed), 1 otherwise, 2 for bad settings.
+fn observe(config: Option<&std::path::Path>, command: &Command) -> ExitCode {
+    let settings = match Settings::load_for_broker(config) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let broker = &settings.broker;
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    runtime.block_on(async {
+        let (json, timeout, ping) = match command {
+            Command::Inspect { json, timeout } => (*json, *timeout, false),
+            Command::Ping { json, timeout } => (*json, *timeout, true),
+            Command::Watch {
+                json,
+                jobs,
+                timeout,
+            } => {
+                let options = transcode_worker::watch::WatchOptions {
+                    json: *json,
+                    jobs: jobs.clone(),
+                    timeout: *timeout,
+                };
+                let cancel = CancellationToken::new();
+                let on_signal = cancel.clone();
+                tokio::spawn(async move {
+                    let _ = tokio::signal::ctrl_c().await;
+                    on_signal.cancel();
+                });
+                return match transcode_worker::watch::watch(broker, &options, &cancel).await {
+                    Ok(end) => {
+                        if let Some(why) = &end.stopped {
+                            eprintln!("watch: {why}");
+                        }
+                        if !end.unfinished.is_empty() {
+                            eprintln!("watch: not finished: {}", end.unfinished.join(", "));
+                        }
+                        if end.success() {
+                            ExitCode::SUCCESS
+                        } else {
+                            ExitCode::FAILURE
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!("{e}");
+                        ExitCode::FAILURE
+                    }
+                };
+            }
+            _ => return ExitCode::from(2),
+        };
+        let asked = if ping {
+            control::Command::Ping
+        } else {
+            control::Command::Inspect
+        };
+        let answers = match control::ask(broker, asked, timeout).await {
+            Ok(answers) => answers,
+            Err(e) => {
+                tracing::error!("{e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let text = match (ping, json) {
+            (true, true) => control::ping_json(&answers),
+            (true, false) => control::ping_table(&answers),
+            (false, true) => control::inspect_json(&answers),
+            (false, false) => control::inspect_table(&answers),
+        };
+        if json || !answers.is_empty() {
+            println!("{text}");
+        }
+        if answers.is_empty() {
+            eprintln!(
+                "no worker answered within {} on the control exchange {:?}",
+                humantime::format_duration(timeout),
+                broker.control_exchange()
+            );
+            return ExitCode::FAILURE;
+        }
+        eprintln!(
+            "{} worker(s) answered within {}",
+            answers.len(),
+            humantime::format_duration(timeout)
+        );
+        ExitCode::SUCCESS
+    })
 }

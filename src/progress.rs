@@ -6,6 +6,11 @@
 //! 5-95 %, uploading 95-99 %, and 100 % only once the job is completed. An
 //! event goes out on every phase change, on each whole-percent change (at
 //! most four a second), and at least every two seconds.
+//!
+//! Every update also goes to the attempt's [`AttemptStatus`] (the worker's
+//! live state and metrics), before the rate rules, so `inspect`, `/metrics`
+//! and `/healthz` see each one; events carry the speed and transfer figures
+//! it computes.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -13,6 +18,7 @@ use std::time::{Duration, Instant};
 use crate::broker::{Broker, BrokerError};
 use crate::error::JobError;
 use crate::job::{now_rfc3339, Progress, State};
+use crate::status::{AttemptStatus, Status};
 
 /// Shortest gap between two events of the same phase.
 const MIN_INTERVAL: Duration = Duration::from_millis(250);
@@ -46,12 +52,21 @@ pub struct Reporter {
     attempt: u32,
     worker: String,
     last: Arc<Mutex<Last>>,
+    status: Arc<AttemptStatus>,
 }
 
 impl Reporter {
-    /// A reporter for attempt `attempt` of `job_id` run by `worker`.
-    pub fn new(broker: Arc<Broker>, job_id: &str, attempt: u32, worker: &str) -> Self {
+    /// A reporter for attempt `attempt` of `job_id` run by `worker`; the
+    /// attempt shows in `status` until the last clone is dropped.
+    pub fn new(
+        broker: Arc<Broker>,
+        job_id: &str,
+        attempt: u32,
+        worker: &str,
+        status: &Status,
+    ) -> Self {
         Reporter {
+            status: Arc::new(status.attempt(job_id, attempt)),
             broker,
             job_id: job_id.to_string(),
             attempt,
@@ -77,7 +92,25 @@ impl Reporter {
             error_kind: None,
             will_retry: None,
             output_key: None,
+            speed: None,
+            position_secs: None,
+            duration_secs: None,
+            bytes: None,
+            bytes_total: None,
+            bytes_per_sec: None,
         }
+    }
+
+    /// While transcoding: the pipeline reached `position_ms` of
+    /// `duration_ms` (for the speed in events and the stall view).
+    pub fn media_position(&self, position_ms: u64, duration_ms: Option<u64>) {
+        self.status.media_position(position_ms, duration_ms);
+    }
+
+    /// While downloading or uploading (`state`): `done` of `total` bytes
+    /// moved so far (for the speed in events, and the byte counters).
+    pub fn transferred(&self, state: State, done: u64, total: u64) {
+        self.status.transferred(state, done, total);
     }
 
     /// Reports that `state` is `fraction` (0 to 1) done, with an optional
@@ -86,6 +119,7 @@ impl Reporter {
     pub async fn update(&self, state: State, fraction: f64, eta: Option<Duration>) {
         let (start, end) = span(state);
         let percent = start + (end - start) * fraction.clamp(0.0, 1.0);
+        self.status.update(state, percent, eta);
         let now = Instant::now();
         let percent = {
             let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
@@ -105,6 +139,13 @@ impl Reporter {
         };
         let mut event = self.event(state, percent);
         event.eta_secs = eta.map(|d| (d.as_secs_f64() * 10.0).round() / 10.0);
+        let figures = self.status.figures();
+        event.speed = figures.speed;
+        event.position_secs = figures.position_secs;
+        event.duration_secs = figures.duration_secs;
+        event.bytes = figures.bytes;
+        event.bytes_total = figures.bytes_total;
+        event.bytes_per_sec = figures.bytes_per_sec;
         if let Err(e) = self.broker.publish_progress(&event, false).await {
             tracing::debug!(error = %e, "progress event not sent");
         }
@@ -114,7 +155,15 @@ impl Reporter {
     pub async fn completed(&self, output_key: &str) -> Result<(), BrokerError> {
         let mut event = self.event(State::Completed, 100.0);
         event.output_key = Some(output_key.to_string());
-        self.broker.publish_progress(&event, true).await
+        let result = self.broker.publish_progress(&event, true).await;
+        match &result {
+            Ok(()) => self.status.completed(),
+            // The job goes back to the queue.
+            Err(_) => self
+                .status
+                .failed(crate::error::ErrorKind::BrokerUnavailable, true),
+        }
+        result
     }
 
     /// Publishes the `failed` event for `error` and waits for the broker's confirm.
@@ -124,6 +173,7 @@ impl Reporter {
         event.error = Some(error.message.clone());
         event.error_kind = Some(error.kind);
         event.will_retry = Some(will_retry);
+        self.status.failed(error.kind, will_retry);
         self.broker.publish_progress(&event, true).await
     }
 }

@@ -114,6 +114,7 @@ pub struct Worker {
     transcoder: Transcoder,
     id: String,
     exit_when_idle: Option<Duration>,
+    status: crate::status::Status,
 }
 
 impl Worker {
@@ -133,6 +134,7 @@ impl Worker {
         clean_stale_scratch(&scratch);
         Ok(Arc::new(Worker {
             id: settings.worker_id(),
+            status: crate::status::Status::new(&settings),
             settings,
             storage,
             transcoder,
@@ -143,6 +145,11 @@ impl Worker {
     /// The worker's name in progress events.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// The worker's live state (for `inspect`, `/metrics`, `/healthz`).
+    pub fn status(&self) -> &crate::status::Status {
+        &self.status
     }
 
     /// Runs until `shutdown` is cancelled (then drains) or, with
@@ -160,8 +167,10 @@ impl Worker {
                 self.settings.worker.concurrency,
                 &connection_name,
             );
+            // Each node gets connect_timeout; declaring the topology gets one more.
+            let timeout = b.connect_timeout * (b.urls().len() as u32 + 1);
             let broker = tokio::select! {
-                r = connect => r,
+                r = tokio::time::timeout(timeout, connect) => r.unwrap_or_else(|_| Err(BrokerError::Timeout(timeout))),
                 _ = shutdown.cancelled() => return Ok(()),
             };
             let broker = match broker {
@@ -209,6 +218,7 @@ impl Worker {
             Ok(c) => c,
             Err(e) => return SessionEnd::Lost(e.to_string()),
         };
+        let _control = crate::control::Responder::start(broker.clone(), self.status.clone());
         let abort = Abort::default();
         let mut jobs = JoinSet::new();
         let mut last_activity = Instant::now();
@@ -295,7 +305,8 @@ impl Worker {
                     .flatten()
                     .unwrap_or_else(|| "unknown".into());
                 let span = tracing::info_span!("job", job_id = %job_id, attempt);
-                let reporter = Reporter::new(broker.clone(), &job_id, attempt, &self.id);
+                let reporter =
+                    Reporter::new(broker.clone(), &job_id, attempt, &self.id, &self.status);
                 return self
                     .settle(&broker, &delivery, &reporter, &job_id, Err(error))
                     .instrument(span)
@@ -304,7 +315,7 @@ impl Worker {
         };
         let span = tracing::info_span!("job", job_id = %job.job_id, attempt);
         async {
-            let reporter = Reporter::new(broker.clone(), &job.job_id, attempt, &self.id);
+            let reporter = Reporter::new(broker.clone(), &job.job_id, attempt, &self.id, &self.status);
             let max = self.settings.worker.max_attempts;
             if attempt > max {
                 let error = JobError::new(
@@ -563,6 +574,7 @@ impl Worker {
                             position = position_ms;
                             moved_at = Instant::now();
                         }
+                        reporter.media_position(position, duration_ms);
                         if let Some(total) = duration_ms.filter(|d| *d > 0) {
                             fraction = (position as f64 / total as f64).min(1.0);
                             if fraction > 0.0 {
@@ -671,9 +683,13 @@ async fn watch_transfer<T>(
     let mut moved_at = Instant::now();
     loop {
         tokio::select! {
-            result = &mut transfer => return result.map_err(JobError::from),
+            result = &mut transfer => {
+                reporter.transferred(state, counter.get(), total);
+                return result.map_err(JobError::from);
+            }
             _ = tick.tick() => {
                 let now = counter.get();
+                reporter.transferred(state, now, total);
                 if now != last {
                     last = now;
                     moved_at = Instant::now();

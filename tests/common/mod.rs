@@ -11,6 +11,7 @@
 
 pub mod farm;
 pub mod fixtures;
+pub mod relay;
 pub mod services;
 pub mod tls;
 

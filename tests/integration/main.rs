@@ -5,7 +5,9 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod chaos;
 mod deploy;
+mod operate;
 mod queue_files;
 mod reliability;
 mod security;

@@ -376,3 +376,266 @@ async fn a_job_longer_than_the_consumer_timeout_is_never_lost_nor_run_twice_at_o
     .await;
     assert!(!farm.output_exists("o/long.mp4").await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_black_holed_broker_connection_is_noticed_and_the_job_still_completes() {
+    use crate::common::relay::Relay;
+    use crate::common::services::shared_rabbit;
+
+    let relay = Relay::start(shared_rabbit().port()).await;
+    let url = format!(
+        "amqp://guest:guest@127.0.0.1:{}/%2f?heartbeat=2",
+        relay.port()
+    );
+    let extra = [
+        SLOW,
+        ("TRANSCODE_BROKER__LIVENESS_INTERVAL", "1s"),
+        ("TRANSCODE_BROKER__CONNECT_TIMEOUT", "3s"),
+    ];
+    let farm = Farm::s3(&extra).await;
+    farm.put_input("a.mov", &fixtures::mjpeg_mov(2)).await;
+    let mut watch = farm.watch_progress().await;
+    let mut env = extra.to_vec();
+    env.push(("AMQP_URL", &url));
+    let worker = farm.spawn_worker(&env);
+    farm.publish_job(slow_job("hole", "a.mov", "o/a.mp4", 100_000))
+        .await;
+    loop {
+        let e = watch.next(JOB_TIMEOUT).await;
+        if e.state == State::Transcoding {
+            break;
+        }
+    }
+    // The network path to the broker goes silent without closing.
+    relay.pause();
+    wait_for(Duration::from_secs(20), "the worker to notice", || async {
+        worker.logs().contains("lost the broker")
+    })
+    .await;
+    // Its attempt was abandoned: the pipeline process is gone.
+    wait_for(Duration::from_secs(10), "the pipeline stopped", || async {
+        worker.children().is_empty()
+    })
+    .await;
+    relay.resume();
+    let last = watch.until_final("hole", JOB_TIMEOUT).await;
+    assert_eq!(last.state, State::Completed, "{last:#?}");
+    assert!(last.attempt >= 2, "{last:#?}");
+    let completed = watch
+        .of("hole")
+        .iter()
+        .filter(|e| e.state == State::Completed)
+        .count();
+    assert_eq!(completed, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_connections_cut_mid_transfer_are_retried_and_nothing_partial_is_used() {
+    use crate::common::relay::Relay;
+
+    let s3 = shared_s3();
+    let s3_port: u16 = s3
+        .endpoint()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.trim_end_matches('/').parse().ok())
+        .expect("the S3 endpoint has a port");
+    let relay = Relay::start(s3_port).await;
+    relay.throttle(1_000_000);
+    let farm = Farm::s3(&[]).await;
+    let input = fixtures::mjpeg_mov(20);
+    farm.put_input("big.mov", &input).await;
+    let size = std::fs::metadata(&input).unwrap().len();
+    assert!(size > 4_000_000, "the input is big enough to cut: {size}");
+    let mut watch = farm.watch_progress().await;
+    let endpoint = format!("http://127.0.0.1:{}", relay.port());
+    let _worker = farm.spawn_worker(&[("AWS_S3_ENDPOINT_URL", &endpoint)]);
+    farm.publish_job(json!({"job_id": "cut", "input_key": "big.mov", "output_key": "o/big.mp4"}))
+        .await;
+
+    // Cut the download a third of the way through.
+    wait_for(JOB_TIMEOUT, "the download under way", || async {
+        relay.relayed() > size / 3
+    })
+    .await;
+    relay.cut();
+    // Cut the upload once it has started.
+    loop {
+        let e = watch.next(JOB_TIMEOUT).await;
+        if e.state == State::Uploading {
+            break;
+        }
+        assert_ne!(e.state, State::Failed, "{e:#?}");
+    }
+    let before = relay.relayed();
+    wait_for(JOB_TIMEOUT, "the upload under way", || async {
+        relay.relayed() > before + 100_000
+    })
+    .await;
+    relay.cut();
+    assert!(
+        !farm.output_exists("o/big.mp4").await,
+        "no partial output is visible"
+    );
+    let last = watch.until_final("cut", JOB_TIMEOUT).await;
+    assert_eq!(last.state, State::Completed, "{last:#?}");
+    // Both transfers were retried within the attempt.
+    assert_eq!(last.attempt, 1, "{:#?}", watch.of("cut"));
+    let out = fixtures::probe(&farm.get_output("o/big.mp4").await.unwrap());
+    let diff = out.duration.unwrap().abs_diff(Duration::from_secs(20));
+    assert!(diff <= Duration::from_millis(500), "{out:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_transcode_is_aborted() {
+    let extra = [
+        SLOW,
+        ("TRANSCODE_WORKER__TRANSCODE_STALL_TIMEOUT", "1s"),
+        ("TRANSCODE_WORKER__MAX_ATTEMPTS", "1"),
+    ];
+    let farm = Farm::s3(&extra).await;
+    farm.put_input("a.mov", &fixtures::mjpeg_mov(1)).await;
+    let mut watch = farm.watch_progress().await;
+    let worker = farm.spawn_worker(&extra);
+    // Ten seconds per frame: the position stops moving.
+    farm.publish_job(slow_job("stuck", "a.mov", "o/a.mp4", 10_000_000))
+        .await;
+    let last = watch.until_final("stuck", JOB_TIMEOUT).await;
+    assert_eq!(last.state, State::Failed, "{last:#?}");
+    assert_eq!(last.error_kind, Some(ErrorKind::Stalled), "{last:#?}");
+    assert!(last.error.as_deref().unwrap().contains("no progress"));
+    wait_for(
+        Duration::from_secs(10),
+        "the stuck pipeline killed",
+        || async { worker.children().is_empty() },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scratch_folders_are_empty_after_mixed_successful_failed_and_killed_attempts() {
+    let farm = Farm::s3(&[SLOW]).await;
+    farm.put_input("good.mov", &fixtures::mjpeg_mov(1)).await;
+    farm.put_input("bad.avi", &fixtures::corrupt()).await;
+    let mut watch = farm.watch_progress().await;
+    let mut ids = Vec::new();
+    for i in 0..14 {
+        let id = format!("mix{i}");
+        let job = match i % 3 {
+            0 => slow_job(&id, "good.mov", &format!("o/{id}.mp4"), 40_000),
+            1 => json!({"job_id": id, "input_key": "bad.avi", "output_key": format!("o/{id}.mp4")}),
+            _ => {
+                json!({"job_id": id, "input_key": "good.mov", "output_key": format!("o/{id}.mp4")})
+            }
+        };
+        farm.publish_job(job).await;
+        ids.push(id);
+    }
+    // Two workers killed in the middle of an encode leave their folders...
+    for _ in 0..2 {
+        let w = farm.spawn_worker(&[SLOW]);
+        loop {
+            let e = watch.next(JOB_TIMEOUT).await;
+            if e.state == State::Transcoding && e.worker == w.name && e.progress > 5.0 {
+                break;
+            }
+        }
+        w.signal(libc::SIGKILL);
+        drop(w);
+        let left: Vec<_> = std::fs::read_dir(farm.scratch()).unwrap().collect();
+        assert!(
+            !left.is_empty(),
+            "a killed worker leaves its scratch folder"
+        );
+    }
+    // ...which the next worker removes at start; it settles every job.
+    let _w = farm.spawn_worker(&[SLOW]);
+    for id in &ids {
+        watch.until_final(id, JOB_TIMEOUT).await;
+    }
+    wait_for(JOB_TIMEOUT, "the jobs queue empty", || async {
+        farm.ready_jobs().await == 0
+    })
+    .await;
+    let left: Vec<_> = std::fs::read_dir(farm.scratch()).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_queue_leader_of_a_three_node_cluster_loses_no_job() {
+    let cookie = crate::common::random_name("cookie").to_uppercase();
+    let nodes: Vec<Arc<RabbitNode>> = (0..3)
+        .map(|_| {
+            Arc::new(RabbitNode::start(
+                RabbitOptions::default().cookie(cookie.clone()),
+            ))
+        })
+        .collect();
+    for node in &nodes[1..] {
+        node.ctl(&["stop_app"]);
+        node.ctl(&["join_cluster", nodes[0].node_name()]);
+        node.ctl(&["start_app"]);
+    }
+    let members = nodes[0].ctl(&["cluster_status", "--formatter", "json"]);
+    for node in &nodes {
+        assert!(members.contains(node.node_name()), "{members}");
+    }
+    let extra = [
+        SLOW,
+        ("TRANSCODE_BROKER__LIVENESS_INTERVAL", "1s"),
+        ("TRANSCODE_BROKER__CONNECT_TIMEOUT", "5s"),
+    ];
+    let mut farm = Farm::s3_on(Rabbit::Own(nodes[0].clone()), shared_s3(), &extra).await;
+    farm.put_input("a.mov", &fixtures::mjpeg_mov(1)).await;
+    // Which node leads the jobs queue.
+    let listing = nodes[0].ctl(&["list_queues", "-q", "--no-table-headers", "name", "leader"]);
+    let leader = listing
+        .lines()
+        .find_map(|l| {
+            let mut cols = l.split_whitespace();
+            (cols.next() == Some(farm.jobs_queue())).then(|| cols.next().unwrap_or("").to_string())
+        })
+        .unwrap_or_else(|| panic!("no leader for the jobs queue in {listing}"));
+    let leader_index = nodes
+        .iter()
+        .position(|n| n.node_name() == leader)
+        .unwrap_or_else(|| panic!("leader {leader} is not one of ours"));
+    // The test watches through a node that stays up.
+    let watcher = (leader_index + 1) % 3;
+    farm.rabbit = Rabbit::Own(nodes[watcher].clone());
+    farm.reconnect().await;
+    // The worker knows every node, the leader first.
+    let mut urls: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("{}?heartbeat=2", n.amqp_url()))
+        .collect();
+    urls.swap(0, leader_index);
+    let amqp_url = urls.join(",");
+    let mut env = extra.to_vec();
+    env.push(("AMQP_URL", &amqp_url));
+    let worker = farm.spawn_worker(&env);
+
+    let ids: Vec<String> = (0..8).map(|i| format!("c{i}")).collect();
+    for id in &ids {
+        farm.publish_job(slow_job(id, "a.mov", &format!("o/{id}.mp4"), 40_000))
+            .await;
+    }
+    wait_for(JOB_TIMEOUT, "a job running", || async {
+        !worker.children().is_empty()
+    })
+    .await;
+    nodes[leader_index].stop();
+    for id in &ids {
+        wait_for(JOB_TIMEOUT, &format!("the output of {id}"), || async {
+            farm.output_exists(&format!("o/{id}.mp4")).await
+        })
+        .await;
+    }
+    wait_for(JOB_TIMEOUT, "the jobs queue empty", || async {
+        farm.ready_jobs().await == 0
+    })
+    .await;
+    assert!(farm.dead_letters().await.is_empty());
+    let logs = worker.logs();
+    assert!(logs.contains("reconnecting"), "{logs}");
+}

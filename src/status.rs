@@ -1,0 +1,705 @@
+//! The live state of one worker process, shared by the parts that show it:
+//! who the worker is (host, pid, version, start time), whether it is
+//! connected to the broker, what each running attempt is doing (phase,
+//! progress, speed, time since it last moved), and how many jobs it has
+//! finished.
+//!
+//! The worker feeds it through [`Status::attempt`] (one [`AttemptStatus`]
+//! per attempt, held by the attempt's [`Reporter`](crate::progress::Reporter)
+//! and removed when dropped) and [`Status::connected`]; `inspect` answers
+//! with a [`Status::snapshot`] (see [`crate::control`]), and `/metrics` and
+//! `/healthz` read it (see [`crate::metrics`]). Every change is also counted
+//! in the worker's Prometheus metrics, which this module owns.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::broker::Broker;
+use crate::config::Settings;
+use crate::error::ErrorKind;
+use crate::job::State;
+use crate::metrics::Metrics;
+
+/// Extra time beyond a phase's own stall limit before `/healthz` calls a
+/// running attempt stalled (the worker aborts it at the limit itself, so
+/// only a wedged worker gets there).
+pub const STALL_GRACE: Duration = Duration::from_secs(60);
+
+/// What a running attempt is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptPhase {
+    /// Planning, checking the input and the stored output.
+    Starting,
+    /// Fetching the input.
+    Downloading,
+    /// Running the pipeline.
+    Transcoding,
+    /// Storing the output.
+    Uploading,
+    /// Completed; the delivery is being acked.
+    Completed,
+    /// Failed; the delivery is being retried, given back or dead-lettered.
+    Failed,
+}
+
+impl AttemptPhase {
+    /// The phase's word, as in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptPhase::Starting => "starting",
+            AttemptPhase::Downloading => "downloading",
+            AttemptPhase::Transcoding => "transcoding",
+            AttemptPhase::Uploading => "uploading",
+            AttemptPhase::Completed => "completed",
+            AttemptPhase::Failed => "failed",
+        }
+    }
+}
+
+impl From<State> for AttemptPhase {
+    fn from(state: State) -> Self {
+        match state {
+            State::Downloading => AttemptPhase::Downloading,
+            State::Transcoding => AttemptPhase::Transcoding,
+            State::Uploading => AttemptPhase::Uploading,
+            State::Completed => AttemptPhase::Completed,
+            State::Failed => AttemptPhase::Failed,
+        }
+    }
+}
+
+/// One running attempt, as `inspect` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobInfo {
+    /// The job's id.
+    pub job_id: String,
+    /// The attempt number, starting at 1.
+    pub attempt: u32,
+    /// What it is doing.
+    pub phase: AttemptPhase,
+    /// Overall progress of the attempt, 0 to 100 (as in progress events).
+    pub progress: f64,
+    /// Seconds since the attempt began.
+    pub running_secs: f64,
+    /// Seconds since it last made progress (a byte moved, a frame encoded,
+    /// or a new phase).
+    pub idle_secs: f64,
+    /// Estimated seconds left in the transcode, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eta_secs: Option<f64>,
+    /// While transcoding: media seconds per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speed: Option<f64>,
+    /// While downloading or uploading: bytes per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_per_sec: Option<f64>,
+}
+
+/// A worker as `inspect` shows it: its answer on the control exchange.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    /// The worker's name in progress events (`host:pid` by default).
+    pub worker: String,
+    /// The machine's host name.
+    pub host: String,
+    /// The worker's process id.
+    pub pid: u32,
+    /// The worker's version.
+    pub version: String,
+    /// When the process started, RFC 3339 in UTC.
+    pub started_at: String,
+    /// Seconds since the process started.
+    pub uptime_secs: f64,
+    /// The jobs queue it takes jobs from.
+    pub queue: String,
+    /// Jobs it runs at once.
+    pub concurrency: u16,
+    /// Whether it is connected to the broker.
+    pub connected: bool,
+    /// Where it serves `/metrics` and `/healthz`, if it does.
+    #[serde(default)]
+    pub metrics: Option<String>,
+    /// Its running attempts.
+    pub jobs: Vec<JobInfo>,
+    /// Jobs it completed.
+    pub jobs_completed: u64,
+    /// Jobs that failed for good with it (dead-lettered).
+    pub jobs_failed: u64,
+    /// Attempts that failed with it and were given back to be tried again.
+    pub attempts_retried: u64,
+}
+
+/// What `/healthz` says.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Health {
+    /// Connected to the broker and no attempt stalled.
+    pub healthy: bool,
+    /// Whether the worker is connected to the broker.
+    pub connected: bool,
+    /// Attempts running.
+    pub jobs: usize,
+    /// Ids of the attempts that made no progress for longer than their
+    /// phase's stall limit plus [`STALL_GRACE`].
+    pub stalled: Vec<String>,
+    /// One sentence for people.
+    pub reason: String,
+}
+
+/// Stall limits per phase, from the worker settings.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    starting: Duration,
+    downloading: Duration,
+    transcoding: Duration,
+    uploading: Duration,
+    settling: Duration,
+}
+
+impl Limits {
+    fn of(&self, phase: AttemptPhase) -> Duration {
+        let limit = match phase {
+            AttemptPhase::Starting => self.starting,
+            AttemptPhase::Downloading => self.downloading,
+            AttemptPhase::Transcoding => self.transcoding,
+            AttemptPhase::Uploading => self.uploading,
+            AttemptPhase::Completed | AttemptPhase::Failed => self.settling,
+        };
+        limit + STALL_GRACE
+    }
+}
+
+#[derive(Debug)]
+struct Identity {
+    worker: String,
+    host: String,
+    pid: u32,
+    version: String,
+    started_at: String,
+    started: Instant,
+    queue: String,
+    concurrency: u16,
+}
+
+#[derive(Debug)]
+struct Running {
+    job_id: String,
+    attempt: u32,
+    phase: AttemptPhase,
+    percent: f64,
+    started: Instant,
+    phase_started: Instant,
+    moved_at: Instant,
+    eta: Option<Duration>,
+    /// Media position and duration, in milliseconds, while transcoding.
+    media: Option<(u64, Option<u64>)>,
+    /// Bytes moved and to move, while downloading or uploading.
+    bytes: Option<(u64, u64)>,
+    /// Bytes of this phase already added to the byte counter.
+    bytes_counted: u64,
+}
+
+impl Running {
+    fn speed(&self, now: Instant) -> Option<f64> {
+        let elapsed = now.duration_since(self.phase_started).as_secs_f64();
+        let (position, _) = self.media?;
+        (self.phase == AttemptPhase::Transcoding && elapsed > 0.0 && position > 0)
+            .then(|| position as f64 / 1000.0 / elapsed)
+    }
+
+    fn bytes_per_sec(&self, now: Instant) -> Option<f64> {
+        let elapsed = now.duration_since(self.phase_started).as_secs_f64();
+        let (done, _) = self.bytes?;
+        (elapsed > 0.0).then(|| done as f64 / elapsed)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Live {
+    broker: Option<Weak<Broker>>,
+    disconnected_at: Option<Instant>,
+    metrics_addr: Option<SocketAddr>,
+    jobs: BTreeMap<u64, Running>,
+    next_key: u64,
+    completed: u64,
+    failed: u64,
+    retried: u64,
+}
+
+#[derive(Debug)]
+struct Inner {
+    identity: Identity,
+    limits: Limits,
+    metrics: Metrics,
+    live: Mutex<Live>,
+}
+
+/// The shared live state of a worker; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Status {
+    inner: Arc<Inner>,
+}
+
+impl Status {
+    /// The state of a worker that starts now with `settings`.
+    pub fn new(settings: &Settings) -> Status {
+        let worker = settings.worker_id();
+        let version = env!("CARGO_PKG_VERSION").to_string();
+        let w = &settings.worker;
+        let limits = Limits {
+            starting: w.download_stall_timeout + settings.storage.retry_for,
+            downloading: w.download_stall_timeout,
+            transcoding: w.transcode_stall_timeout,
+            uploading: w.upload_stall_timeout,
+            settling: w.retry_max_delay,
+        };
+        let started_unix = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or_default();
+        let metrics = Metrics::new(&worker, &version, started_unix);
+        Status {
+            inner: Arc::new(Inner {
+                identity: Identity {
+                    host: gethostname::gethostname().to_string_lossy().to_string(),
+                    pid: std::process::id(),
+                    started_at: crate::job::now_rfc3339(),
+                    started: Instant::now(),
+                    queue: settings.broker.jobs_queue.clone(),
+                    concurrency: w.concurrency,
+                    worker,
+                    version,
+                },
+                limits,
+                metrics,
+                live: Mutex::new(Live {
+                    disconnected_at: Some(Instant::now()),
+                    ..Default::default()
+                }),
+            }),
+        }
+    }
+
+    fn live(&self) -> MutexGuard<'_, Live> {
+        self.inner.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The worker's name.
+    pub fn worker(&self) -> &str {
+        &self.inner.identity.worker
+    }
+
+    /// The Prometheus metrics this state is counted in.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// Records that the worker is connected through `broker` (until
+    /// [`Status::disconnected`]); it counts as connected while that
+    /// connection is up.
+    pub fn connected(&self, broker: &Arc<Broker>) {
+        let mut live = self.live();
+        live.broker = Some(Arc::downgrade(broker));
+        live.disconnected_at = None;
+    }
+
+    /// Records that the worker's broker session ended.
+    pub fn disconnected(&self) {
+        let mut live = self.live();
+        live.broker = None;
+        live.disconnected_at.get_or_insert_with(Instant::now);
+    }
+
+    /// Records where `/metrics` is served.
+    pub fn set_metrics_addr(&self, addr: SocketAddr) {
+        self.live().metrics_addr = Some(addr);
+    }
+
+    /// Registers a starting attempt; it shows as running until the returned
+    /// handle is dropped.
+    pub fn attempt(&self, job_id: &str, attempt: u32) -> AttemptStatus {
+        let now = Instant::now();
+        let mut live = self.live();
+        let key = live.next_key;
+        live.next_key += 1;
+        live.jobs.insert(
+            key,
+            Running {
+                job_id: job_id.to_string(),
+                attempt,
+                phase: AttemptPhase::Starting,
+                percent: 0.0,
+                started: now,
+                phase_started: now,
+                moved_at: now,
+                eta: None,
+                media: None,
+                bytes: None,
+                bytes_counted: 0,
+            },
+        );
+        self.inner.metrics.set_in_flight(live.jobs.len());
+        AttemptStatus {
+            status: self.clone(),
+            key,
+        }
+    }
+
+    /// Whether the broker connection is up, and since when it is down.
+    fn connection(live: &Live) -> (bool, Option<Instant>) {
+        let up = live
+            .broker
+            .as_ref()
+            .and_then(Weak::upgrade)
+            .is_some_and(|b| b.is_connected());
+        (up, live.disconnected_at)
+    }
+
+    /// What the worker is doing now, as `inspect` shows it.
+    pub fn snapshot(&self) -> WorkerInfo {
+        let now = Instant::now();
+        let id = &self.inner.identity;
+        let live = self.live();
+        let (connected, _) = Status::connection(&live);
+        let round = |x: f64| (x * 10.0).round() / 10.0;
+        WorkerInfo {
+            worker: id.worker.clone(),
+            host: id.host.clone(),
+            pid: id.pid,
+            version: id.version.clone(),
+            started_at: id.started_at.clone(),
+            uptime_secs: round(now.duration_since(id.started).as_secs_f64()),
+            queue: id.queue.clone(),
+            concurrency: id.concurrency,
+            connected,
+            metrics: live.metrics_addr.map(|a| a.to_string()),
+            jobs: live
+                .jobs
+                .values()
+                .map(|r| JobInfo {
+                    job_id: r.job_id.clone(),
+                    attempt: r.attempt,
+                    phase: r.phase,
+                    progress: round(r.percent),
+                    running_secs: round(now.duration_since(r.started).as_secs_f64()),
+                    idle_secs: round(now.duration_since(r.moved_at).as_secs_f64()),
+                    eta_secs: r.eta.map(|d| round(d.as_secs_f64())),
+                    speed: r.speed(now).map(|s| (s * 100.0).round() / 100.0),
+                    bytes_per_sec: r.bytes_per_sec(now).map(f64::round),
+                })
+                .collect(),
+            jobs_completed: live.completed,
+            jobs_failed: live.failed,
+            attempts_retried: live.retried,
+        }
+    }
+
+    /// Whether the worker is healthy: connected to the broker, and no
+    /// running attempt stalled past its limit.
+    pub fn health(&self) -> Health {
+        self.health_at(Instant::now())
+    }
+
+    fn health_at(&self, now: Instant) -> Health {
+        let live = self.live();
+        let (connected, down_since) = Status::connection(&live);
+        let limits = self.inner.limits;
+        let stalled: Vec<String> = live
+            .jobs
+            .values()
+            .filter(|r| now.duration_since(r.moved_at) > limits.of(r.phase))
+            .map(|r| r.job_id.clone())
+            .collect();
+        let jobs = live.jobs.len();
+        let reason = if !connected {
+            let since = down_since
+                .map(|t| format!(" for {:.0} s", now.duration_since(t).as_secs_f64()))
+                .unwrap_or_default();
+            format!("not connected to the broker{since}; reconnecting")
+        } else if !stalled.is_empty() {
+            format!(
+                "no progress for longer than the stall limit plus {} s: {}",
+                STALL_GRACE.as_secs(),
+                stalled.join(", ")
+            )
+        } else {
+            format!("connected to the broker; {jobs} job(s) running")
+        };
+        Health {
+            healthy: connected && stalled.is_empty(),
+            connected,
+            jobs,
+            stalled,
+            reason,
+        }
+    }
+
+    /// Brings the metrics read at scrape time up to date: connection, jobs
+    /// in flight, seconds since the last progress.
+    pub fn refresh_metrics(&self) {
+        let now = Instant::now();
+        let live = self.live();
+        let (connected, _) = Status::connection(&live);
+        let idle = live
+            .jobs
+            .values()
+            .map(|r| now.duration_since(r.moved_at).as_secs_f64())
+            .fold(0.0, f64::max);
+        let m = &self.inner.metrics;
+        m.set_connected(connected);
+        m.set_in_flight(live.jobs.len());
+        m.set_seconds_since_progress(idle);
+    }
+}
+
+/// The live state of one attempt; removed from the worker's state when
+/// dropped.
+#[derive(Debug)]
+pub struct AttemptStatus {
+    status: Status,
+    key: u64,
+}
+
+impl AttemptStatus {
+    fn with<T>(&self, f: impl FnOnce(&mut Running, &Metrics) -> T) -> Option<T> {
+        let mut live = self.status.live();
+        let metrics = &self.status.inner.metrics;
+        live.jobs.get_mut(&self.key).map(|r| f(r, metrics))
+    }
+
+    /// The attempt is in `state`, `percent` (0-100) done overall, with an
+    /// optional ETA. A new phase ends the previous one (its duration is
+    /// observed); a higher percentage counts as progress.
+    pub fn update(&self, state: State, percent: f64, eta: Option<Duration>) {
+        let now = Instant::now();
+        self.with(|r, metrics| {
+            let phase = AttemptPhase::from(state);
+            if phase != r.phase {
+                metrics.phase_ended(r.phase, now.duration_since(r.phase_started));
+                r.phase = phase;
+                r.phase_started = now;
+                r.moved_at = now;
+                r.media = None;
+                r.bytes = None;
+                r.bytes_counted = 0;
+                r.eta = None;
+            }
+            if percent > r.percent {
+                r.percent = percent;
+                r.moved_at = now;
+            }
+            if eta.is_some() {
+                r.eta = eta;
+            }
+        });
+    }
+
+    /// While transcoding: the pipeline reached `position_ms` of
+    /// `duration_ms`. A later position counts as progress.
+    pub fn media_position(&self, position_ms: u64, duration_ms: Option<u64>) {
+        let now = Instant::now();
+        self.with(|r, _| {
+            if r.media.is_none_or(|(p, _)| position_ms > p) {
+                r.moved_at = now;
+            }
+            let best = r.media.map_or(position_ms, |(p, _)| p.max(position_ms));
+            r.media = Some((best, duration_ms));
+        });
+    }
+
+    /// While downloading (`state` downloading: bytes in) or uploading (bytes
+    /// out): `done` of `total` bytes moved so far. Moved bytes count as
+    /// progress and go into the byte counters; a transfer that started over
+    /// (a retry) counts its bytes again.
+    pub fn transferred(&self, state: State, done: u64, total: u64) {
+        let now = Instant::now();
+        self.with(|r, metrics| {
+            let before = r.bytes.map_or(0, |(d, _)| d);
+            if done != before {
+                r.moved_at = now;
+            }
+            let fresh = if done >= r.bytes_counted {
+                done - r.bytes_counted
+            } else {
+                done
+            };
+            r.bytes_counted = done;
+            r.bytes = Some((done, total));
+            metrics.add_bytes(state == State::Downloading, fresh);
+        });
+    }
+
+    /// The attempt completed (its `completed` event is confirmed).
+    pub fn completed(&self) {
+        let now = Instant::now();
+        let done = self.with(|r, metrics| {
+            metrics.phase_ended(r.phase, now.duration_since(r.phase_started));
+            metrics.attempt_ended(None, false, r.attempt, now.duration_since(r.started));
+            r.phase = AttemptPhase::Completed;
+            r.phase_started = now;
+            r.moved_at = now;
+            r.percent = 100.0;
+        });
+        if done.is_some() {
+            self.status.live().completed += 1;
+        }
+    }
+
+    /// The attempt failed with `kind`; `will_retry` when the job goes back
+    /// to the queue.
+    pub fn failed(&self, kind: ErrorKind, will_retry: bool) {
+        let now = Instant::now();
+        let done = self.with(|r, metrics| {
+            metrics.attempt_ended(
+                Some(kind),
+                will_retry,
+                r.attempt,
+                now.duration_since(r.started),
+            );
+            r.phase = AttemptPhase::Failed;
+            r.phase_started = now;
+            r.moved_at = now;
+        });
+        if done.is_some() {
+            let mut live = self.status.live();
+            if will_retry {
+                live.retried += 1;
+            } else {
+                live.failed += 1;
+            }
+        }
+    }
+
+    /// Speed and transfer figures for the attempt's next progress event.
+    pub fn figures(&self) -> Figures {
+        let now = Instant::now();
+        self.with(|r, _| Figures {
+            speed: r.speed(now).map(|s| (s * 100.0).round() / 100.0),
+            position_secs: r.media.map(|(p, _)| p as f64 / 1000.0),
+            duration_secs: r.media.and_then(|(_, d)| d).map(|d| d as f64 / 1000.0),
+            bytes: r.bytes.map(|(d, _)| d),
+            bytes_total: r.bytes.map(|(_, t)| t),
+            bytes_per_sec: r.bytes_per_sec(now).map(f64::round),
+        })
+        .unwrap_or_default()
+    }
+}
+
+/// Speed and transfer figures of an attempt, for its progress events.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Figures {
+    /// Media seconds per second, while transcoding.
+    pub speed: Option<f64>,
+    /// Media position in seconds, while transcoding.
+    pub position_secs: Option<f64>,
+    /// Media duration in seconds, while transcoding, when known.
+    pub duration_secs: Option<f64>,
+    /// Bytes moved, while downloading or uploading.
+    pub bytes: Option<u64>,
+    /// Bytes to move, while downloading or uploading.
+    pub bytes_total: Option<u64>,
+    /// Bytes per second, while downloading or uploading.
+    pub bytes_per_sec: Option<f64>,
+}
+
+impl Drop for AttemptStatus {
+    fn drop(&mut self) {
+        let mut live = self.status.live();
+        live.jobs.remove(&self.key);
+        self.status.inner.metrics.set_in_flight(live.jobs.len());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn status() -> Status {
+        let env: HashMap<String, String> = [
+            ("S3_BUCKET_NAME", "videos"),
+            ("TRANSCODE_WORKER__ID", "w1"),
+            ("TRANSCODE_WORKER__TRANSCODE_STALL_TIMEOUT", "1ms"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        Status::new(&Settings::from_env(None, &env).unwrap())
+    }
+
+    #[test]
+    fn attempts_show_while_held_and_count_when_they_end() {
+        let s = status();
+        let a = s.attempt("job1", 2);
+        a.update(State::Downloading, 1.0, None);
+        a.transferred(State::Downloading, 500, 1000);
+        a.transferred(State::Downloading, 1000, 1000);
+        a.update(State::Transcoding, 50.0, Some(Duration::from_secs(3)));
+        a.media_position(2000, Some(4000));
+        let info = s.snapshot();
+        assert_eq!(info.worker, "w1");
+        assert_eq!(info.pid, std::process::id());
+        assert_eq!(info.jobs.len(), 1);
+        let job = &info.jobs[0];
+        assert_eq!(
+            (job.job_id.as_str(), job.attempt, job.phase),
+            ("job1", 2, AttemptPhase::Transcoding)
+        );
+        assert_eq!(job.progress, 50.0);
+        assert_eq!(job.eta_secs, Some(3.0));
+        assert!(job.speed.is_some_and(|s| s > 0.0), "{job:?}");
+        let figures = a.figures();
+        assert_eq!(figures.position_secs, Some(2.0));
+        assert_eq!(figures.duration_secs, Some(4.0));
+
+        a.completed();
+        assert_eq!(s.snapshot().jobs[0].phase, AttemptPhase::Completed);
+        drop(a);
+        let b = s.attempt("job2", 1);
+        b.failed(ErrorKind::InputNotFound, false);
+        drop(b);
+        let c = s.attempt("job3", 1);
+        c.failed(ErrorKind::StorageUnavailable, true);
+        drop(c);
+        let info = s.snapshot();
+        assert!(info.jobs.is_empty());
+        assert_eq!(
+            (info.jobs_completed, info.jobs_failed, info.attempts_retried),
+            (1, 1, 1)
+        );
+        let text = s.metrics().encode();
+        assert!(
+            text.contains("transcode_bytes_total{direction=\"in\"} 1000"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "transcode_jobs_total{outcome=\"failed\",error_kind=\"input_not_found\"} 1"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn unhealthy_without_a_broker_or_with_a_stalled_attempt() {
+        let s = status();
+        let h = s.health();
+        assert!(!h.healthy && !h.connected, "{h:?}");
+        assert!(h.reason.contains("not connected"), "{h:?}");
+        let a = s.attempt("slow", 1);
+        a.update(State::Transcoding, 10.0, None);
+        let now = Instant::now();
+        // The transcode stall limit is 1 ms, plus the grace.
+        assert!(s.health_at(now).stalled.is_empty());
+        let later = now + STALL_GRACE + Duration::from_secs(1);
+        let h = s.health_at(later);
+        assert_eq!(h.stalled, ["slow"]);
+        a.media_position(1000, None);
+        assert!(s.health_at(Instant::now()).stalled.is_empty());
+        assert_eq!(h.jobs, 1);
+    }
+}
