@@ -7,8 +7,11 @@
 //!   that keeps killing workers still ends; it dead-letters into
 //! - `transcoding_jobs.dead`: durable quorum queue of jobs that cannot succeed;
 //! - `transcoding.progress`: durable fanout exchange of progress events, with
-//! - `transcoding_progress`: durable queue bound to it (other observers bind
-//!   their own queues to the exchange).
+//! - `transcoding_progress`: durable quorum queue bound to it, keeping the
+//!   newest events (other observers bind their own queues to the exchange).
+//!
+//! Every durable queue is a quorum queue, so the farm keeps working while
+//! any one node of a RabbitMQ cluster is down.
 //!
 //! Automatic recovery is off: the worker owns its reconnect loop, because a
 //! delivery belongs to the channel it came on and cannot be acked after a
@@ -146,7 +149,13 @@ impl Broker {
             .map_err(|e| self.mismatch(&format!("exchange {:?}", s.progress_exchange), e))?;
         let _ = channel.close(200, "declared".into()).await;
 
+        // A quorum queue too: a classic queue lives on one node, and while
+        // that node is down nobody could even declare it.
         let mut progress = FieldTable::default();
+        progress.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
         progress.insert(
             "x-max-length".into(),
             AMQPValue::LongLongInt(i64::from(s.progress_queue_max_length)),

@@ -30,7 +30,6 @@ use crate::broker::Broker;
 use crate::config::{redact_url, BrokerSettings};
 use crate::status::{Status, WorkerInfo};
 
-
 /// How long the responder waits before opening its channel again after it
 /// failed while the connection is still up.
 const RETRY_DELAY: Duration = Duration::from_secs(2);
