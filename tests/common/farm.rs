@@ -335,24 +335,34 @@ impl Farm {
         queue.message_count()
     }
 
-    /// Ready and unacknowledged message counts of the jobs queue
-    /// (`rabbitmqctl list_queues`, which may lag a little for quorum queues).
-    pub fn jobs_queue_counts(&self) -> (u64, u64) {
-        let out = self.rabbit.ctl(&[
-            "list_queues",
-            "-q",
-            "--no-table-headers",
-            "name",
-            "messages_ready",
-            "messages_unacknowledged",
-        ]);
-        for line in out.lines() {
-            let cols: Vec<&str> = line.split_whitespace().collect();
-            if cols.len() == 3 && cols[0] == self.jobs_queue() {
-                return (cols[1].parse().unwrap(), cols[2].parse().unwrap());
-            }
+    /// Stops `workers` (SIGTERM: each settles what it is doing and exits)
+    /// and asserts that the jobs queue is empty: once no consumer is left,
+    /// any delivery they had not acked is back in the queue, so an empty
+    /// queue proves every job was acked.
+    pub async fn assert_all_acked(&self, mut workers: Vec<WorkerProc>) {
+        for worker in &mut workers {
+            worker.signal(libc::SIGTERM);
+            worker.wait_exit(DEFAULT_TIMEOUT).await;
         }
-        panic!("queue {} not listed:\n{out}", self.jobs_queue());
+        drop(workers);
+        let channel = self.channel().await;
+        let declare = || {
+            channel.queue_declare(
+                self.jobs_queue().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+        };
+        super::wait_for(DEFAULT_TIMEOUT, "the workers' consumers gone", || async {
+            declare().await.expect("passive declare").consumer_count() == 0
+        })
+        .await;
+        let left = declare().await.expect("passive declare").message_count();
+        assert_eq!(left, 0, "{left} job(s) were not acked");
+        let _ = channel.close(200, "done".into()).await;
     }
 
     /// A channel for ad-hoc checks.

@@ -236,18 +236,17 @@ async fn a_broker_restart_during_an_encode_loses_nothing() {
         farm.output_exists("o/mid.mp4").await
     })
     .await;
-    wait_for(JOB_TIMEOUT, "the job acked", || async {
-        farm.jobs_queue_counts() == (0, 0)
-    })
-    .await;
     // The completed event is persistent: it is in transcoding_progress.
     let progress_queue = farm.settings.broker.progress_queue.clone();
-    let events: Vec<serde_json::Value> = farm
-        .drain_queue(&progress_queue)
-        .await
-        .iter()
-        .map(|(b, _)| serde_json::from_slice(b).unwrap())
-        .collect();
+    let events = std::sync::Mutex::new(Vec::<serde_json::Value>::new());
+    wait_for(JOB_TIMEOUT, "the completed event", || async {
+        let got = farm.drain_queue(&progress_queue).await;
+        let mut events = events.lock().unwrap();
+        events.extend(got.iter().map(|(b, _)| serde_json::from_slice(b).unwrap()));
+        events.iter().any(|e| e["state"] == "completed")
+    })
+    .await;
+    let events = events.into_inner().unwrap();
     let completed: Vec<_> = events
         .iter()
         .filter(|e| e["state"] == "completed")
@@ -259,6 +258,7 @@ async fn a_broker_restart_during_an_encode_loses_nothing() {
     );
     let logs = worker.logs();
     assert!(logs.contains("reconnecting"), "{logs}");
+    farm.assert_all_acked(vec![worker]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

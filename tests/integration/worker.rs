@@ -98,7 +98,7 @@ async fn the_original_job_message_is_transcoded_and_acked_after_the_upload() {
     let input = fixtures::wmv_with_audio(2);
     farm.put_input("drone/clip one.wmv", &input).await;
     let mut watch = farm.watch_progress().await;
-    let _worker = farm.spawn_worker(&[]);
+    let worker = farm.spawn_worker(&[]);
     farm.publish_raw(seed_job("job1", "drone/clip one.wmv", "out/clip one.mp4").as_bytes())
         .await;
 
@@ -124,10 +124,7 @@ async fn the_original_job_message_is_transcoded_and_acked_after_the_upload() {
         .all(|p| p["job_id"] == "job1" && p["progress"].is_number()));
     assert_eq!(parsed.last().unwrap()["state"], "completed");
     assert!(farm.dead_letters().await.is_empty());
-    wait_for(JOB_TIMEOUT, "the job acked", || async {
-        farm.jobs_queue_counts() == (0, 0)
-    })
-    .await;
+    farm.assert_all_acked(vec![worker]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,10 +153,19 @@ async fn a_worker_that_dies_after_the_upload_but_before_the_ack_leaves_the_job_q
             .all(|e| e.worker != first.name || e.state != State::Completed),
         "the first worker never reported completion"
     );
-    wait_for(JOB_TIMEOUT, "the job acked", || async {
-        farm.jobs_queue_counts() == (0, 0)
-    })
-    .await;
+    // The stored output was recognised as this job's: no second encode.
+    let second_attempt: Vec<State> = watch
+        .of("pc")
+        .iter()
+        .filter(|e| e.attempt == 2)
+        .map(|e| e.state)
+        .collect();
+    assert!(
+        !second_attempt.contains(&State::Transcoding),
+        "{second_attempt:?}"
+    );
+    assert_eq!(second_attempt.last(), Some(&State::Completed));
+    farm.assert_all_acked(vec![second]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -194,7 +200,7 @@ async fn bad_jobs_are_dead_lettered_with_a_reason_and_the_worker_goes_on() {
     farm.put_input("broken.avi", &fixtures::corrupt()).await;
     farm.put_input("good.mov", &fixtures::mjpeg_mov(2)).await;
     let mut watch = farm.watch_progress().await;
-    let _worker = farm.spawn_worker(&[]);
+    let worker = farm.spawn_worker(&[]);
     farm.publish_raw(b"{ this is not json").await;
     farm.publish_job(
         json!({"job_id": "missing", "input_key": "nope.wmv", "output_key": "o/missing.mp4"}),
@@ -261,10 +267,7 @@ async fn bad_jobs_are_dead_lettered_with_a_reason_and_the_worker_goes_on() {
         assert_eq!(headers["x-attempts"], "1");
     }
     // Nothing is left in the jobs queue, and the scratch folder is empty.
-    wait_for(JOB_TIMEOUT, "jobs queue settled", || async {
-        farm.jobs_queue_counts() == (0, 0)
-    })
-    .await;
+    farm.assert_all_acked(vec![worker]).await;
     let leftovers: Vec<_> = std::fs::read_dir(farm.scratch()).unwrap().collect();
     assert!(leftovers.is_empty(), "scratch not empty: {leftovers:?}");
 }
@@ -449,4 +452,30 @@ async fn secrets_never_appear_in_logs_or_progress() {
     let logs = worker.logs();
     assert!(logs.contains("storage"), "{logs}");
     assert!(!logs.contains(SECRET), "the secret leaked into the logs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_when_idle_stops_the_worker_once_the_queue_stays_empty() {
+    let farm = Farm::s3(&[]).await;
+    farm.put_input("a.mov", &fixtures::mjpeg_mov(1)).await;
+    farm.publish_job(json!({"job_id": "last", "input_key": "a.mov", "output_key": "o/a.mp4"}))
+        .await;
+    let mut cmd = std::process::Command::new(crate::common::farm::WORKER_BIN);
+    cmd.args(["run", "--exit-when-idle", "2s"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(&farm.env)
+        .current_dir(farm.dir.path());
+    let started = Instant::now();
+    let out = crate::common::run_with_timeout(&mut cmd, JOB_TIMEOUT).unwrap();
+    let logs = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{logs}");
+    assert!(
+        logs.contains("job completed"),
+        "it did the queued job first: {logs}"
+    );
+    assert!(logs.contains("no job for a while"), "{logs}");
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    assert!(farm.output_exists("o/a.mp4").await);
+    assert_eq!(farm.ready_jobs().await, 0);
 }
