@@ -4,7 +4,9 @@
 //! paths, `..` and symbolic links that lead outside are refused. Inputs are
 //! read in place; outputs are written to a hidden temporary name beside
 //! their key, synced, and renamed into place, so a partial output is never
-//! visible under its key.
+//! visible under its key. Metadata, which a file system cannot hold
+//! portably, goes in a hidden sidecar `.<name>.meta.json` beside the file,
+//! written after the file itself.
 
 use std::path::{Component, Path, PathBuf};
 
@@ -94,7 +96,7 @@ impl DirStore {
         }
         Ok(Some(ObjectInfo {
             size: meta.len(),
-            metadata: Vec::new(),
+            metadata: read_sidecar(&sidecar(&real)).await,
         }))
     }
 
@@ -117,7 +119,7 @@ impl DirStore {
         &self,
         src: &Path,
         key: &str,
-        _metadata: &[(String, String)],
+        metadata: &[(String, String)],
         counter: &Transferred,
     ) -> Result<(), StorageError> {
         let dest = self.join(key)?;
@@ -154,7 +156,8 @@ impl DirStore {
         if result.is_err() {
             let _ = tokio::fs::remove_file(&partial).await;
         }
-        result
+        result?;
+        write_sidecar(&sidecar(&dest), metadata).await
     }
 
     /// Whether the root is (still) an existing directory.
@@ -165,6 +168,43 @@ impl DirStore {
             Err(e) => Err(local(&self.root, e)),
         }
     }
+}
+
+/// The metadata sidecar of `file`.
+fn sidecar(file: &Path) -> PathBuf {
+    let name = file.file_name().unwrap_or_default().to_string_lossy();
+    file.with_file_name(format!(".{name}.meta.json"))
+}
+
+/// Writes `metadata` to `path` (through a temporary name), or removes a
+/// stale sidecar when there is none.
+async fn write_sidecar(path: &Path, metadata: &[(String, String)]) -> Result<(), StorageError> {
+    if metadata.is_empty() {
+        let _ = tokio::fs::remove_file(path).await;
+        return Ok(());
+    }
+    let map: std::collections::BTreeMap<&str, &str> = metadata
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let json = serde_json::to_vec_pretty(&map).expect("metadata serializes");
+    let tmp = path.with_extension(format!("tmp-{}", uuid::Uuid::new_v4().simple()));
+    tokio::fs::write(&tmp, json)
+        .await
+        .map_err(|e| local(&tmp, e))?;
+    tokio::fs::rename(&tmp, path)
+        .await
+        .map_err(|e| local(path, e))
+}
+
+/// Reads a sidecar; a missing or unreadable one means no metadata.
+async fn read_sidecar(path: &Path) -> Vec<(String, String)> {
+    let Ok(bytes) = tokio::fs::read(path).await else {
+        return Vec::new();
+    };
+    serde_json::from_slice::<std::collections::BTreeMap<String, String>>(&bytes)
+        .map(|m| m.into_iter().collect())
+        .unwrap_or_default()
 }
 
 /// Copies `src` to the new file `dest` in chunks, counting bytes, and syncs it.
@@ -244,6 +284,14 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, ["c.mp4"]);
+        // With metadata, a sidecar keeps it.
+        let meta = vec![("transcode-job-id".to_string(), "j1".to_string())];
+        store
+            .store(&src, "out/d.mp4", &meta, &counter)
+            .await
+            .unwrap();
+        let info = store.head("out/d.mp4").await.unwrap().unwrap();
+        assert_eq!(info.metadata, meta);
         let info = store.head("out/a b/c.mp4").await.unwrap().unwrap();
         assert_eq!(info.size, 100_000);
         assert!(store.head("missing").await.unwrap().is_none());

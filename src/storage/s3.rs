@@ -180,6 +180,7 @@ impl S3Store {
             .await
             .map_err(|e| StorageError::Local(format!("{}: {e}", src.display())))?
             .len();
+        self.abort_stale_uploads(key).await;
         with_retries("S3 upload", self.retry_for, || async {
             counter.reset();
             let file = tokio::fs::File::open(src)
@@ -229,6 +230,34 @@ impl S3Store {
             }
         })
         .await
+    }
+}
+
+impl S3Store {
+    /// Aborts multipart uploads of `key` left by earlier attempts (a worker
+    /// killed in the middle of an upload cannot abort its own). Best effort:
+    /// failures are logged; a bucket lifecycle rule
+    /// (AbortIncompleteMultipartUpload) is the backstop.
+    async fn abort_stale_uploads(&self, key: &str) {
+        let pages = match self.control.list_multiparts_uploads(Some(key), None).await {
+            Ok(pages) => pages,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot list unfinished uploads");
+                return;
+            }
+        };
+        for upload in pages
+            .iter()
+            .flat_map(|p| &p.uploads)
+            .filter(|u| u.key == key)
+        {
+            match self.control.abort_upload(key, &upload.id).await {
+                Ok(()) => {
+                    tracing::info!(key, upload_id = %upload.id, "aborted an unfinished upload of an earlier attempt")
+                }
+                Err(e) => tracing::warn!(key, error = %e, "cannot abort an unfinished upload"),
+            }
+        }
     }
 }
 

@@ -95,3 +95,48 @@ async fn missing_objects_and_unreachable_servers_give_specific_errors() {
     assert!(err.is_transient(), "{err}");
     assert!(matches!(err, StorageError::Unavailable(_)), "{err}");
 }
+
+/// s3s-fs does not implement ListMultipartUploads: run this one against
+/// MinIO or Garage (`TEST_S3_ENDPOINT=... scripts/test -- --ignored unfinished`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs an S3 server with ListMultipartUploads (MinIO, Garage); s3s-fs has none"]
+async fn unfinished_uploads_of_earlier_attempts_are_aborted() {
+    let s3 = shared_s3();
+    let bucket = s3.random_bucket().await;
+    // An upload a killed worker left behind: initiated, one part, never completed.
+    let left = bucket
+        .initiate_multipart_upload("v/out.mp4", "video/mp4")
+        .await
+        .unwrap();
+    bucket
+        .put_multipart_chunk(
+            vec![1u8; 5 << 20],
+            "v/out.mp4",
+            1,
+            &left.upload_id,
+            "video/mp4",
+        )
+        .await
+        .unwrap();
+    let unfinished = |bucket: Box<s3::Bucket>| async move {
+        bucket
+            .list_multiparts_uploads(Some("v/"), None)
+            .await
+            .unwrap()
+            .iter()
+            .flat_map(|p| p.uploads.iter().map(|u| u.key.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(unfinished(bucket.clone()).await, ["v/out.mp4"]);
+
+    let storage = Storage::from_settings(&settings_for(s3, &bucket.name(), "5s").storage).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("out.mp4");
+    std::fs::write(&src, b"a finished output").unwrap();
+    storage
+        .store(&src, "v/out.mp4", &[], &Transferred::default())
+        .await
+        .unwrap();
+    assert!(unfinished(bucket.clone()).await.is_empty());
+    assert_eq!(storage.head("v/out.mp4").await.unwrap().unwrap().size, 17);
+}

@@ -129,7 +129,18 @@ async fn the_original_job_message_is_transcoded_and_acked_after_the_upload() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_that_dies_after_the_upload_but_before_the_ack_leaves_the_job_queued() {
-    let farm = Farm::s3(&[]).await;
+    death_between_upload_and_ack(Farm::s3(&[]).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_holds_on_the_directory_backend() {
+    death_between_upload_and_ack(Farm::directory(&[]).await).await;
+}
+
+/// A worker aborts right after storing the output: the job is delivered
+/// again, and the next worker recognises the stored output as this job's
+/// (by its metadata) and acks without encoding again.
+async fn death_between_upload_and_ack(farm: Farm) {
     farm.put_input("a.mov", &fixtures::mjpeg_mov(2)).await;
     let mut watch = farm.watch_progress().await;
     // The fault point aborts the worker right after the upload, as a power
