@@ -464,6 +464,17 @@ impl Settings {
         Ok(())
     }
 
+    /// The preset named `name`, or a sentence saying there is none and
+    /// which there are.
+    pub fn preset(&self, name: &str) -> Result<&Preset, String> {
+        self.presets.get(name).ok_or_else(|| {
+            format!(
+                "there is no preset named {name:?} (known: {})",
+                self.presets.keys().cloned().collect::<Vec<_>>().join(", ")
+            )
+        })
+    }
+
     /// The limits job fragments must keep to.
     pub fn limits(&self) -> Limits {
         Limits {

@@ -18,6 +18,7 @@
 //! - [`pipeline`]: GStreamer (probe, transcode, verify);
 //! - [`transcoder`]: the pipeline child process and its protocol;
 //! - [`progress`]: progress events of one attempt;
+//! - [`signals`]: waiting for SIGTERM and SIGINT;
 //! - [`worker`]: the consume, process, settle loop;
 //! - [`status`]: the live state of a worker (who, connected, running
 //!   attempts, counts), read by the three below;
@@ -35,6 +36,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod plan;
 pub mod progress;
+pub mod signals;
 pub mod status;
 pub mod storage;
 pub mod telemetry;

@@ -150,17 +150,8 @@ fn main() -> ExitCode {
 
 /// Cancels `shutdown` on the first SIGTERM or SIGINT.
 async fn stop_on_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: finishing the running job, taking no new one"),
-        _ = int.recv() => tracing::info!("SIGINT: finishing the running job, taking no new one"),
-    }
+    let signal = transcode_worker::signals::stop_requested().await;
+    tracing::info!("{signal}: finishing the running job, taking no new one");
     shutdown.cancel();
 }
 

@@ -91,20 +91,9 @@ pub fn plan(job: &Job, settings: &Settings) -> Result<Plan, JobError> {
         None if container.webm => settings.pipeline.default_webm_preset.as_str(),
         None => settings.pipeline.default_preset.as_str(),
     };
-    let preset = settings.presets.get(name).ok_or_else(|| {
-        JobError::new(
-            ErrorKind::InvalidJob,
-            format!(
-                "there is no preset named {name:?} (known: {})",
-                settings
-                    .presets
-                    .keys()
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        )
-    })?;
+    let preset = settings
+        .preset(name)
+        .map_err(|e| JobError::new(ErrorKind::InvalidJob, e))?;
     let fragment = Fragment::parse(&preset.video, &allow)?;
     Ok(Plan {
         video: fragment.to_string(),

@@ -153,17 +153,9 @@ impl Run {
         let target = Target::new(&cli.target_codec, &cli.target_ext).map_err(Fatal::usage)?;
         let filter = Filter::new(&cli.include, &cli.exclude).map_err(Fatal::usage)?;
         if let Some(name) = &cli.preset {
-            if !settings.presets.contains_key(name) {
-                return Err(Fatal::usage(format!(
-                    "--preset {name:?}: there is no such preset (known: {})",
-                    settings
-                        .presets
-                        .keys()
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )));
-            }
+            settings
+                .preset(name)
+                .map_err(|e| Fatal::usage(format!("--preset: {e}")))?;
         }
         if let Some(fragment) = &cli.transcode_options {
             if !settings.pipeline.allow_transcode_options {

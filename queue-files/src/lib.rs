@@ -91,22 +91,9 @@ fn init_logging(ui: &ui::Ui) {
 /// The first SIGINT or SIGTERM stops the run after the current file (and
 /// ends `--watch` or `--wait`); a second one exits at once.
 async fn cancel_on_signal(cancel: CancellationToken, ui: ui::Ui) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
+    transcode_worker::signals::stop_requested().await;
     ui.line("queue-files: stopping after the current file (again to stop at once)");
     cancel.cancel();
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
+    transcode_worker::signals::stop_requested().await;
     std::process::exit(i32::from(app::EXIT_INTERRUPTED));
 }

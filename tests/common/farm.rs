@@ -517,6 +517,22 @@ impl ProgressWatch {
         event
     }
 
+    /// Waits for the first event that satisfies `pred`, and returns it.
+    pub async fn until(
+        &mut self,
+        timeout: Duration,
+        mut pred: impl FnMut(&Progress) -> bool,
+    ) -> Progress {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let event = self.next(left).await;
+            if pred(&event) {
+                return event;
+            }
+        }
+    }
+
     /// Waits until `job_id` has reached a final state (completed, or failed
     /// without retry) and returns that event.
     pub async fn until_final(&mut self, job_id: &str, timeout: Duration) -> Progress {

@@ -824,6 +824,16 @@ impl S3Server {
         &self.endpoint
     }
 
+    /// The TCP port of the endpoint (for relays placed in front of it).
+    pub fn port(&self) -> u16 {
+        self.endpoint
+            .trim_end_matches('/')
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("the S3 endpoint {} has no port", self.endpoint))
+    }
+
     pub fn access_key(&self) -> &str {
         &self.access_key
     }

@@ -565,7 +565,11 @@ async fn unreachable_broker_or_storage_is_a_one_line_error() {
 
     let run = world.run(&with_path(&["--preset", "nope"], dir.path()));
     run.assert_code(2);
-    assert!(run.stderr().contains("no such preset"), "{}", run.stderr());
+    assert!(
+        run.stderr().contains("no preset named \"nope\""),
+        "{}",
+        run.stderr()
+    );
     assert!(world.take_jobs().await.is_empty());
 }
 

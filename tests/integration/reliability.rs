@@ -31,23 +31,17 @@ async fn a_crashing_pipeline_fails_one_attempt_and_the_worker_goes_on() {
     let worker = farm.spawn_worker(&[SLOW]);
     farm.publish_job(slow_job("seg", "a.mov", "o/a.mp4", 60_000))
         .await;
-    loop {
-        let e = watch.next(JOB_TIMEOUT).await;
-        if e.state == State::Transcoding && e.progress > 5.0 {
-            break;
-        }
-    }
+    watch
+        .until(JOB_TIMEOUT, |e| {
+            e.state == State::Transcoding && e.progress > 5.0
+        })
+        .await;
     let children = worker.children();
     assert_eq!(children.len(), 1, "one pipeline process");
     // SAFETY: kill(2) on the worker's own child.
     unsafe { libc::kill(children[0], libc::SIGSEGV) };
 
-    let failed = loop {
-        let e = watch.next(JOB_TIMEOUT).await;
-        if e.state == State::Failed {
-            break e;
-        }
-    };
+    let failed = watch.until(JOB_TIMEOUT, |e| e.state == State::Failed).await;
     assert_eq!(
         failed.error_kind,
         Some(ErrorKind::PipelineCrashed),
@@ -108,12 +102,11 @@ async fn sigterm_with_a_short_drain_gives_the_job_back_to_another_worker() {
     let mut first = farm.spawn_worker(&[SLOW, drain]);
     farm.publish_job(slow_job("drain", "a.mov", "o/a.mp4", 100_000))
         .await;
-    loop {
-        let e = watch.next(JOB_TIMEOUT).await;
-        if e.state == State::Transcoding && e.progress > 5.0 {
-            break;
-        }
-    }
+    watch
+        .until(JOB_TIMEOUT, |e| {
+            e.state == State::Transcoding && e.progress > 5.0
+        })
+        .await;
     first.signal(libc::SIGTERM);
     let status = first.wait_exit(Duration::from_secs(20)).await;
     assert!(
@@ -121,12 +114,11 @@ async fn sigterm_with_a_short_drain_gives_the_job_back_to_another_worker() {
         "exit 0 after a drain: {status:?}\n{}",
         first.logs()
     );
-    let given_back = loop {
-        let e = watch.next(JOB_TIMEOUT).await;
-        if e.state == State::Failed || e.state == State::Completed {
-            break e;
-        }
-    };
+    let given_back = watch
+        .until(JOB_TIMEOUT, |e| {
+            e.state == State::Failed || e.state == State::Completed
+        })
+        .await;
     assert_eq!(given_back.state, State::Failed, "{given_back:#?}");
     assert_eq!(given_back.error_kind, Some(ErrorKind::Shutdown));
     assert_eq!(given_back.will_retry, Some(true));
@@ -151,12 +143,11 @@ async fn sigterm_with_a_long_drain_lets_the_job_finish_then_exits() {
         .await;
     farm.publish_job(json!({"job_id": "next", "input_key": "a.mov", "output_key": "o/b.mp4"}))
         .await;
-    loop {
-        let e = watch.next(JOB_TIMEOUT).await;
-        if e.job_id == "finish" && e.state == State::Transcoding {
-            break;
-        }
-    }
+    watch
+        .until(JOB_TIMEOUT, |e| {
+            e.job_id == "finish" && e.state == State::Transcoding
+        })
+        .await;
     worker.signal(libc::SIGTERM);
     let last = watch.until_final("finish", JOB_TIMEOUT).await;
     assert_eq!(last.state, State::Completed, "{last:#?}");
@@ -306,12 +297,7 @@ async fn a_storage_outage_is_retried_until_storage_is_back() {
     let _worker = farm.spawn_worker(&extra);
     farm.publish_job(json!({"job_id": "outage", "input_key": "a.mov", "output_key": "o/a.mp4"}))
         .await;
-    let failed = loop {
-        let e = watch.next(JOB_TIMEOUT).await;
-        if e.state == State::Failed {
-            break e;
-        }
-    };
+    let failed = watch.until(JOB_TIMEOUT, |e| e.state == State::Failed).await;
     assert_eq!(
         failed.error_kind,
         Some(ErrorKind::StorageUnavailable),
@@ -400,12 +386,9 @@ async fn a_black_holed_broker_connection_is_noticed_and_the_job_still_completes(
     let worker = farm.spawn_worker(&env);
     farm.publish_job(slow_job("hole", "a.mov", "o/a.mp4", 100_000))
         .await;
-    loop {
-        let e = watch.next(JOB_TIMEOUT).await;
-        if e.state == State::Transcoding {
-            break;
-        }
-    }
+    watch
+        .until(JOB_TIMEOUT, |e| e.state == State::Transcoding)
+        .await;
     // The network path to the broker goes silent without closing.
     relay.pause();
     wait_for(Duration::from_secs(20), "the worker to notice", || async {
@@ -434,12 +417,7 @@ async fn storage_connections_cut_mid_transfer_are_retried_and_nothing_partial_is
     use crate::common::relay::Relay;
 
     let s3 = shared_s3();
-    let s3_port: u16 = s3
-        .endpoint()
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.trim_end_matches('/').parse().ok())
-        .expect("the S3 endpoint has a port");
+    let s3_port = s3.port();
     let relay = Relay::start(s3_port).await;
     relay.throttle(1_000_000);
     let farm = Farm::s3(&[]).await;
@@ -534,12 +512,11 @@ async fn scratch_folders_are_empty_after_mixed_successful_failed_and_killed_atte
     // Two workers killed in the middle of an encode leave their folders...
     for _ in 0..2 {
         let w = farm.spawn_worker(&[SLOW]);
-        loop {
-            let e = watch.next(JOB_TIMEOUT).await;
-            if e.state == State::Transcoding && e.worker == w.name && e.progress > 5.0 {
-                break;
-            }
-        }
+        watch
+            .until(JOB_TIMEOUT, |e| {
+                e.state == State::Transcoding && e.worker == w.name && e.progress > 5.0
+            })
+            .await;
         w.signal(libc::SIGKILL);
         drop(w);
         let left: Vec<_> = std::fs::read_dir(farm.scratch()).unwrap().collect();

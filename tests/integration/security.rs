@@ -383,12 +383,7 @@ async fn amqps_and_https_endpoints_work() {
             .conf("ssl_options.fail_if_no_peer_cert = false"),
     ));
     let s3 = shared_s3();
-    let s3_port: u16 = s3
-        .endpoint()
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.trim_end_matches('/').parse().ok())
-        .expect("the S3 endpoint has a port");
+    let s3_port = s3.port();
     let https_port = tls_relay(&ca, s3_port).await;
     let farm = Farm::s3_on(Rabbit::Own(node.clone()), s3, &[]).await;
     farm.put_input("a.mov", &fixtures::mjpeg_mov(1)).await;
