@@ -486,23 +486,48 @@ pub fn jobs_queue_arguments(settings: &BrokerSettings, max_attempts: u32) -> Fie
     args
 }
 
-/// The attempt number of a delivery (1 for the first), from the quorum
-/// queue's `x-delivery-count` header.
+/// Header of a retried job: how many attempts were settled before this copy.
+pub const SETTLED_ATTEMPTS_HEADER: &str = "x-transcode-attempts";
+/// Header of a retried job: one line per earlier failed attempt.
+pub const HISTORY_HEADER: &str = "x-transcode-history";
+
+fn header<'a>(properties: &'a BasicProperties, name: &str) -> Option<&'a AMQPValue> {
+    properties.headers().as_ref()?.inner().get(name)
+}
+
+fn header_u32(properties: &BasicProperties, name: &str) -> u32 {
+    match header(properties, name) {
+        Some(AMQPValue::LongLongInt(n)) => u32::try_from(*n).unwrap_or(0),
+        Some(AMQPValue::LongInt(n)) => u32::try_from(*n).unwrap_or(0),
+        Some(AMQPValue::LongUInt(n)) => *n,
+        Some(AMQPValue::ShortInt(n)) => u32::try_from(*n).unwrap_or(0),
+        Some(AMQPValue::ShortUInt(n)) => u32::from(*n),
+        Some(AMQPValue::LongString(s)) => {
+            String::from_utf8_lossy(s.as_bytes()).parse().unwrap_or(0)
+        }
+        _ => 0,
+    }
+}
+
+/// The attempt number of a delivery (1 for the first): the attempts
+/// settled before this copy of the job (its `x-transcode-attempts` header)
+/// plus the quorum queue's `x-delivery-count` (deliveries of this copy that
+/// ended without being settled, such as a crash), plus one.
 pub fn attempt_of(properties: &BasicProperties) -> u32 {
-    let count = properties
-        .headers()
-        .as_ref()
-        .and_then(|h| h.inner().get(DELIVERY_COUNT_HEADER).cloned())
-        .and_then(|v| match v {
-            AMQPValue::LongLongInt(n) => u32::try_from(n).ok(),
-            AMQPValue::LongInt(n) => u32::try_from(n).ok(),
-            AMQPValue::LongUInt(n) => Some(n),
-            AMQPValue::ShortInt(n) => u32::try_from(n).ok(),
-            AMQPValue::ShortUInt(n) => Some(u32::from(n)),
-            _ => None,
-        })
-        .unwrap_or(0);
-    count.saturating_add(1)
+    header_u32(properties, SETTLED_ATTEMPTS_HEADER)
+        .saturating_add(header_u32(properties, DELIVERY_COUNT_HEADER))
+        .saturating_add(1)
+}
+
+/// The failed attempts recorded in a delivery's history header, oldest first.
+pub fn history_of(properties: &BasicProperties) -> Vec<String> {
+    match header(properties, HISTORY_HEADER) {
+        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes())
+            .lines()
+            .map(str::to_string)
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// Builds a header table of string values.
@@ -515,4 +540,33 @@ pub fn string_headers<'a>(pairs: impl IntoIterator<Item = (&'a str, String)>) ->
         );
     }
     table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_headers(table: FieldTable) -> BasicProperties {
+        BasicProperties::default().with_headers(table)
+    }
+
+    #[test]
+    fn attempts_count_settled_attempts_and_unsettled_deliveries() {
+        assert_eq!(attempt_of(&BasicProperties::default()), 1);
+        let mut table = FieldTable::default();
+        table.insert(DELIVERY_COUNT_HEADER.into(), AMQPValue::LongLongInt(2));
+        assert_eq!(attempt_of(&with_headers(table.clone())), 3);
+        table.insert(
+            SETTLED_ATTEMPTS_HEADER.into(),
+            AMQPValue::LongString("4".into()),
+        );
+        assert_eq!(attempt_of(&with_headers(table)), 7);
+    }
+
+    #[test]
+    fn history_is_read_line_by_line() {
+        let props = with_headers(string_headers([(HISTORY_HEADER, "a\nb".to_string())]));
+        assert_eq!(history_of(&props), ["a", "b"]);
+        assert!(history_of(&BasicProperties::default()).is_empty());
+    }
 }

@@ -22,7 +22,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::broker::{attempt_of, string_headers, Broker, BrokerError};
+use crate::broker::{
+    attempt_of, history_of, string_headers, Broker, BrokerError, HISTORY_HEADER,
+    SETTLED_ATTEMPTS_HEADER,
+};
 use crate::config::{Phase, Settings};
 use crate::error::{Disposition, ErrorKind, JobError};
 use crate::job::{Job, State};
@@ -381,11 +384,14 @@ impl Worker {
                 if !error.kind.is_permanent() {
                     reason = format!("gave up after {attempt} attempts; last error: {reason}");
                 }
+                let mut history = history_of(&delivery.properties);
+                history.push(history_line(attempt, &self.id, &error));
                 let headers = string_headers([
                     ("x-error", reason),
                     ("x-error-kind", error.kind.to_string()),
                     ("x-job-id", job_id.to_string()),
                     ("x-attempts", attempt.to_string()),
+                    ("x-attempt-history", history.join("\n")),
                     ("x-worker", self.id.clone()),
                     ("x-failed-at", crate::job::now_rfc3339()),
                     ("x-original-queue", self.settings.broker.jobs_queue.clone()),
@@ -403,7 +409,25 @@ impl Worker {
                 let delay = backoff(w.retry_delay, w.retry_max_delay, attempt);
                 tracing::info!(?delay, "retrying after a delay");
                 tokio::time::sleep(delay).await;
-                nack(delivery, true).await;
+                // Give the job back as a new copy that carries its history
+                // (a nack cannot change a message), then drop this one.
+                let mut history = history_of(&delivery.properties);
+                history.push(history_line(attempt, &self.id, &error));
+                let headers = string_headers([
+                    (SETTLED_ATTEMPTS_HEADER, attempt.to_string()),
+                    (HISTORY_HEADER, history.join("\n")),
+                ]);
+                let queue = &self.settings.broker.jobs_queue;
+                match broker
+                    .publish_confirmed(queue, &delivery.data, headers)
+                    .await
+                {
+                    Ok(()) => ack(delivery).await,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not requeue a copy with the history; giving the job back as it is");
+                        nack(delivery, true).await;
+                    }
+                }
             }
             Disposition::Requeue => nack(delivery, true).await,
         }
@@ -595,6 +619,21 @@ impl Worker {
             }
         }
     }
+}
+
+/// One line of a job's attempt history.
+fn history_line(attempt: u32, worker: &str, error: &JobError) -> String {
+    let message: String = error
+        .message
+        .chars()
+        .filter(|c| *c != '\n')
+        .take(300)
+        .collect();
+    format!(
+        "attempt {attempt} on {worker} at {}: {}: {message}",
+        crate::job::now_rfc3339(),
+        error.kind
+    )
 }
 
 /// Object metadata naming the job that made an output.

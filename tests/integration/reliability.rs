@@ -616,3 +616,63 @@ async fn stopping_the_queue_leader_of_a_three_node_cluster_loses_no_job() {
     let logs = worker.logs();
     assert!(logs.contains("reconnecting"), "{logs}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_started_before_its_broker_waits_for_it() {
+    let (node, mut farm, extra) = own_broker_farm().await;
+    farm.put_input("a.mov", &fixtures::mjpeg_mov(1)).await;
+    node.stop();
+    let worker = farm.spawn_worker(&extra);
+    wait_for(JOB_TIMEOUT, "retries logged", || async {
+        worker.logs().matches("cannot reach the broker").count() >= 3
+    })
+    .await;
+    let mut child = worker;
+    assert!(child.child.try_wait().unwrap().is_none(), "still running");
+    node.resume();
+    farm.reconnect().await;
+    farm.publish_job(json!({"job_id": "late", "input_key": "a.mov", "output_key": "o/a.mp4"}))
+        .await;
+    wait_for(JOB_TIMEOUT, "the output", || async {
+        farm.output_exists("o/a.mp4").await
+    })
+    .await;
+    farm.assert_all_acked(vec![child]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_little_scratch_space_fails_the_attempt_before_the_download() {
+    let extra = [
+        ("TRANSCODE_WORKER__MIN_FREE_SPACE_MB", "1000000000"),
+        ("TRANSCODE_WORKER__MAX_ATTEMPTS", "2"),
+    ];
+    let farm = Farm::s3(&extra).await;
+    farm.put_input("a.mov", &fixtures::mjpeg_mov(1)).await;
+    let mut watch = farm.watch_progress().await;
+    let _worker = farm.spawn_worker(&extra);
+    farm.publish_job(json!({"job_id": "full", "input_key": "a.mov", "output_key": "o/a.mp4"}))
+        .await;
+    let last = watch.until_final("full", JOB_TIMEOUT).await;
+    assert_eq!(last.error_kind, Some(ErrorKind::NoSpace), "{last:#?}");
+    assert!(
+        last.error.as_deref().unwrap().contains("MiB free"),
+        "{last:#?}"
+    );
+    assert_eq!(last.attempt, 2, "retried, then given up");
+    assert!(!watch
+        .of("full")
+        .iter()
+        .any(|e| e.state == State::Transcoding));
+    // The dead letter carries the history of both attempts.
+    let dead = crate::common::wait_for_value(JOB_TIMEOUT, "the dead letter", || async {
+        farm.dead_letters().await.pop()
+    })
+    .await;
+    let history = &dead.1["x-attempt-history"];
+    assert_eq!(history.lines().count(), 2, "{history}");
+    assert!(history.lines().all(|l| l.contains("no_space")), "{history}");
+    assert!(
+        history.starts_with("attempt 1 on ") && history.contains("\nattempt 2 on "),
+        "{history}"
+    );
+}

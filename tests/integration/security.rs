@@ -266,11 +266,13 @@ async fn hostile_messages_are_refused_with_specific_reasons_and_write_nothing() 
     assert!(!Path::new(&canary).exists());
     assert!(!Path::new(&format!("{canary}.mp4")).exists());
     assert!(!store.parent().unwrap().join("escape.mp4").exists());
-    let outputs: Vec<_> = std::fs::read_dir(store.join("out"))
+    let mut outputs: Vec<_> = std::fs::read_dir(store.join("out"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
         .collect();
-    assert_eq!(outputs, ["good.mp4"]);
+    outputs.sort();
+    // The good job's output and its metadata sidecar.
+    assert_eq!(outputs, [".good.mp4.meta.json", "good.mp4"]);
     let scratch: Vec<_> = std::fs::read_dir(farm.scratch()).unwrap().collect();
     assert!(scratch.is_empty(), "{scratch:?}");
 }
