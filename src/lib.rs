@@ -7,6 +7,7 @@
 //! its final status is published.
 //!
 //! Layout, one module per concept:
+//! - [`cli`]: the `transcode-worker` command line and exit codes;
 //! - [`config`]: settings from defaults, a file and the environment;
 //! - [`telemetry`]: log set-up;
 //! - [`job`]: the job and progress messages;
@@ -27,6 +28,7 @@
 //! - [`watch`]: `watch`, live progress for people.
 
 pub mod broker;
+pub mod cli;
 pub mod config;
 pub mod control;
 pub mod error;
