@@ -323,7 +323,7 @@ impl Worker {
             if attempt > max {
                 let error = JobError::new(
                     ErrorKind::AttemptsExhausted,
-                    format!("{max} attempts ended without a result (each time the worker running it crashed, was stopped, or lost the broker)"),
+                    format!("all {max} attempts are used up; the last ended without a result (the worker running it crashed, was stopped, or lost the broker)"),
                 );
                 return self.settle(&broker, &delivery, &reporter, &job.job_id, Err(error)).await;
             }
@@ -336,29 +336,28 @@ impl Worker {
                 ))),
                 reason = abort.fired() => Err(reason),
             };
+            let result = result.map(|_| job.output_key.as_str());
             self.settle(&broker, &delivery, &reporter, &job.job_id, result).await
         }
         .instrument(span)
         .await
     }
 
-    /// Settles a delivery: ack after success, else retry, give back or dead-letter.
+    /// Settles a delivery: after success (with the stored output's key) ack,
+    /// else retry, give back or dead-letter.
     async fn settle(
         &self,
         broker: &Broker,
         delivery: &Delivery,
         reporter: &Reporter,
         job_id: &str,
-        result: Result<MediaInfo, JobError>,
+        result: Result<&str, JobError>,
     ) {
         let attempt = attempt_of(&delivery.properties);
         let max = self.settings.worker.max_attempts;
         let error = match result {
-            Ok(_) => {
-                let output_key = Job::parse(&delivery.data)
-                    .map(|j| j.output_key)
-                    .unwrap_or_default();
-                match reporter.completed(&output_key).await {
+            Ok(output_key) => {
+                match reporter.completed(output_key).await {
                     Ok(()) => {
                         tracing::info!("job completed");
                         ack(delivery).await;
@@ -434,7 +433,7 @@ impl Worker {
     }
 
     /// One attempt: plan, fetch, transcode, upload.
-    async fn attempt(&self, job: &Job, reporter: &Reporter) -> Result<MediaInfo, JobError> {
+    async fn attempt(&self, job: &Job, reporter: &Reporter) -> Result<(), JobError> {
         let plan = plan(job, &self.settings)?;
         self.storage.check_key(&job.input_key)?;
         self.storage.check_key(&job.output_key)?;
@@ -466,9 +465,9 @@ impl Worker {
             ));
         };
         let fingerprint = plan.fingerprint(job, expected.size);
-        if let Some(output) = self.already_done(job, &fingerprint).await? {
+        if self.already_done(job, &fingerprint).await? {
             tracing::info!(key = %job.output_key, "the verified output of this job is already stored; not transcoding again");
-            return Ok(output);
+            return Ok(());
         }
         let local_copy = matches!(self.storage, Storage::S3(_));
         check_free_space(
@@ -506,6 +505,7 @@ impl Worker {
         let output = self
             .transcode(&spec, reporter, w.transcode_stall_timeout)
             .await?;
+        tracing::info!(duration_ms = ?output.duration_ms, "output verified");
         self.fault_point(Phase::Transcode);
 
         let size = std::fs::metadata(&spec.output)
@@ -534,23 +534,19 @@ impl Worker {
         tracing::info!(bytes = size, key = %job.output_key, "output stored");
         self.fault_point(Phase::Upload);
         drop(scratch);
-        Ok(output)
+        Ok(())
     }
 
-    /// The output of an earlier attempt of the same job with the same
-    /// settings, if one was stored (it was verified before it was stored).
-    async fn already_done(
-        &self,
-        job: &Job,
-        fingerprint: &str,
-    ) -> Result<Option<MediaInfo>, JobError> {
+    /// Whether an earlier attempt of the same job with the same settings
+    /// stored its output (it was verified before it was stored).
+    async fn already_done(&self, job: &Job, fingerprint: &str) -> Result<bool, JobError> {
         let Some(info) = self
             .storage
             .head(&job.output_key)
             .await
             .map_err(JobError::from)?
         else {
-            return Ok(None);
+            return Ok(false);
         };
         let meta = |name: &str| {
             info.metadata
@@ -561,7 +557,7 @@ impl Worker {
         let done = info.size > 0
             && meta(META_JOB_ID) == Some(job.job_id.as_str())
             && meta(META_FINGERPRINT) == Some(fingerprint);
-        Ok(done.then(MediaInfo::default))
+        Ok(done)
     }
 
     /// Aborts the process after `phase` when fault injection asks for it.
