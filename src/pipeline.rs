@@ -109,6 +109,36 @@ pub fn init() -> Result<(), JobError> {
     gst::init().map_err(|e| JobError::new(ErrorKind::Internal, format!("GStreamer: {e}")))
 }
 
+/// The element factories a launch text names (caps filters left out).
+pub fn factories_in(text: &str) -> Vec<String> {
+    text.split('!')
+        .filter_map(|part| part.split_whitespace().next())
+        .filter(|first| !first.contains('/'))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Checks that GStreamer works and that every element in `factories` is
+/// installed; names the missing ones. Also brings the plugin registry up to
+/// date, so that pipeline processes (which never rewrite it) start from it.
+pub fn check_installed<'a>(factories: impl IntoIterator<Item = &'a str>) -> Result<(), String> {
+    gst::init().map_err(|e| format!("GStreamer does not start: {e}"))?;
+    let mut missing: Vec<&str> = factories
+        .into_iter()
+        .filter(|f| gst::ElementFactory::find(f).is_none())
+        .collect();
+    missing.sort_unstable();
+    missing.dedup();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "GStreamer elements not installed: {} (on Debian: gstreamer1.0-plugins-base, -good, -bad, -ugly and gstreamer1.0-libav)",
+            missing.join(", ")
+        ))
+    }
+}
+
 fn caps_name(caps: Option<gst::Caps>) -> String {
     caps.and_then(|c| c.structure(0).map(|s| s.name().to_string()))
         .unwrap_or_default()
@@ -371,9 +401,17 @@ fn path_str(path: &Path) -> Result<&str, JobError> {
 /// Builds a branch bin from checked launch text and refuses any source or
 /// sink in it (a second line of defence behind the fragment allowlist).
 fn branch(text: &str, what: &str) -> Result<gst::Bin, JobError> {
+    let bin = gst::parse::bin_from_description(&format!("queue ! {text}"), true).map_err(|e| {
+        let message = format!("the {what} branch {text:?} does not parse: {e}");
+        // A missing element is this machine's installation, not the job's fault.
+        let kind = if e.matches(gst::ParseError::NoSuchElement) {
+            ErrorKind::Internal
+        } else {
+            ErrorKind::InvalidPipeline
+        };
+        JobError::new(kind, message)
+    })?;
     let invalid = |why: String| JobError::new(ErrorKind::InvalidPipeline, why);
-    let bin = gst::parse::bin_from_description(&format!("queue ! {text}"), true)
-        .map_err(|e| invalid(format!("the {what} branch {text:?} does not parse: {e}")))?;
     for element in bin.iterate_recurse().into_iter().flatten() {
         let klass = element
             .factory()

@@ -14,6 +14,9 @@ pub const DEFAULT_AAC: &str = "audioconvert ! audioresample ! avenc_aac bitrate=
 /// Audio branch for WebM outputs when the preset has none.
 pub const DEFAULT_OPUS: &str = "audioconvert ! audioresample ! opusenc bitrate=128000";
 
+/// Every muxer a job can get.
+pub const MUXERS: &[&str] = &["mp4mux", "qtmux", "matroskamux", "webmmux"];
+
 /// What the pipeline of one job is made of.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {

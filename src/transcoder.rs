@@ -143,6 +143,10 @@ impl Transcoder {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            // The worker keeps the plugin registry up to date at start; a
+            // pipeline process that dies (or starves) while rewriting it
+            // would leave every later job without plugins.
+            .env("GST_REGISTRY_UPDATE", "no")
             .kill_on_drop(true);
         let memory_limit = self.memory_limit;
         // SAFETY: only async-signal-safe calls (prctl, setrlimit) between fork and exec.

@@ -44,6 +44,9 @@ pub enum WorkerError {
     /// The storage backend could not be opened.
     #[error("storage: {0}")]
     Storage(#[from] crate::storage::StorageError),
+    /// GStreamer or an element the presets or muxers need is missing.
+    #[error("{0}")]
+    Plugins(String),
     /// The scratch folder is not usable.
     #[error("scratch folder {path}: {problem}")]
     Scratch {
@@ -129,6 +132,25 @@ impl Worker {
         exit_when_idle: Option<Duration>,
     ) -> Result<Arc<Worker>, WorkerError> {
         let storage = Storage::from_settings(&settings.storage)?;
+        let mut needed: Vec<String> = ["filesrc", "decodebin", "filesink", "queue", "fakesink"]
+            .iter()
+            .chain(crate::plan::MUXERS)
+            .map(|s| s.to_string())
+            .collect();
+        for text in [crate::plan::DEFAULT_AAC, crate::plan::DEFAULT_OPUS] {
+            needed.extend(crate::pipeline::factories_in(text));
+        }
+        for preset in settings.presets.values() {
+            needed.extend(crate::pipeline::factories_in(&preset.video));
+            needed.extend(
+                preset
+                    .audio
+                    .iter()
+                    .flat_map(|a| crate::pipeline::factories_in(a)),
+            );
+        }
+        crate::pipeline::check_installed(needed.iter().map(String::as_str))
+            .map_err(WorkerError::Plugins)?;
         let scratch = settings.scratch_dir();
         std::fs::create_dir_all(&scratch).map_err(|e| WorkerError::Scratch {
             path: scratch.display().to_string(),

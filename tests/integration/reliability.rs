@@ -676,3 +676,55 @@ async fn too_little_scratch_space_fails_the_attempt_before_the_download() {
         "{history}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_run_under_memory_and_time_limits() {
+    let extra = [
+        SLOW,
+        ("TRANSCODE_WORKER__MAX_ATTEMPTS", "1"),
+        ("TRANSCODE_WORKER__JOB_TIMEOUT", "3s"),
+    ];
+    let farm = Farm::s3(&extra).await;
+    farm.put_input("a.mov", &fixtures::mjpeg_mov(2)).await;
+    let mut watch = farm.watch_progress().await;
+    // 16 MiB of memory is too little for a pipeline process.
+    let small = farm.spawn_worker(&[
+        extra[0],
+        extra[1],
+        ("TRANSCODE_WORKER__PIPELINE_MEMORY_LIMIT_MB", "16"),
+    ]);
+    farm.publish_job(json!({"job_id": "fat", "input_key": "a.mov", "output_key": "o/fat.mp4"}))
+        .await;
+    let last = watch.until_final("fat", JOB_TIMEOUT).await;
+    // Without the limit this job takes well under a second; with it the
+    // pipeline process dies or starves and the attempt fails.
+    assert_eq!(last.state, State::Failed, "{last:#?}");
+    assert!(
+        matches!(
+            last.error_kind,
+            Some(
+                ErrorKind::PipelineCrashed
+                    | ErrorKind::Internal
+                    | ErrorKind::TranscodeFailed
+                    | ErrorKind::Stalled
+            )
+        ),
+        "{last:#?}"
+    );
+    assert!(!farm.output_exists("o/fat.mp4").await);
+    drop(small);
+    // A job longer than job_timeout is stopped.
+    let _worker = farm.spawn_worker(&extra);
+    farm.publish_job(slow_job("long", "a.mov", "o/long.mp4", 200_000))
+        .await;
+    let last = watch.until_final("long", JOB_TIMEOUT).await;
+    assert_eq!(last.error_kind, Some(ErrorKind::Stalled), "{last:#?}");
+    assert!(
+        last.error
+            .as_deref()
+            .unwrap()
+            .contains("longer than the limit of 3s"),
+        "{last:#?}"
+    );
+    assert!(!farm.output_exists("o/long.mp4").await);
+}

@@ -407,6 +407,17 @@ async fn bad_configuration_fails_at_start_naming_the_setting() {
             ],
             "storage.directory",
         ),
+        (
+            &[
+                ("S3_BUCKET_NAME", "b"),
+                ("TRANSCODE_PRESETS__BROKEN__VIDEO", "videoconvert ! x264enc"),
+                (
+                    "TRANSCODE_PRESETS__BROKEN__AUDIO",
+                    "audioconvert ! nosuchaudioenc",
+                ),
+            ],
+            "nosuchaudioenc",
+        ),
     ];
     for (env, needle) in cases {
         let dir = tempfile::tempdir().unwrap();
