@@ -1,0 +1,1078 @@
+//! Farm benchmarks: what the worker costs on top of the encoder.
+//!
+//! Run with `scripts/bench` (full run, writes BENCHMARKS.md) or
+//! `scripts/bench --smoke` (tiny inputs, one run of each, what CI runs).
+//! Options (after `--`):
+//!
+//! * `--smoke`: tiny inputs, one run of each measurement, no file written;
+//! * `--runs N`: runs per command in the overhead comparison (default 3);
+//! * `--long-runs N`: runs per command for the 60 s 1080p input (default: `--runs`);
+//! * `--workers 1,2,4`: worker counts of the scale-out table (default 1,2,4);
+//! * `--scale-jobs N`: jobs in the scale-out batch (default 40);
+//! * `--only overhead,perjob,memory,scale,overhead-1080p`: run only these sections
+//!   (in this order; the 60 s 1080p overhead input is its own section, last);
+//! * `--skip-1080p`: leave out the 60 s 1080p MJPEG overhead input;
+//! * `--out FILE`: write the report there (full mode default: BENCHMARKS.md).
+//!
+//! It starts its own RabbitMQ node and s3s-fs server exactly as the tests
+//! do (tests/common), runs the real worker binary, and asserts no speed.
+//! Every wait has a timeout.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use common::farm::{Farm, WorkerProc, WORKER_BIN};
+use serde_json::json;
+use transcode_worker::job::{Progress, State};
+
+/// The worker's default preset (`h264-mp4`), as configured.
+const PRESET_VIDEO: &str = "videoconvert ! x264enc pass=qual quantizer=23 speed-preset=medium";
+const PRESET_AUDIO: &str = "audioconvert ! audioresample ! avenc_aac bitrate=128000";
+/// The cheap output of the memory measurement.
+const CHEAP_VIDEO: &str =
+    "videoconvert ! videoscale ! video/x-raw,width=320,height=180 ! x264enc speed-preset=ultrafast";
+/// Longest single job or command.
+const JOB_TIMEOUT: Duration = Duration::from_secs(900);
+
+#[derive(Debug, Clone)]
+struct Opts {
+    smoke: bool,
+    runs: usize,
+    long_runs: Option<usize>,
+    workers: Vec<usize>,
+    scale_jobs: usize,
+    only: Option<Vec<String>>,
+    skip_1080p: bool,
+    out: Option<PathBuf>,
+}
+
+impl Opts {
+    fn parse() -> Opts {
+        let mut o = Opts {
+            smoke: false,
+            runs: 3,
+            long_runs: None,
+            workers: vec![1, 2, 4],
+            scale_jobs: 40,
+            only: None,
+            skip_1080p: false,
+            out: None,
+        };
+        let mut args = std::env::args().skip(1);
+        let mut out_given = false;
+        while let Some(a) = args.next() {
+            let mut value = |name: &str| {
+                args.next()
+                    .unwrap_or_else(|| panic!("{name} needs a value"))
+            };
+            match a.as_str() {
+                "--bench" => {} // passed by `cargo bench`
+                "--smoke" => o.smoke = true,
+                "--runs" => o.runs = value("--runs").parse().expect("--runs N"),
+                "--long-runs" => {
+                    o.long_runs = Some(value("--long-runs").parse().expect("--long-runs N"))
+                }
+                "--workers" => {
+                    o.workers = value("--workers")
+                        .split(',')
+                        .map(|n| n.trim().parse().expect("--workers 1,2,4"))
+                        .collect()
+                }
+                "--scale-jobs" => {
+                    o.scale_jobs = value("--scale-jobs").parse().expect("--scale-jobs N")
+                }
+                "--only" => o.only = Some(value("--only").split(',').map(String::from).collect()),
+                "--skip-1080p" => o.skip_1080p = true,
+                "--out" => {
+                    o.out = Some(value("--out").into());
+                    out_given = true;
+                }
+                other => panic!("unknown option {other:?} (see benches/farm.rs)"),
+            }
+        }
+        if o.smoke {
+            o.runs = 1;
+            o.long_runs = None;
+            o.scale_jobs = o.scale_jobs.min(4);
+            o.workers = vec![1, 2];
+        } else if !out_given {
+            o.out = Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("BENCHMARKS.md"));
+        }
+        o
+    }
+
+    fn wants(&self, section: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|s| s.iter().any(|x| x == section))
+    }
+}
+
+fn main() {
+    let opts = Opts::parse();
+    let started = Instant::now();
+    let date = sh("date -u '+%Y-%m-%d %H:%M UTC'");
+    let load_before = sh("cut -d' ' -f1-3 /proc/loadavg");
+    eprintln!("bench: starting RabbitMQ and s3s-fs");
+    common::services::shared_rabbit();
+    common::services::shared_s3();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut report = String::new();
+    // The report is rewritten after each section, so an interrupted run
+    // keeps what it measured.
+    let save = |report: &str, finished: bool| {
+        if let Some(out) = &opts.out {
+            let total = started.elapsed();
+            let status = if finished {
+                ""
+            } else {
+                "\n**Partial run: interrupted or still running; sections below are the ones finished.**\n"
+            };
+            let doc = format!(
+                "{}{status}\n{report}",
+                header(&opts, &date, &load_before, total)
+            );
+            std::fs::write(out, doc).expect("write the report");
+            eprintln!("bench: wrote {}", out.display());
+        }
+    };
+    let sections: [(&str, &dyn Fn() -> String); 5] = [
+        ("overhead", &|| rt.block_on(overhead(&opts, false))),
+        ("perjob", &|| rt.block_on(per_job(&opts))),
+        ("memory", &|| rt.block_on(memory(&opts))),
+        ("scale", &|| rt.block_on(scale_out(&opts))),
+        ("overhead-1080p", &|| rt.block_on(overhead(&opts, true))),
+    ];
+    for (name, run) in sections {
+        if !opts.wants(name) || (name == "overhead-1080p" && (opts.smoke || opts.skip_1080p)) {
+            continue;
+        }
+        report += &run();
+        save(&report, false);
+    }
+    eprintln!("bench: done in {:.0} s", started.elapsed().as_secs_f64());
+    save(&report, true);
+}
+
+// ---------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------
+
+fn sh(cmd: &str) -> String {
+    let out = Command::new("sh").arg("-c").arg(cmd).output().expect("sh");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn header(opts: &Opts, date: &str, load_before: &str, total: Duration) -> String {
+    let cpu = sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2");
+    let mem = sh("awk '/MemTotal/ {printf \"%.1f GiB\", $2/1048576}' /proc/meminfo");
+    let gst = sh("gst-launch-1.0 --version | sed -n 2p");
+    let ffmpeg = sh("ffmpeg -version | head -1 | cut -d' ' -f1-3");
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    format!(
+        "# Benchmarks\n\n\
+         Generated by `scripts/bench {}` (benches/farm.rs); do not edit the figures by hand.\n\n\
+         | | |\n|---|---|\n\
+         | date | {date} |\n\
+         | machine | {} cores, {cpu}, {mem} RAM |\n\
+         | load average (1, 5, 15 min) before / after | {load_before} / {} |\n\
+         | GStreamer | {gst} |\n\
+         | ffmpeg | {ffmpeg} |\n\
+         | source | commit {} |\n\
+         | worker binary | `{WORKER_BIN}` |\n\
+         | runs per command | {} |\n\
+         | whole run | {:.0} s |\n",
+        args.join(" "),
+        cores(),
+        sh("cut -d' ' -f1-3 /proc/loadavg"),
+        sh("git rev-parse --short HEAD 2>/dev/null && git status --porcelain -- src | grep -q . && echo '(src/ modified)'")
+            .replace('\n', " "),
+        opts.runs,
+        total.as_secs_f64(),
+    )
+}
+
+fn inputs_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-inputs");
+    std::fs::create_dir_all(&dir).expect("inputs dir");
+    dir
+}
+
+/// Makes (once, cached under target/tmp/bench-inputs) an input with ffmpeg.
+fn ffmpeg_input(name: &str, args: &str) -> PathBuf {
+    let path = inputs_dir().join(name);
+    if !path.exists() {
+        let tmp = path.with_extension("part");
+        make_ffmpeg(&tmp, args);
+        std::fs::rename(&tmp, &path).expect("rename input");
+    }
+    path
+}
+
+fn make_ffmpeg(dest: &Path, args: &str) {
+    eprintln!("bench: making {}", dest.display());
+    let mut cmd = Command::new("ffmpeg");
+    cmd.args(["-v", "error", "-y"])
+        .args(args.split_whitespace())
+        .arg(dest);
+    let out = common::run_with_timeout(&mut cmd, JOB_TIMEOUT).expect("ffmpeg");
+    assert!(
+        out.status.success(),
+        "ffmpeg {args}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A test-pattern input: `secs` seconds of `size` video with a sine tone.
+fn lavfi(secs: u32, size: &str, video_codec: &str, audio_codec: &str) -> String {
+    format!(
+        "-f lavfi -i testsrc2=size={size}:rate=25:duration={secs} \
+         -f lavfi -i sine=frequency=440:sample_rate=44100:duration={secs} \
+         {video_codec} {audio_codec}"
+    )
+}
+
+fn wmv(secs: u32, size: &str) -> PathBuf {
+    ffmpeg_input(
+        &format!("wmv-{secs}s-{size}.wmv"),
+        &lavfi(
+            secs,
+            size,
+            "-c:v wmv2 -b:v 4M",
+            "-c:a wmav2 -b:a 128k -f asf",
+        ),
+    )
+}
+
+fn mjpeg_mov(secs: u32, size: &str) -> PathBuf {
+    ffmpeg_input(
+        &format!("mjpeg-{secs}s-{size}.mov"),
+        &lavfi(
+            secs,
+            size,
+            "-c:v mjpeg -q:v 3 -pix_fmt yuvj420p",
+            "-c:a pcm_s16le -f mov",
+        ),
+    )
+}
+
+/// Runs a command to completion and returns its wall time; panics on failure.
+fn time_cmd(cmd: &mut Command) -> Duration {
+    let start = Instant::now();
+    let out = common::run_with_timeout(cmd, JOB_TIMEOUT).expect("command");
+    let took = start.elapsed();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    took
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    assert!(!v.is_empty());
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// `gst-launch-1.0` running the worker's pipeline: the same elements, with
+/// the `queue` the worker puts at the head of each branch.
+fn gst_launch(input: &Path, output: &Path, video: &str, audio: &str) -> Command {
+    let text = format!(
+        "filesrc location={} ! decodebin name=d d. ! queue ! {video} ! mp4mux name=mux ! filesink location={} \
+         d. ! queue ! {audio} ! mux.",
+        input.display(),
+        output.display()
+    );
+    let mut cmd = Command::new("gst-launch-1.0");
+    cmd.arg("-q").args(text.split_whitespace());
+    cmd
+}
+
+fn gst_launch_raw(text: &str) -> Command {
+    let mut cmd = Command::new("gst-launch-1.0");
+    cmd.arg("-q").args(text.split_whitespace());
+    cmd
+}
+
+fn ffmpeg_h264(input: &Path, output: &Path) -> Command {
+    let mut cmd = Command::new("ffmpeg");
+    cmd.args(["-v", "error", "-y", "-i"])
+        .arg(input)
+        .args("-c:v libx264 -preset medium -crf 23 -c:a aac -b:a 128k".split_whitespace())
+        .arg(output);
+    cmd
+}
+
+/// The pipeline process alone, as the worker starts it: spec on stdin.
+fn pipeline_child(input: &Path, output: &Path) -> Command {
+    let spec = json!({
+        "input": input, "output": output,
+        "video": PRESET_VIDEO, "audio": PRESET_AUDIO, "muxer": "mp4mux",
+        "duration_tolerance_ms": 500, "max_input": [7680, 4320, 86_400_000u64],
+    });
+    let spec_file = output.with_extension("spec.json");
+    std::fs::write(&spec_file, format!("{spec}\n")).expect("spec");
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!("exec {WORKER_BIN} pipeline < \"$0\" > /dev/null"))
+        .arg(&spec_file);
+    cmd
+}
+
+fn ts(event: &Progress) -> SystemTime {
+    humantime::parse_rfc3339(&event.timestamp).expect("RFC 3339 timestamp")
+}
+
+fn secs_between(a: SystemTime, b: SystemTime) -> f64 {
+    match b.duration_since(a) {
+        Ok(d) => d.as_secs_f64(),
+        Err(e) => -e.duration().as_secs_f64(),
+    }
+}
+
+/// Waits until the worker's log says it is consuming.
+async fn wait_ready(worker: &WorkerProc) {
+    common::wait_for(Duration::from_secs(60), "the worker to connect", || {
+        let ready = worker.logs().contains("waiting for jobs");
+        async move { ready }
+    })
+    .await;
+}
+
+/// Publishes one job and waits for its `completed` event; returns the time
+/// from publish to that event and the events of the job.
+async fn run_job(farm: &Farm, job: serde_json::Value) -> (Duration, Vec<Progress>, SystemTime) {
+    let job_id = job["job_id"].as_str().expect("job_id").to_string();
+    let mut watch = farm.watch_progress().await;
+    let published = SystemTime::now();
+    let start = Instant::now();
+    farm.publish_job(job).await;
+    let last = watch.until_final(&job_id, JOB_TIMEOUT).await;
+    let took = start.elapsed();
+    assert_eq!(
+        last.state,
+        State::Completed,
+        "job {job_id} failed: {last:?}"
+    );
+    (took, watch.of(&job_id), published)
+}
+
+/// The phases of one completed job, in ms, from its progress events.
+fn job_phases(
+    events: &[Progress],
+    published: SystemTime,
+    took: Duration,
+) -> Vec<(&'static str, f64)> {
+    let at = |state: State| {
+        events
+            .iter()
+            .find(|e| e.state == state)
+            .map(ts)
+            .expect("event")
+    };
+    let (d, t, u, c) = (
+        at(State::Downloading),
+        at(State::Transcoding),
+        at(State::Uploading),
+        at(State::Completed),
+    );
+    let received = published + took;
+    let ms = |a, b| secs_between(a, b) * 1000.0;
+    vec![
+        (
+            "1 publish -> worker starts the job (`downloading` event)",
+            ms(published, d),
+        ),
+        (
+            "2 fetch: HEAD input, HEAD output (already done?), download",
+            ms(d, t),
+        ),
+        (
+            "3 pipeline process: start, GStreamer init, probe, encode, verify",
+            ms(t, u),
+        ),
+        ("4 upload", ms(u, c)),
+        (
+            "5 `completed` published, confirmed, delivered to the observer",
+            ms(c, received),
+        ),
+        (
+            "total (publish -> `completed` received)",
+            took.as_secs_f64() * 1000.0,
+        ),
+    ]
+}
+
+fn table(head: &[&str], rows: &[Vec<String>]) -> String {
+    let mut s = format!("| {} |\n|{}\n", head.join(" | "), "---|".repeat(head.len()));
+    for r in rows {
+        let _ = writeln!(s, "| {} |", r.join(" | "));
+    }
+    println!("\n{s}");
+    s
+}
+
+// ---------------------------------------------------------------------------
+// 1. Overhead against gst-launch-1.0 and ffmpeg
+// ---------------------------------------------------------------------------
+
+/// `long`: the 60 s 1080p input only (its own section, run last, as it
+/// takes the longest); otherwise the 20 s 720p one (smoke: both, tiny).
+async fn overhead(opts: &Opts, long: bool) -> String {
+    eprintln!("bench: overhead");
+    let inputs = if opts.smoke {
+        vec![
+            ("1 s 320x240 WMV2+WMA", wmv(1, "320x240"), opts.runs),
+            (
+                "1 s 320x240 MJPEG+PCM MOV",
+                mjpeg_mov(1, "320x240"),
+                opts.runs,
+            ),
+        ]
+    } else if long {
+        let runs = opts.long_runs.unwrap_or(opts.runs);
+        vec![(
+            "60 s 1920x1080 MJPEG+PCM MOV",
+            mjpeg_mov(60, "1920x1080"),
+            runs,
+        )]
+    } else {
+        vec![("20 s 1280x720 WMV2+WMA", wmv(20, "1280x720"), opts.runs)]
+    };
+    let farm = Farm::s3(&[]).await;
+    let worker = farm.spawn_worker(&[]);
+    wait_ready(&worker).await;
+    let work = farm.dir.path().join("local");
+    std::fs::create_dir_all(&work).unwrap();
+    // Warm-up job: the worker's first S3 and broker round trips, page cache.
+    let warm = wmv(1, "64x64");
+    farm.put_input("warm.wmv", &warm).await;
+    run_job(
+        &farm,
+        json!({"job_id": "warm", "input_key": "warm.wmv", "output_key": "out/warm.mp4"}),
+    )
+    .await;
+    let mut rows = Vec::new();
+    let mut raw = Vec::new();
+    let mut phases: BTreeMap<(String, &str), Vec<f64>> = BTreeMap::new();
+    for (label, input, runs) in &inputs {
+        let key = format!("in/{}", input.file_name().unwrap().to_string_lossy());
+        farm.put_input(&key, input).await;
+        let size = std::fs::metadata(input).unwrap().len();
+        let (mut w, mut g, mut f, mut c) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for run in 0..*runs {
+            // Alternate the order of the four commands from run to run.
+            for which in 0..4 {
+                match (which + run) % 4 {
+                    0 => {
+                        let id = common::random_name("ovh");
+                        let job = json!({"job_id": id, "input_key": key, "output_key": format!("out/{id}.mp4")});
+                        let (took, events, published) = run_job(&farm, job).await;
+                        w.push(took.as_secs_f64());
+                        for (phase, ms) in job_phases(&events, published, took) {
+                            phases
+                                .entry((label.to_string(), phase))
+                                .or_default()
+                                .push(ms);
+                        }
+                    }
+                    3 => c.push(
+                        time_cmd(&mut pipeline_child(input, &work.join("child.mp4"))).as_secs_f64(),
+                    ),
+                    1 => g.push(
+                        time_cmd(&mut gst_launch(
+                            input,
+                            &work.join("gst.mp4"),
+                            PRESET_VIDEO,
+                            PRESET_AUDIO,
+                        ))
+                        .as_secs_f64(),
+                    ),
+                    _ => f.push(
+                        time_cmd(&mut ffmpeg_h264(input, &work.join("ffmpeg.mp4"))).as_secs_f64(),
+                    ),
+                }
+            }
+            eprintln!(
+                "bench:   {label} run {}: worker {:.2} s, gst-launch {:.2} s, ffmpeg {:.2} s",
+                run + 1,
+                w[run],
+                g[run],
+                f[run]
+            );
+        }
+        let fmt_runs = |v: &[f64]| {
+            v.iter()
+                .map(|x| format!("{x:.2}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        raw.push(format!(
+            "* {label}: worker {}; gst-launch {}; ffmpeg {}; pipeline process alone {} (s, in run order)",
+            fmt_runs(&w),
+            fmt_runs(&g),
+            fmt_runs(&f),
+            fmt_runs(&c)
+        ));
+        let min = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
+        let (wmin, gmin) = (min(&w), min(&g));
+        phases
+            .entry((
+                label.to_string(),
+                "x for comparison: the pipeline process alone on the local file",
+            ))
+            .or_default()
+            .push(median(c.clone()) * 1000.0);
+        phases
+            .entry((
+                label.to_string(),
+                "y for comparison: gst-launch-1.0 on the local file",
+            ))
+            .or_default()
+            .push(median(g.clone()) * 1000.0);
+        let (w, g, f) = (median(w), median(g), median(f));
+        rows.push(vec![
+            label.to_string(),
+            format!("{:.1} MB", size as f64 / 1e6),
+            runs.to_string(),
+            format!("{w:.2} s"),
+            format!("{g:.2} s"),
+            format!("{f:.2} s"),
+            format!("**{:.3}**", w / g),
+            format!("{:.2} s", w - g),
+            format!("{:.3}", w / f),
+            format!("{:.3}", wmin / gmin),
+        ]);
+    }
+    drop(worker);
+    let raw = raw.join("\n");
+    let phase_rows: Vec<Vec<String>> = phases
+        .iter()
+        .map(|((label, phase), v)| {
+            vec![
+                label.clone(),
+                phase.to_string(),
+                format!("{:.0}", median(v.clone())),
+            ]
+        })
+        .collect();
+    let split = table(
+        &["input", "phase of the worker's job", "median ms"],
+        &phase_rows,
+    );
+    let t = table(
+        &[
+            "input",
+            "size",
+            "runs",
+            "worker (end to end)",
+            "gst-launch-1.0",
+            "ffmpeg libx264",
+            "worker / gst-launch",
+            "worker - gst-launch",
+            "worker / ffmpeg",
+            "worker / gst-launch, fastest runs",
+        ],
+        &rows,
+    );
+    let example_in = Path::new("IN");
+    let example_out = Path::new("OUT.mp4");
+    format!(
+        "\n## 1{part}. Overhead: a job through the farm against the same encode on a local file\n\n{t}\n\
+         Median of the given number of runs of each command, the four commands (worker, gst-launch-1.0, ffmpeg, the worker's pipeline process alone) alternating (their order rotates \
+         each run), after one warm-up job; all on this machine, one after another, nothing else of the benchmark running.\n\n\
+         * **worker**: one `transcode-worker run` (release build, default settings: preset `h264-mp4`) on a queue of \
+         the benchmark's RabbitMQ node, input and output in an s3s-fs bucket on loopback. Timed from just before the \
+         job is published (default exchange, as the original service's pika example) to the receipt of its \
+         `completed` event on a queue bound to the progress exchange. The worker publishes `completed`, waits for \
+         the broker's confirm, then acks; the ack is not observable from outside and follows the confirm directly. \
+         The input is uploaded before timing starts; the worker's time includes its download, its two Discoverer \
+         probes (before and after the encode), the upload and every broker round trip.\n\
+         * **gst-launch-1.0**, the identical pipeline on local files:\n  `{gst}`\n\
+         * **ffmpeg**, the closest equivalent (CRF 23 = x264enc `pass=qual quantizer=23`):\n  `{ff}`\n\n\
+         Every run:\n\n{raw}\n\n\
+         Where the worker's time goes (progress event timestamps, as in section 2; the last two rows, for \
+         comparison, are the worker's pipeline process run alone on the local file, timed alternately with the \
+         others, and gst-launch-1.0):\n\n{split}\n\
+         Target: worker / gst-launch <= 1.05.\n",
+        part = if long { "b" } else { "a" },
+        gst = format!("{:?}", gst_launch(example_in, example_out, PRESET_VIDEO, PRESET_AUDIO)).replace('"', ""),
+        ff = format!("{:?}", ffmpeg_h264(example_in, example_out)).replace('"', ""),
+    )
+}
+
+// ---------------------------------------------------------------------------
+// 2. Per-job cost on tiny inputs
+// ---------------------------------------------------------------------------
+
+async fn per_job(opts: &Opts) -> String {
+    eprintln!("bench: per-job cost");
+    let tiny = wmv(1, "64x64");
+    let farm = Farm::s3(&[]).await;
+    let worker = farm.spawn_worker(&[]);
+    wait_ready(&worker).await;
+    farm.put_input("tiny.wmv", &tiny).await;
+    let job = |id: &str| json!({"job_id": id, "input_key": "tiny.wmv", "output_key": format!("out/{id}.mp4")});
+    // Warm-up (first S3 connection, page cache).
+    run_job(&farm, job(&common::random_name("warm"))).await;
+
+    // a) One job at a time: where the time goes.
+    let sequential = if opts.smoke { 2 } else { 10 };
+    let mut phases: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for _ in 0..sequential {
+        let (took, events, published) = run_job(&farm, job(&common::random_name("seq"))).await;
+        for (phase, ms) in job_phases(&events, published, took) {
+            phases.entry(phase).or_default().push(ms / 1000.0);
+        }
+    }
+    let rows: Vec<Vec<String>> = phases
+        .iter()
+        .map(|(k, v)| vec![k.to_string(), format!("{:.1}", median(v.clone()) * 1000.0)])
+        .collect();
+    let split = table(&["phase (one job at a time)", "median ms"], &rows);
+
+    // b) The pipeline process alone, against plain GStreamer.
+    let work = farm.dir.path().join("local");
+    std::fs::create_dir_all(&work).unwrap();
+    let reps = if opts.smoke { 1 } else { 10 };
+    let measure = |label: &str, mk: &dyn Fn() -> Command| {
+        let v: Vec<f64> = (0..reps)
+            .map(|_| time_cmd(&mut mk()).as_secs_f64())
+            .collect();
+        vec![label.to_string(), format!("{:.1}", median(v) * 1000.0)]
+    };
+    let child_out = work.join("child.mp4");
+    let gst_out = work.join("gst.mp4");
+    let tiny2 = tiny.clone();
+    let mut rows = vec![
+        measure(
+            "`transcode-worker pipeline` (probe + encode + verify), tiny input",
+            &|| pipeline_child(&tiny2, &child_out),
+        ),
+        measure("`gst-launch-1.0` same pipeline, tiny input", &|| {
+            gst_launch(&tiny2, &gst_out, PRESET_VIDEO, PRESET_AUDIO)
+        }),
+        measure(
+            "`gst-launch-1.0 fakesrc num-buffers=1 ! fakesink` (GStreamer init only)",
+            &|| {
+                let mut c = Command::new("gst-launch-1.0");
+                c.args("-q fakesrc num-buffers=1 ! fakesink".split_whitespace());
+                c
+            },
+        ),
+        measure("`gst-launch-1.0` decode only (`decodebin`, both streams to `fakesink`), tiny input", &|| {
+            gst_launch_raw(&format!(
+                "filesrc location={} ! decodebin name=d d. ! queue ! fakesink d. ! queue ! fakesink",
+                tiny2.display()
+            ))
+        }),
+        measure("`gst-launch-1.0` decode + video branch (x264enc medium) + mp4mux, no audio branch", &|| {
+            gst_launch_raw(&format!(
+                "filesrc location={} ! decodebin ! queue ! {PRESET_VIDEO} ! mp4mux ! filesink location={}",
+                tiny2.display(),
+                gst_out.display()
+            ))
+        }),
+        measure("`gst-launch-1.0` same pipeline, x264enc `speed-preset=ultrafast`", &|| {
+            gst_launch(&tiny2, &gst_out, "videoconvert ! x264enc pass=qual quantizer=23 speed-preset=ultrafast", PRESET_AUDIO)
+        }),
+        measure("`gst-launch-1.0 videotestsrc num-buffers=25 ! video/x-raw,width=64,height=64 ! x264enc (medium) ! fakesink` (encoder alone)", &|| {
+            gst_launch_raw("videotestsrc num-buffers=25 ! video/x-raw,width=64,height=64 ! x264enc pass=qual quantizer=23 speed-preset=medium ! fakesink")
+        }),
+        measure(
+            "`transcode-worker --help` (process start of the binary)",
+            &|| {
+                let mut c = Command::new(WORKER_BIN);
+                c.arg("--help").stdout(Stdio::null());
+                c
+            },
+        ),
+    ];
+    // gst-discoverer-1.0 comes with gstreamer1.0-plugins-base-apps, which
+    // install-deps does not install.
+    if !sh("command -v gst-discoverer-1.0").is_empty() {
+        rows.push(measure(
+            "`gst-discoverer-1.0` tiny input (one probe, with GStreamer init)",
+            &|| {
+                let mut c = Command::new("gst-discoverer-1.0");
+                c.arg(&tiny2);
+                c
+            },
+        ));
+    }
+    let child = table(&["process alone (median of repeated runs)", "ms"], &rows);
+
+    // CPU time of one pipeline process (perf stat software counters; the
+    // hardware ones are often missing in VMs).
+    let perf = sh(&format!(
+        "command -v perf >/dev/null && perf stat -x, -e task-clock,context-switches,page-faults sh -c 'exec {WORKER_BIN} pipeline < {} > /dev/null' 2>&1 | cut -d, -f1,3 | tr '\\n' ' '",
+        child_out.with_extension("spec.json").display()
+    ));
+
+    // Where the pipeline process spends its CPU, by shared object (perf
+    // sampling on the cpu-clock software event; it follows child threads).
+    let perf_data = work.join("perf.data");
+    let dso = sh(&format!(
+        "command -v perf >/dev/null && perf record -q -F 20000 -e cpu-clock -o {data} -- sh -c 'exec {WORKER_BIN} pipeline < {spec} > /dev/null' >/dev/null 2>&1 \
+         && perf report -i {data} --stdio --sort dso 2>/dev/null | grep -v '^#' | grep -v '^$' | sed 's/^ *//' | head -12",
+        data = perf_data.display(),
+        spec = child_out.with_extension("spec.json").display()
+    ));
+
+    // d) The S3 requests of a fetch, timed alone with the same library
+    // (rust-s3) against the same s3s-fs server.
+    let s3_rows = s3_request_costs(&farm, if opts.smoke { 2 } else { 20 }).await;
+    let s3_table = table(
+        &[
+            "S3 request (rust-s3, loopback s3s-fs, 25 KB object)",
+            "median ms",
+        ],
+        &s3_rows,
+    );
+
+    // c) Throughput: a batch of jobs queued at once.
+    let batch = if opts.smoke { 5 } else { 50 };
+    let mut watch = farm.watch_progress().await;
+    let ids: Vec<String> = (0..batch).map(|_| common::random_name("batch")).collect();
+    let start = Instant::now();
+    for id in &ids {
+        farm.publish_job(job(id)).await;
+    }
+    let mut done = HashSet::new();
+    let deadline = Instant::now() + JOB_TIMEOUT;
+    while done.len() < ids.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let e = watch.next(left).await;
+        assert!(e.state != State::Failed, "a batch job failed: {e:?}");
+        if e.state == State::Completed {
+            done.insert(e.job_id);
+        }
+    }
+    let took = start.elapsed().as_secs_f64();
+    drop(worker);
+    let jps = batch as f64 / took;
+    let thr = table(
+        &["jobs", "wall s", "jobs/s (one worker)", "ms per job"],
+        &[vec![
+            batch.to_string(),
+            format!("{took:.2}"),
+            format!("**{jps:.2}**"),
+            format!("{:.0}", 1000.0 / jps),
+        ]],
+    );
+    format!(
+        "\n## 2. Per-job cost (tiny inputs: 1 s, 64x64 WMV2+WMA, preset `h264-mp4`, S3 backend)\n\n\
+         Throughput of one worker over {batch} jobs published at once (timed from the first publish to the last \
+         `completed` event):\n\n{thr}\n\
+         Target: >= 20 jobs/s per worker (<= 50 ms per job).\n\n\
+         Where the time of one job goes ({sequential} jobs one at a time, after a warm-up job; from the progress \
+         events' timestamps, which the worker sets when it publishes each event, and this process's clock at \
+         publish and receipt; same machine, same clock):\n\n{split}\n\
+         Phase 3 is the whole pipeline process; taken apart with the same binary and GStreamer on local files \
+         ({reps} run(s) each, median):\n\n{child}\n\
+         `perf stat` of one pipeline process (tiny input): `{perf}`\n\n\
+         CPU samples of one pipeline process by shared object (`perf record -e cpu-clock`, `perf report --sort dso`):\n\n\
+         ```\n{dso}\n```\n\n\
+         Phase 2 (fetch) taken apart: each request of the worker's fetch, made alone from this process with the \
+         same S3 library and settings (median of repeated requests):\n\n{s3_table}\n",
+    )
+}
+
+// ---------------------------------------------------------------------------
+// 3. Memory: 10 MB input against 1 GB input
+// ---------------------------------------------------------------------------
+
+/// Peak resident memory seen for a process tree: the worker and each child.
+#[derive(Default, Debug, Clone)]
+struct Peaks {
+    worker_kb: u64,
+    child_kb: u64,
+}
+
+fn status_kb(pid: i32, field: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with(field))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Samples VmHWM (and VmRSS) of `pid` and its children every 50 ms until stopped.
+fn sample(
+    pid: i32,
+    children: impl Fn() -> Vec<i32> + Send + 'static,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Peaks> {
+    std::thread::spawn(move || {
+        let mut p = Peaks::default();
+        while !stop.load(Ordering::Relaxed) {
+            let w = status_kb(pid, "VmHWM:")
+                .max(status_kb(pid, "VmRSS:"))
+                .unwrap_or(0);
+            p.worker_kb = p.worker_kb.max(w);
+            for c in children() {
+                let k = status_kb(c, "VmHWM:")
+                    .max(status_kb(c, "VmRSS:"))
+                    .unwrap_or(0);
+                p.child_kb = p.child_kb.max(k);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        p
+    })
+}
+
+fn children_of(parent: i32) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        if rest.split_whitespace().nth(1).and_then(|p| p.parse().ok()) == Some(parent) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+async fn memory(opts: &Opts) -> String {
+    eprintln!("bench: memory");
+    // 1080p MJPEG with film-grain noise, so the file is large for its length;
+    // the big input is sized from the small one to about 1 GB (100x).
+    let recipe = |secs: u32| {
+        format!(
+            "-f lavfi -i testsrc2=size=1920x1080:rate=25:duration={secs} \
+             -f lavfi -i sine=frequency=440:sample_rate=44100:duration={secs} \
+             -vf noise=alls=8:allf=t -c:v mjpeg -q:v 3 -pix_fmt yuvj420p -c:a pcm_s16le -f mov"
+        )
+    };
+    let small_secs = 1;
+    let small = ffmpeg_input("mem-small.mov", &recipe(small_secs));
+    let small_size = std::fs::metadata(&small).unwrap().len();
+    let target: u64 = if opts.smoke {
+        50_000_000
+    } else {
+        1_000_000_000
+    };
+    let big_secs = ((target as f64 / small_size as f64) * small_secs as f64)
+        .round()
+        .max(2.0) as u32;
+    let farm = Farm::directory(&[]).await;
+    let store = farm.store_dir.as_ref().unwrap().path().to_path_buf();
+    std::fs::copy(&small, store.join("small.mov")).unwrap();
+    // The big file is made straight into the storage folder and deleted after.
+    make_ffmpeg(&store.join("big.mov"), &recipe(big_secs));
+    let big_size = std::fs::metadata(store.join("big.mov")).unwrap().len();
+    let mut rows = Vec::new();
+    let mut totals = Vec::new();
+    for (key, size, secs) in [
+        ("small.mov", small_size, small_secs),
+        ("big.mov", big_size, big_secs),
+    ] {
+        let worker = farm.spawn_worker(&[]);
+        wait_ready(&worker).await;
+        let pid = worker.pid();
+        let stop = Arc::new(AtomicBool::new(false));
+        let sampler = sample(pid, move || children_of(pid), stop.clone());
+        let id = common::random_name("mem");
+        let job = json!({"job_id": id, "input_key": key, "output_key": format!("out/{id}.mp4"),
+                         "transcode_options": CHEAP_VIDEO});
+        let (took, _, _) = run_job(&farm, job).await;
+        stop.store(true, Ordering::Relaxed);
+        let p = sampler.join().unwrap();
+        drop(worker);
+        let total = p.worker_kb + p.child_kb;
+        totals.push(total as f64);
+        rows.push(vec![
+            format!("{secs} s 1920x1080 MJPEG+PCM"),
+            format!("{:.0} MB", size as f64 / 1e6),
+            format!("{:.1}", took.as_secs_f64()),
+            format!("{:.0}", p.worker_kb as f64 / 1024.0),
+            format!("{:.0}", p.child_kb as f64 / 1024.0),
+            format!("{:.0}", total as f64 / 1024.0),
+        ]);
+    }
+    let _ = std::fs::remove_file(store.join("big.mov"));
+    let ratio = totals[1] / totals[0];
+    let t = table(
+        &[
+            "input",
+            "size",
+            "job s",
+            "worker peak MiB",
+            "pipeline process peak MiB",
+            "sum MiB",
+        ],
+        &rows,
+    );
+    format!(
+        "\n## 3. Memory: peak resident memory against input size\n\n{t}\n\
+         Ratio big / small (sum of peaks): **{ratio:.2}** (target <= 1.3).\n\n\
+         Directory backend (read in place, no copy through S3); one fresh worker per input, job \
+         `transcode_options` = `{CHEAP_VIDEO}` into MP4 with the default AAC audio branch. Every 50 ms this \
+         process read `VmHWM` (the kernel's own peak) and `VmRSS` from `/proc/PID/status` of the worker and of \
+         each of its child processes; the figure is the largest value seen (the pipeline process's peak is \
+         the last sample before it exits, at most 50 ms early). Inputs made with `ffmpeg {small_recipe} FILE` \
+         (the big one with duration={big_secs}); the big file is deleted afterwards.\n",
+        small_recipe = recipe(small_secs),
+    )
+}
+
+// ---------------------------------------------------------------------------
+// 4. Scale-out: 1, 2, 4 ... workers on one machine
+// ---------------------------------------------------------------------------
+
+async fn scale_out(opts: &Opts) -> String {
+    eprintln!("bench: scale-out");
+    let input = wmv(2, "320x240");
+    let n_jobs = opts.scale_jobs;
+    let mut rows = Vec::new();
+    let mut base = None;
+    for &workers in &opts.workers {
+        let threads = (cores() / workers).max(1);
+        let farm = Farm::s3(&[]).await;
+        farm.put_input("in.wmv", &input).await;
+        let procs: Vec<WorkerProc> = (0..workers).map(|_| farm.spawn_worker(&[])).collect();
+        for w in &procs {
+            wait_ready(w).await;
+        }
+        let options = format!("{PRESET_VIDEO} threads={threads}");
+        let mut watch = farm.watch_progress().await;
+        let ids: Vec<String> = (0..n_jobs).map(|_| common::random_name("scale")).collect();
+        let start = Instant::now();
+        for id in &ids {
+            farm.publish_job(json!({"job_id": id, "input_key": "in.wmv",
+                "output_key": format!("out/{id}.mp4"), "transcode_options": options}))
+                .await;
+        }
+        let mut done = HashSet::new();
+        let deadline = Instant::now() + JOB_TIMEOUT;
+        while done.len() < n_jobs {
+            let e = watch
+                .next(deadline.saturating_duration_since(Instant::now()))
+                .await;
+            assert!(e.state != State::Failed, "a scale-out job failed: {e:?}");
+            if e.state == State::Completed {
+                done.insert(e.job_id);
+            }
+        }
+        let took = start.elapsed().as_secs_f64();
+        drop(procs);
+        let per_min = n_jobs as f64 / took * 60.0;
+        let base = *base.get_or_insert(per_min);
+        rows.push(vec![
+            workers.to_string(),
+            threads.to_string(),
+            format!("{took:.1}"),
+            format!("{per_min:.1}"),
+            format!("{:.2}x", per_min / base),
+        ]);
+        eprintln!("bench:   {workers} worker(s): {took:.1} s");
+    }
+    let t = table(
+        &[
+            "workers",
+            "x264enc threads each",
+            "wall s",
+            "jobs/minute",
+            "speed-up",
+        ],
+        &rows,
+    );
+    format!(
+        "\n## 4. Scale-out: workers on one machine ({n_jobs} jobs, 2 s 320x240 WMV2+WMA, S3 backend)\n\n{t}\n\
+         Each row: a fresh queue, that many `transcode-worker run` processes, {n_jobs} jobs published at once \
+         (timed from the first publish to the last `completed` event). Jobs use `transcode_options` = \
+         `{PRESET_VIDEO} threads=N` with N = cores / workers (at least 1) so the workers share the {} cores \
+         instead of each starting one encoder thread per core. Worker counts: `--workers 1,2,4` \
+         (any list, e.g. `--workers 1,2,4,8,16` on a 16-core machine).\n",
+        cores()
+    )
+}
+
+/// Times the requests a fetch makes (HEAD of the input, HEAD of the missing
+/// output, GET of the input) with rust-s3, with and without a request
+/// timeout (the worker sets one on its control requests only).
+async fn s3_request_costs(farm: &Farm, reps: usize) -> Vec<Vec<String>> {
+    let bucket = farm.bucket.as_ref().expect("S3 farm");
+    let mut rows = Vec::new();
+    for timeout in [Some(Duration::from_secs(30)), None] {
+        let mut b = (**bucket).clone();
+        b.set_request_timeout(timeout);
+        let label = match timeout {
+            Some(_) => "request timeout 30 s",
+            None => "no request timeout",
+        };
+        let mut times: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+        for _ in 0..reps {
+            let t = Instant::now();
+            let _ = b.head_object("tiny.wmv").await.expect("HEAD");
+            times
+                .entry("HEAD input (200)")
+                .or_default()
+                .push(t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            let _ = b.head_object("out/none.mp4").await;
+            times
+                .entry("HEAD missing output (404)")
+                .or_default()
+                .push(t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            let _ = b.get_object("tiny.wmv").await.expect("GET");
+            times
+                .entry("GET input")
+                .or_default()
+                .push(t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            let mut sink = tokio::io::sink();
+            let _ = b
+                .get_object_to_writer("tiny.wmv", &mut sink)
+                .await
+                .expect("GET stream");
+            times
+                .entry("GET input, streamed (get_object_to_writer)")
+                .or_default()
+                .push(t.elapsed().as_secs_f64());
+        }
+        for (what, v) in times {
+            rows.push(vec![
+                format!("{what}, {label}"),
+                format!("{:.1}", median(v) * 1000.0),
+            ]);
+        }
+    }
+    rows
+}
