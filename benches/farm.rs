@@ -849,25 +849,6 @@ fn sample(
     })
 }
 
-fn children_of(parent: i32) -> Vec<i32> {
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        if rest.split_whitespace().nth(1).and_then(|p| p.parse().ok()) == Some(parent) {
-            pids.push(pid);
-        }
-    }
-    pids
-}
-
 async fn memory(opts: &Opts) -> String {
     eprintln!("bench: memory");
     // 1080p MJPEG with film-grain noise, so the file is large for its length;
@@ -906,7 +887,7 @@ async fn memory(opts: &Opts) -> String {
         wait_ready(&worker).await;
         let pid = worker.pid();
         let stop = Arc::new(AtomicBool::new(false));
-        let sampler = sample(pid, move || children_of(pid), stop.clone());
+        let sampler = sample(pid, move || common::children_of(pid), stop.clone());
         let id = common::random_name("mem");
         let job = json!({"job_id": id, "input_key": key, "output_key": format!("out/{id}.mp4"),
                          "transcode_options": CHEAP_VIDEO});

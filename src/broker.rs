@@ -372,46 +372,59 @@ impl Broker {
         &self,
         consumer_tag: &str,
     ) -> Result<(String, Consumer), BrokerError> {
-        let queue = self
-            .consume
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| self.amqp(e))?;
-        let name = queue.name().to_string();
-        self.consume
+        private_queue(
+            &self.consume,
+            Some(&self.settings.progress_exchange),
+            consumer_tag,
+        )
+        .await
+        .map_err(|e| self.amqp(e))
+    }
+}
+
+/// Declares a server-named, exclusive, auto-delete queue bound to the
+/// fanout `exchange`, and consumes it without acks.
+pub async fn private_queue(
+    channel: &Channel,
+    exchange: Option<&str>,
+    consumer_tag: &str,
+) -> Result<(String, lapin::Consumer), lapin::Error> {
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let name = queue.name().to_string();
+    if let Some(exchange) = exchange {
+        channel
             .queue_bind(
                 name.as_str().into(),
-                self.settings.progress_exchange.as_str().into(),
+                exchange.into(),
                 "".into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
-            .await
-            .map_err(|e| self.amqp(e))?;
-        let consumer = self
-            .consume
-            .basic_consume(
-                name.as_str().into(),
-                consumer_tag.into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    exclusive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| self.amqp(e))?;
-        Ok((name, consumer))
+            .await?;
     }
+    let consumer = channel
+        .basic_consume(
+            name.as_str().into(),
+            consumer_tag.into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((name, consumer))
 }
 
 /// Opens a connection to the first broker URL that answers (the URLs of a

@@ -18,15 +18,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
-};
+use lapin::options::{BasicPublishOptions, ExchangeDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
 use serde::{Deserialize, Serialize};
 
-use crate::broker::Broker;
+use crate::broker::{private_queue, Broker};
 use crate::config::{redact_url, BrokerSettings};
 use crate::status::{Status, WorkerInfo};
 
@@ -72,51 +69,6 @@ pub async fn declare_fanout(channel: &Channel, name: &str) -> Result<(), lapin::
             FieldTable::default(),
         )
         .await
-}
-
-/// Declares a server-named, exclusive, auto-delete queue bound to the
-/// fanout `exchange`, and consumes it without acks.
-pub async fn private_queue(
-    channel: &Channel,
-    exchange: Option<&str>,
-    consumer_tag: &str,
-) -> Result<(String, lapin::Consumer), lapin::Error> {
-    let queue = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    let name = queue.name().to_string();
-    if let Some(exchange) = exchange {
-        channel
-            .queue_bind(
-                name.as_str().into(),
-                exchange.into(),
-                "".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-    }
-    let consumer = channel
-        .basic_consume(
-            name.as_str().into(),
-            consumer_tag.into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                exclusive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    Ok((name, consumer))
 }
 
 /// What a caller asks the workers.

@@ -341,18 +341,10 @@ impl Worker {
         let span = tracing::info_span!("job", job_id = %job.job_id, attempt);
         async {
             let reporter = Reporter::new(broker.clone(), &job.job_id, attempt, &self.id, &self.status);
-            let max = self.settings.worker.max_attempts;
-            if attempt > max {
-                let error = JobError::new(
-                    ErrorKind::AttemptsExhausted,
-                    format!("all {max} attempts are used up; the last ended without a result (the worker running it crashed, was stopped, or lost the broker)"),
-                );
-                return self.settle(&broker, &delivery, &reporter, &job.job_id, Err(error)).await;
-            }
             tracing::info!(input = %job.input_key, output = %job.output_key, "job started");
             let limit = self.settings.worker.job_timeout;
             let result = tokio::select! {
-                r = tokio::time::timeout(limit, self.attempt(&job, &reporter)) => r.unwrap_or_else(|_| Err(JobError::new(
+                r = tokio::time::timeout(limit, self.attempt(&job, attempt, &reporter)) => r.unwrap_or_else(|_| Err(JobError::new(
                     ErrorKind::Stalled,
                     format!("the job ran longer than the limit of {}", humantime::format_duration(limit)),
                 ))),
@@ -379,7 +371,7 @@ impl Worker {
         let max = self.settings.worker.max_attempts;
         let error = match result {
             Ok(output_key) => {
-                match reporter.completed(output_key).await {
+                match until_taken("the completed event", || reporter.completed(output_key)).await {
                     Ok(()) => {
                         tracing::info!("job completed");
                         ack(delivery).await;
@@ -417,7 +409,8 @@ impl Worker {
                     ("x-failed-at", crate::job::now_rfc3339()),
                     ("x-original-queue", self.settings.broker.jobs_queue.clone()),
                 ]);
-                match broker.dead_letter(&delivery.data, headers).await {
+                let dead_letter = || broker.dead_letter(&delivery.data, headers.clone());
+                match until_taken("the dead letter", dead_letter).await {
                     Ok(()) => ack(delivery).await,
                     Err(e) => {
                         tracing::error!(error = %e, "could not dead-letter the job; giving it back");
@@ -439,10 +432,8 @@ impl Worker {
                     (HISTORY_HEADER, history.join("\n")),
                 ]);
                 let queue = &self.settings.broker.jobs_queue;
-                match broker
-                    .publish_confirmed(queue, &delivery.data, headers)
-                    .await
-                {
+                let copy = || broker.publish_confirmed(queue, &delivery.data, headers.clone());
+                match until_taken("the retried copy", copy).await {
                     Ok(()) => ack(delivery).await,
                     Err(e) => {
                         tracing::warn!(error = %e, "could not requeue a copy with the history; giving the job back as it is");
@@ -455,7 +446,7 @@ impl Worker {
     }
 
     /// One attempt: plan, fetch, transcode, upload.
-    async fn attempt(&self, job: &Job, reporter: &Reporter) -> Result<(), JobError> {
+    async fn attempt(&self, job: &Job, attempt: u32, reporter: &Reporter) -> Result<(), JobError> {
         let plan = plan(job, &self.settings)?;
         self.storage.check_key(&job.input_key)?;
         self.storage.check_key(&job.output_key)?;
@@ -490,6 +481,16 @@ impl Worker {
         if self.already_done(job, &fingerprint).await? {
             tracing::info!(key = %job.output_key, "the verified output of this job is already stored; not transcoding again");
             return Ok(());
+        }
+        // Checked only now: a job whose earlier attempt stored its output but
+        // whose ack was lost (a crash, a broker failover) is done, whatever
+        // its delivery count says.
+        let max = w.max_attempts;
+        if attempt > max {
+            return Err(JobError::new(
+                ErrorKind::AttemptsExhausted,
+                format!("all {max} attempts are used up; the last ended without a result (the worker running it crashed, was stopped, or lost the broker)"),
+            ));
         }
         let local_copy = matches!(self.storage, Storage::S3(_));
         check_free_space(
@@ -637,6 +638,29 @@ impl Worker {
             }
         }
     }
+}
+
+/// Publishes with `publish` until the broker takes the message. A broker
+/// that refuses it (a quorum queue electing a new leader nacks) is asked
+/// again with backoff for about half a minute; a lost connection is not
+/// retried (the delivery cannot be settled on it anyway).
+async fn until_taken<F, Fut>(what: &str, publish: F) -> Result<(), BrokerError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), BrokerError>>,
+{
+    use backon::Retryable;
+    let backoff = backon::ExponentialBuilder::default()
+        .with_jitter()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(5))
+        .with_total_delay(Some(Duration::from_secs(30)))
+        .without_max_times();
+    publish
+        .retry(backoff)
+        .when(|e| matches!(e, BrokerError::NotConfirmed { .. }))
+        .notify(|e, delay| tracing::warn!(error = %e, ?delay, "the broker refused {what}; asking again"))
+        .await
 }
 
 /// One line of a job's attempt history.

@@ -461,24 +461,7 @@ impl WorkerProc {
 
     /// Process ids of this worker's child processes.
     pub fn children(&self) -> Vec<i32> {
-        let mut pids = Vec::new();
-        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-                continue;
-            };
-            // The fields after the command name, which is in parentheses.
-            let Some((_, rest)) = stat.rsplit_once(')') else {
-                continue;
-            };
-            let ppid = rest.split_whitespace().nth(1).and_then(|p| p.parse().ok());
-            if ppid == Some(self.pid()) {
-                pids.push(pid);
-            }
-        }
-        pids
+        super::children_of(self.pid())
     }
 }
 

@@ -23,6 +23,7 @@ use tempfile::TempDir;
 use transcode_worker::error::ErrorKind;
 use transcode_worker::job::State;
 
+use crate::common::children_of;
 use crate::common::farm::{Farm, WORKER_BIN};
 use crate::common::{fixtures, poll_until, run_with_timeout, wait_for, wait_for_value};
 
@@ -363,26 +364,6 @@ impl Drop for Supervisord {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// Process ids whose parent is `parent`.
-fn children_of(parent: i32) -> Vec<i32> {
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        if rest.split_whitespace().nth(1).and_then(|p| p.parse().ok()) == Some(parent) {
-            pids.push(pid);
-        }
-    }
-    pids
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -612,7 +612,12 @@ async fn stopping_the_queue_leader_of_a_three_node_cluster_loses_no_job() {
         farm.ready_jobs().await == 0
     })
     .await;
-    assert!(farm.dead_letters().await.is_empty());
+    let dead = farm.dead_letters().await;
+    assert!(
+        dead.is_empty(),
+        "{:#?}",
+        dead.iter().map(|(_, h)| h).collect::<Vec<_>>()
+    );
     let logs = worker.logs();
     assert!(logs.contains("reconnecting"), "{logs}");
 }
