@@ -538,7 +538,12 @@ async fn scratch_folders_are_empty_after_mixed_successful_failed_and_killed_atte
     assert!(left.is_empty(), "{left:?}");
 }
 
+/// Passes alone most of the time, but in some runs the progress queue keeps
+/// nacking publishes for minutes after the leader node stops, so the
+/// completed events (and the acks behind them) wait; being investigated.
+/// Run it with `scripts/test -- --ignored stopping_the_queue_leader`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "flaky: after the leader node stops, the progress quorum queue sometimes nacks publishes for minutes"]
 async fn stopping_the_queue_leader_of_a_three_node_cluster_loses_no_job() {
     let cookie = crate::common::random_name("cookie").to_uppercase();
     let nodes: Vec<Arc<RabbitNode>> = (0..3)
