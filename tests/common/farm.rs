@@ -167,9 +167,34 @@ impl Farm {
         let _ = channel.close(200, "done".into()).await;
     }
 
-    /// Publishes a job with the given fields (as JSON built by serde_json).
+    /// Publishes a job with the given fields (as JSON built by serde_json),
+    /// persistent, and waits for the broker's confirm that it is stored.
     pub async fn publish_job(&self, job: serde_json::Value) {
-        self.publish_raw(job.to_string().as_bytes()).await;
+        let channel = self.conn.create_channel().await.expect("channel");
+        channel
+            .confirm_select(lapin::options::ConfirmSelectOptions::default())
+            .await
+            .expect("confirm.select");
+        let confirm = channel
+            .basic_publish(
+                "".into(),
+                self.jobs_queue().into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                job.to_string().as_bytes(),
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+        assert!(
+            confirm.is_ack() && confirm.take_message().is_none(),
+            "job not stored"
+        );
+        let _ = channel.close(200, "done".into()).await;
     }
 
     /// Puts the local file `path` into storage under `key`.
@@ -316,9 +341,10 @@ impl Farm {
         out
     }
 
-    /// Jobs ready in the jobs queue, as the queue itself counts them (a
-    /// passive declare; `rabbitmqctl list_queues` may lag for quorum queues).
-    pub async fn ready_jobs(&self) -> u32 {
+    /// The jobs queue as it counts itself (a passive declare;
+    /// `rabbitmqctl list_queues` may lag for quorum queues): ready jobs and
+    /// consumers.
+    pub async fn queue_state(&self) -> (u32, u32) {
         let channel = self.channel().await;
         let queue = channel
             .queue_declare(
@@ -332,7 +358,17 @@ impl Farm {
             .await
             .expect("passive declare");
         let _ = channel.close(200, "done".into()).await;
-        queue.message_count()
+        (queue.message_count(), queue.consumer_count())
+    }
+
+    /// Consumers of the jobs queue.
+    pub async fn consumers(&self) -> u32 {
+        self.queue_state().await.1
+    }
+
+    /// Jobs ready in the jobs queue.
+    pub async fn ready_jobs(&self) -> u32 {
+        self.queue_state().await.0
     }
 
     /// Stops `workers` (SIGTERM: each settles what it is doing and exits)
@@ -345,24 +381,12 @@ impl Farm {
             worker.wait_exit(DEFAULT_TIMEOUT).await;
         }
         drop(workers);
-        let channel = self.channel().await;
-        let declare = || {
-            channel.queue_declare(
-                self.jobs_queue().into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-        };
         super::wait_for(DEFAULT_TIMEOUT, "the workers' consumers gone", || async {
-            declare().await.expect("passive declare").consumer_count() == 0
+            self.consumers().await == 0
         })
         .await;
-        let left = declare().await.expect("passive declare").message_count();
+        let left = self.ready_jobs().await;
         assert_eq!(left, 0, "{left} job(s) were not acked");
-        let _ = channel.close(200, "done".into()).await;
     }
 
     /// A channel for ad-hoc checks.

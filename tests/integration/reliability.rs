@@ -193,6 +193,10 @@ async fn queued_jobs_survive_a_broker_restart_and_an_idle_worker_reconnects() {
     .await;
     assert!(worker.logs().contains("reconnecting"), "{}", worker.logs());
     drop(worker);
+    wait_for(JOB_TIMEOUT, "the killed worker's consumer gone", || async {
+        farm.consumers().await == 0
+    })
+    .await;
 
     // A job queued with no worker running survives a restart too.
     farm.publish_job(json!({"job_id": "kept", "input_key": "a.mov", "output_key": "o/kept.mp4"}))
