@@ -69,7 +69,9 @@ const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
 pub struct Broker {
     connection: Connection,
     consume: Channel,
-    publish: Channel,
+    /// Replaced by a fresh channel after the broker nacks a publish: see
+    /// [`Broker::renew_publish_channel`].
+    publish: std::sync::Mutex<Channel>,
     settings: BrokerSettings,
     url: String,
 }
@@ -96,7 +98,7 @@ impl Broker {
         let broker = Broker {
             connection,
             consume,
-            publish,
+            publish: std::sync::Mutex::new(publish),
             settings: settings.clone(),
             url: url.clone(),
         };
@@ -161,7 +163,7 @@ impl Broker {
             AMQPValue::LongLongInt(i64::from(s.progress_queue_max_length)),
         );
         self.declare_queue(&s.progress_queue, progress).await?;
-        self.publish
+        self.publish_channel()
             .queue_bind(
                 s.progress_queue.as_str().into(),
                 s.progress_exchange.as_str().into(),
@@ -220,6 +222,49 @@ impl Broker {
             .map_err(|e| self.amqp(e))
     }
 
+    fn publish_channel(&self) -> Channel {
+        self.publish
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Replaces the publishing channel with a fresh one (in confirm mode)
+    /// after the broker nacked a publish, so asking again is not answered
+    /// by the same stale state.
+    ///
+    /// RabbitMQ keeps, per channel, a client for each quorum queue it
+    /// published to, made at the first publish from the leader the queue
+    /// record names then. A channel that first publishes while that record
+    /// still names a stopped leader gets `nodedown`, learns no leader, and
+    /// has every later publish to that queue nacked for as long as the
+    /// channel lives (seen with 3.10 when the leader of the progress queue
+    /// stops). A new channel reads the record again. If the fresh channel
+    /// cannot be opened, the old one stays; the connection's loss is
+    /// noticed elsewhere.
+    async fn renew_publish_channel(&self) {
+        let fresh = match self.connection.create_channel().await {
+            Ok(channel) => channel,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot open a fresh publishing channel");
+                return;
+            }
+        };
+        if let Err(e) = fresh.confirm_select(ConfirmSelectOptions::default()).await {
+            tracing::debug!(error = %e, "cannot put a fresh publishing channel in confirm mode");
+            return;
+        }
+        let old = std::mem::replace(
+            &mut *self
+                .publish
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+            fresh,
+        );
+        tracing::debug!("publishing on a fresh channel after a nack");
+        let _ = old.close(200, "replaced after a nack".into()).await;
+    }
+
     /// Publishes a progress event. With `confirm`, the event is persistent
     /// and this waits for the broker's confirm; otherwise it is sent and
     /// forgotten (a lost intermediate event does no harm).
@@ -233,7 +278,7 @@ impl Broker {
             .with_content_type("application/json".into())
             .with_delivery_mode(if confirm { 2 } else { 1 });
         let pending = self
-            .publish
+            .publish_channel()
             .basic_publish(
                 self.settings.progress_exchange.as_str().into(),
                 "".into(),
@@ -246,6 +291,7 @@ impl Broker {
         if confirm {
             let confirmation = pending.await.map_err(|e| self.amqp(e))?;
             if !confirmation.is_ack() {
+                self.renew_publish_channel().await;
                 return Err(BrokerError::NotConfirmed {
                     what: format!("exchange {:?}", self.settings.progress_exchange),
                     detail: "the broker nacked it".into(),
@@ -274,7 +320,7 @@ impl Broker {
             .with_delivery_mode(2)
             .with_headers(headers);
         let confirmation = self
-            .publish
+            .publish_channel()
             .basic_publish(
                 "".into(),
                 queue.into(),
@@ -294,6 +340,7 @@ impl Broker {
             detail,
         };
         if !confirmation.is_ack() {
+            self.renew_publish_channel().await;
             return Err(not("the broker nacked it".into()));
         }
         if let Some(returned) = confirmation.take_message() {

@@ -483,9 +483,10 @@ impl WorkerProc {
         }
     }
 
-    /// Process ids of this worker's child processes.
-    pub fn children(&self) -> Vec<i32> {
-        super::children_of(self.pid())
+    /// Process ids of this worker's pipeline processes (one while it
+    /// encodes, none otherwise).
+    pub fn pipelines(&self) -> Vec<i32> {
+        super::pipelines_of(self.pid())
     }
 }
 

@@ -152,6 +152,19 @@ pub fn init_logging() {
         .try_init();
 }
 
+/// Process ids of the pipeline processes (`transcode-worker pipeline`) that
+/// the process `parent` runs. Other children, such as GStreamer's plugin
+/// scanner while a fresh worker builds its registry, are left out.
+pub fn pipelines_of(parent: i32) -> Vec<i32> {
+    children_of(parent)
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmdline| cmdline.split(|b| *b == 0).any(|arg| arg == b"pipeline"))
+        })
+        .collect()
+}
+
 /// Process ids whose parent is `parent` (from `/proc`).
 pub fn children_of(parent: i32) -> Vec<i32> {
     let mut pids = Vec::new();

@@ -606,7 +606,13 @@ impl RabbitNode {
     /// Runs `rabbitmqctl -n NODE ARGS...` (60 s timeout), e.g.
     /// `ctl(&["list_queues", "name", "messages"])`, `ctl(&["close_all_connections", "test"])`.
     pub fn try_ctl(&self, args: &[&str]) -> Result<String, String> {
-        let mut cmd = Command::new(self.bin_dir.join("rabbitmqctl"));
+        self.try_tool("rabbitmqctl", args)
+    }
+
+    /// Runs one of RabbitMQ's command line tools (`rabbitmqctl`,
+    /// `rabbitmq-queues`, ...) against this node, 60 s timeout.
+    pub fn try_tool(&self, tool: &str, args: &[&str]) -> Result<String, String> {
+        let mut cmd = Command::new(self.bin_dir.join(tool));
         self.apply_env(&mut cmd);
         cmd.arg("-n").arg(&self.node_name).args(args);
         let out = super::run_with_timeout(&mut cmd, Duration::from_secs(60))?;
@@ -615,7 +621,7 @@ impl RabbitNode {
             Ok(stdout)
         } else {
             Err(format!(
-                "rabbitmqctl {args:?} failed ({}):\n{stdout}\n{}",
+                "{tool} {args:?} failed ({}):\n{stdout}\n{}",
                 out.status,
                 String::from_utf8_lossy(&out.stderr)
             ))

@@ -23,8 +23,8 @@ use tempfile::TempDir;
 use transcode_worker::error::ErrorKind;
 use transcode_worker::job::State;
 
-use crate::common::children_of;
 use crate::common::farm::{Farm, WORKER_BIN};
+use crate::common::{children_of, pipelines_of};
 use crate::common::{fixtures, poll_until, run_with_timeout, wait_for, wait_for_value};
 
 /// Long enough for a few small transcodes on a loaded 2-core machine.
@@ -467,7 +467,7 @@ async fn supervisorctl_stop_mid_job_gives_the_job_to_the_other_worker_and_start_
         (2, 1)
     };
     let stopped_pid = first_pids[stopped as usize - 1];
-    let pipeline = children_of(stopped_pid);
+    let pipeline = pipelines_of(stopped_pid);
     assert!(!pipeline.is_empty(), "the pipeline runs in a child process");
 
     // supervisorctl stop waits until the worker has exited: it drains for

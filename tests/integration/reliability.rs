@@ -36,7 +36,7 @@ async fn a_crashing_pipeline_fails_one_attempt_and_the_worker_goes_on() {
             e.state == State::Transcoding && e.progress > 5.0
         })
         .await;
-    let children = worker.children();
+    let children = worker.pipelines();
     assert_eq!(children.len(), 1, "one pipeline process");
     // SAFETY: kill(2) on the worker's own child.
     unsafe { libc::kill(children[0], libc::SIGSEGV) };
@@ -222,7 +222,7 @@ async fn a_broker_restart_during_an_encode_loses_nothing() {
     farm.publish_job(slow_job("mid", "a.mov", "o/mid.mp4", 80_000))
         .await;
     wait_for(JOB_TIMEOUT, "the encode running", || async {
-        !worker.children().is_empty()
+        !worker.pipelines().is_empty()
     })
     .await;
     node.restart();
@@ -335,7 +335,7 @@ async fn a_job_longer_than_the_consumer_timeout_is_never_lost_nor_run_twice_at_o
 
     let mut most_pipelines = 0;
     let last = loop {
-        most_pipelines = most_pipelines.max(worker.children().len());
+        most_pipelines = most_pipelines.max(worker.pipelines().len());
         let e = watch.next(JOB_TIMEOUT).await;
         if e.job_id == "long"
             && (e.state == State::Completed
@@ -401,7 +401,7 @@ async fn a_black_holed_broker_connection_is_noticed_and_the_job_still_completes(
     .await;
     // Its attempt was abandoned: the pipeline process is gone.
     wait_for(Duration::from_secs(10), "the pipeline stopped", || async {
-        worker.children().is_empty()
+        worker.pipelines().is_empty()
     })
     .await;
     relay.resume();
@@ -489,7 +489,7 @@ async fn a_stalled_transcode_is_aborted() {
     wait_for(
         Duration::from_secs(10),
         "the stuck pipeline killed",
-        || async { worker.children().is_empty() },
+        || async { worker.pipelines().is_empty() },
     )
     .await;
 }
@@ -542,12 +542,7 @@ async fn scratch_folders_are_empty_after_mixed_successful_failed_and_killed_atte
     assert!(left.is_empty(), "{left:?}");
 }
 
-/// Passes alone most of the time, but in some runs the progress queue keeps
-/// nacking publishes for minutes after the leader node stops, so the
-/// completed events (and the acks behind them) wait; being investigated.
-/// Run it with `scripts/test -- --ignored stopping_the_queue_leader`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "flaky: after the leader node stops, the progress quorum queue sometimes nacks publishes for minutes"]
 async fn stopping_the_queue_leader_of_a_three_node_cluster_loses_no_job() {
     let cookie = crate::common::random_name("cookie").to_uppercase();
     let nodes: Vec<Arc<RabbitNode>> = (0..3)
@@ -601,21 +596,24 @@ async fn stopping_the_queue_leader_of_a_three_node_cluster_loses_no_job() {
     env.push(("AMQP_URL", &amqp_url));
     let worker = farm.spawn_worker(&env);
 
-    let ids: Vec<String> = (0..8).map(|i| format!("c{i}")).collect();
+    let mut watch = farm.watch_progress().await;
+    let ids: Vec<String> = (0..6).map(|i| format!("c{i}")).collect();
     for id in &ids {
-        farm.publish_job(slow_job(id, "a.mov", &format!("o/{id}.mp4"), 40_000))
+        farm.publish_job(slow_job(id, "a.mov", &format!("o/{id}.mp4"), 100_000))
             .await;
     }
-    wait_for(JOB_TIMEOUT, "a job running", || async {
-        !worker.children().is_empty()
-    })
-    .await;
-    nodes[leader_index].stop();
-    for id in &ids {
-        wait_for(JOB_TIMEOUT, &format!("the output of {id}"), || async {
-            farm.output_exists(&format!("o/{id}.mp4")).await
+    // Stop the leader while the worker, connected to it, is mid-encode.
+    let running = watch
+        .until(JOB_TIMEOUT, |e| {
+            e.state == State::Transcoding && e.progress > 10.0
         })
         .await;
+    assert!(!worker.pipelines().is_empty(), "{running:#?}");
+    nodes[leader_index].stop();
+    for id in &ids {
+        let last = watch.until_final(id, JOB_TIMEOUT).await;
+        assert_eq!(last.state, State::Completed, "{last:#?}");
+        assert!(farm.output_exists(&format!("o/{id}.mp4")).await, "{id}");
     }
     wait_for(JOB_TIMEOUT, "the jobs queue empty", || async {
         farm.ready_jobs().await == 0

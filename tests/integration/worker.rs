@@ -307,7 +307,7 @@ async fn a_worker_killed_mid_encode_leaves_the_job_to_another_worker() {
             break;
         }
     }
-    let children = first.children();
+    let children = first.pipelines();
     assert!(!children.is_empty(), "the pipeline runs in a child process");
     first.signal(libc::SIGKILL);
     drop(first);
