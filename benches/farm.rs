@@ -14,7 +14,7 @@
 //! * `--skip-1080p`: leave out the 60 s 1080p MJPEG overhead input;
 //! * `--out FILE`: write the report there (full mode default: BENCHMARKS.md).
 //!
-//! It starts its own RabbitMQ node and s3s-fs server exactly as the tests
+//! It starts its own RabbitMQ node and S3 server (s3-test-server) exactly as the tests
 //! do (tests/common), runs the real worker binary, and asserts no speed.
 //! Every wait has a timeout.
 
@@ -121,7 +121,7 @@ fn main() {
     let started = Instant::now();
     let date = sh("date -u '+%Y-%m-%d %H:%M UTC'");
     let load_before = sh("cut -d' ' -f1-3 /proc/loadavg");
-    eprintln!("bench: starting RabbitMQ and s3s-fs");
+    eprintln!("bench: starting RabbitMQ and s3-test-server");
     common::services::shared_rabbit();
     common::services::shared_s3();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -413,7 +413,7 @@ fn job_phases(
             ms(d, t),
         ),
         (
-            "3 pipeline process: start, GStreamer init, probe, encode, verify",
+            "3 transcode in the waiting pipeline process: probe, encode, verify",
             ms(t, u),
         ),
         ("4 upload", ms(u, c)),
@@ -607,7 +607,7 @@ async fn overhead(opts: &Opts, long: bool) -> String {
          Median of the given number of runs of each command, the four commands (worker, gst-launch-1.0, ffmpeg, the worker's pipeline process alone) alternating (their order rotates \
          each run), after one warm-up job; all on this machine, one after another, nothing else of the benchmark running.\n\n\
          * **worker**: one `transcode-worker run` (release build, default settings: preset `h264-mp4`) on a queue of \
-         the benchmark's RabbitMQ node, input and output in an s3s-fs bucket on loopback. Timed from just before the \
+         the benchmark's RabbitMQ node, input and output in an s3-test-server bucket on loopback. Timed from just before the \
          job is published (default exchange, as the original service's pika example) to the receipt of its \
          `completed` event on a queue bound to the progress exchange. The worker publishes `completed`, waits for \
          the broker's confirm, then acks; the ack is not observable from outside and follows the confirm directly. \
@@ -745,11 +745,11 @@ async fn per_job(opts: &Opts) -> String {
     ));
 
     // d) The S3 requests of a fetch, timed alone with the same library
-    // (rust-s3) against the same s3s-fs server.
+    // (rust-s3) against the same S3 server.
     let s3_rows = s3_request_costs(&farm, if opts.smoke { 2 } else { 20 }).await;
     let s3_table = table(
         &[
-            "S3 request (rust-s3, loopback s3s-fs, 25 KB object)",
+            "S3 request (rust-s3, loopback s3-test-server, 25 KB object)",
             "median ms",
         ],
         &s3_rows,
@@ -793,8 +793,10 @@ async fn per_job(opts: &Opts) -> String {
          Where the time of one job goes ({sequential} jobs one at a time, after a warm-up job; from the progress \
          events' timestamps, which the worker sets when it publishes each event, and this process's clock at \
          publish and receipt; same machine, same clock):\n\n{split}\n\
-         Phase 3 is the whole pipeline process; taken apart with the same binary and GStreamer on local files \
-         ({reps} run(s) each, median):\n\n{child}\n\
+         Phase 3 runs in a pipeline process that was started ahead with GStreamer's plugins loaded and that \
+         waits for the next job once its job completed (`standby_pipeline`, default on), so no process starts \
+         in it. For comparison, a fresh process per job, taken apart with the same binary and GStreamer on local \
+         files ({reps} run(s) each, median):\n\n{child}\n\
          `perf stat` of one pipeline process (tiny input): `{perf}`\n\n\
          CPU samples of one pipeline process by shared object (`perf record -e cpu-clock`, `perf report --sort dso`):\n\n\
          ```\n{dso}\n```\n\n\

@@ -80,14 +80,18 @@ enum Command {
     },
     /// Internal: run one pipeline, reading its spec from standard input.
     #[command(hide = true)]
-    Pipeline,
+    Pipeline {
+        /// Elements whose plugins to load before reading the spec.
+        #[arg(long, value_delimiter = ',')]
+        preload: Vec<String>,
+    },
 }
 
 /// Parses the command line, runs the command, and returns its exit code.
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Pipeline) = cli.command {
-        return ExitCode::from(transcoder::child_main() as u8);
+    if let Some(Command::Pipeline { preload }) = &cli.command {
+        return ExitCode::from(transcoder::child_main(preload) as u8);
     }
     telemetry::init(cli.log_format);
     if let Some(command) = cli.command.as_ref().filter(|c| c.is_observer()) {

@@ -109,6 +109,46 @@ pub fn init() -> Result<(), JobError> {
     gst::init().map_err(|e| JobError::new(ErrorKind::Internal, format!("GStreamer: {e}")))
 }
 
+/// Elements a job is likely to need besides those its launch texts name:
+/// the decoders, demuxers and type finders `decodebin` plugs in, and what
+/// the Discoverer uses. Loading their plugins ahead of time is most of what
+/// a pipeline process spends before its first buffer.
+pub const LIKELY_ELEMENTS: &[&str] = &[
+    "uridecodebin",
+    "typefind",
+    "avdec_h264",
+    "qtdemux",
+    "asfdemux",
+    "avidemux",
+    "matroskademux",
+    "mpegpsdemux",
+    "tsdemux",
+    "mpegvideoparse",
+    "h264parse",
+    "jpegdec",
+    "videoscale",
+];
+
+/// Initializes GStreamer and loads the plugins of the element factories
+/// `names` (unknown names are skipped), so a pipeline built later does not
+/// pay for loading them. Returns how many were loaded.
+pub fn preload<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<usize, JobError> {
+    init()?;
+    let mut loaded = 0;
+    for name in names {
+        if let Some(factory) = gst::ElementFactory::find(name) {
+            if factory.load().is_ok() {
+                loaded += 1;
+            }
+        }
+    }
+    // Type finding runs on every input: load the type finders too.
+    for factory in gst::TypeFindFactory::factories() {
+        let _ = factory.load();
+    }
+    Ok(loaded)
+}
+
 /// The element factories a launch text names (caps filters left out).
 pub fn factories_in(text: &str) -> Vec<String> {
     text.split('!')

@@ -8,6 +8,16 @@
 //! standard output and exits. The child dies with the worker
 //! (`PR_SET_PDEATHSIG`), is killed when the attempt is dropped, and runs
 //! under an address-space limit.
+//!
+//! Starting a pipeline process costs about 60 ms before its first buffer,
+//! most of it loading GStreamer's plugins (libav, x264). So the transcoder
+//! keeps one *standby* process started ahead, with GStreamer initialised
+//! and the plugins a job is likely to need loaded, waiting for a spec; and
+//! a process whose job completed waits for the next spec instead of exiting,
+//! up to [`JOBS_PER_PROCESS`] jobs. Isolation stays per attempt: a process
+//! runs one job at a time, exits after any failure, and a crash ends only
+//! the attempt it was running. A process is named `tw-standby` while it
+//! waits and `tw-pipeline` while it has a job (`ps -C tw-pipeline`).
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -15,7 +25,11 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout};
 use tokio::sync::mpsc;
 
 use crate::error::{ErrorKind, JobError};
@@ -54,9 +68,21 @@ pub enum ChildEvent {
     },
 }
 
-/// Entry point of `transcode-worker pipeline`: reads the spec from standard
-/// input, runs it, reports on standard output. Returns the exit code.
-pub fn child_main() -> i32 {
+/// The name (`/proc/PID/comm`) of a pipeline process waiting for its spec.
+pub const STANDBY_NAME: &str = "tw-standby";
+/// The name of a pipeline process that has its job.
+pub const RUNNING_NAME: &str = "tw-pipeline";
+
+/// How many jobs one pipeline process runs before it is replaced, so
+/// whatever a long series of jobs might leave behind in a process (leaks in
+/// a plugin) stays bounded.
+pub const JOBS_PER_PROCESS: u32 = 100;
+
+/// Entry point of `transcode-worker pipeline`: loads GStreamer and the
+/// plugins of the elements `preload` names, then runs one spec after
+/// another from standard input (one JSON line each), reporting on standard
+/// output. Exits 0 when standard input closes, 2 after a failed job.
+pub fn child_main(preload: &[String]) -> i32 {
     // Rust's runtime handles SIGSEGV and SIGBUS to report stack overflows,
     // and lets a signal sent with kill(2) pass; a pipeline process must die
     // of any such signal, so the worker sees the crash.
@@ -66,6 +92,7 @@ pub fn child_main() -> i32 {
         libc::signal(libc::SIGSEGV, libc::SIG_DFL);
         libc::signal(libc::SIGBUS, libc::SIG_DFL);
     }
+    set_process_name(STANDBY_NAME);
     let stdout = std::io::stdout();
     let emit = |event: &ChildEvent| {
         let mut out = stdout.lock();
@@ -73,28 +100,47 @@ pub fn child_main() -> i32 {
         let _ = out.write_all(b"\n");
         let _ = out.flush();
     };
-    match run_child(&emit) {
-        Ok(output) => {
-            emit(&ChildEvent::Finished { output });
-            0
+    // A failure to load shows again, with its reason, when the job runs.
+    let _ = pipeline::preload(preload.iter().map(String::as_str));
+    let stdin = std::io::stdin();
+    loop {
+        let mut line = String::new();
+        match stdin.lock().read_line(&mut line) {
+            Ok(0) => return 0,
+            Ok(_) => {}
+            Err(e) => {
+                emit(&ChildEvent::Failed {
+                    kind: ErrorKind::Internal,
+                    message: format!("reading the spec: {e}"),
+                });
+                return 2;
+            }
         }
-        Err(e) => {
-            emit(&ChildEvent::Failed {
-                kind: e.kind,
-                message: e.message,
-            });
-            2
+        set_process_name(RUNNING_NAME);
+        match run_child(&line, &emit) {
+            Ok(output) => emit(&ChildEvent::Finished { output }),
+            Err(e) => {
+                emit(&ChildEvent::Failed {
+                    kind: e.kind,
+                    message: e.message,
+                });
+                return 2;
+            }
         }
+        set_process_name(STANDBY_NAME);
     }
 }
 
-fn run_child(emit: &dyn Fn(&ChildEvent)) -> Result<MediaInfo, JobError> {
-    let mut line = String::new();
-    std::io::stdin()
-        .lock()
-        .read_line(&mut line)
-        .map_err(|e| JobError::new(ErrorKind::Internal, format!("reading the spec: {e}")))?;
-    let spec: TranscodeSpec = serde_json::from_str(&line)
+/// Sets this process's name as `ps` and `/proc/PID/comm` show it.
+fn set_process_name(name: &str) {
+    let name = std::ffi::CString::new(name).expect("no NUL in a process name");
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes
+    // (longer names are cut); `name` outlives the call.
+    unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr(), 0, 0, 0) };
+}
+
+fn run_child(line: &str, emit: &dyn Fn(&ChildEvent)) -> Result<MediaInfo, JobError> {
+    let spec: TranscodeSpec = serde_json::from_str(line)
         .map_err(|e| JobError::new(ErrorKind::Internal, format!("bad spec: {e}")))?;
     let input = pipeline::probe(&spec.input, Duration::from_secs(60))?;
     pipeline::check_input_limits(&spec, &input)?;
@@ -111,35 +157,131 @@ fn run_child(emit: &dyn Fn(&ChildEvent)) -> Result<MediaInfo, JobError> {
 }
 
 /// Runs pipeline processes.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Transcoder {
     exe: PathBuf,
     memory_limit: Option<u64>,
+    preload: Vec<String>,
+    /// With [`Transcoder::with_standby`]: the process waiting for the next
+    /// job's spec.
+    standby: Option<std::sync::Mutex<Option<Process>>>,
+}
+
+/// A started pipeline process and its pipes.
+#[derive(Debug)]
+struct Process {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: Lines<BufReader<ChildStdout>>,
+    /// The last lines of its standard error, kept by a task.
+    stderr_tail: Arc<std::sync::Mutex<VecDeque<String>>>,
+    /// Jobs it has completed.
+    jobs: u32,
+}
+
+impl Process {
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Writes one spec line.
+    async fn give(&mut self, line: &[u8]) -> std::io::Result<()> {
+        self.stdin.write_all(line).await?;
+        self.stdin.flush().await
+    }
+
+    fn stderr_tail(&self) -> String {
+        let tail = self.stderr_tail.lock().unwrap_or_else(|p| p.into_inner());
+        tail.iter().cloned().collect::<Vec<_>>().join("\n")
+    }
 }
 
 impl Transcoder {
     /// Uses the program `exe` (the worker binary) as the pipeline process,
-    /// limiting its memory to `memory_limit` bytes when given.
+    /// limiting its memory to `memory_limit` bytes when given. Each job
+    /// starts its own process; see [`Transcoder::with_standby`].
     pub fn new(exe: PathBuf, memory_limit: Option<u64>) -> Self {
-        Transcoder { exe, memory_limit }
+        Transcoder {
+            exe,
+            memory_limit,
+            preload: Vec::new(),
+            standby: None,
+        }
     }
 
-    /// Starts the pipeline for `spec`; events arrive on `events`. Resolves
-    /// when the child exits. Dropping the future kills the child.
-    pub async fn run(
-        &self,
-        spec: &TranscodeSpec,
-        events: mpsc::UnboundedSender<ChildEvent>,
-    ) -> Result<MediaInfo, JobError> {
-        let internal = |what: &str, e: std::io::Error| {
-            JobError::new(
-                ErrorKind::Internal,
-                format!("pipeline process: {what}: {e}"),
-            )
+    /// Keeps a pipeline process ready for the next job, with the plugins of
+    /// the elements `preload` names (and of [`pipeline::LIKELY_ELEMENTS`])
+    /// already loaded, and lets a process whose job completed wait for the
+    /// next one.
+    pub fn with_standby(mut self, preload: Vec<String>) -> Self {
+        self.preload = preload;
+        self.preload
+            .extend(pipeline::LIKELY_ELEMENTS.iter().map(|s| s.to_string()));
+        self.preload.sort_unstable();
+        self.preload.dedup();
+        self.standby = Some(std::sync::Mutex::new(None));
+        self
+    }
+
+    fn slot(&self) -> Option<std::sync::MutexGuard<'_, Option<Process>>> {
+        let slot = self.standby.as_ref()?;
+        Some(slot.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Starts the standby process if there is none (or it has died). Does
+    /// nothing without [`Transcoder::with_standby`].
+    pub fn prepare(&self) {
+        let Some(mut slot) = self.slot() else { return };
+        if slot.as_mut().is_some_and(Process::alive) {
+            return;
+        }
+        *slot = match self.spawn() {
+            Ok(process) => Some(process),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start a standby pipeline process");
+                None
+            }
         };
+    }
+
+    /// The standby process if it is still alive, else a new process.
+    fn take_or_spawn(&self) -> std::io::Result<Process> {
+        if let Some(mut process) = self.slot().and_then(|mut slot| slot.take()) {
+            if process.alive() {
+                return Ok(process);
+            }
+        }
+        self.spawn()
+    }
+
+    /// Keeps `process`, whose job completed, as the standby for the next
+    /// job, unless it has run its share of jobs (or there is no standby
+    /// slot, or another process waits in it): then it is told to exit.
+    fn keep(&self, mut process: Process) {
+        process.jobs += 1;
+        if process.jobs < JOBS_PER_PROCESS {
+            if let Some(mut slot) = self.slot() {
+                if !slot.as_mut().is_some_and(Process::alive) {
+                    *slot = Some(process);
+                    return;
+                }
+            }
+        }
+        // Closing its standard input ends it; reap it in the background.
+        let Process { mut child, .. } = process;
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+        });
+        self.prepare();
+    }
+
+    fn spawn(&self) -> std::io::Result<Process> {
         let mut command = tokio::process::Command::new(&self.exe);
+        command.arg("pipeline");
+        if !self.preload.is_empty() {
+            command.arg("--preload").arg(self.preload.join(","));
+        }
         command
-            .arg("pipeline")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -163,37 +305,79 @@ impl Transcoder {
                 Ok(())
             });
         }
-        let mut child = command.spawn().map_err(|e| internal("start", e))?;
-        let mut stdin = child.stdin.take().expect("piped");
-        let mut line = serde_json::to_vec(spec).expect("a spec serializes");
-        line.push(b'\n');
-        stdin
-            .write_all(&line)
-            .await
-            .map_err(|e| internal("write spec", e))?;
-        drop(stdin);
-
+        let mut child = command.spawn()?;
+        let stdin = child.stdin.take().expect("piped");
+        let stdout = BufReader::new(child.stdout.take().expect("piped")).lines();
         let stderr = child.stderr.take().expect("piped");
-        let stderr_tail = tokio::spawn(async move {
+        let stderr_tail = Arc::new(std::sync::Mutex::new(VecDeque::new()));
+        let tail = stderr_tail.clone();
+        tokio::spawn(async move {
             let mut lines = BufReader::new(stderr).lines();
-            let mut tail = std::collections::VecDeque::new();
             while let Ok(Some(line)) = lines.next_line().await {
                 tracing::debug!(target: "pipeline", "{line}");
+                let mut tail = tail.lock().unwrap_or_else(|p| p.into_inner());
                 if tail.len() == STDERR_TAIL_LINES {
                     tail.pop_front();
                 }
                 tail.push_back(line);
             }
-            tail.into_iter().collect::<Vec<_>>().join("\n")
         });
+        Ok(Process {
+            child,
+            stdin,
+            stdout,
+            stderr_tail,
+            jobs: 0,
+        })
+    }
 
-        let mut outcome: Option<Result<MediaInfo, JobError>> = None;
-        let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
-        while let Some(line) = lines.next_line().await.map_err(|e| internal("read", e))? {
+    /// Runs the pipeline for `spec` in the standby process (or a new one);
+    /// events arrive on `events`. Resolves when the process reports the
+    /// verified output (it then waits for the next job) or ends without
+    /// one. Dropping the future kills the process.
+    pub async fn run(
+        &self,
+        spec: &TranscodeSpec,
+        events: mpsc::UnboundedSender<ChildEvent>,
+    ) -> Result<MediaInfo, JobError> {
+        let internal = |what: &str, e: std::io::Error| {
+            JobError::new(
+                ErrorKind::Internal,
+                format!("pipeline process: {what}: {e}"),
+            )
+        };
+        let mut line = serde_json::to_vec(spec).expect("a spec serializes");
+        line.push(b'\n');
+        let mut process = self.take_or_spawn().map_err(|e| internal("start", e))?;
+        if let Err(e) = process.give(&line).await {
+            // A standby that died just now: start a process of its own.
+            tracing::debug!(error = %e, "the standby pipeline process did not take the spec");
+            process = self.spawn().map_err(|e| internal("start", e))?;
+            process
+                .give(&line)
+                .await
+                .map_err(|e| internal("write spec", e))?;
+        }
+        process
+            .stderr_tail
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+
+        let mut failure: Option<JobError> = None;
+        while let Some(line) = process
+            .stdout
+            .next_line()
+            .await
+            .map_err(|e| internal("read", e))?
+        {
             match serde_json::from_str::<ChildEvent>(&line) {
-                Ok(ChildEvent::Finished { output }) => outcome = Some(Ok(output)),
+                Ok(ChildEvent::Finished { output }) => {
+                    self.keep(process);
+                    return Ok(output);
+                }
                 Ok(ChildEvent::Failed { kind, message }) => {
-                    outcome = Some(Err(JobError::new(kind, message)))
+                    failure = Some(JobError::new(kind, message))
                 }
                 Ok(event) => {
                     let _ = events.send(event);
@@ -201,12 +385,15 @@ impl Transcoder {
                 Err(_) => tracing::debug!(target: "pipeline", "{line}"),
             }
         }
-        let status = child.wait().await.map_err(|e| internal("wait", e))?;
-        let tail = stderr_tail.await.unwrap_or_default();
-        match outcome {
-            Some(Ok(output)) if status.success() => Ok(output),
-            Some(Err(e)) => Err(e),
-            _ => Err(crashed(status, &tail)),
+        let status = process
+            .child
+            .wait()
+            .await
+            .map_err(|e| internal("wait", e))?;
+        self.prepare();
+        match failure {
+            Some(e) => Err(e),
+            None => Err(crashed(status, &process.stderr_tail())),
         }
     }
 }

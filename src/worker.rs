@@ -151,6 +151,11 @@ impl Worker {
         }
         crate::pipeline::check_installed(needed.iter().map(String::as_str))
             .map_err(WorkerError::Plugins)?;
+        let transcoder = if settings.worker.standby_pipeline {
+            transcoder.with_standby(needed)
+        } else {
+            transcoder
+        };
         let scratch = settings.scratch_dir();
         std::fs::create_dir_all(&scratch).map_err(|e| WorkerError::Scratch {
             path: scratch.display().to_string(),
@@ -185,6 +190,7 @@ impl Worker {
         let mut delay = b.reconnect_min_delay;
         tracing::info!(worker = %self.id, storage = %self.storage.describe(), broker = %crate::config::redact_url(&b.url), queue = %b.jobs_queue, "worker starting");
         let connection_name = format!("transcode-worker {}", self.id);
+        self.transcoder.prepare();
         loop {
             let connect = Broker::connect(
                 b,

@@ -488,6 +488,12 @@ impl WorkerProc {
     pub fn pipelines(&self) -> Vec<i32> {
         super::pipelines_of(self.pid())
     }
+
+    /// Process ids of this worker's standby pipeline processes (started
+    /// ahead, waiting for a job; at most one is alive).
+    pub fn standbys(&self) -> Vec<i32> {
+        super::named_children_of(self.pid(), transcode_worker::transcoder::STANDBY_NAME)
+    }
 }
 
 impl Drop for WorkerProc {

@@ -152,15 +152,21 @@ pub fn init_logging() {
         .try_init();
 }
 
-/// Process ids of the pipeline processes (`transcode-worker pipeline`) that
-/// the process `parent` runs. Other children, such as GStreamer's plugin
-/// scanner while a fresh worker builds its registry, are left out.
+/// Process ids of the pipeline processes that the process `parent` runs
+/// with a job (named `tw-pipeline`); its standby process (`tw-standby`) and
+/// other children, such as GStreamer's plugin scanner while a fresh worker
+/// builds its registry, are left out.
 pub fn pipelines_of(parent: i32) -> Vec<i32> {
+    named_children_of(parent, transcode_worker::transcoder::RUNNING_NAME)
+}
+
+/// Process ids of the children of `parent` named `name` (`/proc/PID/comm`).
+pub fn named_children_of(parent: i32, name: &str) -> Vec<i32> {
     children_of(parent)
         .into_iter()
         .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|cmdline| cmdline.split(|b| *b == 0).any(|arg| arg == b"pipeline"))
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.trim_end() == name)
         })
         .collect()
 }

@@ -1,5 +1,5 @@
 //! Real services for integration tests, run as plain child processes:
-//! private RabbitMQ nodes and `s3s-fs` S3 servers, each in its own temporary
+//! private RabbitMQ nodes and `s3-test-server` S3 servers, each in its own temporary
 //! directory on random loopback ports.
 //!
 //! * [`shared_rabbit`] / [`shared_s3`]: one instance per test process, started
@@ -13,12 +13,13 @@
 //!   instances are killed on drop.
 //!
 //! Binaries: `rabbitmq-server` from `$TEST_RABBITMQ_BIN_DIR` or
-//! `/usr/lib/rabbitmq/bin`; `s3s-fs` from `$TEST_S3S_FS`, `$PATH` or
+//! `/usr/lib/rabbitmq/bin`; `s3-test-server` (tools/s3-test-server: the s3s-fs
+//! library's S3 server) from `$TEST_S3_SERVER`, `$PATH` or
 //! `~/.cargo/bin` (see `scripts/install-deps`).
 //!
 //! Setting `TEST_S3_ENDPOINT`, `TEST_S3_ACCESS_KEY`, `TEST_S3_SECRET_KEY` (and
 //! optionally `TEST_S3_REGION`, default `us-east-1`) makes [`shared_s3`] use
-//! that external server (MinIO, Garage, ...) instead of starting `s3s-fs`.
+//! that external server (MinIO, Garage, ...) instead of starting `s3-test-server`.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -50,7 +51,7 @@ pub fn shared_rabbit() -> &'static RabbitNode {
 }
 
 /// The S3 server shared by all tests of this process: the external server
-/// named by `TEST_S3_ENDPOINT` if set, otherwise an `s3s-fs` started on first
+/// named by `TEST_S3_ENDPOINT` if set, otherwise an `s3-test-server` started on first
 /// use. Give each test its own bucket ([`S3Server::random_bucket`]).
 pub fn shared_s3() -> &'static S3Server {
     SHARED_S3.get_or_init(|| {
@@ -315,9 +316,9 @@ pub fn rabbitmq_bin_dir() -> PathBuf {
     )
 }
 
-/// Path of the `s3s-fs` binary.
-pub fn s3s_fs_bin() -> PathBuf {
-    if let Some(path) = std::env::var_os("TEST_S3S_FS") {
+/// Path of the `s3-test-server` binary (installed by `scripts/install-deps`).
+pub fn s3_server_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("TEST_S3_SERVER") {
         return PathBuf::from(path);
     }
     let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
@@ -330,9 +331,9 @@ pub fn s3s_fs_bin() -> PathBuf {
         dirs.push(PathBuf::from(home).join(".cargo/bin"));
     }
     dirs.into_iter()
-        .map(|d| d.join("s3s-fs"))
+        .map(|d| d.join("s3-test-server"))
         .find(|p| p.is_file())
-        .expect("s3s-fs not found in $PATH or ~/.cargo/bin: run scripts/install-deps")
+        .expect("s3-test-server not found in $PATH or ~/.cargo/bin: run scripts/install-deps")
 }
 
 // ---------------------------------------------------------------------------
@@ -703,7 +704,7 @@ fn amqp_ready(port: u16) -> bool {
 // S3
 // ---------------------------------------------------------------------------
 
-/// An S3 server: a local `s3s-fs` (random port and keys, own root
+/// An S3 server: a local `s3-test-server` (random port and keys, own root
 /// directory; buckets are directories in it) or an external one from
 /// `TEST_S3_*` (only through [`shared_s3`]). Use path-style addressing.
 pub struct S3Server {
@@ -722,12 +723,13 @@ struct LocalS3 {
 }
 
 impl S3Server {
-    /// Starts a private `s3s-fs` and waits until it accepts connections.
+    /// Starts a private `s3-test-server` and waits until it accepts connections.
     pub fn start() -> S3Server {
         let mut failures = String::new();
         for attempt in 1..=3 {
-            let dir = new_temp_dir("test-s3s-fs-");
-            fs::create_dir_all(dir.path().join("data")).expect("cannot create s3s-fs root");
+            let dir = new_temp_dir("test-s3-server-");
+            fs::create_dir_all(dir.path().join("data"))
+                .expect("cannot create the S3 server's root");
             let port = free_port();
             let server = S3Server {
                 endpoint: format!("http://127.0.0.1:{port}"),
@@ -735,7 +737,7 @@ impl S3Server {
                 secret_key: format!("{:032x}", rand::random::<u128>()),
                 region: "us-east-1".into(),
                 local: Some(LocalS3 {
-                    bin: s3s_fs_bin(),
+                    bin: s3_server_bin(),
                     port,
                     dir,
                     proc: ServiceProcess::new(),
@@ -750,7 +752,7 @@ impl S3Server {
                 Err(BootError::TimedOut(msg)) => panic!("{msg}"),
             }
         }
-        panic!("s3s-fs failed to start 3 times:\n{failures}")
+        panic!("s3-test-server failed to start 3 times:\n{failures}")
     }
 
     /// The external server described by `TEST_S3_ENDPOINT`,
@@ -780,7 +782,7 @@ impl S3Server {
 
     fn boot(&self) -> Result<(), BootError> {
         let local = self.local();
-        let log = local.dir.path().join("s3s-fs.log");
+        let log = local.dir.path().join("s3-test-server.log");
         let mut cmd = Command::new(&local.bin);
         cmd.arg("--host")
             .arg("127.0.0.1")
@@ -793,7 +795,7 @@ impl S3Server {
             .arg(local.dir.path().join("data"))
             .env(
                 "RUST_LOG",
-                std::env::var("TEST_S3S_FS_LOG").unwrap_or_else(|_| "warn".into()),
+                std::env::var("TEST_S3_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
             )
             .stdin(Stdio::null())
             .stdout(log_file(&log))
@@ -807,7 +809,7 @@ impl S3Server {
         loop {
             if let Some(status) = local.proc.exited() {
                 return Err(BootError::Exited(format!(
-                    "s3s-fs exited during startup ({status}):\n{}",
+                    "s3-test-server exited during startup ({status}):\n{}",
                     tail_file(&log, 40)
                 )));
             }
@@ -817,7 +819,7 @@ impl S3Server {
             if Instant::now() >= deadline {
                 local.proc.kill();
                 return Err(BootError::TimedOut(format!(
-                    "s3s-fs did not listen on {addr} within 20 s:\n{}",
+                    "s3-test-server did not listen on {addr} within 20 s:\n{}",
                     tail_file(&log, 40)
                 )));
             }
@@ -856,7 +858,7 @@ impl S3Server {
         self.local.is_none()
     }
 
-    /// Root directory of a local `s3s-fs` (object `KEY` of bucket `B` is the
+    /// Root directory of a local `s3-test-server` (object `KEY` of bucket `B` is the
     /// file `B/KEY` in it); `None` for an external server.
     pub fn data_dir(&self) -> Option<PathBuf> {
         self.local.as_ref().map(|l| l.dir.path().join("data"))
@@ -916,7 +918,7 @@ impl S3Server {
         self.local().proc.is_running()
     }
 
-    /// Stops a local server (SIGKILL; s3s-fs keeps no state besides its
+    /// Stops a local server (SIGKILL; the server keeps no state besides its
     /// files). Panics for an external server.
     pub fn stop(&self) {
         self.local().proc.kill();
@@ -924,7 +926,7 @@ impl S3Server {
 
     /// Starts a stopped local server again on the same port, keys and data.
     pub fn resume(&self) {
-        assert!(!self.is_running(), "s3s-fs is already running");
+        assert!(!self.is_running(), "the S3 server is already running");
         if let Err(BootError::Exited(msg) | BootError::TimedOut(msg)) = self.boot() {
             panic!("{msg}");
         }

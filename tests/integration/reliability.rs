@@ -10,7 +10,7 @@ use transcode_worker::job::State;
 
 use crate::common::farm::{Farm, Rabbit};
 use crate::common::services::{shared_s3, RabbitNode, RabbitOptions, S3Server};
-use crate::common::{fixtures, wait_for};
+use crate::common::{fixtures, wait_for, wait_for_value};
 
 const JOB_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -21,6 +21,56 @@ const SLOW: (&str, &str) = ("TRANSCODE_PIPELINE__EXTRA_ALLOWED_ELEMENTS", "ident
 fn slow_job(id: &str, input: &str, output: &str, micros_per_frame: u32) -> serde_json::Value {
     json!({"job_id": id, "input_key": input, "output_key": output,
         "transcode_options": format!("identity sleep-time={micros_per_frame} ! videoconvert ! x264enc")})
+}
+
+/// The worker keeps a pipeline process started ahead (`tw-standby`); the
+/// job runs in it, and once the job completed the same process waits for
+/// the next one. A standby that dies while it waits costs the next job
+/// nothing: it runs in a new process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_run_in_the_standby_pipeline_process_and_a_dead_standby_is_replaced() {
+    let farm = Farm::s3(&[SLOW]).await;
+    farm.put_input("a.mov", &fixtures::mjpeg_mov(2)).await;
+    let mut watch = farm.watch_progress().await;
+    let worker = farm.spawn_worker(&[SLOW]);
+    let standby = wait_for_value(JOB_TIMEOUT, "a standby process", || async {
+        worker.standbys().first().copied()
+    })
+    .await;
+    farm.publish_job(slow_job("first", "a.mov", "o/1.mp4", 40_000))
+        .await;
+    watch
+        .until(JOB_TIMEOUT, |e| {
+            e.job_id == "first" && e.state == State::Transcoding && e.progress > 5.0
+        })
+        .await;
+    assert_eq!(
+        worker.pipelines(),
+        vec![standby],
+        "the job runs in the standby"
+    );
+    let first = watch.until_final("first", JOB_TIMEOUT).await;
+    assert_eq!(first.state, State::Completed, "{first:#?}");
+    wait_for(JOB_TIMEOUT, "the same process waiting again", || async {
+        worker.standbys() == vec![standby] && worker.pipelines().is_empty()
+    })
+    .await;
+
+    // SAFETY: kill(2) on the worker's own child.
+    unsafe { libc::kill(standby, libc::SIGKILL) };
+    farm.publish_job(slow_job("second", "a.mov", "o/2.mp4", 40_000))
+        .await;
+    watch
+        .until(JOB_TIMEOUT, |e| {
+            e.job_id == "second" && e.state == State::Transcoding && e.progress > 5.0
+        })
+        .await;
+    let running = worker.pipelines();
+    assert_eq!(running.len(), 1, "{running:?}");
+    assert_ne!(running[0], standby);
+    let second = watch.until_final("second", JOB_TIMEOUT).await;
+    assert_eq!(second.state, State::Completed, "{second:#?}");
+    assert_eq!(second.attempt, 1, "no attempt was lost to the dead standby");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
