@@ -137,16 +137,7 @@ impl Broker {
             .create_channel()
             .await
             .map_err(|e| self.amqp(e))?;
-        channel
-            .exchange_declare(
-                s.progress_exchange.as_str().into(),
-                ExchangeKind::Fanout,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
+        declare_fanout(&channel, &s.progress_exchange)
             .await
             .map_err(|e| self.mismatch(&format!("exchange {:?}", s.progress_exchange), e))?;
         let _ = channel.close(200, "declared".into()).await;
@@ -544,6 +535,22 @@ pub fn jobs_queue_arguments(settings: &BrokerSettings, max_attempts: u32) -> Fie
         AMQPValue::LongString("reject-publish".into()),
     );
     args
+}
+
+/// Declares `name` as a durable fanout exchange (the progress exchange and
+/// the control exchange are both one).
+pub async fn declare_fanout(channel: &Channel, name: &str) -> Result<(), lapin::Error> {
+    channel
+        .exchange_declare(
+            name.into(),
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
 }
 
 /// Header of a retried job: how many attempts were settled before this copy.

@@ -18,9 +18,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use lapin::options::{BasicPublishOptions, ExchangeDeclareOptions};
-use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
+use lapin::options::BasicPublishOptions;
+use lapin::{BasicProperties, Connection};
 use serde::{Deserialize, Serialize};
 
 use crate::broker::{private_queue, Broker};
@@ -54,21 +53,6 @@ pub async fn observer_connection(
             url: redact_url(&settings.url),
             detail: e.to_string(),
         })
-}
-
-/// Declares `name` as a durable fanout exchange, as workers do.
-pub async fn declare_fanout(channel: &Channel, name: &str) -> Result<(), lapin::Error> {
-    channel
-        .exchange_declare(
-            name.into(),
-            ExchangeKind::Fanout,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
 }
 
 /// What a caller asks the workers.
@@ -137,7 +121,7 @@ async fn respond_on_channel(
     exchange: &str,
 ) -> Result<(), String> {
     let channel = broker.open_channel().await.map_err(|e| e.to_string())?;
-    declare_fanout(&channel, exchange)
+    crate::broker::declare_fanout(&channel, exchange)
         .await
         .map_err(|e| e.to_string())?;
     let tag = format!("control-{}", status.worker());
@@ -201,7 +185,9 @@ pub async fn ask(
     let connection = observer_connection(settings, "transcode-worker inspect").await?;
     let channel = connection.create_channel().await.map_err(fail)?;
     let exchange = settings.control_exchange();
-    declare_fanout(&channel, &exchange).await.map_err(fail)?;
+    crate::broker::declare_fanout(&channel, &exchange)
+        .await
+        .map_err(fail)?;
     let tag = format!("inspect-{}", std::process::id());
     let (reply_queue, mut replies) = private_queue(&channel, None, &tag).await.map_err(fail)?;
     let correlation = uuid::Uuid::new_v4().simple().to_string();

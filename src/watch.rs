@@ -18,9 +18,10 @@ use futures_util::StreamExt;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 
+use crate::broker::declare_fanout;
 use crate::broker::private_queue;
 use crate::config::BrokerSettings;
-use crate::control::{declare_fanout, observer_connection, ObserverError};
+use crate::control::{observer_connection, ObserverError};
 use crate::job::{Progress, State};
 
 /// What to watch and how to show it.

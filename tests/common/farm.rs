@@ -11,10 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, QueueBindOptions,
-    QueueDeclareOptions,
-};
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
 use tempfile::TempDir;
@@ -267,40 +264,13 @@ impl Farm {
     /// `transcoding_progress` queue.
     pub async fn watch_progress(&self) -> ProgressWatch {
         let channel = self.conn.create_channel().await.expect("channel");
-        let queue = channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("declare watch queue");
-        channel
-            .queue_bind(
-                queue.name().clone(),
-                self.settings.broker.progress_exchange.as_str().into(),
-                "".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .expect("bind watch queue");
-        let consumer = channel
-            .basic_consume(
-                queue.name().clone(),
-                "watch".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("consume watch queue");
+        let (_, consumer) = transcode_worker::broker::private_queue(
+            &channel,
+            Some(&self.settings.broker.progress_exchange),
+            "watch",
+        )
+        .await
+        .expect("a private queue on the progress exchange");
         ProgressWatch {
             _channel: channel,
             consumer,
