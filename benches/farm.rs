@@ -116,6 +116,11 @@ impl Opts {
     }
 }
 
+/// The line after which `BENCHMARKS.md` is written by hand; a run rewrites
+/// what is above it and keeps the rest.
+const HAND_WRITTEN: &str =
+    "<!-- Written by hand from the figures above; scripts/bench keeps this part. -->";
+
 fn main() {
     let opts = Opts::parse();
     let started = Instant::now();
@@ -139,10 +144,17 @@ fn main() {
             } else {
                 "\n**Partial run: interrupted or still running; sections below are the ones finished.**\n"
             };
-            let doc = format!(
+            let mut doc = format!(
                 "{}{status}\n{report}",
                 header(&opts, &date, &load_before, total)
             );
+            // What people wrote below the marker stays.
+            if let Some(kept) = std::fs::read_to_string(out)
+                .ok()
+                .and_then(|old| old.find(HAND_WRITTEN).map(|at| old[at..].to_string()))
+            {
+                doc = format!("{}\n{kept}", doc.trim_end());
+            }
             std::fs::write(out, doc).expect("write the report");
             eprintln!("bench: wrote {}", out.display());
         }
@@ -539,6 +551,36 @@ async fn overhead(opts: &Opts, long: bool) -> String {
             fmt_runs(&f),
             fmt_runs(&c)
         ));
+        // The same download without the worker: a bare streamed GET of the
+        // input into a local file, from this process, same S3 server.
+        let bucket = farm.bucket.as_ref().expect("S3 farm");
+        let mut z = Vec::new();
+        for _ in 0..*runs {
+            let t = Instant::now();
+            let mut file = tokio::fs::File::create(work.join("get.bin")).await.unwrap();
+            bucket
+                .get_object_to_writer(&key, &mut file)
+                .await
+                .expect("GET");
+            tokio::io::AsyncWriteExt::flush(&mut file).await.unwrap();
+            z.push(t.elapsed().as_secs_f64());
+        }
+        let _ = std::fs::remove_file(work.join("get.bin"));
+        phases
+            .entry((
+                label.to_string(),
+                "z for comparison: a bare streamed GET of the input into a local file (rust-s3, this process, same S3 server)",
+            ))
+            .or_default()
+            .push(median(z) * 1000.0);
+        let phase_ms = |name: &str| {
+            phases
+                .iter()
+                .find(|((l, p), _)| l == label && p.starts_with(name))
+                .map(|(_, v)| median(v.clone()) / 1000.0)
+                .unwrap_or(0.0)
+        };
+        let transfers = phase_ms("2 fetch") + phase_ms("4 upload");
         let min = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
         let (wmin, gmin) = (min(&w), min(&g));
         phases
@@ -567,6 +609,7 @@ async fn overhead(opts: &Opts, long: bool) -> String {
             format!("{:.2} s", w - g),
             format!("{:.3}", w / f),
             format!("{:.3}", wmin / gmin),
+            format!("{:.3}", (w - transfers) / g),
         ]);
     }
     drop(worker);
@@ -597,6 +640,7 @@ async fn overhead(opts: &Opts, long: bool) -> String {
             "worker - gst-launch",
             "worker / ffmpeg",
             "worker / gst-launch, fastest runs",
+            "worker without its download and upload / gst-launch",
         ],
         &rows,
     );
@@ -616,9 +660,12 @@ async fn overhead(opts: &Opts, long: bool) -> String {
          * **gst-launch-1.0**, the identical pipeline on local files:\n  `{gst}`\n\
          * **ffmpeg**, the closest equivalent (CRF 23 = x264enc `pass=qual quantizer=23`):\n  `{ff}`\n\n\
          Every run:\n\n{raw}\n\n\
-         Where the worker's time goes (progress event timestamps, as in section 2; the last two rows, for \
+         Where the worker's time goes (progress event timestamps, as in section 2; the last three rows, for \
          comparison, are the worker's pipeline process run alone on the local file, timed alternately with the \
-         others, and gst-launch-1.0):\n\n{split}\n\
+         others, gst-launch-1.0, and the input's download alone, without the worker, timed after the runs). The \
+         download and upload are what the farm adds to a local encode by design (the input is in S3); when the \
+         bare GET takes as long as the worker's fetch, the time is the S3 server's (the one here, s3s-fs's \
+         file-system server, reads and sends objects in 4 KiB pieces):\n\n{split}\n\
          Target: worker / gst-launch <= 1.05.\n",
         part = if long { "b" } else { "a" },
         gst = format!("{:?}", gst_launch(example_in, example_out, PRESET_VIDEO, PRESET_AUDIO)).replace('"', ""),

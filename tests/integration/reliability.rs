@@ -679,6 +679,84 @@ async fn stopping_the_queue_leader_of_a_three_node_cluster_loses_no_job() {
     assert!(logs.contains("reconnecting"), "{logs}");
 }
 
+/// A consumer cancelled by the broker (what RabbitMQ 4.3 and later send when
+/// a delivery outlives the consumer timeout; 3.10 sends the same
+/// `basic.cancel` when the queue is deleted) ends the consumer stream: the
+/// worker abandons the running attempt at once and says why, declares its
+/// queues again and goes on taking jobs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_cancelled_by_the_broker_abandons_the_attempt_and_the_worker_goes_on() {
+    let farm = Farm::s3(&[SLOW]).await;
+    farm.put_input("a.mov", &fixtures::mjpeg_mov(2)).await;
+    let mut watch = farm.watch_progress().await;
+    let worker = farm.spawn_worker(&[SLOW]);
+    farm.publish_job(slow_job("doomed", "a.mov", "o/doomed.mp4", 200_000))
+        .await;
+    watch
+        .until(JOB_TIMEOUT, |e| {
+            e.job_id == "doomed" && e.state == State::Transcoding && e.progress > 5.0
+        })
+        .await;
+    // An operator deletes the queue: RabbitMQ cancels its consumers.
+    let channel = farm.conn.create_channel().await.expect("channel");
+    channel
+        .queue_delete(
+            farm.jobs_queue().into(),
+            lapin::options::QueueDeleteOptions::default(),
+        )
+        .await
+        .expect("queue.delete");
+    let failed = watch
+        .until(JOB_TIMEOUT, |e| {
+            e.job_id == "doomed" && e.state == State::Failed
+        })
+        .await;
+    assert_eq!(
+        failed.error_kind,
+        Some(ErrorKind::BrokerUnavailable),
+        "{failed:#?}"
+    );
+    assert!(
+        failed
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("cancelled the consumer"),
+        "{failed:#?}"
+    );
+    wait_for(Duration::from_secs(10), "the encode stopped", || async {
+        worker.pipelines().is_empty()
+    })
+    .await;
+    // The worker declares the queue again and consumes from it.
+    wait_for(
+        JOB_TIMEOUT,
+        "the jobs queue declared again, with a consumer",
+        || async {
+            let Ok(channel) = farm.conn.create_channel().await else {
+                return false;
+            };
+            let declared = channel
+                .queue_declare(
+                    farm.jobs_queue().into(),
+                    lapin::options::QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    lapin::types::FieldTable::default(),
+                )
+                .await;
+            matches!(declared, Ok(queue) if queue.consumer_count() >= 1)
+        },
+    )
+    .await;
+    farm.publish_job(json!({"job_id": "after", "input_key": "a.mov", "output_key": "o/after.mp4"}))
+        .await;
+    let last = watch.until_final("after", JOB_TIMEOUT).await;
+    assert_eq!(last.state, State::Completed, "{last:#?}");
+    assert!(worker.logs().contains("reconnecting"), "{}", worker.logs());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_started_before_its_broker_waits_for_it() {
     let (node, mut farm, extra) = own_broker_farm().await;
