@@ -19,6 +19,9 @@ use tokio_util::io::{InspectReader, InspectWriter};
 use super::{content_type_for, with_retries, LocalInput, ObjectInfo, StorageError, Transferred};
 use crate::config::StorageSettings;
 
+
+/// Bytes of a download buffered before they are written to the scratch file.
+const WRITE_BUFFER: usize = 1 << 20;
 /// Timeout of requests without a body (HEAD).
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -123,6 +126,9 @@ impl S3Store {
         .await
     }
 
+    /// Downloads `key` into the file `dest` (streamed through a buffer of
+    /// [`WRITE_BUFFER`] bytes), retrying transient failures, and checks the
+    /// size against a HEAD of the object.
     pub(super) async fn fetch(
         &self,
         key: &str,
@@ -142,15 +148,21 @@ impl S3Store {
             let file = tokio::fs::File::create(dest)
                 .await
                 .map_err(|e| StorageError::Local(format!("{}: {e}", dest.display())))?;
-            let mut writer = InspectWriter::new(file, |bytes| counter.add(bytes.len() as u64));
+            // Each write to a tokio file is a trip to the blocking thread
+            // pool; a bounded buffer makes those trips 1 MiB each instead
+            // of one per network chunk of a few KiB.
+            let buffered = tokio::io::BufWriter::with_capacity(WRITE_BUFFER, file);
+            let mut writer = InspectWriter::new(buffered, |bytes| counter.add(bytes.len() as u64));
             self.transfer
                 .get_object_to_writer(key, &mut writer)
                 .await
                 .map_err(|e| self.error(key, e))?;
-            let mut file = writer.into_inner();
-            file.flush()
+            let mut buffered = writer.into_inner();
+            buffered
+                .flush()
                 .await
                 .map_err(|e| StorageError::Local(e.to_string()))?;
+            let file = buffered.into_inner();
             let got = file
                 .metadata()
                 .await
