@@ -187,7 +187,8 @@ pub struct WorkerSettings {
     /// Memory limit (MiB) of a pipeline process; 0 for none.
     pub pipeline_memory_limit_mb: u64,
     /// Keep one pipeline process started ahead of the next job, with
-    /// GStreamer's plugins loaded (saves about 100 ms a job).
+    /// GStreamer's plugins loaded, and let a process whose job completed
+    /// serve the next one (saves about 100 ms a job).
     pub standby_pipeline: bool,
     /// Fault injection for reliability tests: abort the process right after
     /// this phase of an attempt (`download`, `transcode` or `upload`), as a

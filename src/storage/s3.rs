@@ -19,7 +19,6 @@ use tokio_util::io::{InspectReader, InspectWriter};
 use super::{content_type_for, with_retries, LocalInput, ObjectInfo, StorageError, Transferred};
 use crate::config::StorageSettings;
 
-
 /// Bytes of a download buffered before they are written to the scratch file.
 const WRITE_BUFFER: usize = 1 << 20;
 /// Timeout of requests without a body (HEAD).
