@@ -41,6 +41,7 @@ async fn chaos_run() {
         ("TRANSCODE_WORKER__MAX_ATTEMPTS", "50"),
         ("TRANSCODE_BROKER__LIVENESS_INTERVAL", "1s"),
         ("TRANSCODE_BROKER__CONNECT_TIMEOUT", "5s"),
+        ("TRANSCODE_PIPELINE__EXTRA_ALLOWED_ELEMENTS", "identity"),
     ];
     let mut farm = Farm::s3_on(Rabbit::Own(node.clone()), shared_s3(), &extra).await;
     let input = fixtures::mjpeg_mov(1);
@@ -49,7 +50,9 @@ async fn chaos_run() {
     for id in &ids {
         farm.publish_job(
             json!({"job_id": id, "input_key": "in/clip.mov", "output_key": format!("out/{id}.mp4"),
-            "transcode_options": "videoconvert ! x264enc speed-preset=ultrafast"}),
+            // About a second per job (25 frames, 40 ms each), so that
+            // the kills land in every phase of jobs, the encode included.
+            "transcode_options": "identity sleep-time=40000 ! videoconvert ! x264enc speed-preset=ultrafast"}),
         )
         .await;
     }

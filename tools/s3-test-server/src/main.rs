@@ -9,16 +9,26 @@
 //! algorithm), a delay no real deployment has and one that would swamp the
 //! per-job cost the benchmarks measure.
 //!
+//! The s3s-fs library has no `ListMultipartUploads`; this server adds it:
+//! it notes each multipart upload it starts (bucket, key, id, time) until
+//! it is completed or aborted, and lists them by bucket and key prefix. The
+//! list lives in memory, so it starts empty when the server does.
+//!
 //! Same command line as `s3s-fs`:
 //! `s3-test-server --host 127.0.0.1 --port 9000 --access-key AK --secret-key SK ROOT`.
 
 use std::path::PathBuf;
 
+use std::sync::Mutex;
+use std::time::SystemTime;
+
 use clap::Parser;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder as ConnBuilder;
 use s3s::auth::SimpleAuth;
+use s3s::dto::*;
 use s3s::service::S3ServiceBuilder;
+use s3s::{S3Request, S3Response, S3Result, S3};
 use tokio::net::TcpListener;
 
 /// Command line.
@@ -41,6 +51,134 @@ struct Opt {
     root: PathBuf,
 }
 
+/// The s3s-fs file system plus the list of unfinished multipart uploads.
+struct Store {
+    fs: s3s_fs::FileSystem,
+    uploads: Mutex<Vec<Upload>>,
+}
+
+/// A multipart upload started and not yet completed or aborted.
+struct Upload {
+    bucket: String,
+    key: String,
+    id: String,
+    initiated: SystemTime,
+}
+
+impl Store {
+    fn forget(&self, id: &str) {
+        let mut uploads = self.uploads.lock().unwrap_or_else(|p| p.into_inner());
+        uploads.retain(|u| u.id != id);
+    }
+}
+
+/// `impl S3 for Store`: the `forward` operations go to s3s-fs as they are;
+/// the `own` ones are written out.
+macro_rules! s3_impl {
+    (forward { $($name:ident: $input:ident => $output:ident,)* } own { $($own:tt)* }) => {
+        #[async_trait::async_trait]
+        impl S3 for Store {
+            $(
+                async fn $name(&self, req: S3Request<$input>) -> S3Result<S3Response<$output>> {
+                    self.fs.$name(req).await
+                }
+            )*
+            $($own)*
+        }
+    };
+}
+
+s3_impl! {
+    forward {
+        create_bucket: CreateBucketInput => CreateBucketOutput,
+        copy_object: CopyObjectInput => CopyObjectOutput,
+        delete_bucket: DeleteBucketInput => DeleteBucketOutput,
+        delete_object: DeleteObjectInput => DeleteObjectOutput,
+        delete_objects: DeleteObjectsInput => DeleteObjectsOutput,
+        get_bucket_location: GetBucketLocationInput => GetBucketLocationOutput,
+        get_object: GetObjectInput => GetObjectOutput,
+        head_bucket: HeadBucketInput => HeadBucketOutput,
+        head_object: HeadObjectInput => HeadObjectOutput,
+        list_buckets: ListBucketsInput => ListBucketsOutput,
+        list_objects: ListObjectsInput => ListObjectsOutput,
+        list_objects_v2: ListObjectsV2Input => ListObjectsV2Output,
+        put_object: PutObjectInput => PutObjectOutput,
+        upload_part: UploadPartInput => UploadPartOutput,
+        upload_part_copy: UploadPartCopyInput => UploadPartCopyOutput,
+        list_parts: ListPartsInput => ListPartsOutput,
+    }
+    own {
+        async fn create_multipart_upload(
+            &self,
+            req: S3Request<CreateMultipartUploadInput>,
+        ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
+            let (bucket, key) = (req.input.bucket.clone(), req.input.key.clone());
+            let response = self.fs.create_multipart_upload(req).await?;
+            if let Some(id) = &response.output.upload_id {
+                let mut uploads = self.uploads.lock().unwrap_or_else(|p| p.into_inner());
+                uploads.push(Upload {
+                    bucket,
+                    key,
+                    id: id.clone(),
+                    initiated: SystemTime::now(),
+                });
+            }
+            Ok(response)
+        }
+
+        async fn complete_multipart_upload(
+            &self,
+            req: S3Request<CompleteMultipartUploadInput>,
+        ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
+            let id = req.input.upload_id.clone();
+            let response = self.fs.complete_multipart_upload(req).await?;
+            self.forget(&id);
+            Ok(response)
+        }
+
+        async fn abort_multipart_upload(
+            &self,
+            req: S3Request<AbortMultipartUploadInput>,
+        ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
+            let id = req.input.upload_id.clone();
+            let response = self.fs.abort_multipart_upload(req).await?;
+            self.forget(&id);
+            Ok(response)
+        }
+
+        async fn list_multipart_uploads(
+            &self,
+            req: S3Request<ListMultipartUploadsInput>,
+        ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
+            let input = req.input;
+            let prefix = input.prefix.clone().unwrap_or_default();
+            let mut listed: Vec<MultipartUpload> = {
+                let uploads = self.uploads.lock().unwrap_or_else(|p| p.into_inner());
+                uploads
+                    .iter()
+                    .filter(|u| u.bucket == input.bucket && u.key.starts_with(&prefix))
+                    .map(|u| MultipartUpload {
+                        key: Some(u.key.clone()),
+                        upload_id: Some(u.id.clone()),
+                        initiated: Some(Timestamp::from(u.initiated)),
+                        storage_class: Some(StorageClass::from_static(StorageClass::STANDARD)),
+                        ..Default::default()
+                    })
+                    .collect()
+            };
+            listed.sort_by(|a, b| (&a.key, &a.upload_id).cmp(&(&b.key, &b.upload_id)));
+            Ok(S3Response::new(ListMultipartUploadsOutput {
+                bucket: Some(input.bucket),
+                prefix: input.prefix,
+                max_uploads: Some(1000),
+                is_truncated: Some(false),
+                uploads: Some(listed),
+                ..Default::default()
+            }))
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let opt = Opt::parse();
@@ -50,7 +188,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let fs = s3s_fs::FileSystem::new(&opt.root)
         .map_err(|e| format!("cannot serve {}: {e:?}", opt.root.display()))?;
-    let mut builder = S3ServiceBuilder::new(fs);
+    let mut builder = S3ServiceBuilder::new(Store {
+        fs,
+        uploads: Mutex::new(Vec::new()),
+    });
     if let (Some(access_key), Some(secret_key)) = (opt.access_key, opt.secret_key) {
         builder.set_auth(SimpleAuth::from_single(access_key, secret_key));
     }
