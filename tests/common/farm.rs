@@ -517,6 +517,17 @@ impl ProgressWatch {
         }
     }
 
+    /// Waits until `job_id` (any job if `None`) is more than 5 % into its
+    /// encode, and returns that event.
+    pub async fn until_encoding(&mut self, job_id: Option<&str>, timeout: Duration) -> Progress {
+        self.until(timeout, |e| {
+            job_id.is_none_or(|id| e.job_id == id)
+                && e.state == State::Transcoding
+                && e.progress > 5.0
+        })
+        .await
+    }
+
     /// Waits until `job_id` has reached a final state (completed, or failed
     /// without retry) and returns that event.
     pub async fn until_final(&mut self, job_id: &str, timeout: Duration) -> Progress {

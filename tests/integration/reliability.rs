@@ -39,11 +39,7 @@ async fn jobs_run_in_the_standby_pipeline_process_and_a_dead_standby_is_replaced
     .await;
     farm.publish_job(slow_job("first", "a.mov", "o/1.mp4", 40_000))
         .await;
-    watch
-        .until(JOB_TIMEOUT, |e| {
-            e.job_id == "first" && e.state == State::Transcoding && e.progress > 5.0
-        })
-        .await;
+    watch.until_encoding(Some("first"), JOB_TIMEOUT).await;
     assert_eq!(
         worker.pipelines(),
         vec![standby],
@@ -60,11 +56,7 @@ async fn jobs_run_in_the_standby_pipeline_process_and_a_dead_standby_is_replaced
     unsafe { libc::kill(standby, libc::SIGKILL) };
     farm.publish_job(slow_job("second", "a.mov", "o/2.mp4", 40_000))
         .await;
-    watch
-        .until(JOB_TIMEOUT, |e| {
-            e.job_id == "second" && e.state == State::Transcoding && e.progress > 5.0
-        })
-        .await;
+    watch.until_encoding(Some("second"), JOB_TIMEOUT).await;
     let running = worker.pipelines();
     assert_eq!(running.len(), 1, "{running:?}");
     assert_ne!(running[0], standby);
@@ -81,11 +73,7 @@ async fn a_crashing_pipeline_fails_one_attempt_and_the_worker_goes_on() {
     let worker = farm.spawn_worker(&[SLOW]);
     farm.publish_job(slow_job("seg", "a.mov", "o/a.mp4", 60_000))
         .await;
-    watch
-        .until(JOB_TIMEOUT, |e| {
-            e.state == State::Transcoding && e.progress > 5.0
-        })
-        .await;
+    watch.until_encoding(None, JOB_TIMEOUT).await;
     let children = worker.pipelines();
     assert_eq!(children.len(), 1, "one pipeline process");
     // SAFETY: kill(2) on the worker's own child.
@@ -152,11 +140,7 @@ async fn sigterm_with_a_short_drain_gives_the_job_back_to_another_worker() {
     let mut first = farm.spawn_worker(&[SLOW, drain]);
     farm.publish_job(slow_job("drain", "a.mov", "o/a.mp4", 100_000))
         .await;
-    watch
-        .until(JOB_TIMEOUT, |e| {
-            e.state == State::Transcoding && e.progress > 5.0
-        })
-        .await;
+    watch.until_encoding(None, JOB_TIMEOUT).await;
     first.signal(libc::SIGTERM);
     let status = first.wait_exit(Duration::from_secs(20)).await;
     assert!(
@@ -653,11 +637,7 @@ async fn stopping_the_queue_leader_of_a_three_node_cluster_loses_no_job() {
             .await;
     }
     // Stop the leader while the worker, connected to it, is mid-encode.
-    let running = watch
-        .until(JOB_TIMEOUT, |e| {
-            e.state == State::Transcoding && e.progress > 10.0
-        })
-        .await;
+    let running = watch.until_encoding(None, JOB_TIMEOUT).await;
     assert!(!worker.pipelines().is_empty(), "{running:#?}");
     nodes[leader_index].stop();
     for id in &ids {
@@ -692,11 +672,7 @@ async fn a_consumer_cancelled_by_the_broker_abandons_the_attempt_and_the_worker_
     let worker = farm.spawn_worker(&[SLOW]);
     farm.publish_job(slow_job("doomed", "a.mov", "o/doomed.mp4", 200_000))
         .await;
-    watch
-        .until(JOB_TIMEOUT, |e| {
-            e.job_id == "doomed" && e.state == State::Transcoding && e.progress > 5.0
-        })
-        .await;
+    watch.until_encoding(Some("doomed"), JOB_TIMEOUT).await;
     // An operator deletes the queue: RabbitMQ cancels its consumers.
     let channel = farm.conn.create_channel().await.expect("channel");
     channel
