@@ -63,15 +63,21 @@ struct Out {
 
 impl Out {
     fn line(&self, text: &str) {
-        let print = || {
-            let mut stdout = std::io::stdout().lock();
-            let _ = writeln!(stdout, "{text}");
-            let _ = stdout.flush();
-        };
-        match &self.multi {
-            Some(multi) => multi.suspend(print),
-            None => print(),
-        }
+        print_above(self.multi.as_ref(), text);
+    }
+}
+
+/// Prints `text` as a line on standard output, above the bars of `multi`
+/// when there are bars (they are redrawn below it).
+pub fn print_above(multi: Option<&MultiProgress>, text: &str) {
+    let print = || {
+        let mut stdout = std::io::stdout().lock();
+        let _ = writeln!(stdout, "{text}");
+        let _ = stdout.flush();
+    };
+    match multi {
+        Some(multi) => multi.suspend(print),
+        None => print(),
     }
 }
 

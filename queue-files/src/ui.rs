@@ -50,15 +50,7 @@ impl Ui {
 
     /// A line on standard output (job JSON), above any bars.
     pub fn out(&self, text: &str) {
-        let print = || {
-            let mut stdout = std::io::stdout().lock();
-            let _ = writeln!(stdout, "{text}");
-            let _ = stdout.flush();
-        };
-        match &self.multi {
-            Some(multi) => multi.suspend(print),
-            None => print(),
-        }
+        transcode_worker::watch::print_above(self.multi.as_ref(), text);
     }
 
     /// A byte bar for an upload of `total` bytes, or a plain-log reporter.
