@@ -188,7 +188,7 @@ pub struct WorkerSettings {
     pub pipeline_memory_limit_mb: u64,
     /// Keep one pipeline process started ahead of the next job, with
     /// GStreamer's plugins loaded, and let a process whose job completed
-    /// serve the next one (saves about 100 ms a job).
+    /// serve the next one (saves about 80 ms a job).
     pub standby_pipeline: bool,
     /// Fault injection for reliability tests: abort the process right after
     /// this phase of an attempt (`download`, `transcode` or `upload`), as a

@@ -5,29 +5,28 @@
 //!
 //! The worker writes a [`TranscodeSpec`] as one JSON line to the child's
 //! standard input; the child answers with [`ChildEvent`] JSON lines on its
-//! standard output and exits. The child dies with the worker
-//! (`PR_SET_PDEATHSIG`), is killed when the attempt is dropped, and runs
-//! under an address-space limit.
+//! standard output, the last one `finished` or `failed`. The child dies
+//! with the worker (`PR_SET_PDEATHSIG`), is killed when the attempt is
+//! dropped, and runs under an address-space limit.
 //!
-//! Starting a pipeline process costs about 60 ms before its first buffer,
-//! most of it loading GStreamer's plugins (libav, x264). So the transcoder
-//! keeps one *standby* process started ahead, with GStreamer initialised
-//! and the plugins a job is likely to need loaded, waiting for a spec; and
-//! a process whose job completed waits for the next spec instead of exiting,
-//! up to [`JOBS_PER_PROCESS`] jobs. Isolation stays per attempt: a process
-//! runs one job at a time, exits after any failure, and a crash ends only
-//! the attempt it was running. A process is named `tw-standby` while it
-//! waits and `tw-pipeline` while it has a job (`ps -C tw-pipeline`).
+//! Starting a pipeline process costs a job about 80 ms, most of it loading
+//! GStreamer's plugins (libav, x264). So the transcoder keeps one *standby*
+//! process started ahead, with GStreamer initialised and the plugins a job
+//! is likely to need loaded, waiting for a spec; and a process whose job
+//! completed waits for the next spec instead of exiting, up to
+//! [`JOBS_PER_PROCESS`] jobs. Isolation stays per attempt: a process runs
+//! one job at a time, exits after any failure, and a crash ends only the
+//! attempt it was running. A process is named `tw-standby` while it waits
+//! and `tw-pipeline` while it has a job (`ps -C tw-pipeline`).
 
+use std::collections::VecDeque;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use std::collections::VecDeque;
-use std::sync::Arc;
-
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 use tokio::sync::mpsc;
@@ -173,8 +172,10 @@ struct Process {
     child: Child,
     stdin: ChildStdin,
     stdout: Lines<BufReader<ChildStdout>>,
-    /// The last lines of its standard error, kept by a task.
+    /// The last lines of its standard error, kept by `stderr_reader`.
     stderr_tail: Arc<std::sync::Mutex<VecDeque<String>>>,
+    /// The task that reads its standard error; it ends with the process.
+    stderr_reader: tokio::task::JoinHandle<()>,
     /// Jobs it has completed.
     jobs: u32,
 }
@@ -311,7 +312,7 @@ impl Transcoder {
         let stderr = child.stderr.take().expect("piped");
         let stderr_tail = Arc::new(std::sync::Mutex::new(VecDeque::new()));
         let tail = stderr_tail.clone();
-        tokio::spawn(async move {
+        let stderr_reader = tokio::spawn(async move {
             let mut lines = BufReader::new(stderr).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 tracing::debug!(target: "pipeline", "{line}");
@@ -327,6 +328,7 @@ impl Transcoder {
             stdin,
             stdout,
             stderr_tail,
+            stderr_reader,
             jobs: 0,
         })
     }
@@ -390,6 +392,9 @@ impl Transcoder {
             .wait()
             .await
             .map_err(|e| internal("wait", e))?;
+        // Its last words (a GStreamer critical before an abort) may still be
+        // in the pipe.
+        let _ = tokio::time::timeout(Duration::from_secs(2), &mut process.stderr_reader).await;
         self.prepare();
         match failure {
             Some(e) => Err(e),
