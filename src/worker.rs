@@ -506,7 +506,8 @@ impl Worker {
         )?;
         let counter = Transferred::default();
         let input = watch_transfer(
-            self.storage.fetch(&job.input_key, scratch.path(), &counter),
+            self.storage
+                .fetch_known(&job.input_key, &expected, scratch.path(), &counter),
             &counter,
             expected.size,
             reporter,

@@ -157,8 +157,30 @@ impl Storage {
         scratch: &Path,
         counter: &Transferred,
     ) -> Result<LocalInput, StorageError> {
+        let info = self
+            .head(key)
+            .await?
+            .ok_or_else(|| StorageError::NotFound {
+                key: key.to_string(),
+                store: self.describe(),
+            })?;
+        self.fetch_known(key, &info, scratch, counter).await
+    }
+
+    /// [`Storage::fetch`] for an object that [`Storage::head`] has just
+    /// described as `info` (its size is what the download must come to).
+    pub async fn fetch_known(
+        &self,
+        key: &str,
+        info: &ObjectInfo,
+        scratch: &Path,
+        counter: &Transferred,
+    ) -> Result<LocalInput, StorageError> {
         match self {
-            Storage::S3(s) => s.fetch(key, &scratch.join("input"), counter).await,
+            Storage::S3(s) => {
+                s.fetch(key, info.size, &scratch.join("input"), counter)
+                    .await
+            }
             Storage::Directory(d) => d.fetch(key).await,
         }
     }

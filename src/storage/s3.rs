@@ -125,23 +125,16 @@ impl S3Store {
         .await
     }
 
-    /// Downloads `key` into the file `dest` (streamed through a buffer of
-    /// [`WRITE_BUFFER`] bytes), retrying transient failures, and checks the
-    /// size against a HEAD of the object.
+    /// Downloads `key`, of `expected` bytes by a HEAD just made, into the
+    /// file `dest` (streamed through a buffer of [`WRITE_BUFFER`] bytes),
+    /// retrying transient failures; a download of another size is one.
     pub(super) async fn fetch(
         &self,
         key: &str,
+        expected: u64,
         dest: &std::path::Path,
         counter: &Transferred,
     ) -> Result<LocalInput, StorageError> {
-        let expected = self
-            .head(key)
-            .await?
-            .ok_or_else(|| StorageError::NotFound {
-                key: key.to_string(),
-                store: self.describe(),
-            })?
-            .size;
         with_retries("S3 download", self.retry_for, || async {
             counter.reset();
             let file = tokio::fs::File::create(dest)
