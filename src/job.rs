@@ -230,6 +230,32 @@ pub struct Progress {
     pub bytes_per_sec: Option<f64>,
 }
 
+impl Progress {
+    /// An event of `job_id`'s attempt `attempt` on `worker`, stamped now,
+    /// with none of the optional fields.
+    pub fn new(job_id: &str, worker: &str, attempt: u32, state: State, progress: f64) -> Progress {
+        Progress {
+            job_id: job_id.to_string(),
+            progress,
+            state,
+            worker: worker.to_string(),
+            attempt,
+            timestamp: now_rfc3339(),
+            eta_secs: None,
+            error: None,
+            error_kind: None,
+            will_retry: None,
+            output_key: None,
+            speed: None,
+            position_secs: None,
+            duration_secs: None,
+            bytes: None,
+            bytes_total: None,
+            bytes_per_sec: None,
+        }
+    }
+}
+
 /// The current time as RFC 3339 in UTC.
 pub fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
@@ -318,25 +344,7 @@ mod tests {
 
     #[test]
     fn progress_serializes_the_fields_consumers_read() {
-        let p = Progress {
-            job_id: "job1".into(),
-            progress: 42.0,
-            state: State::Transcoding,
-            worker: "host:1".into(),
-            attempt: 1,
-            timestamp: now_rfc3339(),
-            eta_secs: None,
-            error: None,
-            error_kind: None,
-            will_retry: None,
-            output_key: None,
-            speed: None,
-            position_secs: None,
-            duration_secs: None,
-            bytes: None,
-            bytes_total: None,
-            bytes_per_sec: None,
-        };
+        let p = Progress::new("job1", "host:1", 1, State::Transcoding, 42.0);
         let v: serde_json::Value = serde_json::to_value(&p).unwrap();
         assert_eq!(v["job_id"], "job1");
         assert_eq!(v["progress"], 42.0);

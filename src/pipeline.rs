@@ -130,23 +130,19 @@ pub const LIKELY_ELEMENTS: &[&str] = &[
 ];
 
 /// Initializes GStreamer and loads the plugins of the element factories
-/// `names` (unknown names are skipped), so a pipeline built later does not
-/// pay for loading them. Returns how many were loaded.
-pub fn preload<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<usize, JobError> {
+/// `names` (unknown names, and plugins that fail to load, are skipped: the
+/// pipeline that needs them reports that), so a pipeline built later does
+/// not pay for loading them.
+pub fn preload<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<(), JobError> {
     init()?;
-    let mut loaded = 0;
-    for name in names {
-        if let Some(factory) = gst::ElementFactory::find(name) {
-            if factory.load().is_ok() {
-                loaded += 1;
-            }
-        }
+    for factory in names.into_iter().filter_map(gst::ElementFactory::find) {
+        let _ = factory.load();
     }
     // Type finding runs on every input: load the type finders too.
     for factory in gst::TypeFindFactory::factories() {
         let _ = factory.load();
     }
-    Ok(loaded)
+    Ok(())
 }
 
 /// The element factories a launch text names (caps filters left out).

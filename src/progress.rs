@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use crate::broker::{Broker, BrokerError};
 use crate::error::JobError;
-use crate::job::{now_rfc3339, Progress, State};
+use crate::job::{Progress, State};
 use crate::status::{AttemptStatus, Status};
 
 /// Shortest gap between two events of the same phase.
@@ -80,25 +80,13 @@ impl Reporter {
     }
 
     fn event(&self, state: State, percent: f64) -> Progress {
-        Progress {
-            job_id: self.job_id.clone(),
-            progress: (percent * 10.0).round() / 10.0,
+        Progress::new(
+            &self.job_id,
+            &self.worker,
+            self.attempt,
             state,
-            worker: self.worker.clone(),
-            attempt: self.attempt,
-            timestamp: now_rfc3339(),
-            eta_secs: None,
-            error: None,
-            error_kind: None,
-            will_retry: None,
-            output_key: None,
-            speed: None,
-            position_secs: None,
-            duration_secs: None,
-            bytes: None,
-            bytes_total: None,
-            bytes_per_sec: None,
-        }
+            (percent * 10.0).round() / 10.0,
+        )
     }
 
     /// While transcoding: the pipeline reached `position_ms` of
