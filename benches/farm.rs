@@ -31,7 +31,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use common::farm::{Farm, WorkerProc, WORKER_BIN};
 use serde_json::json;
-use transcode_worker::job::{Progress, State};
+use transcode_worker::job::{Phase, Progress};
 
 /// The worker's default preset (`h264-mp4`), as configured.
 const PRESET_VIDEO: &str = "videoconvert ! x264enc pass=qual quantizer=23 speed-preset=medium";
@@ -388,7 +388,7 @@ async fn run_job(farm: &Farm, job: serde_json::Value) -> (Duration, Vec<Progress
     let took = start.elapsed();
     assert_eq!(
         last.state,
-        State::Completed,
+        Phase::Completed,
         "job {job_id} failed: {last:?}"
     );
     (took, watch.of(&job_id), published)
@@ -400,7 +400,7 @@ fn job_phases(
     published: SystemTime,
     took: Duration,
 ) -> Vec<(&'static str, f64)> {
-    let at = |state: State| {
+    let at = |state: Phase| {
         events
             .iter()
             .find(|e| e.state == state)
@@ -408,10 +408,10 @@ fn job_phases(
             .expect("event")
     };
     let (d, t, u, c) = (
-        at(State::Downloading),
-        at(State::Transcoding),
-        at(State::Uploading),
-        at(State::Completed),
+        at(Phase::Downloading),
+        at(Phase::Transcoding),
+        at(Phase::Uploading),
+        at(Phase::Completed),
     );
     let received = published + took;
     let ms = |a, b| secs_between(a, b) * 1000.0;
@@ -815,8 +815,8 @@ async fn per_job(opts: &Opts) -> String {
     while done.len() < ids.len() {
         let left = deadline.saturating_duration_since(Instant::now());
         let e = watch.next(left).await;
-        assert!(e.state != State::Failed, "a batch job failed: {e:?}");
-        if e.state == State::Completed {
+        assert!(e.state != Phase::Failed, "a batch job failed: {e:?}");
+        if e.state == Phase::Completed {
             done.insert(e.job_id);
         }
     }
@@ -1014,8 +1014,8 @@ async fn scale_out(opts: &Opts) -> String {
             let e = watch
                 .next(deadline.saturating_duration_since(Instant::now()))
                 .await;
-            assert!(e.state != State::Failed, "a scale-out job failed: {e:?}");
-            if e.state == State::Completed {
+            assert!(e.state != Phase::Failed, "a scale-out job failed: {e:?}");
+            if e.state == Phase::Completed {
                 done.insert(e.job_id);
             }
         }

@@ -191,22 +191,10 @@ pub struct WorkerSettings {
     /// serve the next one (saves about 80 ms a job).
     pub standby_pipeline: bool,
     /// Fault injection for reliability tests: abort the process right after
-    /// this phase of an attempt (`download`, `transcode` or `upload`), as a
-    /// power cut would. Never set in production.
+    /// this phase of an attempt (`downloading`, `transcoding` or
+    /// `uploading`), as a power cut would. Never set in production.
     #[serde(default)]
-    pub crash_after: Option<Phase>,
-}
-
-/// A phase of an attempt, named by fault injection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Phase {
-    /// Fetching the input.
-    Download,
-    /// Running the pipeline.
-    Transcode,
-    /// Storing the output.
-    Upload,
+    pub crash_after: Option<crate::job::Phase>,
 }
 
 /// Pipeline policy.

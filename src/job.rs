@@ -161,20 +161,61 @@ fn check_key(field: &str, key: &str) -> Result<(), JobError> {
     Ok(())
 }
 
-/// The phase a job is in, as published in progress events.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// The phase of one attempt of a job: the one set of words for it, as
+/// progress events publish it (`state`), `inspect` shows it, metrics label
+/// it and fault injection names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum State {
+pub enum Phase {
+    /// Planning, checking the input and the stored output (shown by
+    /// `inspect`; no progress event carries it).
+    Starting,
     /// Fetching the input from storage.
+    #[serde(alias = "download")]
     Downloading,
     /// Running the GStreamer pipeline.
+    #[serde(alias = "transcode")]
     Transcoding,
     /// Storing the output.
+    #[serde(alias = "upload")]
     Uploading,
     /// The output is stored and verified; the last event of a successful attempt.
     Completed,
     /// The attempt failed; the last event of a failed attempt.
     Failed,
+}
+
+impl Phase {
+    /// The phase's word, as in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Starting => "starting",
+            Phase::Downloading => "downloading",
+            Phase::Transcoding => "transcoding",
+            Phase::Uploading => "uploading",
+            Phase::Completed => "completed",
+            Phase::Failed => "failed",
+        }
+    }
+
+    /// The share of an attempt's overall progress this phase covers, as
+    /// (start, end) percent: downloading 0-5, transcoding 5-95, uploading
+    /// 95-99, and 100 only once completed.
+    pub fn span(self) -> (f64, f64) {
+        match self {
+            Phase::Starting | Phase::Downloading => (0.0, 5.0),
+            Phase::Transcoding => (5.0, 95.0),
+            Phase::Uploading => (95.0, 99.0),
+            Phase::Completed => (100.0, 100.0),
+            Phase::Failed => (0.0, 0.0),
+        }
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// A progress event, published to the progress exchange.
@@ -187,7 +228,7 @@ pub struct Progress {
     /// Overall progress of the attempt, 0 to 100; 100 only when completed.
     pub progress: f64,
     /// The phase of the attempt.
-    pub state: State,
+    pub state: Phase,
     /// The worker running the attempt (`host:pid` by default).
     pub worker: String,
     /// The attempt number, starting at 1.
@@ -233,7 +274,7 @@ pub struct Progress {
 impl Progress {
     /// An event of `job_id`'s attempt `attempt` on `worker`, stamped now,
     /// with none of the optional fields.
-    pub fn new(job_id: &str, worker: &str, attempt: u32, state: State, progress: f64) -> Progress {
+    pub fn new(job_id: &str, worker: &str, attempt: u32, state: Phase, progress: f64) -> Progress {
         Progress {
             job_id: job_id.to_string(),
             progress,
@@ -252,6 +293,27 @@ impl Progress {
             bytes: None,
             bytes_total: None,
             bytes_per_sec: None,
+        }
+    }
+}
+
+/// How a job ended, as the last event of its last attempt says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// Its output is stored.
+    Completed,
+    /// It failed for good (it will not be tried again).
+    Failed,
+}
+
+impl Progress {
+    /// How the job ended, when this event is its last: `completed`, or
+    /// `failed` without a retry to come.
+    pub fn ending(&self) -> Option<Ending> {
+        match self.state {
+            Phase::Completed => Some(Ending::Completed),
+            Phase::Failed if self.will_retry != Some(true) => Some(Ending::Failed),
+            _ => None,
         }
     }
 }
@@ -344,7 +406,7 @@ mod tests {
 
     #[test]
     fn progress_serializes_the_fields_consumers_read() {
-        let p = Progress::new("job1", "host:1", 1, State::Transcoding, 42.0);
+        let p = Progress::new("job1", "host:1", 1, Phase::Transcoding, 42.0);
         let v: serde_json::Value = serde_json::to_value(&p).unwrap();
         assert_eq!(v["job_id"], "job1");
         assert_eq!(v["progress"], 42.0);

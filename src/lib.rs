@@ -6,42 +6,60 @@
 //! progress, and acks the job only once the output is safely stored and
 //! its final status is published.
 //!
-//! Layout, one module per concept:
-//! - [`cli`]: the `transcode-worker` command line and exit codes;
-//! - [`config`]: settings from defaults, a file and the environment;
-//! - [`telemetry`]: log set-up;
-//! - [`job`]: the job and progress messages;
-//! - [`error`]: the error type of an attempt and its disposition;
-//! - [`fragment`]: checking the untrusted pipeline fragment;
-//! - [`plan`]: what pipeline a job gets (fragment or preset, container);
-//! - [`broker`]: RabbitMQ (lapin);
-//! - [`storage`]: S3 (rust-s3) and directory backends;
-//! - [`pipeline`]: GStreamer (probe, transcode, verify);
-//! - [`transcoder`]: the pipeline child process and its protocol;
-//! - [`progress`]: progress events of one attempt;
-//! - [`signals`]: waiting for SIGTERM and SIGINT;
-//! - [`worker`]: the consume, process, settle loop;
-//! - [`status`]: the live state of a worker (who, connected, running
-//!   attempts, counts), read by the three below;
-//! - [`control`]: the control exchange (`inspect`, `ping`);
-//! - [`metrics`]: Prometheus metrics and the `/metrics` and `/healthz` server;
-//! - [`watch`]: `watch`, live progress for people.
+//! # Layers
+//!
+//! Each module imports only from the layers below its own.
+//!
+//! 1. **Messages and planning**, pure logic:
+//!    [`error`] (the error of an attempt and its disposition),
+//!    [`job`] (the job and progress messages, the phases of an attempt),
+//!    [`fragment`] (checking untrusted pipeline fragments),
+//!    [`config`] (settings from defaults, a file and the environment),
+//!    [`plan`] (what pipeline a job gets, which elements a worker needs);
+//!    and the process basics [`telemetry`] (logs) and [`signals`].
+//! 2. **Outside systems**, one module each:
+//!    [`broker`] (RabbitMQ through lapin: topology, publishing, a delivered
+//!    job and its header protocol),
+//!    [`storage`] (S3 through rust-s3, or a directory),
+//!    [`pipeline`] (GStreamer: probe, transcode, verify),
+//!    [`transcoder`] (the pipeline child process and its protocol),
+//!    [`scratch`] (the local scratch folder).
+//! 3. **Live state and observation**:
+//!    [`metrics`] (the Prometheus registry), [`status`] (the live state of
+//!    a worker, counted into the metrics), [`progress`] (the progress
+//!    events of one attempt), [`control`] (the control exchange that
+//!    `inspect` and `ping` use), [`follow`] (the one follower of progress
+//!    events), [`http`] (the small HTTP server), [`terminal`] (bars and
+//!    lines for people).
+//! 4. **The worker and the operator commands**:
+//!    [`worker`] (session, attempt, settling), [`commands`] (one function
+//!    per command), [`cli`] (the command line).
+//!
+//! The workspace's other members: `queue-files/` (the CLI that scans a
+//! library, uploads and publishes jobs; it uses this library) and
+//! `tools/s3-test-server/` (the S3 server the tests and benchmarks run).
+
+#![warn(missing_docs)]
 
 pub mod broker;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod control;
 pub mod error;
+pub mod follow;
 pub mod fragment;
+pub mod http;
 pub mod job;
 pub mod metrics;
 pub mod pipeline;
 pub mod plan;
 pub mod progress;
+pub mod scratch;
 pub mod signals;
 pub mod status;
 pub mod storage;
 pub mod telemetry;
+pub mod terminal;
 pub mod transcoder;
-pub mod watch;
 pub mod worker;

@@ -1,5 +1,6 @@
-//! The worker's Prometheus metrics and the small HTTP server that serves
-//! them at `/metrics`, with the health check at `/healthz`.
+//! The worker's Prometheus metrics: the registry and every metric in it.
+//! [`crate::status`] counts into them; [`crate::http`] serves them at
+//! `/metrics`.
 //!
 //! Metrics (OpenMetrics text; counters end in `_total`):
 //!
@@ -16,22 +17,10 @@
 //! | `transcode_broker_connected` | gauge | | 1 while connected to the broker |
 //! | `transcode_worker_info` | info | `worker`, `version` | 1 |
 //! | `transcode_worker_start_time_seconds` | gauge | | when the process started (Unix time) |
-//!
-//! `/healthz` answers 200 when the worker is connected to the broker and no
-//! running attempt is stalled, 503 otherwise, with a JSON body saying why
-//! (see [`Status::health`]). The server is started by
-//! [`MetricsServer::start`] when `metrics.listen` is set.
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::Full;
-use hyper::body::Bytes;
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -41,7 +30,7 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 use crate::error::ErrorKind;
-use crate::status::{AttemptPhase, Status};
+use crate::job::Phase;
 
 /// Upper bounds (seconds) of the duration histograms' buckets: 100 ms to 4 h.
 const DURATION_BUCKETS: [f64; 16] = [
@@ -51,12 +40,6 @@ const DURATION_BUCKETS: [f64; 16] = [
 
 /// Upper bounds of the attempt-number histogram's buckets.
 const ATTEMPT_BUCKETS: [f64; 6] = [1.0, 2.0, 3.0, 4.0, 5.0, 10.0];
-
-/// How long one HTTP connection may stay open.
-const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Connections served at once.
-const MAX_CONNECTIONS: usize = 32;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeKind {
@@ -203,14 +186,14 @@ impl Metrics {
     }
 
     /// A phase ended after `took`; only the three working phases are timed.
-    pub fn phase_ended(&self, phase: AttemptPhase, took: Duration) {
+    pub fn phase_ended(&self, phase: Phase, took: Duration) {
         if matches!(
             phase,
-            AttemptPhase::Downloading | AttemptPhase::Transcoding | AttemptPhase::Uploading
+            Phase::Downloading | Phase::Transcoding | Phase::Uploading
         ) {
             self.phase_duration
                 .get_or_create(&PhaseLabel {
-                    phase: phase.as_str().into(),
+                    phase: phase.to_string(),
                 })
                 .observe(took.as_secs_f64());
         }
@@ -278,108 +261,5 @@ impl Metrics {
             tracing::warn!(error = %e, "cannot encode the metrics");
         }
         text
-    }
-}
-
-/// The HTTP server of `/metrics` and `/healthz`; stops when dropped.
-#[derive(Debug)]
-pub struct MetricsServer {
-    addr: SocketAddr,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl MetricsServer {
-    /// Listens on `addr` (port 0 picks a free one) and serves the metrics
-    /// and health of `status`, which learns the address.
-    pub async fn start(addr: SocketAddr, status: Status) -> std::io::Result<MetricsServer> {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
-        let addr = listener.local_addr()?;
-        status.set_metrics_addr(addr);
-        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok(permit) = slots.clone().acquire_owned().await else {
-                    return;
-                };
-                let stream = match listener.accept().await {
-                    Ok((stream, _)) => stream,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "metrics endpoint: accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                let status = status.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req: Request<_>| {
-                        let response = respond(&status, req.method(), req.uri().path());
-                        async move { Ok::<_, Infallible>(response) }
-                    });
-                    let connection = hyper::server::conn::http1::Builder::new()
-                        .keep_alive(false)
-                        .serve_connection(TokioIo::new(stream), service);
-                    let _ = tokio::time::timeout(CONNECTION_TIMEOUT, connection).await;
-                    drop(permit);
-                });
-            }
-        });
-        Ok(MetricsServer { addr, task })
-    }
-
-    /// The address it listens on.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-}
-
-impl Drop for MetricsServer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// The answer to `method path`.
-fn respond(status: &Status, method: &Method, path: &str) -> Response<Full<Bytes>> {
-    let reply = |code: StatusCode, content_type: &str, body: String| {
-        let mut response = Response::new(Full::new(Bytes::from(body)));
-        *response.status_mut() = code;
-        if let Ok(value) = content_type.parse() {
-            response
-                .headers_mut()
-                .insert(hyper::header::CONTENT_TYPE, value);
-        }
-        response
-    };
-    if method != Method::GET && method != Method::HEAD {
-        return reply(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "text/plain; charset=utf-8",
-            "only GET and HEAD\n".into(),
-        );
-    }
-    match path {
-        "/metrics" => {
-            status.refresh_metrics();
-            reply(
-                StatusCode::OK,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                status.metrics().encode(),
-            )
-        }
-        "/healthz" => {
-            let health = status.health();
-            let code = if health.healthy {
-                StatusCode::OK
-            } else {
-                StatusCode::SERVICE_UNAVAILABLE
-            };
-            let body = serde_json::to_string(&health).unwrap_or_default() + "\n";
-            reply(code, "application/json", body)
-        }
-        _ => reply(
-            StatusCode::NOT_FOUND,
-            "text/plain; charset=utf-8",
-            "not found: try /metrics or /healthz\n".into(),
-        ),
     }
 }

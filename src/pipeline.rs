@@ -145,15 +145,6 @@ pub fn preload<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<(), JobEr
     Ok(())
 }
 
-/// The element factories a launch text names (caps filters left out).
-pub fn factories_in(text: &str) -> Vec<String> {
-    text.split('!')
-        .filter_map(|part| part.split_whitespace().next())
-        .filter(|first| !first.contains('/'))
-        .map(str::to_string)
-        .collect()
-}
-
 /// Checks that GStreamer works and that every element in `factories` is
 /// installed; names the missing ones. Also brings the plugin registry up to
 /// date, so that pipeline processes (which never rewrite it) start from it.

@@ -59,6 +59,37 @@ fn container_for(output_key: &str) -> Result<Container, JobError> {
     Ok(Container { muxer, webm })
 }
 
+/// Every GStreamer element a worker with `settings` may need: its own
+/// source, decoder, queue and sinks, every muxer, the default audio
+/// branches, and each preset's elements. The worker checks at start that
+/// all are installed, and loads their plugins ahead of the jobs.
+pub fn required_elements(settings: &Settings) -> Vec<String> {
+    let mut needed: Vec<String> = ["filesrc", "decodebin", "filesink", "queue", "fakesink"]
+        .iter()
+        .chain(MUXERS)
+        .map(|s| s.to_string())
+        .collect();
+    for text in [DEFAULT_AAC, DEFAULT_OPUS] {
+        needed.extend(factories_in(text));
+    }
+    for preset in settings.presets.values() {
+        needed.extend(factories_in(&preset.video));
+        needed.extend(preset.audio.iter().flat_map(|a| factories_in(a)));
+    }
+    needed.sort_unstable();
+    needed.dedup();
+    needed
+}
+
+/// The element factories a launch text names (caps filters left out).
+pub fn factories_in(text: &str) -> Vec<String> {
+    text.split('!')
+        .filter_map(|part| part.split_whitespace().next())
+        .filter(|first| !first.contains('/'))
+        .map(str::to_string)
+        .collect()
+}
+
 /// Works out the pipeline for `job` under `settings`.
 pub fn plan(job: &Job, settings: &Settings) -> Result<Plan, JobError> {
     check_prefix(
@@ -240,6 +271,28 @@ mod tests {
         j.input_key = "uploads/a.wmv".into();
         j.output_key = "elsewhere/o.mp4".into();
         assert!(plan(&j, &s).unwrap_err().message.contains("output_key"));
+    }
+
+    #[test]
+    fn required_elements_cover_the_worker_the_muxers_and_every_preset() {
+        let needed = required_elements(&settings(&[]));
+        for element in [
+            "filesrc",
+            "decodebin",
+            "mp4mux",
+            "webmmux",
+            "avenc_aac",
+            "opusenc",
+            "x264enc",
+            "x265enc",
+            "vp9enc",
+        ] {
+            assert!(
+                needed.iter().any(|n| n == element),
+                "{element} missing from {needed:?}"
+            );
+        }
+        assert!(!needed.iter().any(|n| n.contains('/')), "{needed:?}");
     }
 
     #[test]

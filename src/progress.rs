@@ -2,8 +2,9 @@
 //! [`Progress`] events that are monotonic, rate-limited, and end with one
 //! `completed` or `failed` event published with a broker confirm.
 //!
-//! Overall progress is split by phase: downloading 0-5 %, transcoding
-//! 5-95 %, uploading 95-99 %, and 100 % only once the job is completed. An
+//! Overall progress is split by phase ([`Phase::span`]): downloading 0-5 %,
+//! transcoding 5-95 %, uploading 95-99 %, and 100 % only once the job is
+//! completed. An
 //! event goes out on every phase change, on each whole-percent change (at
 //! most four a second), and at least every two seconds.
 //!
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use crate::broker::{Broker, BrokerError};
 use crate::error::JobError;
-use crate::job::{Progress, State};
+use crate::job::{Phase, Progress};
 use crate::status::{AttemptStatus, Status};
 
 /// Shortest gap between two events of the same phase.
@@ -26,20 +27,9 @@ const MIN_INTERVAL: Duration = Duration::from_millis(250);
 /// ticks of at most 500 ms this keeps every gap under two seconds.
 const MAX_INTERVAL: Duration = Duration::from_millis(1500);
 
-/// The share of overall progress each phase covers, as (start, end) percent.
-fn span(state: State) -> (f64, f64) {
-    match state {
-        State::Downloading => (0.0, 5.0),
-        State::Transcoding => (5.0, 95.0),
-        State::Uploading => (95.0, 99.0),
-        State::Completed => (100.0, 100.0),
-        State::Failed => (0.0, 0.0),
-    }
-}
-
 #[derive(Debug)]
 struct Last {
-    state: Option<State>,
+    state: Option<Phase>,
     percent: f64,
     sent_at: Option<Instant>,
 }
@@ -79,7 +69,7 @@ impl Reporter {
         }
     }
 
-    fn event(&self, state: State, percent: f64) -> Progress {
+    fn event(&self, state: Phase, percent: f64) -> Progress {
         Progress::new(
             &self.job_id,
             &self.worker,
@@ -97,15 +87,15 @@ impl Reporter {
 
     /// While downloading or uploading (`state`): `done` of `total` bytes
     /// moved so far (for the speed in events, and the byte counters).
-    pub fn transferred(&self, state: State, done: u64, total: u64) {
+    pub fn transferred(&self, state: Phase, done: u64, total: u64) {
         self.status.transferred(state, done, total);
     }
 
     /// Reports that `state` is `fraction` (0 to 1) done, with an optional
     /// ETA; publishes only when the rate rules say so. Never fails: a lost
     /// intermediate event is logged and forgotten.
-    pub async fn update(&self, state: State, fraction: f64, eta: Option<Duration>) {
-        let (start, end) = span(state);
+    pub async fn update(&self, state: Phase, fraction: f64, eta: Option<Duration>) {
+        let (start, end) = state.span();
         let percent = start + (end - start) * fraction.clamp(0.0, 1.0);
         self.status.update(state, percent, eta);
         let now = Instant::now();
@@ -141,7 +131,7 @@ impl Reporter {
 
     /// Publishes the `completed` event (100 %) and waits for the broker's confirm.
     pub async fn completed(&self, output_key: &str) -> Result<(), BrokerError> {
-        let mut event = self.event(State::Completed, 100.0);
+        let mut event = self.event(Phase::Completed, 100.0);
         event.output_key = Some(output_key.to_string());
         let result = self.broker.publish_progress(&event, true).await;
         match &result {
@@ -157,7 +147,7 @@ impl Reporter {
     /// Publishes the `failed` event for `error` and waits for the broker's confirm.
     pub async fn failed(&self, error: &JobError, will_retry: bool) -> Result<(), BrokerError> {
         let percent = self.last.lock().unwrap_or_else(|e| e.into_inner()).percent;
-        let mut event = self.event(State::Failed, percent);
+        let mut event = self.event(Phase::Failed, percent);
         event.error = Some(error.message.clone());
         event.error_kind = Some(error.kind);
         event.will_retry = Some(will_retry);

@@ -6,72 +6,28 @@
 //!
 //! The worker feeds it through [`Status::attempt`] (one [`AttemptStatus`]
 //! per attempt, held by the attempt's [`Reporter`](crate::progress::Reporter)
-//! and removed when dropped) and [`Status::connected`]; `inspect` answers
+//! and removed when dropped), and its broker session through
+//! [`Status::connected`] and [`Status::disconnected`]; `inspect` answers
 //! with a [`Status::snapshot`] (see [`crate::control`]), and `/metrics` and
-//! `/healthz` read it (see [`crate::metrics`]). Every change is also counted
-//! in the worker's Prometheus metrics, which this module owns.
+//! `/healthz` read it (see [`crate::http`]). Every change is also counted
+//! in the worker's Prometheus [`Metrics`], which it holds.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::broker::Broker;
 use crate::config::Settings;
 use crate::error::ErrorKind;
-use crate::job::State;
+use crate::job::Phase;
 use crate::metrics::Metrics;
 
 /// Extra time beyond a phase's own stall limit before `/healthz` calls a
 /// running attempt stalled (the worker aborts it at the limit itself, so
 /// only a wedged worker gets there).
 pub const STALL_GRACE: Duration = Duration::from_secs(60);
-
-/// What a running attempt is doing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AttemptPhase {
-    /// Planning, checking the input and the stored output.
-    Starting,
-    /// Fetching the input.
-    Downloading,
-    /// Running the pipeline.
-    Transcoding,
-    /// Storing the output.
-    Uploading,
-    /// Completed; the delivery is being acked.
-    Completed,
-    /// Failed; the delivery is being retried, given back or dead-lettered.
-    Failed,
-}
-
-impl AttemptPhase {
-    /// The phase's word, as in JSON.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AttemptPhase::Starting => "starting",
-            AttemptPhase::Downloading => "downloading",
-            AttemptPhase::Transcoding => "transcoding",
-            AttemptPhase::Uploading => "uploading",
-            AttemptPhase::Completed => "completed",
-            AttemptPhase::Failed => "failed",
-        }
-    }
-}
-
-impl From<State> for AttemptPhase {
-    fn from(state: State) -> Self {
-        match state {
-            State::Downloading => AttemptPhase::Downloading,
-            State::Transcoding => AttemptPhase::Transcoding,
-            State::Uploading => AttemptPhase::Uploading,
-            State::Completed => AttemptPhase::Completed,
-            State::Failed => AttemptPhase::Failed,
-        }
-    }
-}
 
 /// One running attempt, as `inspect` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -81,7 +37,7 @@ pub struct JobInfo {
     /// The attempt number, starting at 1.
     pub attempt: u32,
     /// What it is doing.
-    pub phase: AttemptPhase,
+    pub phase: Phase,
     /// Overall progress of the attempt, 0 to 100 (as in progress events).
     pub progress: f64,
     /// Seconds since the attempt began.
@@ -161,13 +117,13 @@ struct Limits {
 }
 
 impl Limits {
-    fn of(&self, phase: AttemptPhase) -> Duration {
+    fn of(&self, phase: Phase) -> Duration {
         let limit = match phase {
-            AttemptPhase::Starting => self.starting,
-            AttemptPhase::Downloading => self.downloading,
-            AttemptPhase::Transcoding => self.transcoding,
-            AttemptPhase::Uploading => self.uploading,
-            AttemptPhase::Completed | AttemptPhase::Failed => self.settling,
+            Phase::Starting => self.starting,
+            Phase::Downloading => self.downloading,
+            Phase::Transcoding => self.transcoding,
+            Phase::Uploading => self.uploading,
+            Phase::Completed | Phase::Failed => self.settling,
         };
         limit + STALL_GRACE
     }
@@ -189,7 +145,7 @@ struct Identity {
 struct Running {
     job_id: String,
     attempt: u32,
-    phase: AttemptPhase,
+    phase: Phase,
     percent: f64,
     started: Instant,
     phase_started: Instant,
@@ -207,7 +163,7 @@ impl Running {
     fn speed(&self, now: Instant) -> Option<f64> {
         let elapsed = now.duration_since(self.phase_started).as_secs_f64();
         let (position, _) = self.media?;
-        (self.phase == AttemptPhase::Transcoding && elapsed > 0.0 && position > 0)
+        (self.phase == Phase::Transcoding && elapsed > 0.0 && position > 0)
             .then(|| position as f64 / 1000.0 / elapsed)
     }
 
@@ -218,9 +174,19 @@ impl Running {
     }
 }
 
+/// Tells whether a broker session's connection is up.
+struct ConnectionProbe(Box<dyn Fn() -> bool + Send + Sync>);
+
+impl std::fmt::Debug for ConnectionProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConnectionProbe")
+    }
+}
+
 #[derive(Debug, Default)]
 struct Live {
-    broker: Option<Weak<Broker>>,
+    /// While a broker session runs: tells whether its connection is up.
+    connection: Option<ConnectionProbe>,
     disconnected_at: Option<Instant>,
     metrics_addr: Option<SocketAddr>,
     jobs: BTreeMap<u64, Running>,
@@ -298,19 +264,19 @@ impl Status {
         &self.inner.metrics
     }
 
-    /// Records that the worker is connected through `broker` (until
-    /// [`Status::disconnected`]); it counts as connected while that
-    /// connection is up.
-    pub fn connected(&self, broker: &Arc<Broker>) {
+    /// Records that a broker session began (until
+    /// [`Status::disconnected`]); the worker counts as connected while
+    /// `probe` says its connection is up.
+    pub fn connected(&self, probe: impl Fn() -> bool + Send + Sync + 'static) {
         let mut live = self.live();
-        live.broker = Some(Arc::downgrade(broker));
+        live.connection = Some(ConnectionProbe(Box::new(probe)));
         live.disconnected_at = None;
     }
 
     /// Records that the worker's broker session ended.
     pub fn disconnected(&self) {
         let mut live = self.live();
-        live.broker = None;
+        live.connection = None;
         live.disconnected_at.get_or_insert_with(Instant::now);
     }
 
@@ -331,7 +297,7 @@ impl Status {
             Running {
                 job_id: job_id.to_string(),
                 attempt,
-                phase: AttemptPhase::Starting,
+                phase: Phase::Starting,
                 percent: 0.0,
                 started: now,
                 phase_started: now,
@@ -351,11 +317,7 @@ impl Status {
 
     /// Whether the broker connection is up, and since when it is down.
     fn connection(live: &Live) -> (bool, Option<Instant>) {
-        let up = live
-            .broker
-            .as_ref()
-            .and_then(Weak::upgrade)
-            .is_some_and(|b| b.is_connected());
+        let up = live.connection.as_ref().is_some_and(|probe| (probe.0)());
         (up, live.disconnected_at)
     }
 
@@ -474,10 +436,10 @@ impl AttemptStatus {
     /// The attempt is in `state`, `percent` (0-100) done overall, with an
     /// optional ETA. A new phase ends the previous one (its duration is
     /// observed); a higher percentage counts as progress.
-    pub fn update(&self, state: State, percent: f64, eta: Option<Duration>) {
+    pub fn update(&self, state: Phase, percent: f64, eta: Option<Duration>) {
         let now = Instant::now();
         self.with(|r, metrics| {
-            let phase = AttemptPhase::from(state);
+            let phase = state;
             if phase != r.phase {
                 metrics.phase_ended(r.phase, now.duration_since(r.phase_started));
                 r.phase = phase;
@@ -515,7 +477,7 @@ impl AttemptStatus {
     /// out): `done` of `total` bytes moved so far. Moved bytes count as
     /// progress and go into the byte counters; a transfer that started over
     /// (a retry) counts its bytes again.
-    pub fn transferred(&self, state: State, done: u64, total: u64) {
+    pub fn transferred(&self, state: Phase, done: u64, total: u64) {
         let now = Instant::now();
         self.with(|r, metrics| {
             let before = r.bytes.map_or(0, |(d, _)| d);
@@ -529,7 +491,7 @@ impl AttemptStatus {
             };
             r.bytes_counted = done;
             r.bytes = Some((done, total));
-            metrics.add_bytes(state == State::Downloading, fresh);
+            metrics.add_bytes(state == Phase::Downloading, fresh);
         });
     }
 
@@ -539,7 +501,7 @@ impl AttemptStatus {
         let done = self.with(|r, metrics| {
             metrics.phase_ended(r.phase, now.duration_since(r.phase_started));
             metrics.attempt_ended(None, false, r.attempt, now.duration_since(r.started));
-            r.phase = AttemptPhase::Completed;
+            r.phase = Phase::Completed;
             r.phase_started = now;
             r.moved_at = now;
             r.percent = 100.0;
@@ -560,7 +522,7 @@ impl AttemptStatus {
                 r.attempt,
                 now.duration_since(r.started),
             );
-            r.phase = AttemptPhase::Failed;
+            r.phase = Phase::Failed;
             r.phase_started = now;
             r.moved_at = now;
         });
@@ -635,10 +597,10 @@ mod tests {
     fn attempts_show_while_held_and_count_when_they_end() {
         let s = status();
         let a = s.attempt("job1", 2);
-        a.update(State::Downloading, 1.0, None);
-        a.transferred(State::Downloading, 500, 1000);
-        a.transferred(State::Downloading, 1000, 1000);
-        a.update(State::Transcoding, 50.0, Some(Duration::from_secs(3)));
+        a.update(Phase::Downloading, 1.0, None);
+        a.transferred(Phase::Downloading, 500, 1000);
+        a.transferred(Phase::Downloading, 1000, 1000);
+        a.update(Phase::Transcoding, 50.0, Some(Duration::from_secs(3)));
         a.media_position(2000, Some(4000));
         let info = s.snapshot();
         assert_eq!(info.worker, "w1");
@@ -647,7 +609,7 @@ mod tests {
         let job = &info.jobs[0];
         assert_eq!(
             (job.job_id.as_str(), job.attempt, job.phase),
-            ("job1", 2, AttemptPhase::Transcoding)
+            ("job1", 2, Phase::Transcoding)
         );
         assert_eq!(job.progress, 50.0);
         assert_eq!(job.eta_secs, Some(3.0));
@@ -657,7 +619,7 @@ mod tests {
         assert_eq!(figures.duration_secs, Some(4.0));
 
         a.completed();
-        assert_eq!(s.snapshot().jobs[0].phase, AttemptPhase::Completed);
+        assert_eq!(s.snapshot().jobs[0].phase, Phase::Completed);
         drop(a);
         let b = s.attempt("job2", 1);
         b.failed(ErrorKind::InputNotFound, false);
@@ -691,7 +653,7 @@ mod tests {
         assert!(!h.healthy && !h.connected, "{h:?}");
         assert!(h.reason.contains("not connected"), "{h:?}");
         let a = s.attempt("slow", 1);
-        a.update(State::Transcoding, 10.0, None);
+        a.update(Phase::Transcoding, 10.0, None);
         let now = Instant::now();
         // The transcode stall limit is 1 ms, plus the grace.
         assert!(s.health_at(now).stalled.is_empty());

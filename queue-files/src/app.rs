@@ -30,7 +30,8 @@ use crate::publish::{self, one_line};
 use crate::record::{self, Marker, Status};
 use crate::scan::{self, Filter, Found, Stability};
 use crate::ui::{Summary, Ui};
-use crate::wait::{Followed, Follower};
+use crate::wait::Followed;
+use transcode_worker::follow::{Follower, Stop};
 
 /// Exit status for bad options or settings.
 pub const EXIT_USAGE: u8 = 2;
@@ -265,7 +266,8 @@ impl Run {
         if !cli.dry_run {
             let connected = Arc::new(publish::connect(&settings).await.map_err(Fatal::runtime)?);
             if cli.wait {
-                follower = Some(Follower::start(&connected).await.map_err(|e| {
+                let tag = format!("queue-files-wait-{}", std::process::id());
+                follower = Some(Follower::start(&connected, &tag).await.map_err(|e| {
                     Fatal::runtime(format!("cannot follow the progress events: {e}"))
                 })?);
             }
@@ -395,41 +397,42 @@ impl Run {
         let interrupted_scan = self.cancel.is_cancelled() && !self.cli.watch;
         let mut wait_failed = false;
         let mut interrupted = interrupted_scan;
-        if let (Some(follower), Some(broker)) = (self.follower.take(), self.broker.clone()) {
+        if let Some(mut follower) = self.follower.take() {
             if !interrupted_scan && !self.broker_lost {
                 let pending_archive = std::mem::take(&mut self.pending_archive);
                 let archive = self.archive.clone();
                 let ui = self.ui.clone();
                 let mut archive_failures = 0;
-                let result = follower
-                    .follow(
-                        &broker,
-                        &self.followed,
-                        &self.ui,
-                        self.cli.wait_timeout,
-                        &self.cancel,
-                        |job_id, completed| {
-                            if !completed {
-                                return;
+                let result = crate::wait::follow(
+                    &mut follower,
+                    &self.followed,
+                    &self.ui,
+                    self.cli.wait_timeout,
+                    &self.cancel,
+                    |job_id, completed| {
+                        if !completed {
+                            return;
+                        }
+                        if let (Some(dir), Some((path, rel))) =
+                            (&archive, pending_archive.get(job_id))
+                        {
+                            if !archive_one(&ui, path, dir, rel) {
+                                archive_failures += 1;
                             }
-                            if let (Some(dir), Some((path, rel))) =
-                                (&archive, pending_archive.get(job_id))
-                            {
-                                if !archive_one(&ui, path, dir, rel) {
-                                    archive_failures += 1;
-                                }
-                            }
-                        },
-                    )
-                    .await;
+                        }
+                    },
+                )
+                .await;
+                follower.close().await;
                 self.archive_failures += archive_failures;
                 self.summary.completed = result.completed;
                 self.summary.jobs_failed = result.failed;
                 if let Some(why) = &result.stopped {
                     wait_failed = true;
-                    interrupted |= result.interrupted;
+                    interrupted |= *why == Stop::Interrupted;
                     self.ui.line(&format!(
-                        "queue-files: {why}; {} job(s) unfinished: {}",
+                        "queue-files: {} while waiting; {} job(s) unfinished: {}",
+                        why,
                         result.unfinished.len(),
                         result.unfinished.join(", ")
                     ));

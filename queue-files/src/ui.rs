@@ -50,7 +50,7 @@ impl Ui {
 
     /// A line on standard output (job JSON), above any bars.
     pub fn out(&self, text: &str) {
-        transcode_worker::watch::print_above(self.multi.as_ref(), text);
+        transcode_worker::terminal::print_above(self.multi.as_ref(), text);
     }
 
     /// A byte bar for an upload of `total` bytes, or a plain-log reporter.

@@ -17,7 +17,7 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer
 use tempfile::TempDir;
 use transcode_worker::broker::Broker;
 use transcode_worker::config::Settings;
-use transcode_worker::job::{Progress, State};
+use transcode_worker::job::{Phase, Progress};
 
 use super::services::{shared_rabbit, shared_s3, RabbitNode, S3Server};
 use super::{random_name, with_timeout, DEFAULT_TIMEOUT};
@@ -522,7 +522,7 @@ impl ProgressWatch {
     pub async fn until_encoding(&mut self, job_id: Option<&str>, timeout: Duration) -> Progress {
         self.until(timeout, |e| {
             job_id.is_none_or(|id| e.job_id == id)
-                && e.state == State::Transcoding
+                && e.state == Phase::Transcoding
                 && e.progress > 5.0
         })
         .await
@@ -542,8 +542,8 @@ impl ProgressWatch {
             }
             let event = self.next(left).await;
             if event.job_id == job_id
-                && (event.state == State::Completed
-                    || (event.state == State::Failed && event.will_retry == Some(false)))
+                && (event.state == Phase::Completed
+                    || (event.state == Phase::Failed && event.will_retry == Some(false)))
             {
                 return event;
             }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 use transcode_worker::error::ErrorKind;
-use transcode_worker::job::State;
+use transcode_worker::job::Phase;
 
 use crate::common::farm::{Farm, WORKER_BIN};
 use crate::common::{children_of, pipelines_of};
@@ -456,7 +456,7 @@ async fn supervisorctl_stop_mid_job_gives_the_job_to_the_other_worker_and_start_
     .await;
     let taker = loop {
         let e = watch.next(JOB_TIMEOUT).await;
-        if e.job_id == "tape-1" && e.state == State::Transcoding && e.progress > 5.0 {
+        if e.job_id == "tape-1" && e.state == Phase::Transcoding && e.progress > 5.0 {
             break e.worker;
         }
     };
@@ -515,12 +515,12 @@ async fn supervisorctl_stop_mid_job_gives_the_job_to_the_other_worker_and_start_
 
     // The job went back to the queue and the other worker finished it.
     let last = watch.until_final("tape-1", JOB_TIMEOUT).await;
-    assert_eq!(last.state, State::Completed, "{last:#?}");
+    assert_eq!(last.state, Phase::Completed, "{last:#?}");
     assert_eq!(last.worker, worker_id(other), "{:#?}", watch.of("tape-1"));
     let given_back = watch
         .of("tape-1")
         .into_iter()
-        .find(|e| e.worker == worker_id(stopped) && e.state == State::Failed)
+        .find(|e| e.worker == worker_id(stopped) && e.state == Phase::Failed)
         .unwrap_or_else(|| {
             panic!(
                 "no failed event from the stopped worker: {:#?}",
@@ -551,7 +551,7 @@ async fn supervisorctl_stop_mid_job_gives_the_job_to_the_other_worker_and_start_
     }))
     .await;
     let last = watch.until_final("tape-2", JOB_TIMEOUT).await;
-    assert_eq!(last.state, State::Completed, "{last:#?}");
+    assert_eq!(last.state, Phase::Completed, "{last:#?}");
     assert_eq!(last.worker, worker_id(stopped));
     assert!(farm.output_exists("mp4/vhs-2.mp4").await);
     drop(sup);

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use transcode_worker::error::ErrorKind;
-use transcode_worker::job::{Progress, State};
+use transcode_worker::job::{Phase, Progress};
 
 use crate::common::farm::{Farm, Rabbit, WORKER_BIN};
 use crate::common::services::{free_port, shared_s3, RabbitNode, RabbitOptions};
@@ -192,7 +192,7 @@ async fn inspect_shows_every_worker_and_its_current_job_and_ping_lists_them() {
     .await;
     let taker = loop {
         let e = watch.next(JOB_TIMEOUT).await;
-        if e.job_id == "tape-7" && e.state == State::Transcoding {
+        if e.job_id == "tape-7" && e.state == Phase::Transcoding {
             break e.worker;
         }
     };
@@ -307,7 +307,7 @@ async fn metrics_count_a_completed_and_a_failed_job_and_the_dashboard_uses_real_
     )
     .await;
     let good = watch.until_final("good", JOB_TIMEOUT).await;
-    assert_eq!(good.state, State::Completed, "{good:#?}");
+    assert_eq!(good.state, Phase::Completed, "{good:#?}");
     let bad = watch.until_final("bad", JOB_TIMEOUT).await;
     assert_eq!(bad.error_kind, Some(ErrorKind::InputNotFound), "{bad:#?}");
 
@@ -527,11 +527,11 @@ async fn watch_prints_progress_and_the_end_of_each_job_without_taking_events() {
         .collect();
     assert!(events.iter().all(|e| e.job_id == "ok"), "{events:#?}");
     let last = events.last().expect("events");
-    assert_eq!(last.state, State::Completed, "{events:#?}");
+    assert_eq!(last.state, Phase::Completed, "{events:#?}");
     assert_eq!(last.output_key.as_deref(), Some("out/a.mp4"));
     let transcoding: Vec<&Progress> = events
         .iter()
-        .filter(|e| e.state == State::Transcoding)
+        .filter(|e| e.state == Phase::Transcoding)
         .collect();
     assert!(!transcoding.is_empty(), "{events:#?}");
     assert!(
@@ -562,11 +562,11 @@ async fn watch_prints_progress_and_the_end_of_each_job_without_taking_events() {
         .iter()
         .map(|(body, _)| serde_json::from_slice(body).unwrap())
         .collect();
-    let ends: HashMap<&str, State> = kept
+    let ends: HashMap<&str, Phase> = kept
         .iter()
-        .filter(|e| e.state == State::Completed || e.state == State::Failed)
+        .filter(|e| e.state == Phase::Completed || e.state == Phase::Failed)
         .map(|e| (e.job_id.as_str(), e.state))
         .collect();
-    assert_eq!(ends.get("ok"), Some(&State::Completed), "{kept:#?}");
-    assert_eq!(ends.get("missing"), Some(&State::Failed), "{kept:#?}");
+    assert_eq!(ends.get("ok"), Some(&Phase::Completed), "{kept:#?}");
+    assert_eq!(ends.get("missing"), Some(&Phase::Failed), "{kept:#?}");
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use transcode_worker::error::ErrorKind;
-use transcode_worker::job::State;
+use transcode_worker::job::Phase;
 
 use crate::common::farm::{Farm, Rabbit};
 use crate::common::services::{shared_s3, RabbitNode, RabbitOptions, S3Server};
@@ -46,7 +46,7 @@ async fn jobs_run_in_the_standby_pipeline_process_and_a_dead_standby_is_replaced
         "the job runs in the standby"
     );
     let first = watch.until_final("first", JOB_TIMEOUT).await;
-    assert_eq!(first.state, State::Completed, "{first:#?}");
+    assert_eq!(first.state, Phase::Completed, "{first:#?}");
     wait_for(JOB_TIMEOUT, "the same process waiting again", || async {
         worker.standbys() == vec![standby] && worker.pipelines().is_empty()
     })
@@ -61,7 +61,7 @@ async fn jobs_run_in_the_standby_pipeline_process_and_a_dead_standby_is_replaced
     assert_eq!(running.len(), 1, "{running:?}");
     assert_ne!(running[0], standby);
     let second = watch.until_final("second", JOB_TIMEOUT).await;
-    assert_eq!(second.state, State::Completed, "{second:#?}");
+    assert_eq!(second.state, Phase::Completed, "{second:#?}");
     assert_eq!(second.attempt, 1, "no attempt was lost to the dead standby");
 }
 
@@ -79,7 +79,7 @@ async fn a_crashing_pipeline_fails_one_attempt_and_the_worker_goes_on() {
     // SAFETY: kill(2) on the worker's own child.
     unsafe { libc::kill(children[0], libc::SIGSEGV) };
 
-    let failed = watch.until(JOB_TIMEOUT, |e| e.state == State::Failed).await;
+    let failed = watch.until(JOB_TIMEOUT, |e| e.state == Phase::Failed).await;
     assert_eq!(
         failed.error_kind,
         Some(ErrorKind::PipelineCrashed),
@@ -91,7 +91,7 @@ async fn a_crashing_pipeline_fails_one_attempt_and_the_worker_goes_on() {
     );
     assert_eq!(failed.will_retry, Some(true));
     let last = watch.until_final("seg", JOB_TIMEOUT).await;
-    assert_eq!(last.state, State::Completed, "{last:#?}");
+    assert_eq!(last.state, Phase::Completed, "{last:#?}");
     assert_eq!(last.attempt, 2);
     assert_eq!(last.worker, worker.name, "the same worker process went on");
 }
@@ -114,14 +114,14 @@ async fn a_job_that_kills_every_worker_ends_in_the_dead_letter_queue() {
     // The next worker does not run it a third time: it dead-letters it.
     let _w = farm.spawn_worker(&[max]);
     let last = watch.until_final("poison", JOB_TIMEOUT).await;
-    assert_eq!(last.state, State::Failed, "{last:#?}");
+    assert_eq!(last.state, Phase::Failed, "{last:#?}");
     assert_eq!(last.error_kind, Some(ErrorKind::AttemptsExhausted));
     assert_eq!(last.attempt, 3);
     assert!(
         watch
             .of("poison")
             .iter()
-            .all(|e| e.attempt < 3 || e.state != State::Transcoding),
+            .all(|e| e.attempt < 3 || e.state != Phase::Transcoding),
         "the third delivery was not transcoded"
     );
     wait_for(JOB_TIMEOUT, "the dead letter", || async {
@@ -150,10 +150,10 @@ async fn sigterm_with_a_short_drain_gives_the_job_back_to_another_worker() {
     );
     let given_back = watch
         .until(JOB_TIMEOUT, |e| {
-            e.state == State::Failed || e.state == State::Completed
+            e.state == Phase::Failed || e.state == Phase::Completed
         })
         .await;
-    assert_eq!(given_back.state, State::Failed, "{given_back:#?}");
+    assert_eq!(given_back.state, Phase::Failed, "{given_back:#?}");
     assert_eq!(given_back.error_kind, Some(ErrorKind::Shutdown));
     assert_eq!(given_back.will_retry, Some(true));
     // Its scratch folder is gone, and its pipeline process with it.
@@ -162,7 +162,7 @@ async fn sigterm_with_a_short_drain_gives_the_job_back_to_another_worker() {
 
     let second = farm.spawn_worker(&[SLOW]);
     let last = watch.until_final("drain", JOB_TIMEOUT).await;
-    assert_eq!(last.state, State::Completed, "{last:#?}");
+    assert_eq!(last.state, Phase::Completed, "{last:#?}");
     assert_eq!(last.worker, second.name);
 }
 
@@ -179,12 +179,12 @@ async fn sigterm_with_a_long_drain_lets_the_job_finish_then_exits() {
         .await;
     watch
         .until(JOB_TIMEOUT, |e| {
-            e.job_id == "finish" && e.state == State::Transcoding
+            e.job_id == "finish" && e.state == Phase::Transcoding
         })
         .await;
     worker.signal(libc::SIGTERM);
     let last = watch.until_final("finish", JOB_TIMEOUT).await;
-    assert_eq!(last.state, State::Completed, "{last:#?}");
+    assert_eq!(last.state, Phase::Completed, "{last:#?}");
     assert_eq!(last.worker, worker.name);
     let status = worker.wait_exit(Duration::from_secs(30)).await;
     assert!(status.success(), "{status:?}");
@@ -335,7 +335,7 @@ async fn a_storage_outage_is_retried_until_storage_is_back() {
     let _worker = farm.spawn_worker(&extra);
     farm.publish_job(json!({"job_id": "outage", "input_key": "a.mov", "output_key": "o/a.mp4"}))
         .await;
-    let failed = watch.until(JOB_TIMEOUT, |e| e.state == State::Failed).await;
+    let failed = watch.until(JOB_TIMEOUT, |e| e.state == Phase::Failed).await;
     assert_eq!(
         failed.error_kind,
         Some(ErrorKind::StorageUnavailable),
@@ -344,7 +344,7 @@ async fn a_storage_outage_is_retried_until_storage_is_back() {
     assert_eq!(failed.will_retry, Some(true));
     s3.resume();
     let last = watch.until_final("outage", JOB_TIMEOUT).await;
-    assert_eq!(last.state, State::Completed, "{last:#?}");
+    assert_eq!(last.state, Phase::Completed, "{last:#?}");
     assert!(farm.dead_letters().await.is_empty());
 }
 
@@ -372,8 +372,8 @@ async fn a_job_longer_than_the_consumer_timeout_is_never_lost_nor_run_twice_at_o
         most_pipelines = most_pipelines.max(worker.pipelines().len());
         let e = watch.next(JOB_TIMEOUT).await;
         if e.job_id == "long"
-            && (e.state == State::Completed
-                || (e.state == State::Failed && e.will_retry == Some(false)))
+            && (e.state == Phase::Completed
+                || (e.state == Phase::Failed && e.will_retry == Some(false)))
         {
             break e;
         }
@@ -384,7 +384,7 @@ async fn a_job_longer_than_the_consumer_timeout_is_never_lost_nor_run_twice_at_o
     let cut: Vec<_> = watch
         .of("long")
         .into_iter()
-        .filter(|e| e.state == State::Failed && e.will_retry == Some(true))
+        .filter(|e| e.state == Phase::Failed && e.will_retry == Some(true))
         .collect();
     assert_eq!(cut.len(), 2, "{:#?}", watch.of("long"));
     for e in &cut {
@@ -392,7 +392,7 @@ async fn a_job_longer_than_the_consumer_timeout_is_never_lost_nor_run_twice_at_o
         assert!(error.contains("consumer_timeout"), "{error}");
         assert_eq!(e.error_kind, Some(ErrorKind::BrokerUnavailable));
     }
-    assert_eq!(last.state, State::Failed);
+    assert_eq!(last.state, Phase::Failed);
     assert_eq!(last.error_kind, Some(ErrorKind::AttemptsExhausted));
     wait_for(JOB_TIMEOUT, "the dead letter", || async {
         farm.dead_letters().await.len() == 1
@@ -425,7 +425,7 @@ async fn a_black_holed_broker_connection_is_noticed_and_the_job_still_completes(
     farm.publish_job(slow_job("hole", "a.mov", "o/a.mp4", 100_000))
         .await;
     watch
-        .until(JOB_TIMEOUT, |e| e.state == State::Transcoding)
+        .until(JOB_TIMEOUT, |e| e.state == Phase::Transcoding)
         .await;
     // The network path to the broker goes silent without closing.
     relay.pause();
@@ -440,12 +440,12 @@ async fn a_black_holed_broker_connection_is_noticed_and_the_job_still_completes(
     .await;
     relay.resume();
     let last = watch.until_final("hole", JOB_TIMEOUT).await;
-    assert_eq!(last.state, State::Completed, "{last:#?}");
+    assert_eq!(last.state, Phase::Completed, "{last:#?}");
     assert!(last.attempt >= 2, "{last:#?}");
     let completed = watch
         .of("hole")
         .iter()
-        .filter(|e| e.state == State::Completed)
+        .filter(|e| e.state == Phase::Completed)
         .count();
     assert_eq!(completed, 1);
 }
@@ -478,10 +478,10 @@ async fn storage_connections_cut_mid_transfer_are_retried_and_nothing_partial_is
     // Cut the upload once it has started.
     loop {
         let e = watch.next(JOB_TIMEOUT).await;
-        if e.state == State::Uploading {
+        if e.state == Phase::Uploading {
             break;
         }
-        assert_ne!(e.state, State::Failed, "{e:#?}");
+        assert_ne!(e.state, Phase::Failed, "{e:#?}");
     }
     let before = relay.relayed();
     wait_for(JOB_TIMEOUT, "the upload under way", || async {
@@ -494,7 +494,7 @@ async fn storage_connections_cut_mid_transfer_are_retried_and_nothing_partial_is
         "no partial output is visible"
     );
     let last = watch.until_final("cut", JOB_TIMEOUT).await;
-    assert_eq!(last.state, State::Completed, "{last:#?}");
+    assert_eq!(last.state, Phase::Completed, "{last:#?}");
     // Both transfers were retried within the attempt.
     assert_eq!(last.attempt, 1, "{:#?}", watch.of("cut"));
     let out = fixtures::probe(&farm.get_output("o/big.mp4").await.unwrap());
@@ -517,7 +517,7 @@ async fn a_stalled_transcode_is_aborted() {
     farm.publish_job(slow_job("stuck", "a.mov", "o/a.mp4", 10_000_000))
         .await;
     let last = watch.until_final("stuck", JOB_TIMEOUT).await;
-    assert_eq!(last.state, State::Failed, "{last:#?}");
+    assert_eq!(last.state, Phase::Failed, "{last:#?}");
     assert_eq!(last.error_kind, Some(ErrorKind::Stalled), "{last:#?}");
     assert!(last.error.as_deref().unwrap().contains("no progress"));
     wait_for(
@@ -552,7 +552,7 @@ async fn scratch_folders_are_empty_after_mixed_successful_failed_and_killed_atte
         let w = farm.spawn_worker(&[SLOW]);
         watch
             .until(JOB_TIMEOUT, |e| {
-                e.state == State::Transcoding && e.worker == w.name && e.progress > 5.0
+                e.state == Phase::Transcoding && e.worker == w.name && e.progress > 5.0
             })
             .await;
         w.signal(libc::SIGKILL);
@@ -642,7 +642,7 @@ async fn stopping_the_queue_leader_of_a_three_node_cluster_loses_no_job() {
     nodes[leader_index].stop();
     for id in &ids {
         let last = watch.until_final(id, JOB_TIMEOUT).await;
-        assert_eq!(last.state, State::Completed, "{last:#?}");
+        assert_eq!(last.state, Phase::Completed, "{last:#?}");
         assert!(farm.output_exists(&format!("o/{id}.mp4")).await, "{id}");
     }
     wait_for(JOB_TIMEOUT, "the jobs queue empty", || async {
@@ -684,7 +684,7 @@ async fn a_consumer_cancelled_by_the_broker_abandons_the_attempt_and_the_worker_
         .expect("queue.delete");
     let failed = watch
         .until(JOB_TIMEOUT, |e| {
-            e.job_id == "doomed" && e.state == State::Failed
+            e.job_id == "doomed" && e.state == Phase::Failed
         })
         .await;
     assert_eq!(
@@ -729,7 +729,7 @@ async fn a_consumer_cancelled_by_the_broker_abandons_the_attempt_and_the_worker_
     farm.publish_job(json!({"job_id": "after", "input_key": "a.mov", "output_key": "o/after.mp4"}))
         .await;
     let last = watch.until_final("after", JOB_TIMEOUT).await;
-    assert_eq!(last.state, State::Completed, "{last:#?}");
+    assert_eq!(last.state, Phase::Completed, "{last:#?}");
     assert!(worker.logs().contains("reconnecting"), "{}", worker.logs());
 }
 
@@ -778,7 +778,7 @@ async fn too_little_scratch_space_fails_the_attempt_before_the_download() {
     assert!(!watch
         .of("full")
         .iter()
-        .any(|e| e.state == State::Transcoding));
+        .any(|e| e.state == Phase::Transcoding));
     // The dead letter carries the history of both attempts.
     let dead = crate::common::wait_for_value(JOB_TIMEOUT, "the dead letter", || async {
         farm.dead_letters().await.pop()
@@ -814,7 +814,7 @@ async fn attempts_run_under_memory_and_time_limits() {
     let last = watch.until_final("fat", JOB_TIMEOUT).await;
     // Without the limit this job takes well under a second; with it the
     // pipeline process dies or starves and the attempt fails.
-    assert_eq!(last.state, State::Failed, "{last:#?}");
+    assert_eq!(last.state, Phase::Failed, "{last:#?}");
     assert!(
         matches!(
             last.error_kind,

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::json;
-use transcode_worker::job::State;
+use transcode_worker::job::Phase;
 
 use crate::common::farm::Farm;
 use crate::common::{fixtures, random_name, wait_for};
@@ -221,7 +221,7 @@ async fn hostile_messages_are_refused_with_specific_reasons_and_write_nothing() 
     let last = watch.until_final("good", TIMEOUT).await;
     assert_eq!(
         last.state,
-        State::Completed,
+        Phase::Completed,
         "the worker still serves good jobs"
     );
 
@@ -251,7 +251,7 @@ async fn hostile_messages_are_refused_with_specific_reasons_and_write_nothing() 
     let failed: Vec<_> = watch
         .seen
         .iter()
-        .filter(|e| e.state == State::Failed)
+        .filter(|e| e.state == Phase::Failed)
         .collect();
     assert!(
         failed.len() >= cases.len(),
@@ -336,7 +336,7 @@ async fn every_shipped_preset_makes_what_it_promises() {
     let inp = fixtures::probe(&input);
     for (preset, key, container, video, audio, height) in cases {
         let last = watch.until_final(preset, TIMEOUT).await;
-        assert_eq!(last.state, State::Completed, "{preset}: {last:#?}");
+        assert_eq!(last.state, Phase::Completed, "{preset}: {last:#?}");
         let out = fixtures::probe(&farm.get_output(key).await.expect(key));
         assert_eq!(
             out.container.as_deref(),
@@ -401,7 +401,7 @@ async fn amqps_and_https_endpoints_work() {
     farm.publish_job(json!({"job_id": "tls", "input_key": "a.mov", "output_key": "o/a.mp4"}))
         .await;
     let last = watch.until_final("tls", TIMEOUT).await;
-    assert_eq!(last.state, State::Completed, "{last:#?}\n{}", worker.logs());
+    assert_eq!(last.state, Phase::Completed, "{last:#?}\n{}", worker.logs());
     let logs = worker.logs();
     assert!(
         logs.contains(&format!("amqps://guest@localhost:{tls_port}")),

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use transcode_worker::error::ErrorKind;
-use transcode_worker::job::{Progress, State};
+use transcode_worker::job::{Phase, Progress};
 
 use crate::common::farm::Farm;
 use crate::common::{fixtures, wait_for, wait_for_value, with_timeout};
@@ -26,9 +26,9 @@ fn seed_job(job_id: &str, input_key: &str, output_key: &str) -> String {
 /// 100 only on the final `completed`.
 fn assert_attempt_progress(events: &[Progress]) {
     assert!(!events.is_empty(), "no events");
-    assert_eq!(events[0].state, State::Downloading, "{events:#?}");
+    assert_eq!(events[0].state, Phase::Downloading, "{events:#?}");
     let last = events.last().unwrap();
-    assert_eq!(last.state, State::Completed, "{events:#?}");
+    assert_eq!(last.state, Phase::Completed, "{events:#?}");
     assert_eq!(last.progress, 100.0);
     for pair in events.windows(2) {
         assert!(
@@ -38,16 +38,17 @@ fn assert_attempt_progress(events: &[Progress]) {
     }
     for e in &events[..events.len() - 1] {
         assert!(e.progress < 100.0, "100 before completion: {e:#?}");
-        assert_ne!(e.state, State::Completed);
+        assert_ne!(e.state, Phase::Completed);
         assert!(!e.worker.is_empty() && !e.timestamp.is_empty());
         assert_eq!(e.attempt, last.attempt);
     }
-    let order = |s: State| match s {
-        State::Downloading => 0,
-        State::Transcoding => 1,
-        State::Uploading => 2,
-        State::Completed => 3,
-        State::Failed => 4,
+    let order = |s: Phase| match s {
+        Phase::Starting => 0,
+        Phase::Downloading => 1,
+        Phase::Transcoding => 2,
+        Phase::Uploading => 3,
+        Phase::Completed => 4,
+        Phase::Failed => 5,
     };
     for pair in events.windows(2) {
         assert!(
@@ -55,8 +56,8 @@ fn assert_attempt_progress(events: &[Progress]) {
             "phases out of order: {pair:#?}"
         );
     }
-    assert!(events.iter().any(|e| e.state == State::Transcoding));
-    assert!(events.iter().any(|e| e.state == State::Uploading));
+    assert!(events.iter().any(|e| e.state == Phase::Transcoding));
+    assert!(events.iter().any(|e| e.state == Phase::Uploading));
 }
 
 /// Checks a transcoded output: H.264 in MP4, duration within 0.5 s of the
@@ -103,7 +104,7 @@ async fn the_original_job_message_is_transcoded_and_acked_after_the_upload() {
         .await;
 
     let last = watch.until_final("job1", JOB_TIMEOUT).await;
-    assert_eq!(last.state, State::Completed, "{last:#?}");
+    assert_eq!(last.state, Phase::Completed, "{last:#?}");
     assert_eq!(last.output_key.as_deref(), Some("out/clip one.mp4"));
     assert_attempt_progress(&watch.of("job1"));
 
@@ -154,28 +155,28 @@ async fn death_between_upload_and_ack(farm: Farm) {
     // Not acked: the job is given to the next worker, which completes it.
     let second = farm.spawn_worker(&[]);
     let last = watch.until_final("pc", JOB_TIMEOUT).await;
-    assert_eq!(last.state, State::Completed, "{last:#?}");
+    assert_eq!(last.state, Phase::Completed, "{last:#?}");
     assert_eq!(last.worker, second.name);
     assert_eq!(last.attempt, 2);
     assert!(
         watch
             .of("pc")
             .iter()
-            .all(|e| e.worker != first.name || e.state != State::Completed),
+            .all(|e| e.worker != first.name || e.state != Phase::Completed),
         "the first worker never reported completion"
     );
     // The stored output was recognised as this job's: no second encode.
-    let second_attempt: Vec<State> = watch
+    let second_attempt: Vec<Phase> = watch
         .of("pc")
         .iter()
         .filter(|e| e.attempt == 2)
         .map(|e| e.state)
         .collect();
     assert!(
-        !second_attempt.contains(&State::Transcoding),
+        !second_attempt.contains(&Phase::Transcoding),
         "{second_attempt:?}"
     );
-    assert_eq!(second_attempt.last(), Some(&State::Completed));
+    assert_eq!(second_attempt.last(), Some(&Phase::Completed));
     farm.assert_all_acked(vec![second]).await;
 }
 
@@ -199,7 +200,7 @@ async fn every_input_kind_becomes_h264_mp4_with_audio_only_when_the_input_had_it
     }
     for (id, path, _) in &inputs {
         let last = watch.until_final(id, JOB_TIMEOUT).await;
-        assert_eq!(last.state, State::Completed, "{id}: {last:#?}");
+        assert_eq!(last.state, Phase::Completed, "{id}: {last:#?}");
         let output = farm.get_output(&format!("out/{id}.mp4")).await.expect(id);
         assert_h264_mp4(&output, path);
     }
@@ -238,7 +239,7 @@ async fn bad_jobs_are_dead_lettered_with_a_reason_and_the_worker_goes_on() {
     ];
     for (id, kind) in expected {
         let last = watch.until_final(id, JOB_TIMEOUT).await;
-        assert_eq!(last.state, State::Failed, "{id}: {last:#?}");
+        assert_eq!(last.state, Phase::Failed, "{id}: {last:#?}");
         assert_eq!(last.error_kind, Some(kind), "{id}: {last:#?}");
         assert!(
             last.error.as_deref().is_some_and(|e| e.len() > 10),
@@ -250,7 +251,7 @@ async fn bad_jobs_are_dead_lettered_with_a_reason_and_the_worker_goes_on() {
         );
     }
     let last = watch.until_final("good", JOB_TIMEOUT).await;
-    assert_eq!(last.state, State::Completed, "{last:#?}");
+    assert_eq!(last.state, Phase::Completed, "{last:#?}");
     assert!(!std::path::Path::new("/tmp/pwned").exists());
 
     let dead = std::sync::Mutex::new(Vec::new());
@@ -302,7 +303,7 @@ async fn a_worker_killed_mid_encode_leaves_the_job_to_another_worker() {
     // Wait until the first worker is encoding, then kill it without warning.
     loop {
         let e = watch.next(JOB_TIMEOUT).await;
-        if e.state == State::Transcoding && e.progress > 5.0 {
+        if e.state == Phase::Transcoding && e.progress > 5.0 {
             assert_eq!(e.worker, first.name);
             break;
         }
@@ -325,7 +326,7 @@ async fn a_worker_killed_mid_encode_leaves_the_job_to_another_worker() {
 
     let second = farm.spawn_worker(&slow);
     let last = watch.until_final("kill-me", JOB_TIMEOUT).await;
-    assert_eq!(last.state, State::Completed, "{last:#?}");
+    assert_eq!(last.state, Phase::Completed, "{last:#?}");
     assert_eq!(last.worker, second.name);
     assert_eq!(last.attempt, 2, "the killed attempt counts: {last:#?}");
     let output = farm.get_output("o/long.mp4").await.expect("output");
@@ -349,7 +350,7 @@ async fn progress_is_published_at_least_every_two_seconds_during_a_transcode() {
     loop {
         let e = with_timeout(JOB_TIMEOUT, "progress", watch.next(JOB_TIMEOUT)).await;
         stamps.push((Instant::now(), e.clone()));
-        if e.state == State::Completed || e.state == State::Failed {
+        if e.state == Phase::Completed || e.state == Phase::Failed {
             break;
         }
     }
@@ -357,7 +358,7 @@ async fn progress_is_published_at_least_every_two_seconds_during_a_transcode() {
     assert_attempt_progress(&events);
     let transcoding: Vec<_> = stamps
         .iter()
-        .filter(|(_, e)| e.state == State::Transcoding)
+        .filter(|(_, e)| e.state == Phase::Transcoding)
         .collect();
     assert!(transcoding.len() >= 4, "{events:#?}");
     for pair in transcoding.windows(2) {
@@ -457,7 +458,7 @@ async fn secrets_never_appear_in_logs_or_progress() {
     farm.publish_job(json!({"job_id": "s", "input_key": "a.mov", "output_key": "o/a.mp4"}))
         .await;
     let last = watch.until_final("s", JOB_TIMEOUT).await;
-    assert_eq!(last.state, State::Failed, "{last:#?}");
+    assert_eq!(last.state, Phase::Failed, "{last:#?}");
     assert_eq!(
         last.error_kind,
         Some(ErrorKind::StorageUnavailable),

@@ -16,14 +16,27 @@
 //! Automatic recovery is off: the worker owns its reconnect loop, because a
 //! delivery belongs to the channel it came on and cannot be acked after a
 //! reconnect.
+//!
+//! Parts: the connection and publishing (here), the topology
+//! ([`topology`]), and a delivered job with its header protocol
+//! ([`Delivery`]).
+
+mod delivery;
+mod topology;
+
+use std::future::Future;
+use std::time::Duration;
 
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
 use secrecy::ExposeSecret;
+
+pub use delivery::{string_headers, DeadLetter, Delivery};
+pub use topology::jobs_queue_arguments;
 
 use crate::config::{redact_url, BrokerSettings};
 use crate::job::Progress;
@@ -59,9 +72,6 @@ pub enum BrokerError {
         detail: String,
     },
 }
-
-/// Delivery property `x-delivery-count` set by quorum queues on redelivery.
-const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
 
 /// A connection with one channel for consuming and one, in confirm mode,
 /// for publishing.
@@ -115,88 +125,6 @@ impl Broker {
         BrokerError::Amqp {
             url: self.url.clone(),
             source,
-        }
-    }
-
-    /// Declares the queues and exchange on a throwaway channel each, so a
-    /// mismatch can be reported by name (the broker closes the channel).
-    async fn declare(&self, max_attempts: u32) -> Result<(), BrokerError> {
-        let s = &self.settings;
-        let mut dead = FieldTable::default();
-        dead.insert(
-            "x-queue-type".into(),
-            AMQPValue::LongString("quorum".into()),
-        );
-        self.declare_queue(&s.dead_letter_queue, dead).await?;
-
-        self.declare_queue(&s.jobs_queue, jobs_queue_arguments(s, max_attempts))
-            .await?;
-
-        let channel = self
-            .connection
-            .create_channel()
-            .await
-            .map_err(|e| self.amqp(e))?;
-        declare_fanout(&channel, &s.progress_exchange)
-            .await
-            .map_err(|e| self.mismatch(&format!("exchange {:?}", s.progress_exchange), e))?;
-        let _ = channel.close(200, "declared".into()).await;
-
-        // A quorum queue too: a classic queue lives on one node, and while
-        // that node is down nobody could even declare it.
-        let mut progress = FieldTable::default();
-        progress.insert(
-            "x-queue-type".into(),
-            AMQPValue::LongString("quorum".into()),
-        );
-        progress.insert(
-            "x-max-length".into(),
-            AMQPValue::LongLongInt(i64::from(s.progress_queue_max_length)),
-        );
-        self.declare_queue(&s.progress_queue, progress).await?;
-        self.publish_channel()
-            .queue_bind(
-                s.progress_queue.as_str().into(),
-                s.progress_exchange.as_str().into(),
-                "".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| self.amqp(e))?;
-        Ok(())
-    }
-
-    async fn declare_queue(&self, name: &str, arguments: FieldTable) -> Result<(), BrokerError> {
-        let channel = self
-            .connection
-            .create_channel()
-            .await
-            .map_err(|e| self.amqp(e))?;
-        channel
-            .queue_declare(
-                name.into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                arguments,
-            )
-            .await
-            .map_err(|e| self.mismatch(&format!("queue {name:?}"), e))?;
-        let _ = channel.close(200, "declared".into()).await;
-        Ok(())
-    }
-
-    fn mismatch(&self, what: &str, e: lapin::Error) -> BrokerError {
-        let detail = e.to_string();
-        if detail.contains("PRECONDITION_FAILED") || detail.contains("inequivalent") {
-            BrokerError::TopologyMismatch {
-                what: what.to_string(),
-                detail,
-            }
-        } else {
-            self.amqp(e)
         }
     }
 
@@ -500,43 +428,6 @@ pub async fn open_connection(
     Err(last.unwrap_or(BrokerError::Timeout(settings.connect_timeout)))
 }
 
-/// The arguments of the jobs queue: quorum type, a delivery limit of
-/// `max_attempts` redeliveries, and at-least-once dead-lettering into the
-/// dead-letter queue.
-///
-/// The limit lets one delivery more through than a worker will attempt:
-/// when every allowed attempt ended without a result (each killed its
-/// worker), the next worker to get the job dead-letters it at once with a
-/// `failed` event; the broker's own limit is the backstop behind that.
-pub fn jobs_queue_arguments(settings: &BrokerSettings, max_attempts: u32) -> FieldTable {
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString("quorum".into()),
-    );
-    args.insert(
-        "x-delivery-limit".into(),
-        AMQPValue::LongLongInt(i64::from(max_attempts)),
-    );
-    args.insert(
-        "x-dead-letter-exchange".into(),
-        AMQPValue::LongString("".into()),
-    );
-    args.insert(
-        "x-dead-letter-routing-key".into(),
-        AMQPValue::LongString(settings.dead_letter_queue.as_str().into()),
-    );
-    args.insert(
-        "x-dead-letter-strategy".into(),
-        AMQPValue::LongString("at-least-once".into()),
-    );
-    args.insert(
-        "x-overflow".into(),
-        AMQPValue::LongString("reject-publish".into()),
-    );
-    args
-}
-
 /// Declares `name` as a durable fanout exchange (the progress exchange and
 /// the control exchange are both one).
 pub async fn declare_fanout(channel: &Channel, name: &str) -> Result<(), lapin::Error> {
@@ -553,87 +444,25 @@ pub async fn declare_fanout(channel: &Channel, name: &str) -> Result<(), lapin::
         .await
 }
 
-/// Header of a retried job: how many attempts were settled before this copy.
-pub const SETTLED_ATTEMPTS_HEADER: &str = "x-transcode-attempts";
-/// Header of a retried job: one line per earlier failed attempt.
-pub const HISTORY_HEADER: &str = "x-transcode-history";
-
-fn header<'a>(properties: &'a BasicProperties, name: &str) -> Option<&'a AMQPValue> {
-    properties.headers().as_ref()?.inner().get(name)
-}
-
-fn header_u32(properties: &BasicProperties, name: &str) -> u32 {
-    match header(properties, name) {
-        Some(AMQPValue::LongLongInt(n)) => u32::try_from(*n).unwrap_or(0),
-        Some(AMQPValue::LongInt(n)) => u32::try_from(*n).unwrap_or(0),
-        Some(AMQPValue::LongUInt(n)) => *n,
-        Some(AMQPValue::ShortInt(n)) => u32::try_from(*n).unwrap_or(0),
-        Some(AMQPValue::ShortUInt(n)) => u32::from(*n),
-        Some(AMQPValue::LongString(s)) => {
-            String::from_utf8_lossy(s.as_bytes()).parse().unwrap_or(0)
-        }
-        _ => 0,
-    }
-}
-
-/// The attempt number of a delivery (1 for the first): the attempts
-/// settled before this copy of the job (its `x-transcode-attempts` header)
-/// plus the quorum queue's `x-delivery-count` (deliveries of this copy that
-/// ended without being settled, such as a crash), plus one.
-pub fn attempt_of(properties: &BasicProperties) -> u32 {
-    header_u32(properties, SETTLED_ATTEMPTS_HEADER)
-        .saturating_add(header_u32(properties, DELIVERY_COUNT_HEADER))
-        .saturating_add(1)
-}
-
-/// The failed attempts recorded in a delivery's history header, oldest first.
-pub fn history_of(properties: &BasicProperties) -> Vec<String> {
-    match header(properties, HISTORY_HEADER) {
-        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes())
-            .lines()
-            .map(str::to_string)
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
-/// Builds a header table of string values.
-pub fn string_headers<'a>(pairs: impl IntoIterator<Item = (&'a str, String)>) -> FieldTable {
-    let mut table = FieldTable::default();
-    for (key, value) in pairs {
-        table.insert(
-            ShortString::from(key),
-            AMQPValue::LongString(LongString::from(value)),
-        );
-    }
-    table
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn with_headers(table: FieldTable) -> BasicProperties {
-        BasicProperties::default().with_headers(table)
-    }
-
-    #[test]
-    fn attempts_count_settled_attempts_and_unsettled_deliveries() {
-        assert_eq!(attempt_of(&BasicProperties::default()), 1);
-        let mut table = FieldTable::default();
-        table.insert(DELIVERY_COUNT_HEADER.into(), AMQPValue::LongLongInt(2));
-        assert_eq!(attempt_of(&with_headers(table.clone())), 3);
-        table.insert(
-            SETTLED_ATTEMPTS_HEADER.into(),
-            AMQPValue::LongString("4".into()),
-        );
-        assert_eq!(attempt_of(&with_headers(table)), 7);
-    }
-
-    #[test]
-    fn history_is_read_line_by_line() {
-        let props = with_headers(string_headers([(HISTORY_HEADER, "a\nb".to_string())]));
-        assert_eq!(history_of(&props), ["a", "b"]);
-        assert!(history_of(&BasicProperties::default()).is_empty());
-    }
+/// Publishes with `publish` until the broker takes the message. A broker
+/// that refuses it (a quorum queue electing a new leader nacks) is asked
+/// again with backoff for about half a minute; a lost connection is not
+/// retried (the delivery cannot be settled on it anyway).
+pub async fn until_taken<F, Fut>(what: &str, publish: F) -> Result<(), BrokerError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), BrokerError>>,
+{
+    use backon::Retryable;
+    let backoff = backon::ExponentialBuilder::default()
+        .with_jitter()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(5))
+        .with_total_delay(Some(Duration::from_secs(30)))
+        .without_max_times();
+    publish
+        .retry(backoff)
+        .when(|e| matches!(e, BrokerError::NotConfirmed { .. }))
+        .notify(|e, delay| tracing::warn!(error = %e, ?delay, "the broker refused {what}; asking again"))
+        .await
 }

@@ -1,0 +1,258 @@
+//! One job message as the broker delivered it, and the whole header
+//! protocol that travels with a job: which attempt this is, the history of
+//! earlier failed attempts, and the headers of a dead letter. A job
+//! crosses from the broker to the worker once ([`Delivery::new`]) and back
+//! once: acked, given back, retried as a copy, or dead-lettered.
+//!
+//! Headers:
+//! - `x-delivery-count`: set by quorum queues, counts the deliveries of
+//!   this copy that ended without being settled (a crash, a lost
+//!   connection, a give-back);
+//! - `x-transcode-attempts`: on a copy the worker republished, the
+//!   attempts settled before it;
+//! - `x-transcode-history`: one line per earlier failed attempt;
+//! - on a dead letter: `x-error`, `x-error-kind`, `x-job-id`,
+//!   `x-attempts`, `x-attempt-history`, `x-worker`, `x-failed-at`,
+//!   `x-original-queue`.
+
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::BasicProperties;
+
+use super::{until_taken, Broker};
+use crate::error::JobError;
+
+/// Delivery property `x-delivery-count` set by quorum queues on redelivery.
+const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
+/// Header of a retried job: how many attempts were settled before this copy.
+const SETTLED_ATTEMPTS_HEADER: &str = "x-transcode-attempts";
+/// Header of a retried job: one line per earlier failed attempt.
+const HISTORY_HEADER: &str = "x-transcode-history";
+
+/// A delivered job message: its body, its attempt number, and the means
+/// to settle it.
+#[derive(Debug)]
+pub struct Delivery {
+    inner: lapin::message::Delivery,
+    attempt: u32,
+}
+
+/// Why a job ends in the dead-letter queue, for its headers.
+#[derive(Debug, Clone)]
+pub struct DeadLetter<'a> {
+    /// The job's id (`unknown` when the message has none).
+    pub job_id: &'a str,
+    /// The last attempt's error.
+    pub error: &'a JobError,
+    /// The worker that gives up on it.
+    pub worker: &'a str,
+    /// The queue the job came from.
+    pub original_queue: &'a str,
+}
+
+impl Delivery {
+    /// Takes over a message the broker delivered.
+    pub fn new(inner: lapin::message::Delivery) -> Delivery {
+        let attempt = attempt_of(&inner.properties);
+        Delivery { inner, attempt }
+    }
+
+    /// The message body.
+    pub fn body(&self) -> &[u8] {
+        &self.inner.data
+    }
+
+    /// The attempt this delivery is (1 for the first): the attempts
+    /// settled before this copy of the job plus the deliveries of this
+    /// copy that ended unsettled, plus one.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The failed attempts recorded before this one, oldest first.
+    pub fn history(&self) -> Vec<String> {
+        history_of(&self.inner.properties)
+    }
+
+    /// Acknowledges it: the job is done with (completed, or settled
+    /// elsewhere). A failure is logged: the broker will deliver it again.
+    pub async fn ack(&self) {
+        match self.inner.acker.ack(BasicAckOptions::default()).await {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                "the ack was not sent (the channel is gone); the broker will deliver the job again"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "the ack failed; the broker will deliver the job again")
+            }
+        }
+    }
+
+    /// Gives it back to its queue unchanged (the queue counts one more
+    /// delivery of it).
+    pub async fn give_back(&self) {
+        let options = BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        };
+        match self.inner.acker.nack(options).await {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                "the nack was not sent (the channel is gone); the broker will deliver the job again"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "the nack failed; the broker will deliver the job again")
+            }
+        }
+    }
+
+    /// Gives the job back to `queue` as a new copy that carries this
+    /// attempt as settled and `error` in its history (a nack cannot change
+    /// a message), then acks this one. If the broker does not take the
+    /// copy, gives this one back as it is.
+    pub async fn retry(&self, broker: &Broker, queue: &str, worker: &str, error: &JobError) {
+        let mut history = self.history();
+        history.push(history_line(self.attempt, worker, error));
+        let headers = string_headers([
+            (SETTLED_ATTEMPTS_HEADER, self.attempt.to_string()),
+            (HISTORY_HEADER, history.join("\n")),
+        ]);
+        let copy = || broker.publish_confirmed(queue, self.body(), headers.clone());
+        match until_taken("the retried copy", copy).await {
+            Ok(()) => self.ack().await,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not requeue a copy with the history; giving the job back as it is");
+                self.give_back().await;
+            }
+        }
+    }
+
+    /// Moves the job to the dead-letter queue with headers that say why
+    /// and list every attempt, then acks it. If the broker does not take
+    /// the dead letter, gives the job back.
+    pub async fn dead_letter(&self, broker: &Broker, why: &DeadLetter<'_>) {
+        let error = why.error;
+        let mut reason = error.message.clone();
+        if !error.kind.is_permanent() {
+            reason = format!(
+                "gave up after {} attempts; last error: {reason}",
+                self.attempt
+            );
+        }
+        let mut history = self.history();
+        history.push(history_line(self.attempt, why.worker, error));
+        let headers = string_headers([
+            ("x-error", reason),
+            ("x-error-kind", error.kind.to_string()),
+            ("x-job-id", why.job_id.to_string()),
+            ("x-attempts", self.attempt.to_string()),
+            ("x-attempt-history", history.join("\n")),
+            ("x-worker", why.worker.to_string()),
+            ("x-failed-at", crate::job::now_rfc3339()),
+            ("x-original-queue", why.original_queue.to_string()),
+        ]);
+        let dead_letter = || broker.dead_letter(self.body(), headers.clone());
+        match until_taken("the dead letter", dead_letter).await {
+            Ok(()) => self.ack().await,
+            Err(e) => {
+                tracing::error!(error = %e, "could not dead-letter the job; giving it back");
+                self.give_back().await;
+            }
+        }
+    }
+}
+
+/// One line of a job's attempt history.
+fn history_line(attempt: u32, worker: &str, error: &JobError) -> String {
+    let message: String = error
+        .message
+        .chars()
+        .filter(|c| *c != '\n')
+        .take(300)
+        .collect();
+    format!(
+        "attempt {attempt} on {worker} at {}: {}: {message}",
+        crate::job::now_rfc3339(),
+        error.kind
+    )
+}
+
+fn header<'a>(properties: &'a BasicProperties, name: &str) -> Option<&'a AMQPValue> {
+    properties.headers().as_ref()?.inner().get(name)
+}
+
+fn header_u32(properties: &BasicProperties, name: &str) -> u32 {
+    match header(properties, name) {
+        Some(AMQPValue::LongLongInt(n)) => u32::try_from(*n).unwrap_or(0),
+        Some(AMQPValue::LongInt(n)) => u32::try_from(*n).unwrap_or(0),
+        Some(AMQPValue::LongUInt(n)) => *n,
+        Some(AMQPValue::ShortInt(n)) => u32::try_from(*n).unwrap_or(0),
+        Some(AMQPValue::ShortUInt(n)) => u32::from(*n),
+        Some(AMQPValue::LongString(s)) => {
+            String::from_utf8_lossy(s.as_bytes()).parse().unwrap_or(0)
+        }
+        _ => 0,
+    }
+}
+
+/// The attempt number of a delivery (1 for the first): the attempts
+/// settled before this copy of the job (its `x-transcode-attempts` header)
+/// plus the quorum queue's `x-delivery-count` (deliveries of this copy that
+/// ended without being settled, such as a crash), plus one.
+fn attempt_of(properties: &BasicProperties) -> u32 {
+    header_u32(properties, SETTLED_ATTEMPTS_HEADER)
+        .saturating_add(header_u32(properties, DELIVERY_COUNT_HEADER))
+        .saturating_add(1)
+}
+
+/// The failed attempts recorded in a delivery's history header, oldest first.
+fn history_of(properties: &BasicProperties) -> Vec<String> {
+    match header(properties, HISTORY_HEADER) {
+        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes())
+            .lines()
+            .map(str::to_string)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Builds a header table of string values.
+pub fn string_headers<'a>(pairs: impl IntoIterator<Item = (&'a str, String)>) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (key, value) in pairs {
+        table.insert(
+            ShortString::from(key),
+            AMQPValue::LongString(LongString::from(value)),
+        );
+    }
+    table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_headers(table: FieldTable) -> BasicProperties {
+        BasicProperties::default().with_headers(table)
+    }
+
+    #[test]
+    fn attempts_count_settled_attempts_and_unsettled_deliveries() {
+        assert_eq!(attempt_of(&BasicProperties::default()), 1);
+        let mut table = FieldTable::default();
+        table.insert(DELIVERY_COUNT_HEADER.into(), AMQPValue::LongLongInt(2));
+        assert_eq!(attempt_of(&with_headers(table.clone())), 3);
+        table.insert(
+            SETTLED_ATTEMPTS_HEADER.into(),
+            AMQPValue::LongString("4".into()),
+        );
+        assert_eq!(attempt_of(&with_headers(table)), 7);
+    }
+
+    #[test]
+    fn history_is_read_line_by_line() {
+        let props = with_headers(string_headers([(HISTORY_HEADER, "a\nb".to_string())]));
+        assert_eq!(history_of(&props), ["a", "b"]);
+        assert!(history_of(&BasicProperties::default()).is_empty());
+    }
+}

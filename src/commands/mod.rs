@@ -1,0 +1,17 @@
+//! The commands of the `transcode-worker` binary, one function each, each
+//! returning its exit code: 0 success, 1 failure, 2 bad settings or
+//! arguments. [`crate::cli`] parses the command line and calls them.
+
+pub mod inspect;
+pub mod watch;
+pub mod worker;
+
+use std::process::ExitCode;
+
+use crate::config::Settings;
+
+/// `check-config`: prints the settings (secrets hidden).
+pub fn check_config(settings: &Settings) -> ExitCode {
+    println!("{settings:#?}");
+    ExitCode::SUCCESS
+}

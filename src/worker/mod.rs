@@ -1,0 +1,115 @@
+//! The worker: takes jobs from the broker one at a time (or
+//! `worker.concurrency` at a time), runs each attempt, and settles it.
+//!
+//! - [`session`]: connect (and reconnect) to the broker, consume, drain on
+//!   shutdown;
+//! - [`attempt`]: one attempt of a job as a sequence of named steps: plan,
+//!   fetch, transcode (the pipeline process also verifies its output),
+//!   store;
+//! - [`settle`]: the one place that turns an attempt's outcome into an
+//!   ack, a retried copy, a give-back or a dead letter.
+//!
+//! A job is acked only after its output is stored and its `completed`
+//! event is confirmed by the broker.
+
+mod attempt;
+mod session;
+mod settle;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+
+use crate::broker::BrokerError;
+use crate::config::Settings;
+use crate::scratch::Scratch;
+use crate::status::Status;
+use crate::storage::Storage;
+use crate::transcoder::Transcoder;
+
+/// Why the worker stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The broker's topology conflicts with ours; retrying cannot help.
+    #[error(transparent)]
+    Topology(BrokerError),
+    /// The storage backend could not be opened.
+    #[error("storage: {0}")]
+    Storage(#[from] crate::storage::StorageError),
+    /// GStreamer or an element the presets or muxers need is missing.
+    #[error("{0}")]
+    Plugins(String),
+    /// The scratch folder is not usable.
+    #[error("scratch folder {path}: {problem}")]
+    Scratch {
+        /// The folder.
+        path: String,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+/// A transcoding worker.
+#[derive(Debug)]
+pub struct Worker {
+    settings: Settings,
+    storage: Storage,
+    transcoder: Transcoder,
+    scratch: Scratch,
+    id: String,
+    exit_when_idle: Option<Duration>,
+    status: Status,
+}
+
+impl Worker {
+    /// Makes a worker that runs pipelines with `transcoder`; `exit_when_idle`
+    /// makes [`Worker::run`] return once no job has arrived for that long.
+    /// Checks that every GStreamer element it may need is installed.
+    pub fn new(
+        settings: Settings,
+        transcoder: Transcoder,
+        exit_when_idle: Option<Duration>,
+    ) -> Result<Arc<Worker>, WorkerError> {
+        let storage = Storage::from_settings(&settings.storage)?;
+        let needed = crate::plan::required_elements(&settings);
+        crate::pipeline::check_installed(needed.iter().map(String::as_str))
+            .map_err(WorkerError::Plugins)?;
+        let transcoder = if settings.worker.standby_pipeline {
+            transcoder.with_standby(needed)
+        } else {
+            transcoder
+        };
+        let dir = settings.scratch_dir();
+        let scratch = Scratch::open(dir.clone()).map_err(|e| WorkerError::Scratch {
+            path: dir.display().to_string(),
+            problem: e.to_string(),
+        })?;
+        Ok(Arc::new(Worker {
+            id: settings.worker_id(),
+            status: Status::new(&settings),
+            settings,
+            storage,
+            transcoder,
+            scratch,
+            exit_when_idle,
+        }))
+    }
+
+    /// The worker's name in progress events.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The worker's live state (for `inspect`, `/metrics`, `/healthz`).
+    pub fn status(&self) -> &Status {
+        &self.status
+    }
+}
+
+/// `delay` less up to half of it, at random, so that many workers waiting
+/// after the same event do not all come back at once.
+fn jitter(delay: Duration) -> Duration {
+    let factor = rand::rng().random_range(0.5..=1.0);
+    delay.mul_f64(factor)
+}

@@ -1,0 +1,272 @@
+//! The worker's broker sessions: connect (again, with capped backoff,
+//! whenever the broker is lost), consume jobs, watch the connection's
+//! liveness, and on shutdown stop consuming and let running jobs finish
+//! within the drain time (then give them back).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::attempt::Attempt;
+use super::{jitter, Worker, WorkerError};
+use crate::broker::{Broker, BrokerError, Delivery};
+use crate::error::{ErrorKind, JobError};
+use crate::job::Job;
+use crate::progress::Reporter;
+
+/// Aborts the running attempts of a session, with the reason they get.
+#[derive(Debug, Clone, Default)]
+struct Abort {
+    token: CancellationToken,
+    reason: Arc<std::sync::OnceLock<JobError>>,
+}
+
+impl Abort {
+    /// Aborts every attempt watching this, with `reason` (the first reason wins).
+    fn fire(&self, reason: JobError) {
+        let _ = self.reason.set(reason);
+        self.token.cancel();
+    }
+
+    /// Resolves with the reason once fired.
+    async fn fired(&self) -> JobError {
+        self.token.cancelled().await;
+        self.reason
+            .get()
+            .cloned()
+            .unwrap_or_else(|| JobError::new(ErrorKind::Shutdown, "the attempt was aborted"))
+    }
+}
+
+/// How a broker session ended.
+enum SessionEnd {
+    /// Shutdown was asked for; jobs were drained.
+    Shutdown,
+    /// Idle for `exit_when_idle`.
+    Idle,
+    /// The connection or consumer was lost.
+    Lost(String),
+}
+
+/// Says why a broker session ended, with the fix when it is the broker's
+/// consumer timeout (the delivery can no longer be acked either way, and
+/// the broker gives it to a worker again).
+fn explain_loss(why: &str) -> String {
+    let timed_out = why.contains("acknowledgement") && why.contains("timed out");
+    if timed_out {
+        format!(
+            "the broker took the job back because it stayed unacknowledged longer than the broker's consumer_timeout ({why}); \
+             raise consumer_timeout above the longest job (rabbitmq.conf on RabbitMQ 3.10/3.11, or the consumer-timeout \
+             queue policy on 3.12 and later)"
+        )
+    } else if why.contains("cancelled the consumer") {
+        format!(
+            "{why} (RabbitMQ 4.3 and later do this when a delivery stays unacknowledged longer than the consumer timeout, \
+             or when the queue is deleted); the job was given back"
+        )
+    } else {
+        format!("the broker connection was lost during the job: {why}")
+    }
+}
+
+impl Worker {
+    /// Runs until `shutdown` is cancelled (then drains) or, with
+    /// `exit_when_idle`, until no job has come for that long. Reconnects to
+    /// the broker with capped exponential backoff whenever it is lost.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) -> Result<(), WorkerError> {
+        let b = &self.settings.broker;
+        let mut delay = b.reconnect_min_delay;
+        tracing::info!(worker = %self.id, storage = %self.storage.describe(), broker = %crate::config::redact_url(&b.url), queue = %b.jobs_queue, "worker starting");
+        let connection_name = format!("transcode-worker {}", self.id);
+        self.transcoder.prepare();
+        loop {
+            let connect = Broker::connect(
+                b,
+                self.settings.worker.max_attempts,
+                self.settings.worker.concurrency,
+                &connection_name,
+            );
+            // Each node gets connect_timeout; declaring the topology gets one more.
+            let timeout = b.connect_timeout * (b.urls().len() as u32 + 1);
+            let broker = tokio::select! {
+                r = tokio::time::timeout(timeout, connect) => r.unwrap_or_else(|_| Err(BrokerError::Timeout(timeout))),
+                _ = shutdown.cancelled() => return Ok(()),
+            };
+            let broker = match broker {
+                Ok(broker) => Arc::new(broker),
+                Err(e @ BrokerError::TopologyMismatch { .. }) => {
+                    return Err(WorkerError::Topology(e))
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?delay, "cannot reach the broker");
+                    tokio::select! {
+                        _ = tokio::time::sleep(jitter(delay)) => {}
+                        _ = shutdown.cancelled() => return Ok(()),
+                    }
+                    delay = (delay * 2).min(b.reconnect_max_delay);
+                    continue;
+                }
+            };
+            delay = b.reconnect_min_delay;
+            tracing::info!(queue = %b.jobs_queue, prefetch = self.settings.worker.concurrency, "connected; waiting for jobs");
+            let probe = Arc::downgrade(&broker);
+            self.status
+                .connected(move || probe.upgrade().is_some_and(|b| b.is_connected()));
+            let end = self.clone().session(broker.clone(), &shutdown).await;
+            self.status.disconnected();
+            match end {
+                SessionEnd::Shutdown => {
+                    broker.close().await;
+                    tracing::info!("stopped");
+                    return Ok(());
+                }
+                SessionEnd::Idle => {
+                    broker.close().await;
+                    tracing::info!("no job for a while; exiting as asked");
+                    return Ok(());
+                }
+                SessionEnd::Lost(why) => {
+                    tracing::warn!(reason = %why, "lost the broker; reconnecting");
+                }
+            }
+        }
+    }
+
+    /// One broker session: consumes jobs until shutdown, idleness or the
+    /// loss of the broker; then drains or aborts the running attempts.
+    async fn session(
+        self: Arc<Self>,
+        broker: Arc<Broker>,
+        shutdown: &CancellationToken,
+    ) -> SessionEnd {
+        let tag = format!("{}-{}", self.id, uuid::Uuid::new_v4().simple());
+        let mut consumer = match broker.consume_jobs(&tag).await {
+            Ok(c) => c,
+            Err(e) => return SessionEnd::Lost(e.to_string()),
+        };
+        let _control = crate::control::Responder::start(broker.clone(), self.status.clone());
+        let abort = Abort::default();
+        let mut jobs = JoinSet::new();
+        let mut last_activity = Instant::now();
+        let mut idle_check = tokio::time::interval(Duration::from_millis(250));
+        let liveness = self.settings.broker.liveness_interval;
+        let mut live_check = tokio::time::interval(liveness);
+        let end = loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break SessionEnd::Shutdown,
+                _ = live_check.tick() => {
+                    if let Err(why) = broker.ping(liveness * 2).await {
+                        // A closing channel's own reason (such as the
+                        // broker's consumer timeout) says more than the ping.
+                        let reason = match tokio::time::timeout(Duration::from_millis(200), consumer.next()).await {
+                            Ok(Some(Err(e))) => e.to_string(),
+                            _ => why,
+                        };
+                        break SessionEnd::Lost(reason);
+                    }
+                }
+                delivery = consumer.next() => match delivery {
+                    Some(Ok(delivery)) => {
+                        last_activity = Instant::now();
+                        let delivery = Delivery::new(delivery);
+                        jobs.spawn(self.clone().handle(broker.clone(), delivery, abort.clone()));
+                    }
+                    Some(Err(e)) => break SessionEnd::Lost(e.to_string()),
+                    None => break SessionEnd::Lost("the broker cancelled the consumer".into()),
+                },
+                Some(_) = jobs.join_next(), if !jobs.is_empty() => last_activity = Instant::now(),
+                _ = idle_check.tick(), if self.exit_when_idle.is_some() => {
+                    let idle = self.exit_when_idle.unwrap_or_default();
+                    if jobs.is_empty() && last_activity.elapsed() >= idle {
+                        break SessionEnd::Idle;
+                    }
+                }
+            }
+        };
+        match &end {
+            SessionEnd::Lost(why) => abort.fire(JobError::new(
+                ErrorKind::BrokerUnavailable,
+                explain_loss(why),
+            )),
+            SessionEnd::Shutdown | SessionEnd::Idle => {
+                broker.stop_consuming(&tag).await;
+                self.drain(&mut jobs, &abort).await;
+            }
+        }
+        while jobs.join_next().await.is_some() {}
+        end
+    }
+
+    /// Lets the running attempts finish within the drain time, then aborts
+    /// the rest (they are given back to the queue).
+    async fn drain(&self, jobs: &mut JoinSet<()>, abort: &Abort) {
+        if jobs.is_empty() {
+            return;
+        }
+        let drain = self.settings.worker.drain_timeout;
+        tracing::info!(
+            running = jobs.len(),
+            ?drain,
+            "stopping: letting running jobs finish"
+        );
+        let finished =
+            tokio::time::timeout(drain, async { while jobs.join_next().await.is_some() {} }).await;
+        if finished.is_err() {
+            tracing::warn!("drain time is up: giving the running jobs back to the queue");
+            abort.fire(JobError::new(
+                ErrorKind::Shutdown,
+                format!(
+                    "the worker stopped and the job did not finish within the drain time of {}",
+                    humantime::format_duration(drain)
+                ),
+            ));
+        }
+    }
+
+    /// Processes one delivery to the end and settles it.
+    async fn handle(self: Arc<Self>, broker: Arc<Broker>, delivery: Delivery, abort: Abort) {
+        let attempt = delivery.attempt();
+        let limit = self.settings.worker.max_message_bytes;
+        let job = match Job::parse_limited(delivery.body(), limit) {
+            Ok(job) => job,
+            Err(error) => {
+                let job_id = (delivery.body().len() <= limit)
+                    .then(|| Job::salvage_id(delivery.body()))
+                    .flatten()
+                    .unwrap_or_else(|| "unknown".into());
+                let span = tracing::info_span!("job", job_id = %job_id, attempt);
+                let reporter =
+                    Reporter::new(broker.clone(), &job_id, attempt, &self.id, &self.status);
+                return self
+                    .settle(&broker, &delivery, &reporter, &job_id, Err(error))
+                    .instrument(span)
+                    .await;
+            }
+        };
+        let span = tracing::info_span!("job", job_id = %job.job_id, attempt);
+        async {
+            let reporter =
+                Reporter::new(broker.clone(), &job.job_id, attempt, &self.id, &self.status);
+            tracing::info!(input = %job.input_key, output = %job.output_key, "job started");
+            let limit = self.settings.worker.job_timeout;
+            let attempt = Attempt::new(&self, &job, attempt, &reporter);
+            let run = attempt.run();
+            let result = tokio::select! {
+                r = tokio::time::timeout(limit, run) => r.unwrap_or_else(|_| Err(JobError::new(
+                    ErrorKind::Stalled,
+                    format!("the job ran longer than the limit of {}", humantime::format_duration(limit)),
+                ))),
+                reason = abort.fired() => Err(reason),
+            };
+            let result = result.map(|_| job.output_key.as_str());
+            self.settle(&broker, &delivery, &reporter, &job.job_id, result)
+                .await
+        }
+        .instrument(span)
+        .await
+    }
+}
