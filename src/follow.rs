@@ -109,8 +109,9 @@ pub struct Follower {
 
 impl Follower {
     /// Opens a connection of its own named `name` (an observer needs no
-    /// other settings than the broker's) and follows every job until told
-    /// to [`expect`](Follower::expect) some.
+    /// other settings than the broker's). It follows no job until told to
+    /// [`expect`](Follower::expect) some, or [every
+    /// job](Follower::expect_every_job).
     pub async fn open(settings: &BrokerSettings, name: &str) -> Result<Follower, ObserverError> {
         let connection = observer_connection(settings, name).await?;
         let fail = |e: lapin::Error| ObserverError {
@@ -131,8 +132,8 @@ impl Follower {
         Ok(follower)
     }
 
-    /// Follows on `broker`'s connection (its consumer named `tag`), every
-    /// job until told to [`expect`](Follower::expect) some.
+    /// Follows on `broker`'s connection (its consumer named `tag`); it
+    /// follows no job until told to [`expect`](Follower::expect) some.
     pub async fn start(broker: &Arc<Broker>, tag: &str) -> Result<Follower, BrokerError> {
         let (_queue, consumer) = broker.consume_progress_events(tag).await?;
         let probe = Arc::downgrade(broker);
@@ -145,7 +146,7 @@ impl Follower {
         mut consumer: lapin::Consumer,
         alive: impl Fn() -> bool + Send + Sync + 'static,
     ) -> Follower {
-        let wanted = Arc::new(Mutex::new(Wanted::All));
+        let wanted = Arc::new(Mutex::new(Wanted::Only(HashSet::new())));
         let (tx, events) = mpsc::unbounded_channel();
         let filter = wanted.clone();
         // Events of jobs nobody follows are dropped here, as they come, so
@@ -188,9 +189,14 @@ impl Follower {
         }
     }
 
-    /// Follows `job_id` (call before publishing it); from the first call
-    /// on, only expected jobs are followed, and following ends when each
-    /// has ended.
+    /// Follows every job from now on; following then ends only on a
+    /// limit (time, interruption, a lost broker).
+    pub fn expect_every_job(&self) {
+        *lock(&self.wanted) = Wanted::All;
+    }
+
+    /// Follows `job_id` (call before publishing it); following ends when
+    /// each expected job has ended.
     pub fn expect(&self, job_id: &str) {
         let mut wanted = lock(&self.wanted);
         match &mut *wanted {

@@ -67,6 +67,9 @@ pub async fn watch(
             return ExitCode::FAILURE;
         }
     };
+    if options.jobs.is_empty() {
+        follower.expect_every_job();
+    }
     for job in &options.jobs {
         follower.expect(job);
     }

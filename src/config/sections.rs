@@ -1,0 +1,237 @@
+//! The sections of the settings, one struct each, and what they compute
+//! from themselves (the broker URLs, the control exchange's name, the
+//! metrics address).
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+/// The HTTP endpoint serving `/metrics` (Prometheus) and `/healthz`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct MetricsSettings {
+    /// `IP:port` to listen on (port 0 picks a free one); empty turns the
+    /// endpoint off.
+    pub listen: String,
+}
+
+impl MetricsSettings {
+    /// The address to listen on; `None` when the endpoint is off. Checked
+    /// when the settings are loaded.
+    pub fn listen_addr(&self) -> Option<std::net::SocketAddr> {
+        self.listen.trim().parse().ok()
+    }
+}
+
+/// RabbitMQ connection and topology.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BrokerSettings {
+    /// AMQP URL; holds the password, so it is secret.
+    pub url: SecretString,
+    /// Durable quorum queue of jobs.
+    pub jobs_queue: String,
+    /// Fanout exchange of progress events.
+    pub progress_exchange: String,
+    /// Durable queue bound to the progress exchange.
+    pub progress_queue: String,
+    /// Bound on unread progress events kept in `progress_queue`.
+    pub progress_queue_max_length: u32,
+    /// Queue of jobs that cannot succeed.
+    pub dead_letter_queue: String,
+    /// Fanout exchange of `inspect` and `ping` requests; empty means
+    /// `<jobs_queue>.control`. Use [`BrokerSettings::control_exchange`].
+    pub control_exchange: String,
+    /// Longest wait for a connection to open.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// How often the broker's liveness is checked.
+    #[serde(with = "humantime_serde")]
+    pub liveness_interval: Duration,
+    /// First wait between reconnection attempts.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_min_delay: Duration,
+    /// Longest wait between reconnection attempts.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_max_delay: Duration,
+}
+
+impl BrokerSettings {
+    /// The control exchange's name: the setting, or `<jobs_queue>.control`
+    /// when it is empty, so farms on different job queues stay apart.
+    pub fn control_exchange(&self) -> String {
+        if self.control_exchange.is_empty() {
+            format!("{}.control", self.jobs_queue)
+        } else {
+            self.control_exchange.clone()
+        }
+    }
+}
+
+/// Which storage backend to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// S3-compatible object storage.
+    S3,
+    /// A plain directory (NAS, NFS mount).
+    Directory,
+}
+
+/// Where inputs are read and outputs written.
+#[derive(Debug, Clone, Deserialize)]
+pub struct StorageSettings {
+    /// `s3` or `directory`.
+    pub backend: Backend,
+    /// S3 bucket name.
+    pub bucket: String,
+    /// S3 endpoint URL; empty for AWS.
+    pub endpoint: String,
+    /// S3 region.
+    pub region: String,
+    /// S3 access key id.
+    pub access_key: String,
+    /// S3 secret access key.
+    pub secret_key: SecretString,
+    /// Path-style addressing; defaults to on when an endpoint is set.
+    pub path_style: Option<bool>,
+    /// Root folder of the directory backend.
+    pub directory: PathBuf,
+    /// How long a failing transfer is retried.
+    #[serde(with = "humantime_serde")]
+    pub retry_for: Duration,
+    /// Multipart upload parts in flight.
+    pub upload_concurrency: usize,
+    /// Prefixes `input_key` must start with; empty for any.
+    pub allowed_input_prefixes: Vec<String>,
+    /// Prefixes `output_key` must start with; empty for any.
+    pub allowed_output_prefixes: Vec<String>,
+}
+
+/// How the worker runs jobs.
+#[derive(Debug, Clone, Deserialize)]
+pub struct WorkerSettings {
+    /// Name in progress events; empty means `<host>:<pid>`.
+    pub id: String,
+    /// Jobs at once (and AMQP prefetch).
+    pub concurrency: u16,
+    /// Attempts before dead-lettering.
+    pub max_attempts: u32,
+    /// Folder for per-job temporary folders; empty means the system temp dir.
+    pub scratch_dir: PathBuf,
+    /// Time a running job gets to finish on shutdown.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// A download that moves no byte for this long is aborted.
+    #[serde(with = "humantime_serde")]
+    pub download_stall_timeout: Duration,
+    /// A transcode whose position does not move for this long is aborted.
+    #[serde(with = "humantime_serde")]
+    pub transcode_stall_timeout: Duration,
+    /// An upload that moves no byte for this long is aborted.
+    #[serde(with = "humantime_serde")]
+    pub upload_stall_timeout: Duration,
+    /// Longest a single attempt may run.
+    #[serde(with = "humantime_serde")]
+    pub job_timeout: Duration,
+    /// First delay before a transiently failed job is given back.
+    #[serde(with = "humantime_serde")]
+    pub retry_delay: Duration,
+    /// Longest such delay.
+    #[serde(with = "humantime_serde")]
+    pub retry_max_delay: Duration,
+    /// Largest job message accepted, in bytes.
+    pub max_message_bytes: usize,
+    /// Free space (MiB) the scratch folder must keep beyond the input's size.
+    pub min_free_space_mb: u64,
+    /// Memory limit (MiB) of a pipeline process; 0 for none.
+    pub pipeline_memory_limit_mb: u64,
+    /// Keep one pipeline process started ahead of the next job, with
+    /// GStreamer's plugins loaded, and let a process whose job completed
+    /// serve the next one (saves about 80 ms a job).
+    pub standby_pipeline: bool,
+    /// Fault injection for reliability tests: abort the process right after
+    /// this phase of an attempt (`downloading`, `transcoding` or
+    /// `uploading`), as a power cut would. Never set in production.
+    #[serde(default)]
+    pub crash_after: Option<crate::job::Phase>,
+}
+
+/// Pipeline policy.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PipelineSettings {
+    /// Preset for jobs that name neither a preset nor a fragment.
+    pub default_preset: String,
+    /// Preset for `.webm` outputs of such jobs.
+    pub default_webm_preset: String,
+    /// Whether jobs may carry raw `transcode_options`.
+    pub allow_transcode_options: bool,
+    /// Elements allowed in fragments beyond the built-in list.
+    pub extra_allowed_elements: Vec<String>,
+    /// Allowed difference between input and output duration.
+    #[serde(with = "humantime_serde")]
+    pub duration_tolerance: Duration,
+    /// Widest frame a fragment may ask for, and widest input accepted.
+    pub max_width: u32,
+    /// Tallest frame a fragment may ask for, and tallest input accepted.
+    pub max_height: u32,
+    /// Highest encoder bitrate a fragment may ask for, in kbit/s.
+    pub max_bitrate_kbps: u64,
+    /// Longest input accepted.
+    #[serde(with = "humantime_serde")]
+    pub max_duration: Duration,
+}
+
+/// A named, operator-defined way to transcode.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct Preset {
+    /// What it makes, for people.
+    #[serde(default)]
+    pub description: String,
+    /// The video branch, e.g. `videoconvert ! x264enc`.
+    pub video: String,
+    /// The audio branch; the container's default when absent.
+    #[serde(default)]
+    pub audio: Option<String>,
+}
+
+impl BrokerSettings {
+    /// The broker URLs: `url` may list several nodes of a cluster,
+    /// separated by commas; they are tried in order.
+    pub fn urls(&self) -> Vec<SecretString> {
+        self.url
+            .expose_secret()
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(|u| SecretString::from(u.to_string()))
+            .collect()
+    }
+}
+
+/// The AMQP URL (or comma-separated URLs) without passwords, for logs.
+pub fn redact_url(url: &SecretString) -> String {
+    url.expose_secret()
+        .split(',')
+        .map(|u| redact_one(u.trim()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn redact_one(url: &str) -> String {
+    match lapin::uri::AMQPUri::from_str(url) {
+        Ok(uri) => format!(
+            "{}://{}@{}:{}/{}",
+            match uri.scheme {
+                lapin::uri::AMQPScheme::AMQP => "amqp",
+                lapin::uri::AMQPScheme::AMQPS => "amqps",
+            },
+            uri.authority.userinfo.username,
+            uri.authority.host,
+            uri.authority.port,
+            uri.vhost
+        ),
+        Err(_) => "<invalid AMQP URL>".to_string(),
+    }
+}
