@@ -107,7 +107,9 @@ impl JobError {
     /// What the worker must do with the delivery after this error on
     /// attempt `attempt` (1-based) out of at most `max_attempts`.
     pub fn disposition(&self, attempt: u32, max_attempts: u32) -> Disposition {
-        if self.kind == ErrorKind::Shutdown || self.kind == ErrorKind::BrokerUnavailable {
+        if self.kind == ErrorKind::Shutdown {
+            Disposition::Release
+        } else if self.kind == ErrorKind::BrokerUnavailable {
             Disposition::Requeue
         } else if self.kind.is_permanent() || attempt >= max_attempts {
             Disposition::DeadLetter
@@ -122,8 +124,11 @@ impl JobError {
 pub enum Disposition {
     /// Transient: give it back to the queue after a backoff delay.
     Retry,
-    /// Give it back at once without counting it as a failure of the job
-    /// (shutdown, lost broker connection).
+    /// The worker is stopping: give it back at once, as a copy whose
+    /// attempt number stays the same (a give-back is no failed attempt).
+    Release,
+    /// The broker connection was lost: nothing can be settled on it; the
+    /// broker gives the job back itself (and counts one more delivery).
     Requeue,
     /// Permanent or out of attempts: move it to the dead-letter queue.
     DeadLetter,
@@ -148,8 +153,10 @@ mod tests {
     }
 
     #[test]
-    fn shutdown_requeues_without_giving_up() {
+    fn shutdown_releases_without_giving_up_and_a_lost_broker_requeues() {
         let e = JobError::new(ErrorKind::Shutdown, "stopping");
+        assert_eq!(e.disposition(5, 5), Disposition::Release);
+        let e = JobError::new(ErrorKind::BrokerUnavailable, "connection reset");
         assert_eq!(e.disposition(5, 5), Disposition::Requeue);
     }
 

@@ -113,15 +113,41 @@ impl Delivery {
     pub async fn retry(&self, broker: &Broker, queue: &str, worker: &str, error: &JobError) {
         let mut history = self.history();
         history.push(history_line(self.attempt, worker, error));
+        self.requeue_copy(broker, queue, self.attempt, history, "the retried copy")
+            .await;
+    }
+
+    /// Gives the job back to `queue` without using up an attempt (the
+    /// worker is stopping, the job did not fail): a copy whose attempt
+    /// number is this one's again, then acks this one. A nack would not do:
+    /// a quorum queue counts every nacked delivery. The copy waits at the
+    /// back of the queue. If the broker does not take it, gives this one
+    /// back as it is.
+    pub async fn release(&self, broker: &Broker, queue: &str) {
+        let settled = self.attempt.saturating_sub(1);
+        self.requeue_copy(broker, queue, settled, self.history(), "the released copy")
+            .await;
+    }
+
+    /// Publishes a copy to `queue` with `settled` attempts and `history`,
+    /// then acks this delivery; gives it back unchanged if that fails.
+    async fn requeue_copy(
+        &self,
+        broker: &Broker,
+        queue: &str,
+        settled: u32,
+        history: Vec<String>,
+        what: &str,
+    ) {
         let headers = string_headers([
-            (SETTLED_ATTEMPTS_HEADER, self.attempt.to_string()),
+            (SETTLED_ATTEMPTS_HEADER, settled.to_string()),
             (HISTORY_HEADER, history.join("\n")),
         ]);
         let copy = || broker.publish_confirmed(queue, self.body(), headers.clone());
-        match until_taken("the retried copy", copy).await {
+        match until_taken(what, copy).await {
             Ok(()) => self.ack().await,
             Err(e) => {
-                tracing::warn!(error = %e, "could not requeue a copy with the history; giving the job back as it is");
+                tracing::warn!(error = %e, "could not requeue {what}; giving the job back as it is");
                 self.give_back().await;
             }
         }

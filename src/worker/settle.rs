@@ -2,8 +2,10 @@
 //! into what happens to its message. Completed: publish `completed` (with a
 //! broker confirm), then ack. Failed: publish `failed`, then, as
 //! [`JobError::disposition`] decides, give the job back as a copy carrying
-//! its history after a backoff delay, give it back at once, or move it to
-//! the dead-letter queue with the reason.
+//! its history after a backoff delay, release it at once without using up
+//! an attempt (the worker is stopping), leave it to the broker (the
+//! connection is lost), or move it to the dead-letter queue with the
+//! reason.
 
 use std::time::Duration;
 
@@ -66,6 +68,7 @@ impl Worker {
                 tokio::time::sleep(delay).await;
                 delivery.retry(broker, queue, &self.id, &error).await;
             }
+            Disposition::Release => delivery.release(broker, queue).await,
             Disposition::Requeue => delivery.give_back().await,
         }
     }

@@ -166,6 +166,68 @@ async fn sigterm_with_a_short_drain_gives_the_job_back_to_another_worker() {
     assert_eq!(last.worker, second.name);
 }
 
+/// A give-back because the worker is stopping (SIGTERM, `supervisorctl
+/// stop`, a scale-down) is no failed attempt: a job stopped mid-encode six
+/// times, with five attempts allowed, still completes, as attempt 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_stopped_with_sigterm_more_often_than_its_attempts_still_completes() {
+    const STOPS: usize = 6;
+    let max = ("TRANSCODE_WORKER__MAX_ATTEMPTS", "5");
+    let drain = ("TRANSCODE_WORKER__DRAIN_TIMEOUT", "1s");
+    let farm = Farm::s3(&[SLOW, max, drain]).await;
+    farm.put_input("a.mov", &fixtures::mjpeg_mov(2)).await;
+    let mut watch = farm.watch_progress().await;
+    farm.publish_job(slow_job("stopped", "a.mov", "o/a.mp4", 100_000))
+        .await;
+    for round in 1..=STOPS {
+        let mut worker = farm.spawn_worker(&[SLOW, max, drain]);
+        watch
+            .until(JOB_TIMEOUT, |e| {
+                e.worker == worker.name && e.state == Phase::Transcoding && e.progress > 5.0
+            })
+            .await;
+        worker.signal(libc::SIGTERM);
+        let status = worker.wait_exit(Duration::from_secs(30)).await;
+        assert!(
+            status.success(),
+            "round {round}: {status:?}\n{}",
+            worker.logs()
+        );
+        let given_back = watch
+            .until(JOB_TIMEOUT, |e| {
+                e.worker == worker.name && matches!(e.state, Phase::Failed | Phase::Completed)
+            })
+            .await;
+        assert_eq!(
+            given_back.state,
+            Phase::Failed,
+            "round {round}: {given_back:#?}"
+        );
+        assert_eq!(given_back.error_kind, Some(ErrorKind::Shutdown));
+        assert_eq!(given_back.will_retry, Some(true));
+        assert_eq!(
+            given_back.attempt, 1,
+            "round {round}: a give-back is no attempt"
+        );
+    }
+    let gave_back = watch
+        .of("stopped")
+        .iter()
+        .filter(|e| e.error_kind == Some(ErrorKind::Shutdown))
+        .count();
+    assert_eq!(gave_back, STOPS);
+    let last_worker = farm.spawn_worker(&[SLOW, max]);
+    let last = watch.until_final("stopped", JOB_TIMEOUT).await;
+    assert_eq!(
+        last.state,
+        Phase::Completed,
+        "{last:#?}\n{}",
+        last_worker.logs()
+    );
+    assert_eq!(last.attempt, 1, "{last:#?}");
+    assert!(farm.dead_letters().await.is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_a_long_drain_lets_the_job_finish_then_exits() {
     let drain = ("TRANSCODE_WORKER__DRAIN_TIMEOUT", "60s");
