@@ -31,11 +31,13 @@ pub mod scan;
 pub mod ui;
 pub mod wait;
 
+use std::collections::HashMap;
+use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
-use transcode_worker::config::Settings;
+use transcode_worker::config::{ConfigError, Settings};
 
 /// The whole program: parses the command line, loads the worker's
 /// settings, and runs.
@@ -43,12 +45,7 @@ pub fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let ui = ui::Ui::new(cli.quiet);
     init_logging(&ui);
-    if let Some(bucket) = &cli.bucket {
-        // Settings::load gives S3_BUCKET_NAME the last word; nothing else
-        // runs yet, so setting it here is safe.
-        std::env::set_var("S3_BUCKET_NAME", bucket);
-    }
-    let settings = match Settings::load(cli.config.as_deref()) {
+    let settings = match load_settings(&cli) {
         Ok(settings) => settings,
         Err(e) => {
             let mut message = e.to_string();
@@ -71,6 +68,33 @@ pub fn main() -> ExitCode {
         tokio::spawn(cancel_on_signal(cancel.clone(), ui.clone()));
         app::run(cli, settings, ui, cancel).await
     })
+}
+
+/// The worker's settings, read the way [`Settings::load`] reads them (the
+/// process environment over a `.env` file in the working directory, over
+/// the configuration file), with `--bucket` in place of `S3_BUCKET_NAME`.
+fn load_settings(cli: &cli::Cli) -> Result<Settings, ConfigError> {
+    let mut env: HashMap<String, String> = HashMap::new();
+    if let Ok(iter) = dotenvy::from_filename_iter(".env") {
+        for (key, value) in iter.flatten() {
+            env.insert(key, value);
+        }
+    }
+    env.extend(std::env::vars());
+    settings_from(cli.config.as_deref(), env, cli.bucket.as_deref())
+}
+
+/// Settings from the environment map `env` and `file`, with `bucket` (when
+/// given) overriding `S3_BUCKET_NAME` and the configuration.
+fn settings_from(
+    file: Option<&Path>,
+    mut env: HashMap<String, String>,
+    bucket: Option<&str>,
+) -> Result<Settings, ConfigError> {
+    if let Some(bucket) = bucket {
+        env.insert("S3_BUCKET_NAME".to_string(), bucket.to_string());
+    }
+    Settings::from_env(file, &env)
 }
 
 /// Library warnings (storage retries and the like) go to standard error
@@ -96,4 +120,33 @@ async fn cancel_on_signal(cancel: CancellationToken, ui: ui::Ui) {
     cancel.cancel();
     transcode_worker::signals::stop_requested().await;
     std::process::exit(i32::from(app::EXIT_INTERRUPTED));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn the_bucket_option_overrides_the_environment() {
+        let e = env(&[("S3_BUCKET_NAME", "from-env")]);
+        let s = settings_from(None, e.clone(), Some("from-option")).unwrap();
+        assert_eq!(s.storage.bucket, "from-option");
+        let s = settings_from(None, e, None).unwrap();
+        assert_eq!(s.storage.bucket, "from-env");
+    }
+
+    #[test]
+    fn the_bucket_option_stands_in_for_a_missing_bucket() {
+        let s = settings_from(None, HashMap::new(), Some("videos")).unwrap();
+        assert_eq!(s.storage.bucket, "videos");
+        let err = settings_from(None, HashMap::new(), None).unwrap_err();
+        assert!(err.to_string().contains("S3_BUCKET_NAME"), "{err}");
+    }
 }

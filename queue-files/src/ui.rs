@@ -83,17 +83,13 @@ impl Ui {
         }
     }
 
-    /// A percent bar for a job being followed, or none for plain logs.
+    /// A bar for a job being followed, 100 steps long (one a percent), in
+    /// the look of every job bar ([`job_bar`](transcode_worker::terminal::job_bar));
+    /// none for plain logs.
     pub fn job_bar(&self, label: &str) -> Option<ProgressBar> {
         self.multi.as_ref().map(|multi| {
-            let bar = multi.add(ProgressBar::new(100));
-            bar.set_style(
-                ProgressStyle::with_template("{prefix:30!} [{bar:30.green/blue}] {pos:>3}% {msg}")
-                    .expect("valid template")
-                    .progress_chars("=> "),
-            );
-            bar.set_prefix(label.to_string());
-            bar.set_message("queued");
+            let bar = multi.add(transcode_worker::terminal::job_bar(label, 100));
+            bar.set_message("  0% queued");
             bar
         })
     }

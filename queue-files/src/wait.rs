@@ -145,7 +145,10 @@ impl JobView {
                 match &self.bar {
                     Some(bar) => {
                         bar.set_position(percent as u64);
-                        bar.set_message(format!("{state} (attempt {}){eta}", p.attempt));
+                        bar.set_message(format!(
+                            "{percent:>3.0}% {state} (attempt {}){eta}",
+                            p.attempt
+                        ));
                     }
                     None => {
                         let decile = (percent / 10.0) as u32;
