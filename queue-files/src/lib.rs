@@ -74,13 +74,7 @@ pub fn main() -> ExitCode {
 /// process environment over a `.env` file in the working directory, over
 /// the configuration file), with `--bucket` in place of `S3_BUCKET_NAME`.
 fn load_settings(cli: &cli::Cli) -> Result<Settings, ConfigError> {
-    let mut env: HashMap<String, String> = HashMap::new();
-    if let Ok(iter) = dotenvy::from_filename_iter(".env") {
-        for (key, value) in iter.flatten() {
-            env.insert(key, value);
-        }
-    }
-    env.extend(std::env::vars());
+    let env = transcode_worker::config::environment();
     settings_from(cli.config.as_deref(), env, cli.bucket.as_deref())
 }
 

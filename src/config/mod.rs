@@ -70,6 +70,19 @@ pub enum ConfigError {
     },
 }
 
+/// The environment settings are read from: a `.env` file in the working
+/// directory, overridden by the process environment.
+pub fn environment() -> HashMap<String, String> {
+    let mut env: HashMap<String, String> = HashMap::new();
+    if let Ok(iter) = dotenvy::from_filename_iter(".env") {
+        for (key, value) in iter.flatten() {
+            env.insert(key, value);
+        }
+    }
+    env.extend(std::env::vars());
+    env
+}
+
 fn invalid(setting: &str, problem: impl Into<String>) -> ConfigError {
     let env = SEED_ENV_NAMES
         .iter()
@@ -91,28 +104,14 @@ impl Settings {
     /// Loads settings from the process environment, a `.env` file in the
     /// working directory, and `file` (or the file named by `TRANSCODE_CONFIG`).
     pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
-        let mut env: HashMap<String, String> = HashMap::new();
-        if let Ok(iter) = dotenvy::from_filename_iter(".env") {
-            for (key, value) in iter.flatten() {
-                env.insert(key, value);
-            }
-        }
-        env.extend(std::env::vars());
-        Settings::from_env(file, &env)
+        Settings::from_env(file, &environment())
     }
 
     /// Like [`Settings::load`], for commands that only talk to the broker
     /// (`inspect`, `ping`, `watch`): the storage settings are not checked,
     /// so an operator needs no bucket or keys to run them.
     pub fn load_for_broker(file: Option<&Path>) -> Result<Settings, ConfigError> {
-        let mut env: HashMap<String, String> = HashMap::new();
-        if let Ok(iter) = dotenvy::from_filename_iter(".env") {
-            for (key, value) in iter.flatten() {
-                env.insert(key, value);
-            }
-        }
-        env.extend(std::env::vars());
-        Settings::for_broker_from_env(file, &env)
+        Settings::for_broker_from_env(file, &environment())
     }
 
     /// Like [`Settings::from_env`], checking the broker settings only (see
