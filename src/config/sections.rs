@@ -153,7 +153,9 @@ pub struct WorkerSettings {
     pub standby_pipeline: bool,
     /// Fault injection for reliability tests: abort the process right after
     /// this phase of an attempt (`downloading`, `transcoding` or
-    /// `uploading`), as a power cut would. Never set in production.
+    /// `uploading`), as a power cut would. Only in builds with the
+    /// `fault-injection` feature (the test suite's).
+    #[cfg(feature = "fault-injection")]
     #[serde(default)]
     pub crash_after: Option<crate::job::Phase>,
 }

@@ -278,13 +278,19 @@ impl<'a> Attempt<'a> {
 }
 
 impl Worker {
-    /// Aborts the process after `phase` when fault injection asks for it.
+    /// Aborts the process after `phase` when fault injection asks for it
+    /// (only in builds with the `fault-injection` feature).
+    #[cfg(feature = "fault-injection")]
     fn fault_point(&self, phase: Phase) {
         if self.settings.worker.crash_after == Some(phase) {
             tracing::error!(%phase, "fault injection: aborting the worker");
             std::process::abort();
         }
     }
+
+    /// Fault injection is not built in.
+    #[cfg(not(feature = "fault-injection"))]
+    fn fault_point(&self, _phase: Phase) {}
 }
 
 /// Awaits a transfer while reporting its bytes as progress of `phase`;

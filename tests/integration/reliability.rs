@@ -96,6 +96,10 @@ async fn a_crashing_pipeline_fails_one_attempt_and_the_worker_goes_on() {
     assert_eq!(last.worker, worker.name, "the same worker process went on");
 }
 
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "needs the fault-injection feature (scripts/test turns it on)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_that_kills_every_worker_ends_in_the_dead_letter_queue() {
     let max = ("TRANSCODE_WORKER__MAX_ATTEMPTS", "2");

@@ -128,11 +128,19 @@ async fn the_original_job_message_is_transcoded_and_acked_after_the_upload() {
     farm.assert_all_acked(vec![worker]).await;
 }
 
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "needs the fault-injection feature (scripts/test turns it on)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_that_dies_after_the_upload_but_before_the_ack_leaves_the_job_queued() {
     death_between_upload_and_ack(Farm::s3(&[]).await).await;
 }
 
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "needs the fault-injection feature (scripts/test turns it on)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_holds_on_the_directory_backend() {
     death_between_upload_and_ack(Farm::directory(&[]).await).await;
