@@ -7,8 +7,11 @@
 //! only a strict subset of `gst-launch` syntax (no names, no references to
 //! other elements, no bins, no second branch), checks every element against
 //! an allowlist and every property against a denylist of names that reach
-//! files, devices or the network, and gives back a canonical text that is
-//! what the pipeline process actually parses. It is pure Rust: a job is
+//! files, devices or the network, refuses the values of otherwise harmless
+//! properties that read or write files (multi-pass statistics), bounds the
+//! numbers that cost memory or CPU (frame sizes and rates, bitrates,
+//! threads, look-ahead, queue sizes), and gives back a canonical text that
+//! is what the pipeline process actually parses. It is pure Rust: a job is
 //! checked before anything is downloaded, without GStreamer.
 
 use std::collections::BTreeSet;
@@ -59,27 +62,127 @@ pub const DEFAULT_ALLOWED_ELEMENTS: &[&str] = &[
     "mpegvideoparse",
 ];
 
-/// Property names, or parts of names, that are refused on any element: they
-/// name files, devices or network peers, rename elements, or pass free-form
-/// option strings to an encoder library (which can write files).
-const DENIED_PROPERTY_PARTS: &[&str] = &[
-    "location",
-    "file",
-    "uri",
-    "url",
-    "path",
-    "dir",
-    "device",
-    "host",
-    "port",
-    "socket",
-    "address",
-    "fd",
-    "name",
-    "parent",
-    "option-string",
-    "dump",
+/// Parts of property names that are refused on any element, and why: they
+/// name files, devices or network peers, rename elements, pass free-form
+/// option strings to an encoder library (which can write files), or turn on
+/// debug output and dumps. Names are compared in lower case with `_` read as
+/// `-`, as GStreamer reads them.
+const DENIED_PROPERTY_PARTS: &[(&str, &str)] = &[
+    ("location", "it reads or writes a file"),
+    ("file", "it reads or writes a file"),
+    ("path", "it reads or writes a file"),
+    ("dir", "it reads or writes a file"),
+    ("uri", "it opens a URI"),
+    ("url", "it opens a URI"),
+    ("device", "it opens a device"),
+    ("host", "it reaches the network"),
+    ("port", "it reaches the network"),
+    ("socket", "it reaches the network"),
+    ("address", "it reaches the network"),
+    ("fd", "it writes to a file descriptor"),
+    (
+        "name",
+        "it names elements, and references to other elements are not allowed",
+    ),
+    (
+        "parent",
+        "it names elements, and references to other elements are not allowed",
+    ),
+    (
+        "option-string",
+        "it passes options straight to the encoder library, which can read and write files",
+    ),
+    ("dump", "it turns on dumps, logs or debug output"),
+    ("log", "it turns on dumps, logs or debug output"),
+    ("debug", "it turns on dumps, logs or debug output"),
 ];
+
+/// Properties of which only some values are accepted, the others reading or
+/// writing files: (property, accepted values, why the others are refused).
+/// Enum values must be given by their nicks, not numbers.
+const RESTRICTED_VALUES: &[(&str, &[&str], &str)] = &[
+    (
+        "pass",
+        &["cbr", "quant", "qual"],
+        "multi-pass encoding reads and writes a statistics file",
+    ),
+    (
+        "multipass-mode",
+        &["one-pass", "single-pass"],
+        "multi-pass encoding reads and writes a statistics file",
+    ),
+    (
+        "enc-pass",
+        &["one-pass"],
+        "multi-pass encoding keeps statistics between runs",
+    ),
+];
+
+/// Properties refused on one element: (element, property, why).
+const DENIED_ELEMENT_PROPERTIES: &[(&str, &str, &str)] = &[(
+    "videorate",
+    "rate",
+    "it changes the output's duration, which must match the input's",
+)];
+
+/// Most threads one element may be asked to use.
+pub const MAX_THREADS: u64 = 64;
+/// Most frames an encoder may be asked to hold for look-ahead.
+pub const MAX_LOOKAHEAD_FRAMES: u64 = 60;
+/// Longest keyframe interval a job may ask for, in frames.
+pub const MAX_KEYFRAME_INTERVAL: u64 = 1000;
+/// Highest frame rate caps may ask for, in frames per second.
+pub const MAX_FRAME_RATE: u64 = 240;
+/// Most a caps' pixel aspect ratio may stretch a frame, either way.
+pub const MAX_ASPECT_STRETCH: u64 = 4;
+/// Largest `queue` a job may ask for: bytes, buffers and nanoseconds.
+pub const MAX_QUEUE: (u64, u64, u64) = (16 << 20, 1000, 10_000_000_000);
+
+/// Numeric properties bounded because larger values cost memory or CPU out
+/// of proportion: (names, most, what the number counts).
+const BOUNDED_PROPERTIES: &[(&[&str], u64, &str)] = &[
+    (
+        &["threads", "n-threads", "multi-thread"],
+        MAX_THREADS,
+        "threads",
+    ),
+    (
+        &["rc-lookahead", "sync-lookahead", "lag-in-frames"],
+        MAX_LOOKAHEAD_FRAMES,
+        "frames of look-ahead",
+    ),
+    (
+        &[
+            "key-int-max",
+            "keyframe-max-dist",
+            "keyframe-freq",
+            "keyframe-force",
+            "gop-size",
+            "keyint-min",
+        ],
+        MAX_KEYFRAME_INTERVAL,
+        "frames between keyframes",
+    ),
+    (
+        &["max-size-bytes", "min-threshold-bytes"],
+        MAX_QUEUE.0,
+        "queued bytes",
+    ),
+    (
+        &["max-size-buffers", "min-threshold-buffers"],
+        MAX_QUEUE.1,
+        "queued buffers",
+    ),
+    (
+        &["max-size-time", "min-threshold-time"],
+        MAX_QUEUE.2,
+        "queued nanoseconds",
+    ),
+];
+
+/// Words GStreamer reads as numbers in an integer property (`max` is the
+/// largest value of the type).
+const NUMBER_WORDS: &[&str] = &["min", "max", "little_endian", "big_endian", "byte_order"];
 
 /// A checked, canonical pipeline fragment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -181,53 +284,18 @@ impl Fragment {
         Ok(Fragment { segments })
     }
 
-    /// Refuses caps asking for frames larger than `limits` and encoder
-    /// bitrates above them.
+    /// Refuses caps asking for frames larger or faster than `limits` allow,
+    /// encoder bitrates above them, and numbers that cost memory or CPU out
+    /// of proportion (threads, look-ahead, keyframe intervals, queue sizes,
+    /// borders).
     pub fn check_limits(&self, limits: &Limits) -> Result<(), JobError> {
         for segment in &self.segments {
             match segment {
-                Segment::Caps(caps) => {
-                    for field in caps.split(',').skip(1) {
-                        let Some((name, value)) = field.split_once('=') else {
-                            continue;
-                        };
-                        let (name, max) = match name.trim() {
-                            "width" => ("width", limits.max_width),
-                            "height" => ("height", limits.max_height),
-                            _ => continue,
-                        };
-                        let digits = value.trim().trim_start_matches("(int)");
-                        if digits.parse::<u64>().is_ok_and(|v| v > u64::from(max)) {
-                            return Err(reject(format!(
-                                "the caps ask for a {name} of {digits}; the limit is {max}"
-                            )));
-                        }
-                    }
-                }
+                Segment::Caps(caps) => check_caps(caps, limits)?,
                 Segment::Element {
                     factory,
                     properties,
-                } => {
-                    for (name, value) in properties {
-                        if !name.contains("bitrate") {
-                            continue;
-                        }
-                        let Ok(v) = value.parse::<u64>() else {
-                            continue;
-                        };
-                        let kbps = if KBPS_ENCODERS.contains(&factory.as_str()) {
-                            v
-                        } else {
-                            v / 1000
-                        };
-                        if kbps > limits.max_bitrate_kbps {
-                            return Err(reject(format!(
-                                "{factory} {name}={value} is {kbps} kbit/s; the limit is {} kbit/s",
-                                limits.max_bitrate_kbps
-                            )));
-                        }
-                    }
-                }
+                } => check_element_limits(factory, properties, limits)?,
             }
         }
         Ok(())
@@ -327,13 +395,38 @@ fn parse_segment(part: &str, allow: &Allowlist) -> Result<Segment, JobError> {
                 "'{name}' on '{factory}' is not a property name"
             )));
         }
-        let lower = name.to_ascii_lowercase();
-        if let Some(part) = DENIED_PROPERTY_PARTS.iter().find(|p| lower.contains(*p)) {
+        let canonical = name.to_ascii_lowercase().replace('_', "-");
+        if let Some((part, why)) = DENIED_PROPERTY_PARTS
+            .iter()
+            .find(|(part, _)| canonical.contains(part))
+        {
             return Err(reject(format!(
-                "property '{name}' on '{factory}' is not allowed (properties that name a {part} are refused)"
+                "property '{name}' on '{factory}' is not allowed: {why} (names containing '{part}' are refused)"
             )));
         }
-        properties.push((name.to_string(), parse_value(value, name)?));
+        if let Some((_, _, why)) = DENIED_ELEMENT_PROPERTIES
+            .iter()
+            .find(|(f, p, _)| *f == factory && *p == canonical)
+        {
+            return Err(reject(format!(
+                "property '{name}' on '{factory}' is not allowed: {why}"
+            )));
+        }
+        let value = parse_value(value, name)?;
+        if let Some((_, accepted, why)) = RESTRICTED_VALUES.iter().find(|(p, ..)| *p == canonical) {
+            if !accepted.contains(&value.as_str()) {
+                return Err(reject(format!(
+                    "{factory} {name}={value} is not allowed: {why} (accepted: {})",
+                    accepted.join(", ")
+                )));
+            }
+        }
+        let value = if canonical == "caps" {
+            parse_caps(&value)?
+        } else {
+            value
+        };
+        properties.push((canonical, value));
     }
     Ok(Segment::Element {
         factory,
@@ -397,6 +490,172 @@ fn parse_caps(text: &str) -> Result<String, JobError> {
         )));
     }
     Ok(text.split_whitespace().collect::<Vec<_>>().join(" "))
+}
+
+/// Checks the fields of `caps` that decide a frame's size and rate.
+fn check_caps(caps: &str, limits: &Limits) -> Result<(), JobError> {
+    for field in caps.split(',').skip(1) {
+        let Some((name, raw)) = field.split_once('=') else {
+            continue;
+        };
+        let name = name.trim().to_ascii_lowercase();
+        let raw = raw.trim();
+        let value = without_type(raw);
+        match name.as_str() {
+            "width" | "height" => {
+                let max = if name == "width" {
+                    limits.max_width
+                } else {
+                    limits.max_height
+                };
+                let Some(pixels) = decimal(value) else {
+                    return Err(reject(format!(
+                        "the caps field {name}={raw} is not a whole number of pixels"
+                    )));
+                };
+                if pixels > u64::from(max) {
+                    return Err(reject(format!(
+                        "the caps ask for a {name} of {pixels}; the limit is {max}"
+                    )));
+                }
+            }
+            "framerate" | "max-framerate" => {
+                let Some((n, d)) = fraction(value).filter(|(_, d)| *d > 0) else {
+                    return Err(reject(format!(
+                        "the caps field {name}={raw} is not a frame rate such as 25/1"
+                    )));
+                };
+                if u128::from(n) > u128::from(MAX_FRAME_RATE) * u128::from(d) {
+                    return Err(reject(format!(
+                        "the caps ask for a {name} of {n}/{d}; the limit is {MAX_FRAME_RATE} frames per second"
+                    )));
+                }
+            }
+            "pixel-aspect-ratio" => {
+                let Some((n, d)) = fraction(value).filter(|(n, d)| *n > 0 && *d > 0) else {
+                    return Err(reject(format!(
+                        "the caps field {name}={raw} is not a ratio such as 1/1"
+                    )));
+                };
+                let stretch = u128::from(MAX_ASPECT_STRETCH);
+                if u128::from(n) > stretch * u128::from(d)
+                    || u128::from(d) > stretch * u128::from(n)
+                {
+                    return Err(reject(format!(
+                        "the caps ask for a pixel-aspect-ratio of {n}/{d}, which stretches frames more than {MAX_ASPECT_STRETCH} times"
+                    )));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Checks the numbers an element's properties ask for.
+fn check_element_limits(
+    factory: &str,
+    properties: &[(String, String)],
+    limits: &Limits,
+) -> Result<(), JobError> {
+    let number = |name: &str, value: &str| {
+        let not_a_number = || {
+            reject(format!(
+                "{factory} {name}={value} is not a plain decimal number"
+            ))
+        };
+        if NUMBER_WORDS.contains(&value) {
+            return Err(not_a_number());
+        }
+        if value.starts_with(|c: char| c.is_ascii_alphabetic()) {
+            // An enum nick, such as `threads=auto`: no number to bound.
+            return Ok(None);
+        }
+        value.parse::<i64>().map(Some).map_err(|_| not_a_number())
+    };
+    let mut borders = (0u64, 0u64);
+    for (name, value) in properties {
+        if name == "caps" {
+            check_caps(value, limits)?;
+            continue;
+        }
+        if name.contains("bitrate") {
+            let Some(v) = number(name, value)? else {
+                continue;
+            };
+            let v = v.max(0).unsigned_abs();
+            let kbps = if KBPS_ENCODERS.contains(&factory) {
+                v
+            } else {
+                v / 1000
+            };
+            if kbps > limits.max_bitrate_kbps {
+                return Err(reject(format!(
+                    "{factory} {name}={value} is {kbps} kbit/s; the limit is {} kbit/s",
+                    limits.max_bitrate_kbps
+                )));
+            }
+        }
+        if let Some((_, max, what)) = BOUNDED_PROPERTIES
+            .iter()
+            .find(|(names, ..)| names.contains(&name.as_str()))
+        {
+            let Some(v) = number(name, value)? else {
+                continue;
+            };
+            if v > 0 && v.unsigned_abs() > *max {
+                return Err(reject(format!(
+                    "{factory} {name}={value} asks for {v} {what}; the limit is {max}"
+                )));
+            }
+        }
+        if factory == "queue" && name == "max-size-bytes" && number(name, value)? == Some(0) {
+            return Err(reject(format!(
+                "queue max-size-bytes=0 lets the queue grow without bound; the limit is {} bytes",
+                MAX_QUEUE.0
+            )));
+        }
+        if factory == "videobox" && ["left", "right", "top", "bottom"].contains(&name.as_str()) {
+            // Negative values add a border of that many pixels.
+            let border = number(name, value)?.filter(|v| *v < 0).unwrap_or(0);
+            let axis = if name == "left" || name == "right" {
+                &mut borders.0
+            } else {
+                &mut borders.1
+            };
+            *axis = axis.saturating_add(border.unsigned_abs());
+        }
+    }
+    if borders.0 > u64::from(limits.max_width) || borders.1 > u64::from(limits.max_height) {
+        return Err(reject(format!(
+            "videobox adds borders of {} by {} pixels; the limit is {}x{}",
+            borders.0, borders.1, limits.max_width, limits.max_height
+        )));
+    }
+    Ok(())
+}
+
+/// `value` without a leading type such as `(int)`.
+fn without_type(value: &str) -> &str {
+    match value.strip_prefix('(').and_then(|v| v.split_once(')')) {
+        Some((_, rest)) => rest.trim(),
+        None => value,
+    }
+}
+
+/// A whole number written in decimal digits only (GStreamer also reads
+/// hexadecimal and words such as `max`).
+fn decimal(value: &str) -> Option<u64> {
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    value.parse().ok()
+}
+
+/// A fraction `N/D` written in decimal digits.
+fn fraction(value: &str) -> Option<(u64, u64)> {
+    let (n, d) = value.split_once('/')?;
+    Some((decimal(n.trim())?, decimal(d.trim())?))
 }
 
 fn is_identifier(s: &str) -> bool {
@@ -532,6 +791,171 @@ mod tests {
         }
     }
 
+    fn limits() -> Limits {
+        Limits {
+            max_width: 7680,
+            max_height: 4320,
+            max_bitrate_kbps: 200_000,
+        }
+    }
+
+    /// The reason `text` is refused, by the parser or by the limits.
+    fn refusal(text: &str) -> String {
+        match parse(text).and_then(|f| f.check_limits(&limits())) {
+            Ok(()) => panic!("accepted {text:?}"),
+            Err(e) => {
+                assert_eq!(e.kind, ErrorKind::InvalidPipeline);
+                e.message
+            }
+        }
+    }
+
+    fn accepted(text: &str) -> Fragment {
+        let f = parse(text).unwrap_or_else(|e| panic!("{text}: {}", e.message));
+        f.check_limits(&limits())
+            .unwrap_or_else(|e| panic!("{text}: {}", e.message));
+        f
+    }
+
+    #[test]
+    fn multi_pass_modes_are_refused_single_pass_ones_accepted() {
+        for (text, reason) in [
+            (
+                "x264enc pass=pass1",
+                "x264enc pass=pass1 is not allowed: multi-pass",
+            ),
+            ("x264enc pass=17", "x264enc pass=17 is not allowed"),
+            ("avenc_mpeg4 pass=pass2", "accepted: cbr, quant, qual"),
+            ("vp8enc multipass-mode=first-pass", "statistics file"),
+            (
+                "theoraenc multipass_mode=second-pass",
+                "multipass_mode=second-pass",
+            ),
+            ("av1enc enc-pass=third-pass", "keeps statistics"),
+        ] {
+            let message = refusal(text);
+            assert!(message.contains(reason), "{text}: {message}");
+        }
+        accepted("x264enc pass=qual quantizer=23");
+        accepted("avenc_mpeg4 pass=cbr");
+        accepted("vp9enc multipass-mode=one-pass");
+        accepted("theoraenc multipass-mode=single-pass");
+    }
+
+    #[test]
+    fn property_names_are_read_as_gstreamer_reads_them() {
+        assert!(refusal("x264enc stats_file=/tmp/x").contains("'file'"));
+        assert!(refusal("x264enc RC_LOOKAHEAD=250").contains("look-ahead"));
+        assert!(refusal("x265enc log_level=full").contains("'log'"));
+        assert_eq!(
+            accepted("x264enc rc_lookahead=20").to_string(),
+            "x264enc rc-lookahead=\"20\""
+        );
+    }
+
+    #[test]
+    fn caps_tricks_do_not_get_past_the_frame_limits() {
+        for (text, reason) in [
+            (
+                "video/x-raw,width=(uint)100000 ! x264enc",
+                "width of 100000",
+            ),
+            ("video/x-raw,height=(i)5000 ! x264enc", "height of 5000"),
+            (
+                "video/x-raw,width=max ! x264enc",
+                "width=max is not a whole number",
+            ),
+            ("video/x-raw,width=0x10000 ! x264enc", "not a whole number"),
+            ("video/x-raw,height=-1 ! x264enc", "not a whole number"),
+            ("video/x-raw,framerate=241/1 ! x264enc", "the limit is 240"),
+            (
+                "video/x-raw,framerate=(fraction)30/0 ! x264enc",
+                "not a frame rate",
+            ),
+            ("video/x-raw,framerate=max ! x264enc", "not a frame rate"),
+            (
+                "video/x-raw,max-framerate=1000/1 ! x264enc",
+                "max-framerate of 1000/1",
+            ),
+            (
+                "video/x-raw,pixel-aspect-ratio=5/1 ! x264enc",
+                "more than 4 times",
+            ),
+            (
+                "video/x-raw,pixel-aspect-ratio=0/1 ! x264enc",
+                "not a ratio",
+            ),
+            (
+                "capsfilter caps=video/x-raw,width=9000 ! x264enc",
+                "width of 9000",
+            ),
+            ("capsfilter caps=audio/x-raw ! x264enc", "not video caps"),
+            (
+                "video/x-raw,pixel-aspect-ratio=18446744073709551615/1 ! x264enc",
+                "stretches frames",
+            ),
+        ] {
+            let message = refusal(text);
+            assert!(message.contains(reason), "{text}: {message}");
+        }
+        accepted(
+            "videoscale ! video/x-raw,width=(int)7680,height=4320,framerate=(fraction)30000/1001,pixel-aspect-ratio=4/3 ! x264enc",
+        );
+        accepted("videorate ! video/x-raw,framerate=240/1 ! x264enc");
+        accepted("video/x-raw,framerate=18446744073709551615/18446744073709551615 ! x264enc");
+        accepted("videoscale ! capsfilter caps=video/x-raw,width=1280 ! x264enc");
+    }
+
+    #[test]
+    fn numbers_that_cost_memory_or_cpu_are_bounded() {
+        for (text, reason) in [
+            ("x264enc threads=65", "65 threads; the limit is 64"),
+            ("openh264enc multi-thread=1000", "1000 threads"),
+            (
+                "x264enc sync-lookahead=61",
+                "61 frames of look-ahead; the limit is 60",
+            ),
+            (
+                "vp8enc keyframe-max-dist=1001",
+                "frames between keyframes; the limit is 1000",
+            ),
+            ("avenc_mpeg4 gop-size=100000", "frames between keyframes"),
+            ("queue max-size-bytes=0", "without bound"),
+            ("queue max-size-bytes=16777217", "queued bytes"),
+            ("queue max-size-buffers=1001", "queued buffers"),
+            ("queue max-size-time=10000000001", "queued nanoseconds"),
+            ("queue min-threshold-bytes=100000000", "queued bytes"),
+            ("x264enc threads=max", "not a plain decimal number"),
+            ("x264enc key-int-max=1e9", "not a plain decimal number"),
+            (
+                "vp9enc target-bitrate=0x7fffffff",
+                "not a plain decimal number",
+            ),
+            ("openh264enc max-bitrate=300000000", "300000 kbit/s"),
+            (
+                "videobox left=-4000 right=-4000 ! x264enc",
+                "borders of 8000 by 0",
+            ),
+            ("videobox top=min ! x264enc", "not a plain decimal number"),
+            (
+                "videobox left=-9223372036854775808 right=-9223372036854775808 ! x264enc",
+                "borders of 18446744073709551615 by 0",
+            ),
+            (
+                "videorate rate=2 ! x264enc",
+                "changes the output's duration",
+            ),
+        ] {
+            let message = refusal(text);
+            assert!(message.contains(reason), "{text}: {message}");
+        }
+        accepted("x264enc threads=64 rc-lookahead=60 sync-lookahead=-1 key-int-max=250");
+        accepted("avenc_mpeg4 threads=auto gop-size=12");
+        accepted("queue max-size-bytes=10485760 max-size-buffers=0 max-size-time=0 ! x264enc");
+        accepted("videobox left=-20 right=-20 top=16 bottom=-16 ! x264enc");
+        accepted("videorate max-rate=30 ! x264enc");
+    }
+
     #[test]
     fn operators_can_extend_the_allowlist() {
         let allow = Allowlist::new(["myenc"]);
@@ -575,7 +999,24 @@ mod tests {
         proptest! {
             #[test]
             fn never_panics_on_any_text(text in ".{0,300}") {
-                let _ = Fragment::parse(&text, &Allowlist::default());
+                if let Ok(fragment) = Fragment::parse(&text, &Allowlist::default()) {
+                    let _ = fragment.check_limits(&limits());
+                }
+            }
+
+            #[test]
+            fn limits_never_panic_on_any_number(
+                field in "(width|height|framerate|pixel-aspect-ratio)",
+                property in "(threads|bitrate|rc-lookahead|max-size-bytes|left|top)",
+                a in "-?[0-9]{1,25}",
+                b in "[0-9]{1,25}",
+            ) {
+                let text = format!(
+                    "videobox {property}={a} ! video/x-raw,{field}={a}/{b} ! queue {property}={b}"
+                );
+                if let Ok(fragment) = Fragment::parse(&text, &Allowlist::default()) {
+                    let _ = fragment.check_limits(&limits());
+                }
             }
 
             #[test]
@@ -601,7 +1042,7 @@ mod tests {
                         for word in words {
                             let (name, value) = word.split_once('=').expect("property=value");
                             let name = name.to_ascii_lowercase();
-                            for denied in DENIED_PROPERTY_PARTS {
+                            for (denied, _) in DENIED_PROPERTY_PARTS {
                                 prop_assert!(!name.contains(denied), "{name} in {canonical:?}");
                             }
                             prop_assert!(value.starts_with('"') && value.ends_with('"') && value.len() >= 3);

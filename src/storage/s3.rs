@@ -100,7 +100,9 @@ impl S3Store {
                 s3_error_code(&body)
             )),
             S3Error::Io(e) => StorageError::Local(e.to_string()),
-            other => StorageError::Unavailable(format!("{}: {other}", self.describe())),
+            other => {
+                StorageError::Unavailable(format!("{}: {}", self.describe(), with_causes(&other)))
+            }
         }
     }
 
@@ -266,9 +268,57 @@ impl S3Store {
 }
 
 /// The `<Code>` of an S3 error body, or the body's start.
+/// `error` followed by each of its causes that adds something, so that the
+/// reason of a failed request is seen (a refused TLS certificate, a refused
+/// connection), not only "error sending request".
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 fn s3_error_code(body: &str) -> String {
     body.split_once("<Code>")
         .and_then(|(_, rest)| rest.split_once("</Code>"))
         .map(|(code, _)| code.to_string())
         .unwrap_or_else(|| body.chars().take(120).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{text}")]
+    struct Layer {
+        text: &'static str,
+        #[source]
+        source: Option<Box<Layer>>,
+    }
+
+    #[test]
+    fn errors_are_described_with_the_causes_that_add_something() {
+        let chain = Layer {
+            text: "reqwest: error sending request",
+            source: Some(Box::new(Layer {
+                text: "error sending request",
+                source: Some(Box::new(Layer {
+                    text: "certificate verify failed",
+                    source: None,
+                })),
+            })),
+        };
+        assert_eq!(
+            with_causes(&chain),
+            "reqwest: error sending request: certificate verify failed"
+        );
+    }
 }

@@ -1,9 +1,12 @@
-//! TLS for tests: a throwaway certificate authority made with the openssl
+//! TLS for tests: throwaway certificate authorities made with the openssl
 //! command, and a TLS-terminating relay that puts a real TLS endpoint in
-//! front of a plain TCP server (the S3 server has no TLS of its own).
+//! front of a plain TCP server (the S3 server has no TLS of its own) and
+//! counts the handshakes it saw.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpStream};
 
@@ -118,19 +121,58 @@ impl TestCa {
     }
 }
 
-/// Accepts TLS on a loopback port and relays each connection in plain TCP
-/// to `target_port`. Runs until the test's runtime ends.
-pub async fn tls_relay(ca: &TestCa, target_port: u16) -> u16 {
+/// A TLS endpoint on a loopback port that relays each connection, once its
+/// handshake succeeded, in plain TCP to a target port; it counts the
+/// handshakes that succeeded and those that failed (a client that refused
+/// the certificate, or one that spoke plaintext). Runs until the test's
+/// runtime ends.
+pub struct TlsRelay {
+    port: u16,
+    handshakes: Arc<AtomicUsize>,
+    failed: Arc<AtomicUsize>,
+}
+
+impl TlsRelay {
+    /// The port clients connect to with TLS.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Handshakes that succeeded so far.
+    pub fn handshakes(&self) -> usize {
+        self.handshakes.load(Ordering::SeqCst)
+    }
+
+    /// Connections whose TLS handshake failed so far.
+    pub fn failed_handshakes(&self) -> usize {
+        self.failed.load(Ordering::SeqCst)
+    }
+}
+
+/// Accepts TLS with `ca`'s server certificate on a loopback port and relays
+/// each connection in plain TCP to `target_port`.
+pub async fn tls_relay(ca: &TestCa, target_port: u16) -> TlsRelay {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind relay");
     let port = listener.local_addr().unwrap().port();
     let acceptor = ca.acceptor();
+    let handshakes = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let relay = TlsRelay {
+        port,
+        handshakes: handshakes.clone(),
+        failed: failed.clone(),
+    };
     tokio::spawn(async move {
         while let Ok((client, _)) = listener.accept().await {
             let acceptor = acceptor.clone();
+            let handshakes = handshakes.clone();
+            let failed = failed.clone();
             tokio::spawn(async move {
                 let Ok(mut tls) = acceptor.accept(client).await else {
+                    failed.fetch_add(1, Ordering::SeqCst);
                     return;
                 };
+                handshakes.fetch_add(1, Ordering::SeqCst);
                 let Ok(mut server) = TcpStream::connect(("127.0.0.1", target_port)).await else {
                     return;
                 };
@@ -138,5 +180,5 @@ pub async fn tls_relay(ca: &TestCa, target_port: u16) -> u16 {
             });
         }
     });
-    port
+    relay
 }

@@ -510,3 +510,85 @@ async fn exit_when_idle_stops_the_worker_once_the_queue_stays_empty() {
     assert!(farm.output_exists("o/a.mp4").await);
     assert_eq!(farm.ready_jobs().await, 0);
 }
+
+/// An output that fails verification is never stored. `jpegenc
+/// snapshot=true`, allowed in any job's fragment, ends the video after its
+/// first frame, so the output of a 2 s input without audio lasts one frame
+/// (Matroska: MP4 does not carry JPEG). Each attempt fails with
+/// `output_invalid` and is retried; after the last one the job is
+/// dead-lettered, and nothing ever appears under the output key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_output_that_fails_verification_is_retried_and_never_stored() {
+    let attempts = [("TRANSCODE_WORKER__MAX_ATTEMPTS", "2")];
+    let farm = Farm::s3(&attempts).await;
+    farm.put_input("silent.avi", &fixtures::video_only(2)).await;
+    let mut watch = farm.watch_progress().await;
+    let worker = farm.spawn_worker(&attempts);
+    farm.publish_job(
+        json!({"job_id": "short", "input_key": "silent.avi", "output_key": "o/short.mkv",
+        "transcode_options": "videoconvert ! jpegenc snapshot=true"}),
+    )
+    .await;
+    let last = watch.until_final("short", JOB_TIMEOUT).await;
+    let events = watch.of("short");
+    assert_eq!(last.state, State::Failed, "{events:#?}");
+    let failed: Vec<&Progress> = events.iter().filter(|e| e.state == State::Failed).collect();
+    assert_eq!(failed.len(), 2, "one failure per attempt: {events:#?}");
+    for (attempt, (event, will_retry)) in failed.iter().zip([true, false]).enumerate() {
+        assert_eq!(event.attempt, attempt as u32 + 1, "{events:#?}");
+        assert_eq!(event.will_retry, Some(will_retry), "{events:#?}");
+        assert_eq!(
+            event.error_kind,
+            Some(ErrorKind::OutputInvalid),
+            "{event:#?}"
+        );
+        let error = event.error.as_deref().unwrap_or_default();
+        assert!(
+            error.contains("the output lasts 0.04 s but the input lasts 2.00 s"),
+            "{error}"
+        );
+        // Each attempt really encoded (the retry is a second run, not a
+        // replay of the first's result).
+        assert!(
+            events
+                .iter()
+                .any(|e| e.attempt == event.attempt && e.state == State::Transcoding),
+            "{events:#?}"
+        );
+    }
+    // Never uploaded: no attempt reached the upload, and nothing is stored
+    // under the output key or beside it.
+    assert!(
+        events.iter().all(|e| e.state != State::Uploading),
+        "{events:#?}"
+    );
+    assert!(!farm.output_exists("o/short.mkv").await);
+    let listing = farm
+        .bucket
+        .as_ref()
+        .unwrap()
+        .list("o/".to_string(), None)
+        .await
+        .expect("list the output prefix");
+    let stored: Vec<&str> = listing
+        .iter()
+        .flat_map(|page| page.contents.iter().map(|o| o.key.as_str()))
+        .collect();
+    assert!(stored.is_empty(), "{stored:?}");
+
+    let dead = wait_for_value(JOB_TIMEOUT, "the dead letter", || async {
+        Some(farm.dead_letters().await).filter(|d| !d.is_empty())
+    })
+    .await;
+    assert_eq!(dead.len(), 1, "{dead:#?}");
+    let headers = &dead[0].1;
+    assert_eq!(headers["x-error-kind"], "output_invalid", "{headers:#?}");
+    assert_eq!(headers["x-attempts"], "2", "{headers:#?}");
+    assert!(
+        headers["x-error"].starts_with("gave up after 2 attempts; last error: the output lasts"),
+        "{headers:#?}"
+    );
+    farm.assert_all_acked(vec![worker]).await;
+    let scratch: Vec<_> = std::fs::read_dir(farm.scratch()).unwrap().collect();
+    assert!(scratch.is_empty(), "{scratch:?}");
+}
