@@ -557,7 +557,7 @@ async fn an_untrusted_storage_certificate_is_refused_on_https() {
         .await;
     let last = watch.until_final("tls", TIMEOUT).await;
     let logs = worker.logs();
-    assert_eq!(last.state, State::Failed, "{last:#?}\n{logs}");
+    assert_eq!(last.state, Phase::Failed, "{last:#?}\n{logs}");
     assert_eq!(
         last.error_kind,
         Some(transcode_worker::error::ErrorKind::StorageUnavailable),
@@ -575,7 +575,7 @@ async fn an_untrusted_storage_certificate_is_refused_on_https() {
         !watch
             .of("tls")
             .iter()
-            .any(|e| e.state == State::Transcoding),
+            .any(|e| e.state == Phase::Transcoding),
         "nothing was downloaded"
     );
     assert!(!farm.output_exists("o/a.mp4").await);

@@ -531,8 +531,8 @@ async fn an_output_that_fails_verification_is_retried_and_never_stored() {
     .await;
     let last = watch.until_final("short", JOB_TIMEOUT).await;
     let events = watch.of("short");
-    assert_eq!(last.state, State::Failed, "{events:#?}");
-    let failed: Vec<&Progress> = events.iter().filter(|e| e.state == State::Failed).collect();
+    assert_eq!(last.state, Phase::Failed, "{events:#?}");
+    let failed: Vec<&Progress> = events.iter().filter(|e| e.state == Phase::Failed).collect();
     assert_eq!(failed.len(), 2, "one failure per attempt: {events:#?}");
     for (attempt, (event, will_retry)) in failed.iter().zip([true, false]).enumerate() {
         assert_eq!(event.attempt, attempt as u32 + 1, "{events:#?}");
@@ -552,14 +552,14 @@ async fn an_output_that_fails_verification_is_retried_and_never_stored() {
         assert!(
             events
                 .iter()
-                .any(|e| e.attempt == event.attempt && e.state == State::Transcoding),
+                .any(|e| e.attempt == event.attempt && e.state == Phase::Transcoding),
             "{events:#?}"
         );
     }
     // Never uploaded: no attempt reached the upload, and nothing is stored
     // under the output key or beside it.
     assert!(
-        events.iter().all(|e| e.state != State::Uploading),
+        events.iter().all(|e| e.state != Phase::Uploading),
         "{events:#?}"
     );
     assert!(!farm.output_exists("o/short.mkv").await);
