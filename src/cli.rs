@@ -47,6 +47,17 @@ enum Command {
     },
     /// Check the configuration and print it (secrets hidden).
     CheckConfig,
+    /// Declare the farm's queues and exchanges on the broker and exit, so
+    /// that jobs published before any worker started are kept.
+    Setup {
+        /// Print them as a RabbitMQ definitions file (for `load_definitions`
+        /// in rabbitmq.conf) instead of declaring them.
+        #[arg(long)]
+        definitions: bool,
+        /// The virtual host the definitions are for.
+        #[arg(long, default_value = "/", requires = "definitions")]
+        vhost: String,
+    },
     /// List the live workers on every machine and what each is doing.
     Inspect {
         /// Print JSON instead of a table.
@@ -107,9 +118,13 @@ pub fn run() -> ExitCode {
 async fn dispatch(command: Command, config: Option<&Path>) -> ExitCode {
     let observer = matches!(
         command,
-        Command::Inspect { .. } | Command::Ping { .. } | Command::Watch { .. }
+        Command::Inspect { .. }
+            | Command::Ping { .. }
+            | Command::Watch { .. }
+            | Command::Setup { .. }
     );
-    // Observers only talk to the broker: they need no storage settings.
+    // Observers (and setup) only talk to the broker: they need no storage
+    // settings.
     let loaded = if observer {
         Settings::load_for_broker(config)
     } else {
@@ -126,6 +141,9 @@ async fn dispatch(command: Command, config: Option<&Path>) -> ExitCode {
     match command {
         Command::Run { exit_when_idle } => commands::worker::run(settings, exit_when_idle).await,
         Command::CheckConfig => commands::check_config(&settings),
+        Command::Setup { definitions, vhost } => {
+            commands::setup::setup(&settings, definitions, &vhost).await
+        }
         Command::Inspect { json, timeout } => {
             commands::inspect::inspect(&settings.broker, format(json), timeout).await
         }

@@ -20,8 +20,14 @@ pub struct Job {
     /// Identifies the job in progress events; letters, digits and `._:-`.
     pub job_id: String,
     /// Key of the input object (or path relative to the storage directory).
+    /// Also accepted as `input_s3_path`, and as an `s3://BUCKET/key`
+    /// location (see [`Job::resolve_locations`]).
+    #[serde(alias = "input_s3_path")]
     pub input_key: String,
     /// Key the output is stored under; its extension picks the container.
+    /// Also accepted as `output_s3_path`, and as an `s3://BUCKET/key`
+    /// location.
+    #[serde(alias = "output_s3_path")]
     pub output_key: String,
     /// The video branch of a GStreamer pipeline, e.g. `videoconvert ! x264enc`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -110,6 +116,46 @@ impl Job {
         let id = serde_json::from_slice::<IdOnly>(body).ok()?.job_id;
         check_job_id(&id).ok()?;
         Some(id)
+    }
+
+    /// Turns `s3://BUCKET/key` locations into storage keys: a key of the
+    /// worker's own `bucket`, or (kept as a location) a key of one of
+    /// `extra_buckets`. Any other bucket, and any `s3://` location on a
+    /// worker without a bucket (the directory backend), is an invalid job.
+    pub fn resolve_locations(
+        &mut self,
+        bucket: Option<&str>,
+        extra_buckets: &[String],
+    ) -> Result<(), JobError> {
+        for (field, key) in [
+            ("input_key", &mut self.input_key),
+            ("output_key", &mut self.output_key),
+        ] {
+            let Some(rest) = key.strip_prefix("s3://") else {
+                continue;
+            };
+            let Some((name, inner)) = rest.split_once('/').filter(|(_, k)| !k.is_empty()) else {
+                return Err(invalid(format!(
+                    "{field} {key:?} is not an s3://BUCKET/key location"
+                )));
+            };
+            match bucket {
+                Some(own) if own == name => *key = inner.to_string(),
+                Some(_) if extra_buckets.iter().any(|b| b == name) => {}
+                Some(own) => {
+                    return Err(invalid(format!(
+                        "{field} {key:?} is in bucket {name:?}, but this worker uses bucket {own:?} (other buckets are allowed by storage.extra_buckets)"
+                    )))
+                }
+                None => {
+                    return Err(invalid(format!(
+                        "{field} {key:?} is an S3 location, but this worker stores in a directory"
+                    )))
+                }
+            }
+        }
+        check_key("input_key", &self.input_key)?;
+        check_key("output_key", &self.output_key)
     }
 
     fn check(&self) -> Result<(), JobError> {
@@ -393,6 +439,43 @@ mod tests {
                 String::from_utf8_lossy(body)
             );
         }
+    }
+
+    /// The later message of the original service: S3 paths instead of keys.
+    const SEED_S3_PATH_JOB: &[u8] = br#"{"job_id": "job2", "input_s3_path": "s3://videos/path/to/input_file.mov", "output_s3_path": "s3://videos/path/to/output_file.mp4", "transcode_options": "videoconvert ! x264enc"}"#;
+
+    #[test]
+    fn s3_paths_of_the_own_bucket_become_keys_and_others_are_refused() {
+        let mut job = Job::parse(SEED_S3_PATH_JOB).unwrap();
+        assert_eq!(job.input_key, "s3://videos/path/to/input_file.mov");
+        job.resolve_locations(Some("videos"), &[]).unwrap();
+        assert_eq!(job.input_key, "path/to/input_file.mov");
+        assert_eq!(job.output_key, "path/to/output_file.mp4");
+
+        let mut other = Job::parse(SEED_S3_PATH_JOB).unwrap();
+        let err = other.resolve_locations(Some("media"), &[]).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::InvalidJob);
+        assert!(err.message.contains("\"videos\""), "{}", err.message);
+        assert!(err.message.contains("extra_buckets"), "{}", err.message);
+
+        let mut allowed = Job::parse(SEED_S3_PATH_JOB).unwrap();
+        allowed
+            .resolve_locations(Some("media"), &["videos".to_string()])
+            .unwrap();
+        assert_eq!(allowed.input_key, "s3://videos/path/to/input_file.mov");
+
+        let mut on_disk = Job::parse(SEED_S3_PATH_JOB).unwrap();
+        let err = on_disk.resolve_locations(None, &[]).unwrap_err();
+        assert!(err.message.contains("directory"), "{}", err.message);
+
+        let mut plain =
+            Job::parse(br#"{"job_id":"a","input_key":"i.mov","output_key":"o.mp4"}"#).unwrap();
+        plain.resolve_locations(Some("videos"), &[]).unwrap();
+        assert_eq!(plain.input_key, "i.mov");
+        let mut bad =
+            Job::parse(br#"{"job_id":"a","input_key":"s3://videos","output_key":"o.mp4"}"#)
+                .unwrap();
+        assert!(bad.resolve_locations(Some("videos"), &[]).is_err());
     }
 
     #[test]

@@ -36,7 +36,7 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer
 use secrecy::ExposeSecret;
 
 pub use delivery::{string_headers, DeadLetter, Delivery};
-pub use topology::jobs_queue_arguments;
+pub use topology::{jobs_queue_arguments, Argument, QueueSpec, Topology};
 
 use crate::config::{redact_url, BrokerSettings};
 use crate::job::Progress;

@@ -3,6 +3,7 @@
 //! arguments. [`crate::cli`] parses the command line and calls them.
 
 pub mod inspect;
+pub mod setup;
 pub mod watch;
 pub mod worker;
 

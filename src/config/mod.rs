@@ -167,6 +167,7 @@ impl Settings {
                 .with_list_parse_key("pipeline.extra_allowed_elements")
                 .with_list_parse_key("storage.allowed_input_prefixes")
                 .with_list_parse_key("storage.allowed_output_prefixes")
+                .with_list_parse_key("storage.extra_buckets")
                 .try_parsing(true)
                 .source(Some(prefixed)),
         );

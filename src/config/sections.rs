@@ -107,6 +107,10 @@ pub struct StorageSettings {
     pub allowed_input_prefixes: Vec<String>,
     /// Prefixes `output_key` must start with; empty for any.
     pub allowed_output_prefixes: Vec<String>,
+    /// Other buckets, on the same endpoint and with the same keys, that
+    /// jobs may name in `s3://BUCKET/key` locations; a job naming any other
+    /// bucket is refused.
+    pub extra_buckets: Vec<String>,
 }
 
 /// How the worker runs jobs.

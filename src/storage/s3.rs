@@ -24,13 +24,16 @@ const WRITE_BUFFER: usize = 1 << 20;
 /// Timeout of requests without a body (HEAD).
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// An S3 bucket.
+/// An S3 bucket, and the other buckets on the same endpoint that jobs may
+/// name with `s3://BUCKET/key` locations (`storage.extra_buckets`).
 #[derive(Debug, Clone)]
 pub struct S3Store {
     /// For small requests, with a timeout.
     control: Box<Bucket>,
     /// For transfers, without a whole-request timeout.
     transfer: Box<Bucket>,
+    /// The other buckets, by name: (control, transfer).
+    others: std::collections::BTreeMap<String, (Box<Bucket>, Box<Bucket>)>,
     endpoint: String,
     retry_for: Duration,
     upload_concurrency: usize,
@@ -63,21 +66,50 @@ impl S3Store {
             )
             .map_err(|e| StorageError::Unavailable(e.to_string()))?
         };
-        let mut bucket =
-            Bucket::new(&settings.bucket, region, credentials).map_err(config_error)?;
-        if settings.path_style.unwrap_or(!settings.endpoint.is_empty()) {
-            bucket.set_path_style();
+        let path_style = settings.path_style.unwrap_or(!settings.endpoint.is_empty());
+        let open = |name: &str| -> Result<(Box<Bucket>, Box<Bucket>), StorageError> {
+            let mut bucket =
+                Bucket::new(name, region.clone(), credentials.clone()).map_err(config_error)?;
+            if path_style {
+                bucket.set_path_style();
+            }
+            let mut control = bucket.clone();
+            control.set_request_timeout(Some(CONTROL_TIMEOUT));
+            bucket.set_request_timeout(None);
+            Ok((control, bucket))
+        };
+        let (control, transfer) = open(&settings.bucket)?;
+        let mut others = std::collections::BTreeMap::new();
+        for name in settings
+            .extra_buckets
+            .iter()
+            .filter(|b| **b != settings.bucket)
+        {
+            others.insert(name.clone(), open(name)?);
         }
-        let mut control = bucket.clone();
-        control.set_request_timeout(Some(CONTROL_TIMEOUT));
-        bucket.set_request_timeout(None);
         Ok(S3Store {
             control,
-            transfer: bucket,
+            transfer,
+            others,
             endpoint: settings.endpoint.clone(),
             retry_for: settings.retry_for,
             upload_concurrency: settings.upload_concurrency,
         })
+    }
+
+    /// The buckets (control, transfer) and the key within its bucket of a
+    /// storage key: `s3://BUCKET/key` for one of the extra buckets, else a
+    /// key of the main bucket.
+    fn route<'k>(&self, key: &'k str) -> (&Bucket, &Bucket, &'k str) {
+        if let Some((bucket, inner)) = key
+            .strip_prefix("s3://")
+            .and_then(|rest| rest.split_once('/'))
+        {
+            if let Some((control, transfer)) = self.others.get(bucket) {
+                return (control, transfer, inner);
+            }
+        }
+        (&self.control, &self.transfer, key)
     }
 
     pub(super) fn describe(&self) -> String {
@@ -107,8 +139,9 @@ impl S3Store {
     }
 
     pub(super) async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StorageError> {
+        let (control, _, inner) = self.route(key);
         with_retries("S3 HEAD", self.retry_for, || async {
-            match self.control.head_object(key).await {
+            match control.head_object(inner).await {
                 Ok((head, _)) => Ok(Some(ObjectInfo {
                     size: head.content_length.unwrap_or(0).max(0) as u64,
                     metadata: head
@@ -137,6 +170,7 @@ impl S3Store {
         dest: &std::path::Path,
         counter: &Transferred,
     ) -> Result<LocalInput, StorageError> {
+        let (_, transfer, inner) = self.route(key);
         with_retries("S3 download", self.retry_for, || async {
             counter.reset();
             let file = tokio::fs::File::create(dest)
@@ -147,8 +181,8 @@ impl S3Store {
             // of one per network chunk of a few KiB.
             let buffered = tokio::io::BufWriter::with_capacity(WRITE_BUFFER, file);
             let mut writer = InspectWriter::new(buffered, |bytes| counter.add(bytes.len() as u64));
-            self.transfer
-                .get_object_to_writer(key, &mut writer)
+            transfer
+                .get_object_to_writer(inner, &mut writer)
                 .await
                 .map_err(|e| self.error(key, e))?;
             let mut buffered = writer.into_inner();
@@ -187,15 +221,15 @@ impl S3Store {
             .map_err(|e| StorageError::Local(format!("{}: {e}", src.display())))?
             .len();
         self.abort_stale_uploads(key).await;
+        let (_, transfer, inner) = self.route(key);
         with_retries("S3 upload", self.retry_for, || async {
             counter.reset();
             let file = tokio::fs::File::open(src)
                 .await
                 .map_err(|e| StorageError::Local(format!("{}: {e}", src.display())))?;
             let mut reader = InspectReader::new(file, |bytes| counter.add(bytes.len() as u64));
-            let mut request = self
-                .transfer
-                .put_object_stream_builder(key)
+            let mut request = transfer
+                .put_object_stream_builder(inner)
                 .with_content_type(content_type_for(key))
                 .with_max_concurrent_chunks(self.upload_concurrency);
             for (name, value) in metadata {
@@ -245,7 +279,8 @@ impl S3Store {
     /// failures are logged; a bucket lifecycle rule
     /// (AbortIncompleteMultipartUpload) is the backstop.
     async fn abort_stale_uploads(&self, key: &str) {
-        let pages = match self.control.list_multiparts_uploads(Some(key), None).await {
+        let (control, _, key) = self.route(key);
+        let pages = match control.list_multiparts_uploads(Some(key), None).await {
             Ok(pages) => pages,
             Err(e) => {
                 tracing::debug!(error = %e, "cannot list unfinished uploads");
@@ -257,7 +292,7 @@ impl S3Store {
             .flat_map(|p| &p.uploads)
             .filter(|u| u.key == key)
         {
-            match self.control.abort_upload(key, &upload.id).await {
+            match control.abort_upload(key, &upload.id).await {
                 Ok(()) => {
                     tracing::info!(key, upload_id = %upload.id, "aborted an unfinished upload of an earlier attempt")
                 }

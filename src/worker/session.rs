@@ -14,6 +14,7 @@ use tracing::Instrument;
 use super::attempt::Attempt;
 use super::{jitter, Worker, WorkerError};
 use crate::broker::{Broker, BrokerError, Delivery};
+use crate::config::Backend;
 use crate::error::{ErrorKind, JobError};
 use crate::job::Job;
 use crate::progress::Reporter;
@@ -231,7 +232,13 @@ impl Worker {
     async fn handle(self: Arc<Self>, broker: Arc<Broker>, delivery: Delivery, abort: Abort) {
         let attempt = delivery.attempt();
         let limit = self.settings.worker.max_message_bytes;
-        let job = match Job::parse_limited(delivery.body(), limit) {
+        let storage = &self.settings.storage;
+        let bucket = (storage.backend == Backend::S3).then_some(storage.bucket.as_str());
+        let parsed = Job::parse_limited(delivery.body(), limit).and_then(|mut job| {
+            job.resolve_locations(bucket, &storage.extra_buckets)?;
+            Ok(job)
+        });
+        let job = match parsed {
             Ok(job) => job,
             Err(error) => {
                 let job_id = (delivery.body().len() <= limit)

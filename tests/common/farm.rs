@@ -64,6 +64,20 @@ pub struct Farm {
 }
 
 impl Farm {
+    /// A farm on S3 whose queues and exchanges nobody declared yet: as on
+    /// a broker where no worker ever ran.
+    pub async fn s3_undeclared(rabbit: Rabbit, extra: &[(&str, &str)]) -> Farm {
+        let s3 = shared_s3();
+        let bucket = s3.random_bucket().await;
+        let mut env = base_env(&rabbit.amqp_url());
+        env.insert("AWS_ACCESS_KEY_ID".into(), s3.access_key().into());
+        env.insert("AWS_SECRET_ACCESS_KEY".into(), s3.secret_key().into());
+        env.insert("AWS_S3_ENDPOINT_URL".into(), s3.endpoint().into());
+        env.insert("AWS_REGION".into(), s3.region().into());
+        env.insert("S3_BUCKET_NAME".into(), bucket.name());
+        Farm::build(rabbit, env, extra, Some(bucket), None, false).await
+    }
+
     /// A farm on S3 with `extra` environment settings for the workers.
     pub async fn s3(extra: &[(&str, &str)]) -> Farm {
         Farm::s3_on(Rabbit::Shared(shared_rabbit()), shared_s3(), extra).await
@@ -96,10 +110,21 @@ impl Farm {
 
     async fn finish(
         rabbit: Rabbit,
+        env: HashMap<String, String>,
+        extra: &[(&str, &str)],
+        bucket: Option<Box<s3::Bucket>>,
+        store_dir: Option<TempDir>,
+    ) -> Farm {
+        Farm::build(rabbit, env, extra, bucket, store_dir, true).await
+    }
+
+    async fn build(
+        rabbit: Rabbit,
         mut env: HashMap<String, String>,
         extra: &[(&str, &str)],
         bucket: Option<Box<s3::Bucket>>,
         store_dir: Option<TempDir>,
+        declare: bool,
     ) -> Farm {
         let dir = tempfile::tempdir().expect("farm dir");
         env.insert(
@@ -112,14 +137,16 @@ impl Farm {
         let settings = Settings::from_env(None, &env).expect("test settings");
         // Declare the topology exactly as a worker does, so jobs published
         // before any worker starts are kept.
-        let broker = with_timeout(
-            DEFAULT_TIMEOUT,
-            "topology declaration",
-            Broker::connect(&settings.broker, settings.worker.max_attempts, 1, "test"),
-        )
-        .await
-        .expect("declare topology");
-        broker.close().await;
+        if declare {
+            let broker = with_timeout(
+                DEFAULT_TIMEOUT,
+                "topology declaration",
+                Broker::connect(&settings.broker, settings.worker.max_attempts, 1, "test"),
+            )
+            .await
+            .expect("declare topology");
+            broker.close().await;
+        }
         let conn = connect(&rabbit.amqp_url()).await;
         Farm {
             rabbit,
@@ -130,6 +157,31 @@ impl Farm {
             conn,
             settings,
         }
+    }
+
+    /// `transcode-worker ARGS` with the farm's environment, as an operator
+    /// on another machine would run it.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(WORKER_BIN);
+        cmd.args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", self.dir.path())
+            .env("RUST_LOG", "warn")
+            .envs(&self.env)
+            .current_dir(self.dir.path());
+        cmd
+    }
+
+    /// Runs `transcode-worker ARGS` to its end (at most `timeout`) off the
+    /// async threads.
+    pub async fn cli(&self, args: &[&str], timeout: Duration) -> std::process::Output {
+        let mut cmd = self.command(args);
+        let what = format!("transcode-worker {args:?}");
+        tokio::task::spawn_blocking(move || crate::common::run_with_timeout(&mut cmd, timeout))
+            .await
+            .expect("join")
+            .unwrap_or_else(|e| panic!("{what}: {e}"))
     }
 
     /// Opens a new test connection (after the broker restarted).

@@ -13,4 +13,5 @@ mod reliability;
 mod security;
 mod smoke;
 mod storage;
+mod topology;
 mod worker;

@@ -7,7 +7,6 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +14,7 @@ use serde_json::{json, Value};
 use transcode_worker::error::ErrorKind;
 use transcode_worker::job::{Phase, Progress};
 
-use crate::common::farm::{Farm, Rabbit, WORKER_BIN};
+use crate::common::farm::{Farm, Rabbit};
 use crate::common::services::{free_port, shared_s3, RabbitNode, RabbitOptions};
 use crate::common::{fixtures, run_with_timeout, wait_for, wait_for_value, with_timeout};
 
@@ -24,31 +23,6 @@ const JOB_TIMEOUT: Duration = Duration::from_secs(120);
 /// Lets jobs use `identity sleep-time=N` (microseconds per frame) to make
 /// an encode last long enough to look at it.
 const SLOW: (&str, &str) = ("TRANSCODE_PIPELINE__EXTRA_ALLOWED_ELEMENTS", "identity");
-
-/// `transcode-worker ARGS` with the farm's environment, as an operator on
-/// another machine would run it (no storage access needed, but harmless).
-fn cli_command(farm: &Farm, args: &[&str]) -> Command {
-    let mut cmd = Command::new(WORKER_BIN);
-    cmd.args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", farm.dir.path())
-        .env("RUST_LOG", "warn")
-        .envs(&farm.env)
-        .current_dir(farm.dir.path());
-    cmd
-}
-
-/// Runs `transcode-worker ARGS` to its end (at most `timeout`) off the
-/// async threads.
-async fn cli(farm: &Farm, args: &[&str], timeout: Duration) -> Output {
-    let mut cmd = cli_command(farm, args);
-    let what = format!("transcode-worker {args:?}");
-    tokio::task::spawn_blocking(move || run_with_timeout(&mut cmd, timeout))
-        .await
-        .expect("join")
-        .unwrap_or_else(|e| panic!("{what}: {e}"))
-}
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -172,7 +146,7 @@ async fn inspect_shows_every_worker_and_its_current_job_and_ping_lists_them() {
     let farm = Farm::s3(&[SLOW]).await;
 
     // Nobody is there yet: ping says so and fails.
-    let out = cli(&farm, &["ping", "--timeout", "1s"], JOB_TIMEOUT).await;
+    let out = farm.cli(&["ping", "--timeout", "1s"], JOB_TIMEOUT).await;
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(
         text(&out.stderr).contains("no worker answered"),
@@ -201,12 +175,9 @@ async fn inspect_shows_every_worker_and_its_current_job_and_ping_lists_them() {
 
     // Both workers answer (the idle one may still be connecting at first).
     let infos: Vec<Value> = wait_for_value(JOB_TIMEOUT, "two workers in inspect", || async {
-        let out = cli(
-            &farm,
-            &["inspect", "--json", "--timeout", "2s"],
-            JOB_TIMEOUT,
-        )
-        .await;
+        let out = farm
+            .cli(&["inspect", "--json", "--timeout", "2s"], JOB_TIMEOUT)
+            .await;
         let infos: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
             panic!("inspect --json: {e}: {out:?}");
         });
@@ -243,7 +214,7 @@ async fn inspect_shows_every_worker_and_its_current_job_and_ping_lists_them() {
     assert_eq!(idle_info["jobs"], json!([]), "{idle_info:#}");
 
     // The table says the same.
-    let out = cli(&farm, &["inspect", "--timeout", "2s"], JOB_TIMEOUT).await;
+    let out = farm.cli(&["inspect", "--timeout", "2s"], JOB_TIMEOUT).await;
     assert!(out.status.success(), "{out:?}");
     let table = text(&out.stdout);
     for needle in [
@@ -258,7 +229,9 @@ async fn inspect_shows_every_worker_and_its_current_job_and_ping_lists_them() {
     }
 
     // ping lists both, with their reply times.
-    let out = cli(&farm, &["ping", "--json", "--timeout", "2s"], JOB_TIMEOUT).await;
+    let out = farm
+        .cli(&["ping", "--json", "--timeout", "2s"], JOB_TIMEOUT)
+        .await;
     assert!(out.status.success(), "{out:?}");
     let pongs: Vec<Value> = serde_json::from_slice(&out.stdout).expect("ping --json");
     let names: BTreeSet<&str> = pongs
@@ -274,7 +247,7 @@ async fn inspect_shows_every_worker_and_its_current_job_and_ping_lists_them() {
         let ms = pong["reply_ms"].as_f64().unwrap();
         assert!((0.0..2000.0).contains(&ms), "{pong:#}");
     }
-    let out = cli(&farm, &["ping", "--timeout", "2s"], JOB_TIMEOUT).await;
+    let out = farm.cli(&["ping", "--timeout", "2s"], JOB_TIMEOUT).await;
     let table = text(&out.stdout);
     assert!(
         table.contains(&busy.name) && table.contains(&idle.name) && table.contains(" ms"),
@@ -454,7 +427,9 @@ async fn healthz_is_503_while_the_broker_is_away_and_200_once_it_is_back() {
         .expect("restart the broker");
     wait_for_value(JOB_TIMEOUT, "/healthz 200 again", || health(200)).await;
     // The control consumer came back with the new connection.
-    let out = cli(&farm, &["ping", "--json", "--timeout", "2s"], JOB_TIMEOUT).await;
+    let out = farm
+        .cli(&["ping", "--json", "--timeout", "2s"], JOB_TIMEOUT)
+        .await;
     assert!(out.status.success(), "{out:?}");
     let pongs: Vec<Value> = serde_json::from_slice(&out.stdout).expect("ping --json");
     assert_eq!(pongs.len(), 1, "{pongs:#?}");
@@ -483,7 +458,7 @@ async fn watch_prints_progress_and_the_end_of_each_job_without_taking_events() {
     let farm = Farm::s3(&[SLOW]).await;
     farm.put_input("in/a.mov", &fixtures::mjpeg_mov(2)).await;
     let spawn = |args: &[&str]| {
-        let mut cmd = cli_command(&farm, args);
+        let mut cmd = farm.command(args);
         tokio::task::spawn_blocking(move || run_with_timeout(&mut cmd, JOB_TIMEOUT))
     };
     // JSON lines for one job; plain lines (the output is a pipe) for both.

@@ -128,6 +128,53 @@ async fn the_original_job_message_is_transcoded_and_acked_after_the_upload() {
     farm.assert_all_acked(vec![worker]).await;
 }
 
+/// The original service's later message names S3 paths instead of keys:
+/// `input_s3_path` and `output_s3_path`, as `s3://BUCKET/key`. Paths in
+/// the worker's bucket are transcoded; another bucket is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_later_message_with_s3_paths_is_transcoded_and_other_buckets_are_refused() {
+    let farm = Farm::s3(&[]).await;
+    let bucket = farm.bucket.as_ref().expect("an S3 farm").name();
+    let input = fixtures::wmv_with_audio(2);
+    farm.put_input("path/to/input_file.wmv", &input).await;
+    let mut watch = farm.watch_progress().await;
+    let worker = farm.spawn_worker(&[]);
+    let job = format!(
+        r#"{{"job_id": "job2", "input_s3_path": "s3://{bucket}/path/to/input_file.wmv", "output_s3_path": "s3://{bucket}/path/to/output_file.mp4", "transcode_options": "videoconvert ! x264enc"}}"#
+    );
+    farm.publish_raw(job.as_bytes()).await;
+    let last = watch.until_final("job2", JOB_TIMEOUT).await;
+    assert_eq!(last.state, Phase::Completed, "{last:#?}");
+    assert_eq!(last.output_key.as_deref(), Some("path/to/output_file.mp4"));
+    let output = farm
+        .get_output("path/to/output_file.mp4")
+        .await
+        .expect("output");
+    assert_h264_mp4(&output, &input);
+
+    let elsewhere = r#"{"job_id": "job3", "input_s3_path": "s3://someone-elses/path/to/input_file.wmv", "output_s3_path": "s3://someone-elses/out.mp4", "transcode_options": "videoconvert ! x264enc"}"#;
+    farm.publish_raw(elsewhere.as_bytes()).await;
+    let refused = watch.until_final("job3", JOB_TIMEOUT).await;
+    assert_eq!(refused.state, Phase::Failed, "{refused:#?}");
+    assert_eq!(refused.error_kind, Some(ErrorKind::InvalidJob));
+    let reason = refused.error.clone().unwrap_or_default();
+    assert!(
+        reason.contains("someone-elses") && reason.contains(&bucket),
+        "{reason}"
+    );
+    let dead = wait_for_value(JOB_TIMEOUT, "the dead letter", || async {
+        let dead = farm.dead_letters().await;
+        (!dead.is_empty()).then_some(dead)
+    })
+    .await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(
+        dead[0].1.get("x-error-kind").map(String::as_str),
+        Some("invalid_job")
+    );
+    farm.assert_all_acked(vec![worker]).await;
+}
+
 #[cfg_attr(
     not(feature = "fault-injection"),
     ignore = "needs the fault-injection feature (scripts/test turns it on)"
