@@ -2,17 +2,9 @@
 //!
 //! Run with `scripts/bench` (full run, writes BENCHMARKS.md) or
 //! `scripts/bench --smoke` (tiny inputs, one run of each, what CI runs).
-//! Options (after `--`):
-//!
-//! * `--smoke`: tiny inputs, one run of each measurement, no file written;
-//! * `--runs N`: runs per command in the overhead comparison (default 3);
-//! * `--long-runs N`: runs per command for the 60 s 1080p input (default: `--runs`);
-//! * `--workers 1,2,4`: worker counts of the scale-out table (default 1,2,4);
-//! * `--scale-jobs N`: jobs in the scale-out batch (default 40);
-//! * `--only overhead,perjob,memory,scale,overhead-1080p`: run only these sections
-//!   (in this order; the 60 s 1080p overhead input is its own section, last);
-//! * `--skip-1080p`: leave out the 60 s 1080p MJPEG overhead input;
-//! * `--out FILE`: write the report there (full mode default: BENCHMARKS.md).
+//! Options (after `--`, parsed with clap: [`Opts`]; `scripts/bench --help`
+//! lists them): `--smoke`, `--runs N`, `--long-runs N`, `--workers 1,2,4`,
+//! `--scale-jobs N`, `--only SECTION,..`, `--skip-1080p`, `--out FILE`.
 //!
 //! It starts its own RabbitMQ node and S3 server (s3-test-server) exactly as the tests
 //! do (tests/common), runs the real worker binary, and asserts no speed.
@@ -42,68 +34,60 @@ const CHEAP_VIDEO: &str =
 /// Longest single job or command.
 const JOB_TIMEOUT: Duration = Duration::from_secs(900);
 
-#[derive(Debug, Clone)]
+/// The sections of a run, in the order they run.
+const SECTIONS: [&str; 5] = ["overhead", "perjob", "memory", "scale", "overhead-1080p"];
+
+/// Farm benchmarks: what the worker costs on top of the encoder (see
+/// benches/farm.rs). Run through `scripts/bench`.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "scripts/bench", bin_name = "scripts/bench")]
 struct Opts {
+    /// Tiny inputs, one run of each measurement, no file written.
+    #[arg(long)]
     smoke: bool,
+    /// Runs per command in the overhead comparison.
+    #[arg(long, value_name = "N", default_value_t = 3)]
     runs: usize,
+    /// Runs per command for the 60 s 1080p input (default: --runs).
+    #[arg(long, value_name = "N")]
     long_runs: Option<usize>,
+    /// Worker counts of the scale-out table.
+    #[arg(
+        long,
+        value_name = "N,N,..",
+        value_delimiter = ',',
+        default_value = "1,2,4"
+    )]
     workers: Vec<usize>,
+    /// Jobs in the scale-out batch.
+    #[arg(long, value_name = "N", default_value_t = 40)]
     scale_jobs: usize,
+    /// Run only these sections (in the usual order; the 60 s 1080p overhead
+    /// input is its own section, last).
+    #[arg(long, value_name = "SECTION,..", value_delimiter = ',', value_parser = SECTIONS)]
     only: Option<Vec<String>>,
+    /// Leave out the 60 s 1080p MJPEG overhead input.
+    #[arg(long = "skip-1080p")]
     skip_1080p: bool,
+    /// Write the report there (full runs default to BENCHMARKS.md).
+    #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
+    /// Passed by `cargo bench`; means nothing here.
+    #[arg(long, hide = true)]
+    bench: bool,
 }
 
 impl Opts {
-    fn parse() -> Opts {
-        let mut o = Opts {
-            smoke: false,
-            runs: 3,
-            long_runs: None,
-            workers: vec![1, 2, 4],
-            scale_jobs: 40,
-            only: None,
-            skip_1080p: false,
-            out: None,
-        };
-        let mut args = std::env::args().skip(1);
-        let mut out_given = false;
-        while let Some(a) = args.next() {
-            let mut value = |name: &str| {
-                args.next()
-                    .unwrap_or_else(|| panic!("{name} needs a value"))
-            };
-            match a.as_str() {
-                "--bench" => {} // passed by `cargo bench`
-                "--smoke" => o.smoke = true,
-                "--runs" => o.runs = value("--runs").parse().expect("--runs N"),
-                "--long-runs" => {
-                    o.long_runs = Some(value("--long-runs").parse().expect("--long-runs N"))
-                }
-                "--workers" => {
-                    o.workers = value("--workers")
-                        .split(',')
-                        .map(|n| n.trim().parse().expect("--workers 1,2,4"))
-                        .collect()
-                }
-                "--scale-jobs" => {
-                    o.scale_jobs = value("--scale-jobs").parse().expect("--scale-jobs N")
-                }
-                "--only" => o.only = Some(value("--only").split(',').map(String::from).collect()),
-                "--skip-1080p" => o.skip_1080p = true,
-                "--out" => {
-                    o.out = Some(value("--out").into());
-                    out_given = true;
-                }
-                other => panic!("unknown option {other:?} (see benches/farm.rs)"),
-            }
-        }
+    /// The command line's options, with what `--smoke` implies and the
+    /// full run's default report file.
+    fn from_command_line() -> Opts {
+        let mut o = <Opts as clap::Parser>::parse();
         if o.smoke {
             o.runs = 1;
             o.long_runs = None;
             o.scale_jobs = o.scale_jobs.min(4);
             o.workers = vec![1, 2];
-        } else if !out_given {
+        } else if o.out.is_none() {
             o.out = Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("BENCHMARKS.md"));
         }
         o
@@ -122,7 +106,7 @@ const HAND_WRITTEN: &str =
     "<!-- Written by hand from the figures above; scripts/bench keeps this part. -->";
 
 fn main() {
-    let opts = Opts::parse();
+    let opts = Opts::from_command_line();
     let started = Instant::now();
     let date = sh("date -u '+%Y-%m-%d %H:%M UTC'");
     let load_before = sh("cut -d' ' -f1-3 /proc/loadavg");

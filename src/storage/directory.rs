@@ -71,13 +71,20 @@ impl DirStore {
     /// Resolves symbolic links of an existing path and checks it stays inside the root.
     fn confine(&self, key: &str, path: &Path) -> Result<PathBuf, StorageError> {
         let real = path.canonicalize().map_err(|e| local(path, e))?;
-        if !real.starts_with(&self.root) {
-            return Err(StorageError::InvalidKey {
+        self.check_inside(key, &real)?;
+        Ok(real)
+    }
+
+    /// Refuses `key` when its resolved path `real` is outside the root.
+    fn check_inside(&self, key: &str, real: &Path) -> Result<(), StorageError> {
+        if real.starts_with(&self.root) {
+            Ok(())
+        } else {
+            Err(StorageError::InvalidKey {
                 key: key.to_string(),
                 reason: "it leads outside the storage directory".to_string(),
-            });
+            })
         }
-        Ok(real)
     }
 
     pub(super) async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StorageError> {
@@ -100,19 +107,29 @@ impl DirStore {
         }))
     }
 
-    pub(super) async fn fetch(&self, key: &str) -> Result<LocalInput, StorageError> {
-        let info = self
-            .head(key)
-            .await?
-            .ok_or_else(|| StorageError::NotFound {
-                key: key.to_string(),
-                store: self.describe(),
-            })?;
-        let path = self.confine(key, &self.join(key)?)?;
-        Ok(LocalInput {
-            path,
-            size: info.size,
-        })
+    /// The file under `key`, read in place, which [`DirStore::head`] has
+    /// just described as `size` bytes: its size and metadata are not read
+    /// again. Its path is resolved again (symbolic links, confinement to
+    /// the root), and it must still be a regular file: one that has gone or
+    /// become something else since is [`StorageError::NotFound`].
+    pub(super) async fn fetch(&self, key: &str, size: u64) -> Result<LocalInput, StorageError> {
+        let gone = || StorageError::NotFound {
+            key: key.to_string(),
+            store: self.describe(),
+        };
+        let path = self.join(key)?;
+        let real = match tokio::fs::canonicalize(&path).await {
+            Ok(real) => real,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(gone()),
+            Err(e) => return Err(local(&path, e)),
+        };
+        self.check_inside(key, &real)?;
+        match tokio::fs::metadata(&real).await {
+            Ok(meta) if meta.is_file() => Ok(LocalInput { path: real, size }),
+            Ok(_) => Err(gone()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(gone()),
+            Err(e) => Err(local(&real, e)),
+        }
     }
 
     pub(super) async fn store(
@@ -253,7 +270,7 @@ mod tests {
         std::fs::write(outside.path().join("secret"), b"x").unwrap();
         std::os::unix::fs::symlink(outside.path(), dir.path().join("escape")).unwrap();
         let store = DirStore::new(dir.path()).unwrap();
-        let err = store.fetch("escape/secret").await.unwrap_err();
+        let err = store.fetch("escape/secret", 1).await.unwrap_err();
         assert!(matches!(err, StorageError::InvalidKey { .. }), "{err}");
         let src = dir.path().join("src");
         std::fs::write(&src, b"data").unwrap();
@@ -296,8 +313,37 @@ mod tests {
         assert_eq!(info.size, 100_000);
         assert!(store.head("missing").await.unwrap().is_none());
         assert!(matches!(
-            store.fetch("missing").await,
+            store.fetch("missing", 0).await,
             Err(StorageError::NotFound { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn fetch_takes_the_size_it_is_given_and_checks_the_file_is_still_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DirStore::new(dir.path()).unwrap();
+        std::fs::create_dir(dir.path().join("in")).unwrap();
+        std::fs::write(dir.path().join("in/a.wmv"), b"12345").unwrap();
+        let info = store.head("in/a.wmv").await.unwrap().unwrap();
+        assert_eq!(info.size, 5);
+        let input = store.fetch("in/a.wmv", info.size).await.unwrap();
+        assert_eq!(input.path, store.root.join("in/a.wmv"));
+        assert_eq!(input.size, 5);
+        // The size comes from the caller's look-up, not from a second one.
+        std::fs::write(dir.path().join("in/a.wmv"), b"1234567").unwrap();
+        assert_eq!(store.fetch("in/a.wmv", 5).await.unwrap().size, 5);
+        // Gone, or a folder now, since that look-up: not found, clearly.
+        std::fs::remove_file(dir.path().join("in/a.wmv")).unwrap();
+        let err = store.fetch("in/a.wmv", 5).await.unwrap_err();
+        assert!(matches!(err, StorageError::NotFound { .. }), "{err}");
+        assert!(err.to_string().contains("in/a.wmv"), "{err}");
+        std::fs::create_dir(dir.path().join("in/a.wmv")).unwrap();
+        let err = store.fetch("in/a.wmv", 5).await.unwrap_err();
+        assert!(matches!(err, StorageError::NotFound { .. }), "{err}");
+        // A symbolic link to a file inside the root is read through.
+        std::fs::write(dir.path().join("in/b.wmv"), b"xy").unwrap();
+        std::os::unix::fs::symlink("b.wmv", dir.path().join("in/link.wmv")).unwrap();
+        let input = store.fetch("in/link.wmv", 2).await.unwrap();
+        assert_eq!(input.path, store.root.join("in/b.wmv"));
     }
 }

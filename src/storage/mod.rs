@@ -168,7 +168,8 @@ impl Storage {
     }
 
     /// [`Storage::fetch`] for an object that [`Storage::head`] has just
-    /// described as `info` (its size is what the download must come to).
+    /// described as `info`, without a second look-up: its size is what an
+    /// S3 download must come to, and the directory backend's file size.
     pub async fn fetch_known(
         &self,
         key: &str,
@@ -181,7 +182,7 @@ impl Storage {
                 s.fetch(key, info.size, &scratch.join("input"), counter)
                     .await
             }
-            Storage::Directory(d) => d.fetch(key).await,
+            Storage::Directory(d) => d.fetch(key, info.size).await,
         }
     }
 
