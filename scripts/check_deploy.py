@@ -102,13 +102,21 @@ def check_compose(report, tmp, defaults):
              f"must be above job_timeout ({job_timeout:g}s)")
     if not any("rabbitmq.conf" in str(v) for v in services.get("rabbitmq", {}).get("volumes", [])):
         fail("docker-compose.yml: config/rabbitmq.conf is not mounted into RabbitMQ")
+    m = re.search(r"^\s*load_definitions\s*=\s*(\S+)\s*$", read("config/rabbitmq.conf"), re.M)
+    mounts = [str(v).split(":") for v in services.get("rabbitmq", {}).get("volumes", [])]
+    if not m:
+        fail("config/rabbitmq.conf: no load_definitions (the farm's queues would not exist before a worker runs)")
+    elif not any(len(v) >= 2 and v[0].rstrip("/").endswith("config/rabbitmq-definitions")
+                 and v[1].rstrip("/") == m.group(1).rstrip("/") for v in mounts):
+        fail(f"docker-compose.yml: config/rabbitmq-definitions is not mounted at {m.group(1)}, "
+             "where config/rabbitmq.conf loads definitions from")
     example_names = re.findall(r"^([A-Z][A-Z0-9_]*)=", read(".env.example"), re.M)
     missing = [n for n in example_names if n not in env]
     if missing:
         fail("docker-compose.yml: the worker's environment lacks these .env.example settings "
              f"(add them, as `NAME:` to pass them through): {', '.join(missing)}")
     report.ok(f"docker-compose.yml: scalable worker, health-gated start, stop_grace_period {grace:g}s > "
-              f"drain {drain:g}s, consumer_timeout > job_timeout {job_timeout:g}s, "
+              f"drain {drain:g}s, consumer_timeout > job_timeout {job_timeout:g}s, definitions loaded at start, "
               f"{len(example_names)} .env.example settings passed")
 
     # With .env.example as the .env (what a new user copies): warn when it

@@ -247,23 +247,33 @@ mod tests {
         Settings::for_broker_from_env(None, &env).unwrap()
     }
 
-    /// The definitions file shipped for brokers to load at start is the
-    /// topology of the default settings: regenerate it with
-    /// `transcode-worker setup --definitions > config/rabbitmq-definitions/topology.json`.
+    /// The definitions file shipped for brokers to load at start (and its
+    /// copy in the puppet module) is the topology of the default settings:
+    /// regenerate it with `transcode-worker setup --definitions`.
     #[test]
     fn the_shipped_definitions_file_is_the_default_topology() {
         let s = defaults();
         let generated = Topology::of(&s.broker, s.worker.max_attempts).definitions("/");
-        let shipped: Value = serde_json::from_str(include_str!(
-            "../../config/rabbitmq-definitions/topology.json"
-        ))
-        .unwrap();
-        assert_eq!(
-            shipped,
-            generated,
-            "config/rabbitmq-definitions/topology.json is out of date; regenerate it with `transcode-worker setup --definitions`:\n{}",
-            serde_json::to_string_pretty(&generated).unwrap()
-        );
+        for (path, text) in [
+            (
+                "config/rabbitmq-definitions/topology.json",
+                include_str!("../../config/rabbitmq-definitions/topology.json"),
+            ),
+            (
+                "puppet/modules/transcode_worker/files/rabbitmq-definitions/topology.json",
+                include_str!(
+                    "../../puppet/modules/transcode_worker/files/rabbitmq-definitions/topology.json"
+                ),
+            ),
+        ] {
+            let shipped: Value = serde_json::from_str(text).unwrap();
+            assert_eq!(
+                shipped,
+                generated,
+                "{path} is out of date; regenerate it with `transcode-worker setup --definitions`:\n{}",
+                serde_json::to_string_pretty(&generated).unwrap()
+            );
+        }
     }
 
     #[test]

@@ -23,7 +23,8 @@ use tempfile::TempDir;
 use transcode_worker::error::ErrorKind;
 use transcode_worker::job::Phase;
 
-use crate::common::farm::{Farm, WORKER_BIN};
+use crate::common::farm::{Farm, Rabbit, WORKER_BIN};
+use crate::common::services::{RabbitNode, RabbitOptions};
 use crate::common::{children_of, pipelines_of};
 use crate::common::{fixtures, poll_until, run_with_timeout, wait_for, wait_for_value};
 
@@ -83,6 +84,12 @@ struct Catalogue {
 /// files. `puppet apply --noop` with private settings folders changes
 /// nothing on this machine.
 fn compile_module(dir: &Path, hiera: &Value) -> Catalogue {
+    compile_site(dir, hiera, "include transcode_worker\n")
+}
+
+/// Compiles the site manifest `site` (which uses the module) with `hiera`
+/// as its parameters and returns the catalogue's files.
+fn compile_site(dir: &Path, hiera: &Value, site: &str) -> Catalogue {
     let puppet = find_program("puppet");
     let data = dir.join("hiera");
     std::fs::create_dir_all(&data).unwrap();
@@ -100,8 +107,9 @@ fn compile_module(dir: &Path, hiera: &Value) -> Catalogue {
         ),
     )
     .unwrap();
-    let site = dir.join("site.pp");
-    std::fs::write(&site, "include transcode_worker\n").unwrap();
+    let site_pp = dir.join("site.pp");
+    std::fs::write(&site_pp, site).unwrap();
+    let site = site_pp;
 
     let state = dir.join("puppet");
     let mut cmd = Command::new(puppet);
@@ -555,4 +563,72 @@ async fn supervisorctl_stop_mid_job_gives_the_job_to_the_other_worker_and_start_
     assert_eq!(last.worker, worker_id(stopped));
     assert!(farm.output_exists("mp4/vhs-2.mp4").await);
     drop(sup);
+}
+
+/// The module's `transcode_worker::rabbitmq_definitions` on a broker host:
+/// the files it writes make a fresh RabbitMQ node start with the farm's
+/// queues (and the users given), so a job published before any worker
+/// started is kept and then done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_puppet_definitions_make_a_fresh_broker_keep_early_jobs() {
+    let dir = TempDir::new().unwrap();
+    let root = dir.path().join("root");
+    let definitions_dir = root.join("etc/rabbitmq/definitions.d");
+    let conf_file = root.join("etc/rabbitmq/conf.d/90-transcode-worker-definitions.conf");
+    // The hash of guest/guest, as config/rabbitmq-definitions/users.json has it.
+    let users: Value =
+        serde_json::from_str(include_str!("../../config/rabbitmq-definitions/users.json")).unwrap();
+    let hash = users["users"][0]["password_hash"].as_str().unwrap();
+    let hiera = json!({
+        "transcode_worker::rabbitmq_definitions::definitions_dir": definitions_dir,
+        "transcode_worker::rabbitmq_definitions::conf_file": conf_file,
+        "transcode_worker::rabbitmq_definitions::users": {
+            "guest": {"password_hash": hash, "tags": ["administrator"]}
+        },
+    });
+    let catalogue = compile_site(
+        dir.path(),
+        &hiera,
+        "include transcode_worker::rabbitmq_definitions\n",
+    );
+    write_catalogue(&catalogue, dir.path());
+    let conf = std::fs::read_to_string(&conf_file).unwrap();
+    let line = conf
+        .lines()
+        .find(|l| l.starts_with("load_definitions"))
+        .expect("a load_definitions line")
+        .to_string();
+    assert_eq!(
+        line,
+        format!("load_definitions = {}", definitions_dir.display())
+    );
+
+    let node = std::sync::Arc::new(RabbitNode::start(RabbitOptions::default().conf(line)));
+    let defaults = [
+        ("TRANSCODE_BROKER__JOBS_QUEUE", "transcoding_jobs"),
+        (
+            "TRANSCODE_BROKER__DEAD_LETTER_QUEUE",
+            "transcoding_jobs.dead",
+        ),
+        ("TRANSCODE_BROKER__PROGRESS_QUEUE", "transcoding_progress"),
+        (
+            "TRANSCODE_BROKER__PROGRESS_EXCHANGE",
+            "transcoding.progress",
+        ),
+    ];
+    let farm = Farm::s3_undeclared(Rabbit::Own(node.clone()), &defaults).await;
+    farm.put_input("in/a.wmv", &fixtures::wmv_with_audio(1))
+        .await;
+    farm.publish_raw(
+        br#"{"job_id": "early", "input_key": "in/a.wmv", "output_key": "out/a.mp4", "transcode_options": "videoconvert ! x264enc"}"#,
+    )
+    .await;
+    wait_for(JOB_TIMEOUT, "the job waiting in the queue", || async {
+        farm.ready_jobs().await == 1
+    })
+    .await;
+    let mut watch = farm.watch_progress().await;
+    let worker = farm.spawn_worker(&defaults);
+    let last = watch.until_final("early", JOB_TIMEOUT).await;
+    assert_eq!(last.state, Phase::Completed, "{last:#?}\n{}", worker.logs());
 }
