@@ -8,12 +8,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::http::HttpServer;
+use crate::signals::StopSignals;
 use crate::transcoder::Transcoder;
 use crate::worker::Worker;
 
 /// Runs a worker with `settings` until a stop signal (then drains) or,
 /// with `exit_when_idle`, until no job has come for that long.
 pub async fn run(settings: Settings, exit_when_idle: Option<Duration>) -> ExitCode {
+    // First of all: a SIGTERM from now on stops the worker gracefully (a
+    // Kubernetes preStop hook waits for the metrics port, which opens later).
+    let signals = StopSignals::install();
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,
         Err(e) => {
@@ -47,7 +51,10 @@ pub async fn run(settings: Settings, exit_when_idle: Option<Duration>) -> ExitCo
     let shutdown = CancellationToken::new();
     let on_signal = shutdown.clone();
     tokio::spawn(async move {
-        let signal = crate::signals::stop_requested().await;
+        let Some(signals) = signals else {
+            return tracing::warn!("cannot handle SIGTERM and SIGINT; a stop will not drain");
+        };
+        let signal = signals.first().await;
         tracing::info!("{signal}: finishing the running job, taking no new one");
         on_signal.cancel();
     });
