@@ -68,6 +68,10 @@ pub enum Command {
 pub struct Request {
     /// What is asked.
     pub command: Command,
+    /// With `inspect`: whether the worker could run a job that needs this
+    /// (its answer's `capable`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requires: Option<crate::capability::Requirement>,
 }
 
 /// Answers requests on the control exchange with a worker's [`Status`]
@@ -128,10 +132,14 @@ async fn respond_on_channel(
         let Some(reply_to) = delivery.properties.reply_to().clone() else {
             continue;
         };
-        let command = serde_json::from_slice::<Request>(&delivery.data)
-            .map(|r| r.command)
-            .unwrap_or(Command::Inspect);
-        let body = serde_json::to_vec(&status.snapshot()).expect("worker info serializes");
+        let request = serde_json::from_slice::<Request>(&delivery.data).unwrap_or(Request {
+            command: Command::Inspect,
+            requires: None,
+        });
+        let command = request.command;
+        let mut info = status.snapshot();
+        info.capable = request.requires.map(|r| status.can_run(&r));
+        let body = serde_json::to_vec(&info).expect("worker info serializes");
         let mut properties = BasicProperties::default()
             .with_content_type("application/json".into())
             .with_delivery_mode(1);
@@ -171,6 +179,20 @@ pub async fn ask(
     command: Command,
     wait: Duration,
 ) -> Result<Vec<Answer>, ObserverError> {
+    let request = Request {
+        command,
+        requires: None,
+    };
+    ask_with(settings, &request, wait).await
+}
+
+/// Sends `request` to every worker on the control exchange and collects
+/// the answers that arrive within `wait`, sorted by worker name.
+pub async fn ask_with(
+    settings: &BrokerSettings,
+    request: &Request,
+    wait: Duration,
+) -> Result<Vec<Answer>, ObserverError> {
     let url = redact_url(&settings.url);
     let fail = |e: lapin::Error| ObserverError {
         url: url.clone(),
@@ -185,7 +207,7 @@ pub async fn ask(
     let tag = format!("inspect-{}", std::process::id());
     let (reply_queue, mut replies) = private_queue(&channel, None, &tag).await.map_err(fail)?;
     let correlation = uuid::Uuid::new_v4().simple().to_string();
-    let body = serde_json::to_vec(&Request { command }).expect("request serializes");
+    let body = serde_json::to_vec(request).expect("request serializes");
     let properties = BasicProperties::default()
         .with_content_type("application/json".into())
         .with_reply_to(reply_queue.as_str().into())

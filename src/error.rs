@@ -40,6 +40,12 @@ pub enum ErrorKind {
     AttemptsExhausted,
     /// Not enough free space in the scratch folder.
     NoSpace,
+    /// This worker lacks an element or label the job needs; the job goes to
+    /// a queue of workers that have them (it is not a failed attempt).
+    MissingCapability,
+    /// No live worker has what the job needs, and it waited for one longer
+    /// than `worker.no_capable_worker_timeout`.
+    NoCapableWorker,
     /// A local problem of the worker (temp files, missing plugins).
     Internal,
 }
@@ -55,6 +61,7 @@ impl ErrorKind {
                 | ErrorKind::UndecodableInput
                 | ErrorKind::TranscodeFailed
                 | ErrorKind::AttemptsExhausted
+                | ErrorKind::NoCapableWorker
         )
     }
 
@@ -74,6 +81,8 @@ impl ErrorKind {
             ErrorKind::Shutdown => "shutdown",
             ErrorKind::AttemptsExhausted => "attempts_exhausted",
             ErrorKind::NoSpace => "no_space",
+            ErrorKind::MissingCapability => "missing_capability",
+            ErrorKind::NoCapableWorker => "no_capable_worker",
             ErrorKind::Internal => "internal",
         }
     }

@@ -38,6 +38,65 @@ pub struct Job {
     /// What the publisher learned about the input (queue-files fills this in).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<SourceInfo>,
+    /// The priority it was submitted with. The queue a job is published to
+    /// is what decides its priority (see [`Priority`]); this field records
+    /// it for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<Priority>,
+    /// Labels a worker must have to run it (`worker.labels`), e.g. `gpu`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requires: Vec<String>,
+}
+
+/// How urgent a job is. Each priority has its queue: `<jobs_queue>.high`,
+/// `<jobs_queue>` (normal: the original service's queue) and
+/// `<jobs_queue>.low`; a free worker takes the oldest high job, else the
+/// oldest normal one, else the oldest low one.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    /// Before any other job.
+    High,
+    /// The default.
+    #[default]
+    Normal,
+    /// Only when no other job waits (low jobs may wait for ever on a busy farm).
+    Low,
+}
+
+impl Priority {
+    /// Every priority, most urgent first.
+    pub const ALL: [Priority; 3] = [Priority::High, Priority::Normal, Priority::Low];
+
+    /// Its word: `high`, `normal` or `low`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::High => "high",
+            Priority::Normal => "normal",
+            Priority::Low => "low",
+        }
+    }
+}
+
+impl std::fmt::Display for Priority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Priority {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Priority, String> {
+        match s {
+            "high" => Ok(Priority::High),
+            "normal" => Ok(Priority::Normal),
+            "low" => Ok(Priority::Low),
+            other => Err(format!("{other:?} is not a priority (high, normal or low)")),
+        }
+    }
 }
 
 /// Probe details of the input, as published by `queue-files`.
@@ -167,7 +226,30 @@ impl Job {
                 "give either transcode_options or preset, not both".into(),
             ));
         }
+        for label in &self.requires {
+            check_label(label).map_err(|e| invalid(format!("requires: {e}")))?;
+        }
         Ok(())
+    }
+}
+
+/// Longest worker label, in bytes.
+pub const MAX_LABEL_LEN: usize = 64;
+
+/// Checks a worker label (`worker.labels`, a job's `requires`): 1 to 64
+/// lowercase letters, digits, `-` and `_`.
+pub fn check_label(label: &str) -> Result<(), String> {
+    let ok = !label.is_empty()
+        && label.len() <= MAX_LABEL_LEN
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{label:?} is not a label (1 to {MAX_LABEL_LEN} lowercase letters, digits, - and _)"
+        ))
     }
 }
 
@@ -229,6 +311,10 @@ pub enum Phase {
     Completed,
     /// The attempt failed; the last event of a failed attempt.
     Failed,
+    /// This worker cannot run the job (it lacks an element or a label the
+    /// job needs): the job now waits for a worker that can. Not a failed
+    /// attempt.
+    Waiting,
 }
 
 impl Phase {
@@ -241,6 +327,7 @@ impl Phase {
             Phase::Uploading => "uploading",
             Phase::Completed => "completed",
             Phase::Failed => "failed",
+            Phase::Waiting => "waiting",
         }
     }
 
@@ -253,7 +340,7 @@ impl Phase {
             Phase::Transcoding => (5.0, 95.0),
             Phase::Uploading => (95.0, 99.0),
             Phase::Completed => (100.0, 100.0),
-            Phase::Failed => (0.0, 0.0),
+            Phase::Failed | Phase::Waiting => (0.0, 0.0),
         }
     }
 }

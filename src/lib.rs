@@ -42,6 +42,7 @@
 #![warn(missing_docs)]
 
 pub mod broker;
+pub mod capability;
 pub mod cli;
 pub mod commands;
 pub mod config;

@@ -15,6 +15,7 @@
 //! | `transcode_jobs_in_flight` | gauge | | attempts running |
 //! | `transcode_seconds_since_last_progress` | gauge | | the longest time a running attempt has gone without progress (0 when idle) |
 //! | `transcode_broker_connected` | gauge | | 1 while connected to the broker |
+//! | `transcode_queue_messages` | gauge | `queue` | jobs waiting in each jobs queue (high, normal, low) and the dead-letter queue, as the worker last counted them |
 //! | `transcode_worker_info` | info | `worker`, `version` | 1 |
 //! | `transcode_worker_start_time_seconds` | gauge | | when the process started (Unix time) |
 
@@ -58,6 +59,11 @@ struct OutcomeLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueLabel {
+    queue: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DirectionLabel {
     direction: String,
 }
@@ -81,6 +87,7 @@ pub struct Metrics {
     in_flight: Gauge,
     since_progress: Gauge<f64, AtomicU64>,
     connected: Gauge,
+    queue_messages: Family<QueueLabel, Gauge>,
 }
 
 impl Metrics {
@@ -98,6 +105,7 @@ impl Metrics {
             in_flight: Gauge::default(),
             since_progress: Gauge::default(),
             connected: Gauge::default(),
+            queue_messages: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -144,6 +152,11 @@ impl Metrics {
             "transcode_broker_connected",
             "1 while connected to the broker",
             m.connected.clone(),
+        );
+        registry.register(
+            "transcode_queue_messages",
+            "Jobs waiting in each jobs queue and the dead-letter queue, as last counted",
+            m.queue_messages.clone(),
         );
         registry.register(
             "transcode_worker",
@@ -247,6 +260,15 @@ impl Metrics {
     /// Sets whether the worker is connected to the broker.
     pub fn set_connected(&self, connected: bool) {
         self.connected.set(i64::from(connected));
+    }
+
+    /// Sets how many messages wait in `queue`.
+    pub fn set_queue_messages(&self, queue: &str, n: u32) {
+        self.queue_messages
+            .get_or_create(&QueueLabel {
+                queue: queue.to_string(),
+            })
+            .set(i64::from(n));
     }
 
     /// Sets the longest time a running attempt has gone without progress.

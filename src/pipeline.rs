@@ -166,6 +166,24 @@ pub fn check_installed<'a>(factories: impl IntoIterator<Item = &'a str>) -> Resu
     }
 }
 
+/// The installed element factories: (name, klass) of each, e.g.
+/// `("x264enc", "Codec/Encoder/Video")`. Call after [`check_installed`]
+/// (GStreamer initialised).
+pub fn installed_factories() -> Vec<(String, String)> {
+    gst::Registry::get()
+        .features(gst::ElementFactory::static_type())
+        .into_iter()
+        .filter_map(|f| f.downcast::<gst::ElementFactory>().ok())
+        .map(|f| {
+            let klass = f
+                .metadata(gst::ELEMENT_METADATA_KLASS)
+                .unwrap_or_default()
+                .to_string();
+            (f.name().to_string(), klass)
+        })
+        .collect()
+}
+
 fn caps_name(caps: Option<gst::Caps>) -> String {
     caps.and_then(|c| c.structure(0).map(|s| s.name().to_string()))
         .unwrap_or_default()

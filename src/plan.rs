@@ -207,6 +207,8 @@ mod tests {
             transcode_options: options.map(String::from),
             preset: preset.map(String::from),
             source: None,
+            priority: None,
+            requires: Vec::new(),
         }
     }
 

@@ -144,6 +144,16 @@ impl Reporter {
         result
     }
 
+    /// Publishes the `waiting` event (this worker cannot run the job; it
+    /// waits for one that can, `why`) and waits for the broker's confirm.
+    pub async fn waiting(&self, why: &JobError) -> Result<(), BrokerError> {
+        let mut event = self.event(Phase::Waiting, 0.0);
+        event.error = Some(why.message.clone());
+        event.error_kind = Some(why.kind);
+        event.will_retry = Some(true);
+        self.broker.publish_progress(&event, true).await
+    }
+
     /// Publishes the `failed` event for `error` and waits for the broker's confirm.
     pub async fn failed(&self, error: &JobError, will_retry: bool) -> Result<(), BrokerError> {
         let percent = self.last.lock().unwrap_or_else(|e| e.into_inner()).percent;

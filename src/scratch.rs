@@ -41,6 +41,11 @@ impl Scratch {
             })
     }
 
+    /// Bytes free in the folder's file system.
+    pub fn free_bytes(&self) -> std::io::Result<u64> {
+        free_space(&self.dir)
+    }
+
     /// Fails as [`ErrorKind::NoSpace`] unless the file system of the
     /// folder has `needed` bytes plus `reserve_mb` MiB free.
     pub fn check_free_space(&self, needed: u64, reserve_mb: u64) -> Result<(), JobError> {

@@ -52,6 +52,12 @@ pub struct Cli {
     #[arg(long, value_name = "FRAGMENT")]
     pub transcode_options: Option<String>,
 
+    /// Priority of every job: high, normal or low. Each has its own queue
+    /// (`transcoding_jobs.high`, `transcoding_jobs`, `transcoding_jobs.low`);
+    /// a free worker takes high jobs first, low jobs last.
+    #[arg(long, value_name = "PRIORITY", default_value = "normal")]
+    pub priority: transcode_worker::job::Priority,
+
     /// S3 bucket (overrides S3_BUCKET_NAME and the configuration).
     #[arg(long, value_name = "NAME")]
     pub bucket: Option<String>,

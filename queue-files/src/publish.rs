@@ -25,7 +25,7 @@ pub async fn connect(settings: &Settings) -> Result<Broker, String> {
         gethostname::gethostname().to_string_lossy(),
         std::process::id()
     );
-    let connecting = Broker::connect(&settings.broker, settings.worker.max_attempts, 1, &name);
+    let connecting = Broker::connect(&settings.broker, settings.worker.max_attempts, &name);
     match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
         Ok(Ok(broker)) => Ok(broker),
         Ok(Err(e)) => Err(format!(
@@ -72,11 +72,13 @@ pub async fn upload(
     result
 }
 
-/// Publishes `job` to the jobs queue: persistent, mandatory, confirmed.
+/// Publishes `job` to the jobs queue of its priority: persistent,
+/// mandatory, confirmed.
 pub async fn publish(broker: &Broker, settings: &Settings, job: &Job) -> Result<(), BrokerError> {
     let body = serde_json::to_vec(job).expect("a job serializes");
     let headers = string_headers([("queued-by", "queue-files".to_string())]);
-    broker
-        .publish_confirmed(&settings.broker.jobs_queue, &body, headers)
-        .await
+    let queue = settings
+        .broker
+        .jobs_queue_for(job.priority.unwrap_or_default());
+    broker.publish_confirmed(&queue, &body, headers).await
 }

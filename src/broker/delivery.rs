@@ -35,6 +35,7 @@ const HISTORY_HEADER: &str = "x-transcode-history";
 pub struct Delivery {
     inner: lapin::message::Delivery,
     attempt: u32,
+    queue: String,
 }
 
 /// Why a job ends in the dead-letter queue, for its headers.
@@ -46,15 +47,23 @@ pub struct DeadLetter<'a> {
     pub error: &'a JobError,
     /// The worker that gives up on it.
     pub worker: &'a str,
-    /// The queue the job came from.
-    pub original_queue: &'a str,
 }
 
 impl Delivery {
-    /// Takes over a message the broker delivered.
-    pub fn new(inner: lapin::message::Delivery) -> Delivery {
+    /// Takes over a message the broker delivered from `queue`.
+    pub fn new(inner: lapin::message::Delivery, queue: &str) -> Delivery {
         let attempt = attempt_of(&inner.properties);
-        Delivery { inner, attempt }
+        Delivery {
+            inner,
+            attempt,
+            queue: queue.to_string(),
+        }
+    }
+
+    /// The queue it came from (a retried or released copy goes back there,
+    /// so it keeps its priority).
+    pub fn queue(&self) -> &str {
+        &self.queue
     }
 
     /// The message body.
@@ -110,10 +119,10 @@ impl Delivery {
     /// attempt as settled and `error` in its history (a nack cannot change
     /// a message), then acks this one. If the broker does not take the
     /// copy, gives this one back as it is.
-    pub async fn retry(&self, broker: &Broker, queue: &str, worker: &str, error: &JobError) {
+    pub async fn retry(&self, broker: &Broker, worker: &str, error: &JobError) {
         let mut history = self.history();
         history.push(history_line(self.attempt, worker, error));
-        self.requeue_copy(broker, queue, self.attempt, history, "the retried copy")
+        self.requeue_copy(broker, self.attempt, history, "the retried copy")
             .await;
     }
 
@@ -123,26 +132,95 @@ impl Delivery {
     /// a quorum queue counts every nacked delivery. The copy waits at the
     /// back of the queue. If the broker does not take it, gives this one
     /// back as it is.
-    pub async fn release(&self, broker: &Broker, queue: &str) {
+    pub async fn release(&self, broker: &Broker) {
         let settled = self.attempt.saturating_sub(1);
-        self.requeue_copy(broker, queue, settled, self.history(), "the released copy")
+        self.requeue_copy(broker, settled, self.history(), "the released copy")
             .await;
     }
 
-    /// Publishes a copy to `queue` with `settled` attempts and `history`,
-    /// then acks this delivery; gives it back unchanged if that fails.
-    async fn requeue_copy(
+    /// Moves the job, unchanged in its attempts and history, to `queue`
+    /// (a queue of workers that can run it) with the headers `extra`,
+    /// expiring after `expires`, then acks this one. If the broker does not
+    /// take it, gives this one back as it is.
+    pub async fn move_to(
         &self,
         broker: &Broker,
         queue: &str,
-        settled: u32,
-        history: Vec<String>,
-        what: &str,
+        extra: &[(&str, String)],
+        expires: Option<std::time::Duration>,
     ) {
-        let headers = string_headers([
-            (SETTLED_ATTEMPTS_HEADER, settled.to_string()),
-            (HISTORY_HEADER, history.join("\n")),
-        ]);
+        let settled = self.attempt.saturating_sub(1);
+        let mut headers = self.copy_headers(settled, self.history());
+        for (name, value) in extra {
+            headers.insert((*name).into(), AMQPValue::LongString(value.as_str().into()));
+        }
+        let copy =
+            || broker.publish_confirmed_expiring(queue, self.body(), headers.clone(), expires);
+        match until_taken("the moved job", copy).await {
+            Ok(()) => self.ack().await,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not move the job to {queue:?}; giving it back as it is");
+                self.give_back().await;
+            }
+        }
+    }
+
+    /// The text value of the header `name`, if it has one.
+    pub fn header_text(&self, name: &str) -> Option<String> {
+        match header(&self.inner.properties, name)? {
+            AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+            AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
+            _ => None,
+        }
+    }
+
+    /// Sends its retried and released copies to `queue` instead of the
+    /// queue it came from.
+    pub fn set_home(&mut self, queue: &str) {
+        self.queue = queue.to_string();
+    }
+
+    /// Publishes a copy to its own queue with `settled` attempts and
+    /// `history`, then acks this delivery; gives it back unchanged if that
+    /// fails.
+    async fn requeue_copy(&self, broker: &Broker, settled: u32, history: Vec<String>, what: &str) {
+        let headers = self.copy_headers(settled, history);
+        self.publish_copy(broker, &self.queue, headers, what).await;
+    }
+
+    /// The headers of a copy: `settled` attempts, `history`, and the
+    /// headers of this delivery that are not the broker's or the attempt
+    /// protocol's (such as when it waits for a capable worker).
+    fn copy_headers(&self, settled: u32, history: Vec<String>) -> FieldTable {
+        let mut headers = FieldTable::default();
+        if let Some(own) = self.inner.properties.headers() {
+            for (key, value) in own.inner() {
+                let key = key.as_str();
+                if !key.starts_with("x-delivery-count")
+                    && !key.starts_with("x-death")
+                    && key != SETTLED_ATTEMPTS_HEADER
+                    && key != HISTORY_HEADER
+                    && !key.starts_with("x-first-death")
+                    && !key.starts_with("x-last-death")
+                {
+                    headers.insert(key.into(), value.clone());
+                }
+            }
+        }
+        headers.insert(
+            SETTLED_ATTEMPTS_HEADER.into(),
+            AMQPValue::LongString(settled.to_string().into()),
+        );
+        headers.insert(
+            HISTORY_HEADER.into(),
+            AMQPValue::LongString(history.join("\n").into()),
+        );
+        headers
+    }
+
+    /// Publishes a copy with `headers` to `queue`, then acks this delivery;
+    /// gives it back unchanged if that fails.
+    async fn publish_copy(&self, broker: &Broker, queue: &str, headers: FieldTable, what: &str) {
         let copy = || broker.publish_confirmed(queue, self.body(), headers.clone());
         match until_taken(what, copy).await {
             Ok(()) => self.ack().await,
@@ -175,7 +253,7 @@ impl Delivery {
             ("x-attempt-history", history.join("\n")),
             ("x-worker", why.worker.to_string()),
             ("x-failed-at", crate::job::now_rfc3339()),
-            ("x-original-queue", why.original_queue.to_string()),
+            ("x-original-queue", self.queue.clone()),
         ]);
         let dead_letter = || broker.dead_letter(self.body(), headers.clone());
         match until_taken("the dead letter", dead_letter).await {

@@ -1,4 +1,4 @@
-//! RabbitMQ through lapin: connecting, declaring the topology, consuming
+//! RabbitMQ through lapin: connecting, declaring the topology, taking
 //! jobs, and publishing progress events and dead letters with publisher
 //! confirms.
 //!
@@ -28,7 +28,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
@@ -40,6 +40,10 @@ pub use topology::{jobs_queue_arguments, Argument, QueueSpec, Topology};
 
 use crate::config::{redact_url, BrokerSettings};
 use crate::job::Progress;
+
+/// How many messages wait in each queue, by name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct QueueDepths(pub Vec<(String, u32)>);
 
 /// A broker failure.
 #[derive(Debug, thiserror::Error)]
@@ -61,8 +65,13 @@ pub enum BrokerError {
         detail: String,
     },
     /// The connection did not open in time.
-    #[error("RabbitMQ did not complete the connection within {0:?}")]
-    Timeout(std::time::Duration),
+    #[error("RabbitMQ at {url} did not complete the connection within {after:?}")]
+    Timeout {
+        /// The redacted URL (or URLs).
+        url: String,
+        /// How long it was given.
+        after: std::time::Duration,
+    },
     /// A publish was refused, returned as unroutable, or not confirmed.
     #[error("RabbitMQ did not take the message for {what}: {detail}")]
     NotConfirmed {
@@ -87,11 +96,10 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Connects, declares the topology, and sets the prefetch to `prefetch`.
+    /// Connects and declares the topology.
     pub async fn connect(
         settings: &BrokerSettings,
         max_attempts: u32,
-        prefetch: u16,
         name: &str,
     ) -> Result<Broker, BrokerError> {
         let (connection, url) = open_connection(settings, name).await?;
@@ -113,11 +121,6 @@ impl Broker {
             url: url.clone(),
         };
         broker.declare(max_attempts).await?;
-        broker
-            .consume
-            .basic_qos(prefetch, BasicQosOptions::default())
-            .await
-            .map_err(amqp)?;
         Ok(broker)
     }
 
@@ -128,14 +131,55 @@ impl Broker {
         }
     }
 
-    /// Starts consuming the jobs queue.
-    pub async fn consume_jobs(&self, consumer_tag: &str) -> Result<Consumer, BrokerError> {
-        self.consume
+    /// Takes the oldest job of the first of `queues` that has one (a
+    /// `basic.get` on each in turn, the most urgent first), or `None` when
+    /// all are empty. Taking a job only when the worker is free is what
+    /// keeps priorities exact: no job waits reserved by a busy worker.
+    pub async fn take_job(&self, queues: &[String]) -> Result<Option<Delivery>, BrokerError> {
+        for queue in queues {
+            let got = self
+                .consume
+                .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
+                .await
+                .map_err(|e| self.amqp(e))?;
+            if let Some(message) = got {
+                return Ok(Some(Delivery::new(message.delivery, queue)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// A consumer that never gets a message (of an exclusive, server-named
+    /// queue nothing publishes to) on the channel jobs are taken on: when
+    /// the broker closes that channel (its consumer timeout, a deleted
+    /// queue), the consumer ends with the broker's reason, which the jobs
+    /// taken on it cannot tell.
+    pub async fn watch_jobs_channel(&self, tag: &str) -> Result<Consumer, BrokerError> {
+        private_queue(&self.consume, None, tag)
+            .await
+            .map(|(_, consumer)| consumer)
+            .map_err(|e| self.amqp(e))
+    }
+
+    /// Reads the stream `stream` from its first entry on a channel of its
+    /// own, and goes on with each new one; each delivery must be acked.
+    pub async fn read_stream(&self, stream: &str, tag: &str) -> Result<Consumer, BrokerError> {
+        let channel = self.open_channel().await?;
+        channel
+            .basic_qos(100, lapin::options::BasicQosOptions::default())
+            .await
+            .map_err(|e| self.amqp(e))?;
+        let mut arguments = FieldTable::default();
+        arguments.insert(
+            "x-stream-offset".into(),
+            lapin::types::AMQPValue::LongString("first".into()),
+        );
+        channel
             .basic_consume(
-                self.settings.jobs_queue.as_str().into(),
-                consumer_tag.into(),
+                stream.into(),
+                tag.into(),
                 BasicConsumeOptions::default(),
-                FieldTable::default(),
+                arguments,
             )
             .await
             .map_err(|e| self.amqp(e))
@@ -235,9 +279,26 @@ impl Broker {
         body: &[u8],
         headers: FieldTable,
     ) -> Result<(), BrokerError> {
-        let properties = BasicProperties::default()
+        self.publish_confirmed_expiring(queue, body, headers, None)
+            .await
+    }
+
+    /// [`publish_confirmed`](Self::publish_confirmed), and the message
+    /// expires after `expires` when given (a queue with a dead-letter
+    /// exchange then dead-letters it).
+    pub async fn publish_confirmed_expiring(
+        &self,
+        queue: &str,
+        body: &[u8],
+        headers: FieldTable,
+        expires: Option<Duration>,
+    ) -> Result<(), BrokerError> {
+        let mut properties = BasicProperties::default()
             .with_delivery_mode(2)
             .with_headers(headers);
+        if let Some(after) = expires {
+            properties = properties.with_expiration(after.as_millis().max(1).to_string().into());
+        }
         let confirmation = self
             .publish_channel()
             .basic_publish(
@@ -271,34 +332,15 @@ impl Broker {
         Ok(())
     }
 
-    /// Stops the consumer `consumer_tag`: no new job is delivered; jobs
-    /// already delivered stay with the worker until it settles them.
-    pub async fn stop_consuming(&self, consumer_tag: &str) {
-        if let Err(e) = self
-            .consume
-            .basic_cancel(
-                consumer_tag.into(),
-                lapin::options::BasicCancelOptions::default(),
-            )
-            .await
-        {
-            tracing::debug!(error = %e, "cancelling the consumer failed");
-        }
-    }
-
-    /// Checks that the broker answers on the consuming channel (a passive
-    /// declare of the jobs queue), within `timeout`.
-    pub async fn ping(&self, timeout: std::time::Duration) -> Result<(), String> {
-        let check = self.consume.queue_declare(
-            self.settings.jobs_queue.as_str().into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        );
-        match tokio::time::timeout(timeout, check).await {
-            Ok(Ok(_)) => Ok(()),
+    /// Checks that the broker answers on the channel jobs are taken on,
+    /// within `timeout`, and returns how many jobs wait in each jobs queue
+    /// and in the dead-letter queue (passive declares).
+    pub async fn ping(&self, timeout: std::time::Duration) -> Result<QueueDepths, String> {
+        let mut queues = self.settings.jobs_queues();
+        queues.push(self.settings.dead_letter_queue.clone());
+        let count = queue_depths(&self.consume, &queues);
+        match tokio::time::timeout(timeout, count).await {
+            Ok(Ok(depths)) => Ok(depths),
             Ok(Err(e)) => Err(format!("the broker connection failed: {e}")),
             Err(_) => Err(format!("the broker did not answer within {timeout:?}")),
         }
@@ -346,6 +388,29 @@ impl Broker {
         .await
         .map_err(|e| self.amqp(e))
     }
+}
+
+/// How many messages wait in each of `queues` (passive declares on
+/// `channel`; a missing queue closes the channel with an error).
+pub async fn queue_depths(
+    channel: &Channel,
+    queues: &[String],
+) -> Result<QueueDepths, lapin::Error> {
+    let mut depths = QueueDepths::default();
+    for queue in queues {
+        let declared = channel
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        depths.0.push((queue.clone(), declared.message_count()));
+    }
+    Ok(depths)
 }
 
 /// Declares a server-named, exclusive, auto-delete queue bound to the
@@ -421,11 +486,17 @@ pub async fn open_connection(
             }
             Err(_) => {
                 tracing::debug!(url = %redacted, "broker node did not answer in time");
-                last = Some(BrokerError::Timeout(settings.connect_timeout));
+                last = Some(BrokerError::Timeout {
+                    url: redacted,
+                    after: settings.connect_timeout,
+                });
             }
         }
     }
-    Err(last.unwrap_or(BrokerError::Timeout(settings.connect_timeout)))
+    Err(last.unwrap_or(BrokerError::Timeout {
+        url: redact_url(&settings.url),
+        after: settings.connect_timeout,
+    }))
 }
 
 /// Declares `name` as a durable fanout exchange (the progress exchange and

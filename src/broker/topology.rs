@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 
 use super::{declare_fanout, Broker, BrokerError};
 use crate::config::BrokerSettings;
+use crate::job::Priority;
 
 /// A queue argument's value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,13 +47,18 @@ impl Topology {
     /// The topology for `settings`, with jobs allowed `max_attempts`
     /// attempts.
     ///
-    /// - the jobs queue: quorum, a delivery limit of `max_attempts`, and
-    ///   at-least-once dead-lettering into
+    /// - the jobs queues, one per priority (`<jobs_queue>.high`,
+    ///   `<jobs_queue>`, `<jobs_queue>.low`): quorum, a delivery limit of
+    ///   `max_attempts`, and at-least-once dead-lettering into
     /// - the dead-letter queue: quorum;
     /// - the progress exchange (fanout) with the progress queue bound to
     ///   it: quorum too (a classic queue lives on one node, and while that
     ///   node is down nobody could even declare it), keeping the newest
     ///   `progress_queue_max_length` events;
+    /// - the unplaced queue, where jobs that waited too long for a capable
+    ///   worker arrive (quorum, like the jobs queues), and the requirements
+    ///   stream that records the queues of jobs waiting for capable workers
+    ///   (see [`crate::capability`]; bounded to 30 days and 10 MB);
     /// - the control exchange (fanout) of `inspect` and `ping`.
     pub fn of(settings: &BrokerSettings, max_attempts: u32) -> Topology {
         let s = settings;
@@ -64,8 +70,28 @@ impl Topology {
                     arguments: vec![quorum.clone()],
                 },
                 QueueSpec {
+                    name: s.jobs_queue_for(Priority::High),
+                    arguments: jobs_queue_arguments(s, max_attempts),
+                },
+                QueueSpec {
                     name: s.jobs_queue.clone(),
                     arguments: jobs_queue_arguments(s, max_attempts),
+                },
+                QueueSpec {
+                    name: s.jobs_queue_for(Priority::Low),
+                    arguments: jobs_queue_arguments(s, max_attempts),
+                },
+                QueueSpec {
+                    name: s.unplaced_queue(),
+                    arguments: jobs_queue_arguments(s, max_attempts),
+                },
+                QueueSpec {
+                    name: s.requirements_stream(),
+                    arguments: vec![
+                        ("x-queue-type", Argument::Text("stream".into())),
+                        ("x-max-age", Argument::Text("30D".into())),
+                        ("x-max-length-bytes", Argument::Number(10_000_000)),
+                    ],
                 },
                 QueueSpec {
                     name: s.progress_queue.clone(),
@@ -127,21 +153,27 @@ impl Topology {
 }
 
 impl Broker {
+    /// Declares the queue of jobs waiting for capable workers `name`.
+    pub async fn declare_waiting_queue(
+        &self,
+        name: &str,
+        max_attempts: u32,
+    ) -> Result<(), BrokerError> {
+        self.declare_queue(
+            name,
+            field_table(&waiting_queue_arguments(&self.settings, max_attempts)),
+        )
+        .await
+    }
+
     /// Declares the farm's topology, each queue and exchange on a throwaway
     /// channel, so a mismatch can be reported by name (the broker closes
     /// the channel).
     pub(super) async fn declare(&self, max_attempts: u32) -> Result<(), BrokerError> {
         let topology = Topology::of(&self.settings, max_attempts);
         for queue in &topology.queues {
-            let mut arguments = FieldTable::default();
-            for (name, value) in &queue.arguments {
-                let value = match value {
-                    Argument::Text(text) => AMQPValue::LongString(text.as_str().into()),
-                    Argument::Number(n) => AMQPValue::LongLongInt(*n),
-                };
-                arguments.insert((*name).into(), value);
-            }
-            self.declare_queue(&queue.name, arguments).await?;
+            self.declare_queue(&queue.name, field_table(&queue.arguments))
+                .await?;
         }
         for exchange in &topology.fanouts {
             let channel = self
@@ -203,6 +235,19 @@ impl Broker {
     }
 }
 
+/// Queue arguments as AMQP field table.
+fn field_table(arguments: &[(&'static str, Argument)]) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (name, value) in arguments {
+        let value = match value {
+            Argument::Text(text) => AMQPValue::LongString(text.as_str().into()),
+            Argument::Number(n) => AMQPValue::LongLongInt(*n),
+        };
+        table.insert((*name).into(), value);
+    }
+    table
+}
+
 /// The arguments of the jobs queue: quorum type, a delivery limit of
 /// `max_attempts` redeliveries, and at-least-once dead-lettering into the
 /// dead-letter queue.
@@ -232,6 +277,23 @@ pub fn jobs_queue_arguments(
         ),
         ("x-overflow", Argument::Text("reject-publish".into())),
     ]
+}
+
+/// The arguments of a queue of jobs waiting for capable workers: like the
+/// jobs queues, but a job that expires in it (after
+/// `worker.no_capable_worker_timeout`) is dead-lettered into the unplaced
+/// queue, which decides whether it waits again or is given up on.
+pub fn waiting_queue_arguments(
+    settings: &BrokerSettings,
+    max_attempts: u32,
+) -> Vec<(&'static str, Argument)> {
+    let mut arguments = jobs_queue_arguments(settings, max_attempts);
+    for (name, value) in &mut arguments {
+        if *name == "x-dead-letter-routing-key" {
+            *value = Argument::Text(settings.unplaced_queue());
+        }
+    }
+    arguments
 }
 
 #[cfg(test)]
@@ -277,12 +339,18 @@ mod tests {
     }
 
     #[test]
-    fn every_queue_is_a_durable_quorum_queue_and_jobs_dead_letter() {
+    fn every_queue_is_a_quorum_queue_but_the_requirements_stream_and_jobs_dead_letter() {
         let s = defaults();
         let t = Topology::of(&s.broker, 5);
-        assert!(t.queues.iter().all(|q| q
-            .arguments
-            .contains(&("x-queue-type", Argument::Text("quorum".into())))));
+        let stream = s.broker.requirements_stream();
+        for q in &t.queues {
+            let kind = if q.name == stream { "stream" } else { "quorum" };
+            assert!(
+                q.arguments
+                    .contains(&("x-queue-type", Argument::Text(kind.into()))),
+                "{q:?}"
+            );
+        }
         let jobs = t
             .queues
             .iter()

@@ -52,6 +52,15 @@ async fn ask_and_print(
     if format == Format::Json || !answers.is_empty() {
         println!("{text}");
     }
+    if command == Command::Inspect && format == Format::Table && !answers.is_empty() {
+        println!("\n{}", capabilities_table(&answers));
+    }
+    if command == Command::Inspect && format == Format::Table {
+        match queues_table(broker).await {
+            Ok(table) => println!("\n{table}"),
+            Err(e) => eprintln!("cannot count the jobs in the queues: {e}"),
+        }
+    }
     if answers.is_empty() {
         eprintln!(
             "no worker answered within {} on the control exchange {:?}",
@@ -66,6 +75,101 @@ async fn ask_and_print(
         humantime::format_duration(wait)
     );
     ExitCode::SUCCESS
+}
+
+/// The jobs waiting in each jobs queue (most urgent first), in the queues
+/// of jobs waiting for capable workers (with what they wait for), and in
+/// the dead-letter queue, as a table.
+async fn queues_table(broker: &BrokerSettings) -> Result<String, String> {
+    let connection = control::observer_connection(broker, "transcode-worker inspect")
+        .await
+        .map_err(|e| e.to_string())?;
+    let waiting = waiting_queues(&connection, broker).await;
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut queues = broker.jobs_queues();
+    queues.push(broker.dead_letter_queue.clone());
+    let depths = crate::broker::queue_depths(&channel, &queues).await;
+    let mut rows: Vec<(String, u32, String)> = Vec::new();
+    match depths {
+        Ok(depths) => rows.extend(depths.0.into_iter().map(|(q, n)| (q, n, String::new()))),
+        Err(e) => {
+            let _ = connection.close(200, "done".into()).await;
+            return Err(format!(
+                "{e} (run `transcode-worker setup` to declare the queues)"
+            ));
+        }
+    }
+    for w in waiting {
+        // A queue that is gone (deleted by hand) is left out.
+        let Ok(channel) = connection.create_channel().await else {
+            break;
+        };
+        if let Ok(depths) =
+            crate::broker::queue_depths(&channel, std::slice::from_ref(&w.queue)).await
+        {
+            let n = depths.0.first().map_or(0, |(_, n)| *n);
+            rows.push((w.queue.clone(), n, format!("needs {}", w.requires)));
+            let _ = channel.close(200, "done".into()).await;
+        }
+    }
+    let _ = connection.close(200, "done".into()).await;
+    Ok(depths_table(&rows))
+}
+
+/// The queues of jobs waiting for capable workers, from the requirements
+/// stream (read from its start until it has nothing more for a moment).
+async fn waiting_queues(
+    connection: &lapin::Connection,
+    broker: &BrokerSettings,
+) -> Vec<crate::capability::WaitingQueue> {
+    use futures_util::StreamExt;
+    let mut found = std::collections::BTreeSet::new();
+    let Ok(channel) = connection.create_channel().await else {
+        return Vec::new();
+    };
+    let _ = channel
+        .basic_qos(500, lapin::options::BasicQosOptions::default())
+        .await;
+    let mut arguments = lapin::types::FieldTable::default();
+    arguments.insert(
+        "x-stream-offset".into(),
+        lapin::types::AMQPValue::LongString("first".into()),
+    );
+    let consumer = channel
+        .basic_consume(
+            broker.requirements_stream().as_str().into(),
+            "inspect-requirements".into(),
+            lapin::options::BasicConsumeOptions::default(),
+            arguments,
+        )
+        .await;
+    let Ok(mut consumer) = consumer else {
+        return Vec::new();
+    };
+    while let Ok(Some(Ok(delivery))) =
+        tokio::time::timeout(Duration::from_millis(300), consumer.next()).await
+    {
+        if let Ok(w) = serde_json::from_slice(&delivery.data) {
+            found.insert(w);
+        }
+        let _ = delivery
+            .acker
+            .ack(lapin::options::BasicAckOptions::default())
+            .await;
+    }
+    let _ = channel.close(200, "done".into()).await;
+    found.into_iter().collect()
+}
+
+fn depths_table(rows: &[(String, u32, String)]) -> String {
+    let mut t = table(&["QUEUE", "WAITING", "FOR"]);
+    for (queue, n, why) in rows {
+        t.add_row(vec![queue.clone(), n.to_string(), why.clone()]);
+    }
+    t.to_string()
 }
 
 fn table(header: &[&str]) -> comfy_table::Table {
@@ -132,6 +236,61 @@ pub fn inspect_table(answers: &[Answer]) -> String {
     t.to_string()
 }
 
+/// What each worker can run: cores, labels, encoders (hardware ones
+/// marked), elements it hides, free scratch space.
+pub fn capabilities_table(answers: &[Answer]) -> String {
+    let mut t = table(&[
+        "WORKER",
+        "CORES",
+        "LABELS",
+        "ENCODERS",
+        "HIDDEN",
+        "SCRATCH FREE",
+    ]);
+    for a in answers {
+        let Some(c) = &a.info.capabilities else {
+            continue;
+        };
+        // libav's many encoders are counted, not listed.
+        let libav = c
+            .encoders
+            .iter()
+            .filter(|e| e.starts_with("avenc_"))
+            .count();
+        let mut encoders: Vec<String> = c
+            .encoders
+            .iter()
+            .filter(|e| !e.starts_with("avenc_"))
+            .map(|e| {
+                if c.hardware.contains(e) {
+                    format!("{e} (hw)")
+                } else {
+                    e.clone()
+                }
+            })
+            .collect();
+        if libav > 0 {
+            encoders.push(format!("+{libav} avenc_*"));
+        }
+        let or_dash = |v: &[String]| {
+            if v.is_empty() {
+                "-".to_string()
+            } else {
+                v.join(",")
+            }
+        };
+        t.add_row(vec![
+            a.info.worker.clone(),
+            c.cores.to_string(),
+            or_dash(&c.labels),
+            encoders.join(" "),
+            or_dash(&c.hidden),
+            indicatif::HumanBytes(c.scratch_free_bytes).to_string(),
+        ]);
+    }
+    t.to_string()
+}
+
 /// The `inspect --json` output: the workers' answers as a JSON array.
 pub fn inspect_json(answers: &[Answer]) -> String {
     let infos: Vec<&WorkerInfo> = answers.iter().map(|a| &a.info).collect();
@@ -151,6 +310,10 @@ pub struct Pong {
     pub version: String,
     /// Milliseconds from the request to its answer.
     pub reply_ms: f64,
+    /// Its labels.
+    pub labels: Vec<String>,
+    /// Its hardware elements (encoders and the rest).
+    pub hardware: Vec<String>,
 }
 
 fn pongs(answers: &[Answer]) -> Vec<Pong> {
@@ -162,20 +325,43 @@ fn pongs(answers: &[Answer]) -> Vec<Pong> {
             pid: a.info.pid,
             version: a.info.version.clone(),
             reply_ms: (a.round_trip.as_secs_f64() * 10_000.0).round() / 10.0,
+            labels: a
+                .info
+                .capabilities
+                .as_ref()
+                .map(|c| c.labels.clone())
+                .unwrap_or_default(),
+            hardware: a
+                .info
+                .capabilities
+                .as_ref()
+                .map(|c| c.hardware.clone())
+                .unwrap_or_default(),
         })
         .collect()
 }
 
 /// The `ping` table.
 pub fn ping_table(answers: &[Answer]) -> String {
-    let mut t = table(&["WORKER", "HOST", "PID", "VERSION", "REPLY"]);
+    let mut t = table(&[
+        "WORKER", "HOST", "PID", "VERSION", "REPLY", "LABELS", "HARDWARE",
+    ]);
     for p in pongs(answers) {
+        let or_dash = |v: &[String]| {
+            if v.is_empty() {
+                "-".to_string()
+            } else {
+                v.join(",")
+            }
+        };
         t.add_row(vec![
             p.worker,
             p.host,
             p.pid.to_string(),
             p.version,
             format!("{:.1} ms", p.reply_ms),
+            or_dash(&p.labels),
+            or_dash(&p.hardware),
         ]);
     }
     t.to_string()
@@ -209,6 +395,8 @@ mod tests {
                 jobs_completed: 3,
                 jobs_failed: 1,
                 attempts_retried: 0,
+                capabilities: None,
+                capable: None,
             },
             round_trip: Duration::from_micros(2500),
         }
@@ -239,6 +427,21 @@ mod tests {
         assert!(text.contains("1h 2m 3s"), "{text}");
         let json: serde_json::Value = serde_json::from_str(&inspect_json(&answers)).unwrap();
         assert_eq!(json[1]["jobs"][0]["phase"], "transcoding");
+        let rows = vec![
+            ("transcoding_jobs.high".to_string(), 1, String::new()),
+            ("transcoding_jobs".to_string(), 20, String::new()),
+            (
+                "transcoding_jobs.requires.x265enc".to_string(),
+                2,
+                "needs x265enc".to_string(),
+            ),
+        ];
+        let queues = depths_table(&rows);
+        assert!(queues.contains("needs x265enc"), "{queues}");
+        assert!(
+            queues.contains("transcoding_jobs.high") && queues.contains("20"),
+            "{queues}"
+        );
         let ping = ping_table(&answers);
         assert!(ping.contains("2.5 ms"), "{ping}");
         let json: serde_json::Value = serde_json::from_str(&ping_json(&answers)).unwrap();

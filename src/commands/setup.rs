@@ -21,7 +21,7 @@ pub async fn setup(settings: &Settings, definitions: bool, vhost: &str) -> ExitC
     }
     let b = &settings.broker;
     let timeout = b.connect_timeout * (b.urls().len() as u32 + 1);
-    let connect = Broker::connect(b, max_attempts, 1, "transcode-worker setup");
+    let connect = Broker::connect(b, max_attempts, "transcode-worker setup");
     match tokio::time::timeout(timeout, connect).await {
         Ok(Ok(broker)) => {
             broker.close().await;

@@ -168,6 +168,8 @@ impl Settings {
                 .with_list_parse_key("storage.allowed_input_prefixes")
                 .with_list_parse_key("storage.allowed_output_prefixes")
                 .with_list_parse_key("storage.extra_buckets")
+                .with_list_parse_key("worker.labels")
+                .with_list_parse_key("pipeline.hidden_elements")
                 .try_parsing(true)
                 .source(Some(prefixed)),
         );
@@ -176,11 +178,24 @@ impl Settings {
                 .set_override_option(*key, env.get(*name).cloned())
                 .map_err(load)?;
         }
-        builder
+        let mut settings: Settings = builder
             .build()
             .map_err(load)?
             .try_deserialize()
-            .map_err(load)
+            .map_err(load)?;
+        // An empty list setting in the environment (`NAME=`) is one empty
+        // item: it means none.
+        for list in [
+            &mut settings.worker.labels,
+            &mut settings.pipeline.hidden_elements,
+            &mut settings.pipeline.extra_allowed_elements,
+            &mut settings.storage.extra_buckets,
+            &mut settings.storage.allowed_input_prefixes,
+            &mut settings.storage.allowed_output_prefixes,
+        ] {
+            list.retain(|item| !item.trim().is_empty());
+        }
+        Ok(settings)
     }
 
     /// Checks the broker settings only.
@@ -256,6 +271,15 @@ impl Settings {
         }
         if self.worker.max_attempts == 0 {
             return Err(invalid("worker.max_attempts", "must be at least 1"));
+        }
+        for label in &self.worker.labels {
+            crate::job::check_label(label).map_err(|e| invalid("worker.labels", e))?;
+        }
+        if self.worker.no_capable_worker_timeout.is_zero() {
+            return Err(invalid(
+                "worker.no_capable_worker_timeout",
+                "must be longer than 0",
+            ));
         }
         let allow = self.allowlist();
         for (name, preset) in &self.presets {

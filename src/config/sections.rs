@@ -58,6 +58,36 @@ pub struct BrokerSettings {
 }
 
 impl BrokerSettings {
+    /// The queue of jobs of `priority`: `<jobs_queue>.high`, `<jobs_queue>`
+    /// or `<jobs_queue>.low`.
+    pub fn jobs_queue_for(&self, priority: crate::job::Priority) -> String {
+        match priority {
+            crate::job::Priority::Normal => self.jobs_queue.clone(),
+            other => format!("{}.{other}", self.jobs_queue),
+        }
+    }
+
+    /// The jobs queues, most urgent first.
+    pub fn jobs_queues(&self) -> Vec<String> {
+        crate::job::Priority::ALL
+            .iter()
+            .map(|p| self.jobs_queue_for(*p))
+            .collect()
+    }
+
+    /// The queue where jobs that waited too long for a capable worker
+    /// arrive (`<jobs_queue>.unplaced`), to be placed again or
+    /// dead-lettered as `no_capable_worker`.
+    pub fn unplaced_queue(&self) -> String {
+        format!("{}.unplaced", self.jobs_queue)
+    }
+
+    /// The stream that records the queues of jobs waiting for capable
+    /// workers (`<jobs_queue>.requirements`).
+    pub fn requirements_stream(&self) -> String {
+        format!("{}.requirements", self.jobs_queue)
+    }
+
     /// The control exchange's name: the setting, or `<jobs_queue>.control`
     /// when it is empty, so farms on different job queues stay apart.
     pub fn control_exchange(&self) -> String {
@@ -155,6 +185,12 @@ pub struct WorkerSettings {
     /// GStreamer's plugins loaded, and let a process whose job completed
     /// serve the next one (saves about 80 ms a job).
     pub standby_pipeline: bool,
+    /// Labels jobs may ask for (`"requires": ["gpu"]`).
+    pub labels: Vec<String>,
+    /// How long a job no live worker can run waits before it is
+    /// dead-lettered as `no_capable_worker`.
+    #[serde(with = "humantime_serde")]
+    pub no_capable_worker_timeout: Duration,
     /// Fault injection for reliability tests: abort the process right after
     /// this phase of an attempt (`downloading`, `transcoding` or
     /// `uploading`), as a power cut would. Only in builds with the
@@ -187,6 +223,9 @@ pub struct PipelineSettings {
     /// Longest input accepted.
     #[serde(with = "humantime_serde")]
     pub max_duration: Duration,
+    /// Elements treated as absent although installed: jobs that need them
+    /// go to other workers.
+    pub hidden_elements: Vec<String>,
 }
 
 /// A named, operator-defined way to transcode.

@@ -92,6 +92,13 @@ pub struct WorkerInfo {
     pub jobs_failed: u64,
     /// Attempts that failed with it and were given back to be tried again.
     pub attempts_retried: u64,
+    /// What it can run.
+    #[serde(default)]
+    pub capabilities: Option<crate::capability::CapabilityReport>,
+    /// Whether it could run a job that needs what the request asked about
+    /// (only in answers to such requests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capable: Option<bool>,
 }
 
 /// What `/healthz` says.
@@ -127,7 +134,7 @@ impl Limits {
             Phase::Downloading => self.downloading,
             Phase::Transcoding => self.transcoding,
             Phase::Uploading => self.uploading,
-            Phase::Completed | Phase::Failed => self.settling,
+            Phase::Completed | Phase::Failed | Phase::Waiting => self.settling,
         };
         limit + STALL_GRACE
     }
@@ -171,6 +178,7 @@ struct Live {
 struct Inner {
     identity: Identity,
     limits: Limits,
+    capabilities: std::sync::OnceLock<crate::capability::Capabilities>,
     metrics: Metrics,
     live: Mutex<Live>,
 }
@@ -212,6 +220,7 @@ impl Status {
                     version,
                 },
                 limits,
+                capabilities: std::sync::OnceLock::new(),
                 metrics,
                 live: Mutex::new(Live {
                     disconnected_at: Some(Instant::now()),
@@ -249,6 +258,27 @@ impl Status {
         let mut live = self.live();
         live.connection = None;
         live.disconnected_at.get_or_insert_with(Instant::now);
+    }
+
+    /// Records what the worker can run (once, at start).
+    pub fn set_capabilities(&self, capabilities: crate::capability::Capabilities) {
+        let _ = self.inner.capabilities.set(capabilities);
+    }
+
+    /// Whether the worker could run a job that needs `requirement`.
+    pub fn can_run(&self, requirement: &crate::capability::Requirement) -> bool {
+        self.inner
+            .capabilities
+            .get()
+            .is_some_and(|c| c.satisfies(requirement))
+    }
+
+    /// Records how many jobs wait in each queue (counted by the session's
+    /// liveness check), for the metrics.
+    pub fn set_queue_depths(&self, depths: &crate::broker::QueueDepths) {
+        for (queue, n) in &depths.0 {
+            self.inner.metrics.set_queue_messages(queue, *n);
+        }
     }
 
     /// Records where `/metrics` is served.
@@ -328,6 +358,8 @@ impl Status {
             jobs_completed: live.completed,
             jobs_failed: live.failed,
             attempts_retried: live.retried,
+            capabilities: self.inner.capabilities.get().map(|c| c.report().clone()),
+            capable: None,
         }
     }
 

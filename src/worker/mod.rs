@@ -6,6 +6,8 @@
 //! - [`attempt`]: one attempt of a job as a sequence of named steps: plan,
 //!   fetch, transcode (the pipeline process also verifies its output),
 //!   store;
+//! - [`placement`]: whether this worker can run a job, and where a job goes
+//!   that it cannot run (the queue of workers that can);
 //! - [`settle`]: the one place that turns an attempt's outcome into an
 //!   ack, a retried copy, a give-back or a dead letter.
 //!
@@ -13,15 +15,18 @@
 //! event is confirmed by the broker.
 
 mod attempt;
+mod placement;
 mod session;
 mod settle;
 
-use std::sync::Arc;
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use rand::Rng;
 
 use crate::broker::BrokerError;
+use crate::capability::{Capabilities, WaitingQueue, BASE_ELEMENTS};
 use crate::config::Settings;
 use crate::scratch::Scratch;
 use crate::status::Status;
@@ -57,6 +62,10 @@ pub struct Worker {
     storage: Storage,
     transcoder: Transcoder,
     scratch: Scratch,
+    capabilities: Capabilities,
+    /// The queues of jobs waiting for capable workers that this worker has
+    /// learnt of (from the requirements stream or its own moves).
+    waiting: Mutex<BTreeSet<WaitingQueue>>,
     id: String,
     exit_when_idle: Option<Duration>,
     status: Status,
@@ -65,33 +74,57 @@ pub struct Worker {
 impl Worker {
     /// Makes a worker that runs pipelines with `transcoder`; `exit_when_idle`
     /// makes [`Worker::run`] return once no job has arrived for that long.
-    /// Checks that every GStreamer element it may need is installed.
+    /// Checks that GStreamer and the worker's own elements are installed,
+    /// and learns what else it can run.
     pub fn new(
         settings: Settings,
         transcoder: Transcoder,
         exit_when_idle: Option<Duration>,
     ) -> Result<Arc<Worker>, WorkerError> {
         let storage = Storage::from_settings(&settings.storage)?;
-        let needed = crate::plan::required_elements(&settings);
-        crate::pipeline::check_installed(needed.iter().map(String::as_str))
+        crate::pipeline::check_installed(BASE_ELEMENTS.iter().copied())
             .map_err(WorkerError::Plugins)?;
-        let transcoder = if settings.worker.standby_pipeline {
-            transcoder.with_standby(needed)
-        } else {
-            transcoder
-        };
         let dir = settings.scratch_dir();
         let scratch = Scratch::open(dir.clone()).map_err(|e| WorkerError::Scratch {
             path: dir.display().to_string(),
             problem: e.to_string(),
         })?;
+        let capabilities = Capabilities::new(
+            crate::pipeline::installed_factories(),
+            &settings.pipeline.hidden_elements,
+            &settings.worker.labels,
+            scratch.free_bytes().unwrap_or(0),
+        );
+        // The presets' and muxers' elements this worker has are loaded
+        // ahead; jobs that need the others go to workers that have them.
+        let (usable, lacking): (Vec<String>, Vec<String>) =
+            crate::plan::required_elements(&settings)
+                .into_iter()
+                .partition(|e| {
+                    capabilities.satisfies(&crate::capability::Requirement([e.clone()].into()))
+                });
+        if !lacking.is_empty() {
+            tracing::warn!(
+                elements = %lacking.join(", "),
+                "this worker lacks (or hides) these elements of the presets and containers; jobs that need them go to workers that have them"
+            );
+        }
+        let transcoder = if settings.worker.standby_pipeline {
+            transcoder.with_standby(usable)
+        } else {
+            transcoder
+        };
+        let status = Status::new(&settings);
+        status.set_capabilities(capabilities.clone());
         Ok(Arc::new(Worker {
             id: settings.worker_id(),
-            status: Status::new(&settings),
+            status,
             settings,
             storage,
             transcoder,
             scratch,
+            capabilities,
+            waiting: Mutex::new(BTreeSet::new()),
             exit_when_idle,
         }))
     }
@@ -105,6 +138,11 @@ impl Worker {
     pub fn status(&self) -> &Status {
         &self.status
     }
+}
+
+/// Locks `m`, also after a panic while it was held.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// `delay` less up to half of it, at random, so that many workers waiting

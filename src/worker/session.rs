@@ -12,12 +12,19 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::attempt::Attempt;
+use super::placement::Placement;
 use super::{jitter, Worker, WorkerError};
 use crate::broker::{Broker, BrokerError, Delivery};
 use crate::config::Backend;
 use crate::error::{ErrorKind, JobError};
 use crate::job::Job;
 use crate::progress::Reporter;
+
+/// The shortest wait before looking at the queues again after they were
+/// all empty.
+const POLL_MIN: Duration = Duration::from_millis(50);
+/// The longest such wait: an idle worker looks for a job at least this often.
+const POLL_MAX: Duration = Duration::from_secs(1);
 
 /// Aborts the running attempts of a session, with the reason they get.
 #[derive(Debug, Clone, Default)]
@@ -85,16 +92,14 @@ impl Worker {
         let connection_name = format!("transcode-worker {}", self.id);
         self.transcoder.prepare();
         loop {
-            let connect = Broker::connect(
-                b,
-                self.settings.worker.max_attempts,
-                self.settings.worker.concurrency,
-                &connection_name,
-            );
+            let connect = Broker::connect(b, self.settings.worker.max_attempts, &connection_name);
             // Each node gets connect_timeout; declaring the topology gets one more.
             let timeout = b.connect_timeout * (b.urls().len() as u32 + 1);
             let broker = tokio::select! {
-                r = tokio::time::timeout(timeout, connect) => r.unwrap_or_else(|_| Err(BrokerError::Timeout(timeout))),
+                r = tokio::time::timeout(timeout, connect) => r.unwrap_or_else(|_| Err(BrokerError::Timeout {
+                    url: crate::config::redact_url(&b.url),
+                    after: timeout,
+                })),
                 _ = shutdown.cancelled() => return Ok(()),
             };
             let broker = match broker {
@@ -137,49 +142,75 @@ impl Worker {
         }
     }
 
-    /// One broker session: consumes jobs until shutdown, idleness or the
-    /// loss of the broker; then drains or aborts the running attempts.
+    /// One broker session: takes jobs while fewer than `worker.concurrency`
+    /// run, until shutdown, idleness or the loss of the broker; then drains
+    /// or aborts the running attempts.
+    ///
+    /// Jobs are taken with `basic.get`, the most urgent queue first, only
+    /// when a slot is free (see [`Broker::take_job`]); when every queue is
+    /// empty the next look waits a little longer each time, from
+    /// [`POLL_MIN`] up to [`POLL_MAX`].
     async fn session(
         self: Arc<Self>,
         broker: Arc<Broker>,
         shutdown: &CancellationToken,
     ) -> SessionEnd {
         let tag = format!("{}-{}", self.id, uuid::Uuid::new_v4().simple());
-        let mut consumer = match broker.consume_jobs(&tag).await {
+        let mut channel_watch = match broker.watch_jobs_channel(&tag).await {
             Ok(c) => c,
             Err(e) => return SessionEnd::Lost(e.to_string()),
         };
         let _control = crate::control::Responder::start(broker.clone(), self.status.clone());
+        let requirements = tokio::spawn(self.clone().read_requirements(broker.clone()));
         let abort = Abort::default();
         let mut jobs = JoinSet::new();
         let mut last_activity = Instant::now();
         let mut idle_check = tokio::time::interval(Duration::from_millis(250));
         let liveness = self.settings.broker.liveness_interval;
         let mut live_check = tokio::time::interval(liveness);
+        let slots = usize::from(self.settings.worker.concurrency);
+        let mut next_look = tokio::time::Instant::now();
+        let mut wait = POLL_MIN;
         let end = loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break SessionEnd::Shutdown,
-                _ = live_check.tick() => {
-                    if let Err(why) = broker.ping(liveness * 2).await {
+                _ = live_check.tick() => match broker.ping(liveness * 2).await {
+                    Ok(depths) => self.status.set_queue_depths(&depths),
+                    Err(why) => {
                         // A closing channel's own reason (such as the
                         // broker's consumer timeout) says more than the ping.
-                        let reason = match tokio::time::timeout(Duration::from_millis(200), consumer.next()).await {
+                        let reason = match tokio::time::timeout(Duration::from_millis(200), channel_watch.next()).await {
                             Ok(Some(Err(e))) => e.to_string(),
                             _ => why,
                         };
                         break SessionEnd::Lost(reason);
                     }
-                }
-                delivery = consumer.next() => match delivery {
-                    Some(Ok(delivery)) => {
-                        last_activity = Instant::now();
-                        let delivery = Delivery::new(delivery);
-                        jobs.spawn(self.clone().handle(broker.clone(), delivery, abort.clone()));
-                    }
-                    Some(Err(e)) => break SessionEnd::Lost(e.to_string()),
-                    None => break SessionEnd::Lost("the broker cancelled the consumer".into()),
                 },
-                Some(_) = jobs.join_next(), if !jobs.is_empty() => last_activity = Instant::now(),
+                closed = channel_watch.next() => match closed {
+                    Some(Err(e)) => break SessionEnd::Lost(e.to_string()),
+                    _ => break SessionEnd::Lost("the broker cancelled the consumer of the jobs channel".into()),
+                },
+                _ = tokio::time::sleep_until(next_look), if jobs.len() < slots => {
+                    match broker.take_job(&self.queues()).await {
+                        Ok(Some(delivery)) => {
+                            last_activity = Instant::now();
+                            jobs.spawn(self.clone().handle(broker.clone(), delivery, abort.clone()));
+                            wait = POLL_MIN;
+                            next_look = tokio::time::Instant::now();
+                        }
+                        Ok(None) => {
+                            next_look = tokio::time::Instant::now() + wait;
+                            wait = (wait * 2).min(POLL_MAX);
+                        }
+                        Err(e) => break SessionEnd::Lost(e.to_string()),
+                    }
+                }
+                Some(_) = jobs.join_next(), if !jobs.is_empty() => {
+                    last_activity = Instant::now();
+                    // A slot is free: look for the next job at once.
+                    wait = POLL_MIN;
+                    next_look = tokio::time::Instant::now();
+                }
                 _ = idle_check.tick(), if self.exit_when_idle.is_some() => {
                     let idle = self.exit_when_idle.unwrap_or_default();
                     if jobs.is_empty() && last_activity.elapsed() >= idle {
@@ -193,12 +224,10 @@ impl Worker {
                 ErrorKind::BrokerUnavailable,
                 explain_loss(why),
             )),
-            SessionEnd::Shutdown | SessionEnd::Idle => {
-                broker.stop_consuming(&tag).await;
-                self.drain(&mut jobs, &abort).await;
-            }
+            SessionEnd::Shutdown | SessionEnd::Idle => self.drain(&mut jobs, &abort).await,
         }
         while jobs.join_next().await.is_some() {}
+        requirements.abort();
         end
     }
 
@@ -229,7 +258,7 @@ impl Worker {
     }
 
     /// Processes one delivery to the end and settles it.
-    async fn handle(self: Arc<Self>, broker: Arc<Broker>, delivery: Delivery, abort: Abort) {
+    async fn handle(self: Arc<Self>, broker: Arc<Broker>, mut delivery: Delivery, abort: Abort) {
         let attempt = delivery.attempt();
         let limit = self.settings.worker.max_message_bytes;
         let storage = &self.settings.storage;
@@ -258,6 +287,19 @@ impl Worker {
         async {
             let reporter =
                 Reporter::new(broker.clone(), &job.job_id, attempt, &self.id, &self.status);
+            match self.place(&job, &mut delivery).await {
+                Placement::Run => {}
+                Placement::Wait(waiting) => {
+                    return self
+                        .wait_elsewhere(&broker, &delivery, &reporter, &waiting)
+                        .await
+                }
+                Placement::GiveUp(error) => {
+                    return self
+                        .settle(&broker, &delivery, &reporter, &job.job_id, Err(error))
+                        .await
+                }
+            }
             tracing::info!(input = %job.input_key, output = %job.output_key, "job started");
             let limit = self.settings.worker.job_timeout;
             let attempt = Attempt::new(&self, &job, attempt, &reporter);

@@ -51,14 +51,12 @@ impl Worker {
         if let Err(e) = reporter.failed(&error, will_retry).await {
             tracing::warn!(error = %e, "could not publish the failed event");
         }
-        let queue = &self.settings.broker.jobs_queue;
         match disposition {
             Disposition::DeadLetter => {
                 let why = DeadLetter {
                     job_id,
                     error: &error,
                     worker: &self.id,
-                    original_queue: queue,
                 };
                 delivery.dead_letter(broker, &why).await;
             }
@@ -66,9 +64,9 @@ impl Worker {
                 let delay = retry_delay(w.retry_delay, w.retry_max_delay, attempt);
                 tracing::info!(?delay, "retrying after a delay");
                 tokio::time::sleep(delay).await;
-                delivery.retry(broker, queue, &self.id, &error).await;
+                delivery.retry(broker, &self.id, &error).await;
             }
-            Disposition::Release => delivery.release(broker, queue).await,
+            Disposition::Release => delivery.release(broker).await,
             Disposition::Requeue => delivery.give_back().await,
         }
     }

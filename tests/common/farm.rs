@@ -141,7 +141,7 @@ impl Farm {
             let broker = with_timeout(
                 DEFAULT_TIMEOUT,
                 "topology declaration",
-                Broker::connect(&settings.broker, settings.worker.max_attempts, 1, "test"),
+                Broker::connect(&settings.broker, settings.worker.max_attempts, "test"),
             )
             .await
             .expect("declare topology");
@@ -219,6 +219,12 @@ impl Farm {
     /// Publishes a job with the given fields (as JSON built by serde_json),
     /// persistent, and waits for the broker's confirm that it is stored.
     pub async fn publish_job(&self, job: serde_json::Value) {
+        self.publish_job_to(self.jobs_queue(), job).await
+    }
+
+    /// [`publish_job`](Self::publish_job) to `queue` (e.g. the high or low
+    /// priority jobs queue).
+    pub async fn publish_job_to(&self, queue: &str, job: serde_json::Value) {
         let channel = self.conn.create_channel().await.expect("channel");
         channel
             .confirm_select(lapin::options::ConfirmSelectOptions::default())
@@ -227,7 +233,7 @@ impl Farm {
         let confirm = channel
             .basic_publish(
                 "".into(),
-                self.jobs_queue().into(),
+                queue.into(),
                 BasicPublishOptions {
                     mandatory: true,
                     ..Default::default()
@@ -383,32 +389,62 @@ impl Farm {
         (queue.message_count(), queue.consumer_count())
     }
 
-    /// Consumers of the jobs queue.
-    pub async fn consumers(&self) -> u32 {
-        self.queue_state().await.1
-    }
-
     /// Jobs ready in the jobs queue.
     pub async fn ready_jobs(&self) -> u32 {
         self.queue_state().await.0
     }
 
     /// Stops `workers` (SIGTERM: each settles what it is doing and exits)
-    /// and asserts that the jobs queue is empty: once no consumer is left,
-    /// any delivery they had not acked is back in the queue, so an empty
-    /// queue proves every job was acked.
+    /// and asserts that the jobs queues are empty: once the workers'
+    /// connections are gone, any delivery they had not acked is back in
+    /// its queue, so empty queues prove every job was acked.
     pub async fn assert_all_acked(&self, mut workers: Vec<WorkerProc>) {
+        let names: Vec<String> = workers
+            .iter()
+            .map(|w| format!("transcode-worker {}", w.name))
+            .collect();
         for worker in &mut workers {
             worker.signal(libc::SIGTERM);
             worker.wait_exit(DEFAULT_TIMEOUT).await;
         }
         drop(workers);
-        super::wait_for(DEFAULT_TIMEOUT, "the workers' consumers gone", || async {
-            self.consumers().await == 0
+        self.wait_connections_gone(&names).await;
+        for queue in self.settings.broker.jobs_queues() {
+            let left = self.ready_in(&queue).await;
+            assert_eq!(left, 0, "{left} job(s) in {queue} were not acked");
+        }
+    }
+
+    /// Waits until the broker has no connection named by any of `names`
+    /// (a worker's is `transcode-worker <worker id>`): what it held unacked
+    /// is back in its queue.
+    pub async fn wait_connections_gone(&self, names: &[String]) {
+        super::wait_for(DEFAULT_TIMEOUT, "the workers' connections gone", || async {
+            let listed = self
+                .rabbit
+                .try_ctl(&["list_connections", "user_provided_name"])
+                .unwrap_or_default();
+            !names.iter().any(|n| listed.contains(n.as_str()))
         })
         .await;
-        let left = self.ready_jobs().await;
-        assert_eq!(left, 0, "{left} job(s) were not acked");
+    }
+
+    /// Messages ready in `queue` (a passive declare).
+    pub async fn ready_in(&self, queue: &str) -> u32 {
+        let channel = self.channel().await;
+        let declared = channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("passive declare");
+        let _ = channel.close(200, "done".into()).await;
+        declared.message_count()
     }
 
     /// A channel for ad-hoc checks.

@@ -10,6 +10,7 @@ mod deploy;
 mod operate;
 mod queue_files;
 mod reliability;
+mod routing;
 mod security;
 mod smoke;
 mod storage;
