@@ -50,6 +50,7 @@ pub mod control;
 pub mod error;
 pub mod follow;
 pub mod fragment;
+pub mod history;
 pub mod http;
 pub mod job;
 pub mod metrics;

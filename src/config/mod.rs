@@ -17,8 +17,8 @@ use serde::Deserialize;
 use crate::fragment::{Allowlist, Fragment, Limits};
 
 pub use sections::{
-    redact_url, Backend, BrokerSettings, MetricsSettings, PipelineSettings, Preset,
-    StorageSettings, WorkerSettings,
+    redact_url, Backend, BrokerSettings, HistorySettings, MetricsSettings, PipelineSettings,
+    Preset, StorageSettings, WorkerSettings,
 };
 
 /// The built-in defaults, the same text as `config/transcode-worker.toml`.
@@ -52,6 +52,8 @@ pub struct Settings {
     pub presets: BTreeMap<String, Preset>,
     /// The Prometheus endpoint and health check.
     pub metrics: MetricsSettings,
+    /// The job history.
+    pub history: HistorySettings,
 }
 
 /// A setting that is missing or wrong.
@@ -262,6 +264,13 @@ impl Settings {
                     ));
                 }
             }
+        }
+        let prefix = &self.history.prefix;
+        if prefix.is_empty() || !prefix.ends_with('/') || prefix.starts_with('/') {
+            return Err(invalid(
+                "history.prefix",
+                format!("{prefix:?} must be a relative key prefix ending in /"),
+            ));
         }
         if self.storage.upload_concurrency == 0 {
             return Err(invalid("storage.upload_concurrency", "must be at least 1"));

@@ -200,6 +200,20 @@ pub struct WorkerSettings {
     pub crash_after: Option<crate::job::Phase>,
 }
 
+/// The job history kept in the storage.
+#[derive(Debug, Clone, Deserialize)]
+pub struct HistorySettings {
+    /// Whether workers write job records.
+    pub enabled: bool,
+    /// Key prefix of the records (ends in `/`).
+    pub prefix: String,
+    /// Records older than this are removed.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// At most this many records are kept (the oldest go first).
+    pub max_jobs: usize,
+}
+
 /// Pipeline policy.
 #[derive(Debug, Clone, Deserialize)]
 pub struct PipelineSettings {

@@ -177,6 +177,101 @@ impl DirStore {
         write_sidecar(&sidecar(&dest), metadata).await
     }
 
+    /// Stores the small object `bytes` under `key`, whole or not at all
+    /// (written beside it, then renamed).
+    pub(super) async fn put_small(&self, key: &str, bytes: &[u8]) -> Result<(), StorageError> {
+        let dest = self.join(key)?;
+        let parent = dest
+            .parent()
+            .expect("a joined key has a parent")
+            .to_path_buf();
+        tokio::fs::create_dir_all(&parent)
+            .await
+            .map_err(|e| local(&parent, e))?;
+        let parent = self.confine(key, &parent)?;
+        let name = dest.file_name().expect("a joined key has a file name");
+        let partial = parent.join(format!(
+            ".{}.partial-{}",
+            name.to_string_lossy(),
+            uuid::Uuid::new_v4()
+        ));
+        let written = tokio::fs::write(&partial, bytes)
+            .await
+            .map_err(|e| local(&partial, e));
+        let result = match written {
+            Ok(()) => tokio::fs::rename(&partial, parent.join(name))
+                .await
+                .map_err(|e| local(&dest, e)),
+            Err(e) => Err(e),
+        };
+        if result.is_err() {
+            let _ = tokio::fs::remove_file(&partial).await;
+        }
+        result
+    }
+
+    /// The small file `key` (at most `limit` bytes), or `None`.
+    pub(super) async fn get_small(
+        &self,
+        key: &str,
+        limit: usize,
+    ) -> Result<Option<Vec<u8>>, StorageError> {
+        let Some(info) = self.head(key).await? else {
+            return Ok(None);
+        };
+        if info.size > limit as u64 {
+            return Err(StorageError::Local(format!(
+                "{key:?} is larger than {limit} bytes"
+            )));
+        }
+        let path = self.confine(key, &self.join(key)?)?;
+        match tokio::fs::read(&path).await {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(local(&path, e)),
+        }
+    }
+
+    /// Up to `max` keys of the folder `prefix` (which ends in `/`) that sort
+    /// after `start_after`, in order. Files only, not the ones of sub-folders.
+    pub(super) async fn list_keys(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        max: usize,
+    ) -> Result<Vec<String>, StorageError> {
+        let folder = self.join(prefix.trim_end_matches('/'))?;
+        let mut entries = match tokio::fs::read_dir(&folder).await {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(local(&folder, e)),
+        };
+        let mut keys = Vec::new();
+        while let Some(entry) = entries.next_entry().await.map_err(|e| local(&folder, e))? {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if name.starts_with('.') || !entry.file_type().await.is_ok_and(|t| t.is_file()) {
+                continue;
+            }
+            let key = format!("{prefix}{name}");
+            if start_after.is_none_or(|after| key.as_str() > after) {
+                keys.push(key);
+            }
+        }
+        keys.sort_unstable();
+        keys.truncate(max);
+        Ok(keys)
+    }
+
+    /// Deletes `key` (no error when there is none).
+    pub(super) async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        let path = self.join(key)?;
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(local(&path, e)),
+        }
+    }
+
     /// Whether the root is (still) an existing directory.
     pub(super) async fn exists(&self) -> Result<bool, StorageError> {
         match tokio::fs::metadata(&self.root).await {

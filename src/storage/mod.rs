@@ -201,6 +201,57 @@ impl Storage {
         }
     }
 
+    /// Stores the small object `bytes` (a record, a marker) under `key`.
+    pub async fn put_small(&self, key: &str, bytes: &[u8]) -> Result<(), StorageError> {
+        match self {
+            Storage::S3(s) => s.put_small(key, bytes, "application/json").await,
+            Storage::Directory(d) => d.put_small(key, bytes).await,
+        }
+    }
+
+    /// The small object `key` (at most `limit` bytes), or `None` when
+    /// there is none.
+    pub async fn get_small(
+        &self,
+        key: &str,
+        limit: usize,
+    ) -> Result<Option<Vec<u8>>, StorageError> {
+        match self {
+            Storage::S3(s) => s.get_small(key, limit).await,
+            Storage::Directory(d) => d.get_small(key, limit).await,
+        }
+    }
+
+    /// Up to `max` keys directly under the folder `prefix` (ending in `/`)
+    /// that sort after `start_after`, in order: one page of a listing.
+    pub async fn list_keys(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        max: usize,
+    ) -> Result<Vec<String>, StorageError> {
+        match self {
+            Storage::S3(s) => s.list_keys(prefix, start_after, max).await,
+            Storage::Directory(d) => d.list_keys(prefix, start_after, max).await,
+        }
+    }
+
+    /// Deletes `key` (no error when there is none).
+    pub async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        match self {
+            Storage::S3(s) => s.delete(key).await,
+            Storage::Directory(d) => d.delete(key).await,
+        }
+    }
+
+    /// Aborts unfinished uploads of `key` (S3 multipart uploads cut off by
+    /// a cancel; the directory backend leaves no partial file behind).
+    pub async fn abort_uploads(&self, key: &str) {
+        if let Storage::S3(s) = self {
+            s.abort_uploads(key).await;
+        }
+    }
+
     /// Whether the bucket (or the directory) exists, with one small request;
     /// an error when the storage cannot be reached or refuses the request.
     pub async fn exists(&self) -> Result<bool, StorageError> {

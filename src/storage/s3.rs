@@ -256,6 +256,93 @@ impl S3Store {
         }
     }
 
+    /// Stores the small object `bytes` under `key` (one request).
+    pub(super) async fn put_small(
+        &self,
+        key: &str,
+        bytes: &[u8],
+        content_type: &str,
+    ) -> Result<(), StorageError> {
+        let (control, _, inner) = self.route(key);
+        with_retries("S3 PUT", self.retry_for, || async {
+            control
+                .put_object_with_content_type(inner, bytes, content_type)
+                .await
+                .map(|_| ())
+                .map_err(|e| self.error(key, e))
+        })
+        .await
+    }
+
+    /// The small object `key` (at most `limit` bytes, else an error), or
+    /// `None` when there is none.
+    pub(super) async fn get_small(
+        &self,
+        key: &str,
+        limit: usize,
+    ) -> Result<Option<Vec<u8>>, StorageError> {
+        let (control, _, inner) = self.route(key);
+        with_retries("S3 GET", self.retry_for, || async {
+            match control.get_object(inner).await {
+                Ok(response) if response.bytes().len() > limit => Err(StorageError::Local(
+                    format!("{key:?} is larger than {limit} bytes"),
+                )),
+                Ok(response) => Ok(Some(response.bytes().to_vec())),
+                Err(e) => match self.error(key, e) {
+                    StorageError::NotFound { .. } => Ok(None),
+                    other => Err(other),
+                },
+            }
+        })
+        .await
+    }
+
+    /// Up to `max` keys under `prefix` that sort after `start_after`, in
+    /// order.
+    pub(super) async fn list_keys(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        max: usize,
+    ) -> Result<Vec<String>, StorageError> {
+        let (control, _, inner) = self.route(prefix);
+        with_retries("S3 LIST", self.retry_for, || async {
+            let (page, _) = control
+                .list_page(
+                    inner.to_string(),
+                    None,
+                    None,
+                    start_after.map(str::to_string),
+                    Some(max),
+                )
+                .await
+                .map_err(|e| self.error(prefix, e))?;
+            Ok(page.contents.into_iter().map(|o| o.key).collect())
+        })
+        .await
+    }
+
+    /// Deletes `key` (no error when there is none).
+    pub(super) async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        let (control, _, inner) = self.route(key);
+        with_retries("S3 DELETE", self.retry_for, || async {
+            match control.delete_object(inner).await {
+                Ok(_) => Ok(()),
+                Err(e) => match self.error(key, e) {
+                    StorageError::NotFound { .. } => Ok(()),
+                    other => Err(other),
+                },
+            }
+        })
+        .await
+    }
+
+    /// Aborts the unfinished multipart uploads of `key` (an upload cut off
+    /// by a cancel).
+    pub(super) async fn abort_uploads(&self, key: &str) {
+        self.abort_stale_uploads(key).await;
+    }
+
     /// Whether the bucket exists: lists at most one key of it.
     pub(super) async fn exists(&self) -> Result<bool, StorageError> {
         with_retries("S3 bucket check", self.retry_for, || async {

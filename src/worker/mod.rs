@@ -26,7 +26,7 @@ use std::time::Duration;
 use rand::Rng;
 
 use crate::broker::BrokerError;
-use crate::capability::{Capabilities, WaitingQueue, BASE_ELEMENTS};
+use crate::capability::{Capabilities, Requirement, WaitingQueue, BASE_ELEMENTS};
 use crate::config::Settings;
 use crate::scratch::Scratch;
 use crate::status::Status;
@@ -97,17 +97,29 @@ impl Worker {
         );
         // The presets' and muxers' elements this worker has are loaded
         // ahead; jobs that need the others go to workers that have them.
-        let (usable, lacking): (Vec<String>, Vec<String>) =
-            crate::plan::required_elements(&settings)
+        let has = |e: &String| capabilities.satisfies(&Requirement([e.clone()].into()));
+        let usable: Vec<String> = crate::plan::required_elements(&settings)
+            .into_iter()
+            .filter(|e| has(e))
+            .collect();
+        for (name, preset) in &settings.presets {
+            let mut lacking: Vec<String> = crate::plan::factories_in(&preset.video)
                 .into_iter()
-                .partition(|e| {
-                    capabilities.satisfies(&crate::capability::Requirement([e.clone()].into()))
-                });
-        if !lacking.is_empty() {
-            tracing::warn!(
-                elements = %lacking.join(", "),
-                "this worker lacks (or hides) these elements of the presets and containers; jobs that need them go to workers that have them"
-            );
+                .chain(
+                    preset
+                        .audio
+                        .iter()
+                        .flat_map(|a| crate::plan::factories_in(a)),
+                )
+                .filter(|e| !has(e))
+                .collect();
+            lacking.dedup();
+            if !lacking.is_empty() {
+                tracing::warn!(
+                    "preset {name} needs {}, which this worker lacks (or hides): its jobs go to workers that have it",
+                    lacking.join(", ")
+                );
+            }
         }
         let transcoder = if settings.worker.standby_pipeline {
             transcoder.with_standby(usable)

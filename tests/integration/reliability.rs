@@ -724,20 +724,20 @@ async fn stopping_the_queue_leader_of_a_three_node_cluster_loses_no_job() {
 }
 
 /// An operator deletes the jobs queue while a worker runs a job from it.
-/// Workers take jobs with `basic.get` and hold no consumer the broker could
-/// cancel: the running job still completes (the delivery is settled, its
-/// output stored, its `completed` event published); the worker's next look
-/// at the deleted queue fails, and the worker says so, connects again,
-/// declares its queues again and goes on taking jobs.
+/// The worker's liveness check (a passive declare of its queues) finds the
+/// queue gone: the worker abandons the running attempt at once and says
+/// why (the job went with its queue), connects again, declares its queues
+/// again and goes on taking jobs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_jobs_queue_deleted_under_a_running_job_is_declared_again_and_the_worker_goes_on() {
-    let farm = Farm::s3(&[SLOW]).await;
+    let liveness = ("TRANSCODE_BROKER__LIVENESS_INTERVAL", "1s");
+    let farm = Farm::s3(&[SLOW, liveness]).await;
     farm.put_input("a.mov", &fixtures::mjpeg_mov(2)).await;
     let mut watch = farm.watch_progress().await;
-    let worker = farm.spawn_worker(&[SLOW]);
-    farm.publish_job(slow_job("running", "a.mov", "o/running.mp4", 100_000))
+    let worker = farm.spawn_worker(&[SLOW, liveness]);
+    farm.publish_job(slow_job("doomed", "a.mov", "o/doomed.mp4", 200_000))
         .await;
-    watch.until_encoding(Some("running"), JOB_TIMEOUT).await;
+    watch.until_encoding(Some("doomed"), JOB_TIMEOUT).await;
     let channel = farm.conn.create_channel().await.expect("channel");
     channel
         .queue_delete(
@@ -746,10 +746,25 @@ async fn a_jobs_queue_deleted_under_a_running_job_is_declared_again_and_the_work
         )
         .await
         .expect("queue.delete");
-    let last = watch.until_final("running", JOB_TIMEOUT).await;
-    assert_eq!(last.state, Phase::Completed, "{last:#?}");
-    assert!(farm.output_exists("o/running.mp4").await);
-    // The worker declares the queue again.
+    let failed = watch
+        .until(JOB_TIMEOUT, |e| {
+            e.job_id == "doomed" && e.state == Phase::Failed
+        })
+        .await;
+    assert_eq!(
+        failed.error_kind,
+        Some(ErrorKind::BrokerUnavailable),
+        "{failed:#?}"
+    );
+    assert!(
+        failed.error.as_deref().unwrap_or("").contains("NOT_FOUND"),
+        "{failed:#?}"
+    );
+    wait_for(Duration::from_secs(10), "the encode stopped", || async {
+        worker.pipelines().is_empty()
+    })
+    .await;
+    // The worker declares the queue again and takes jobs from it.
     wait_for(JOB_TIMEOUT, "the jobs queue declared again", || async {
         let Ok(channel) = farm.conn.create_channel().await else {
             return false;
@@ -771,11 +786,7 @@ async fn a_jobs_queue_deleted_under_a_running_job_is_declared_again_and_the_work
         .await;
     let last = watch.until_final("after", JOB_TIMEOUT).await;
     assert_eq!(last.state, Phase::Completed, "{last:#?}");
-    let logs = worker.logs();
-    assert!(
-        logs.contains("reconnecting") && logs.contains("NOT_FOUND"),
-        "{logs}"
-    );
+    assert!(worker.logs().contains("reconnecting"), "{}", worker.logs());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
