@@ -207,6 +207,7 @@ mod tests {
             transcode_options: options.map(String::from),
             preset: preset.map(String::from),
             source: None,
+            webhook: None,
         }
     }
 

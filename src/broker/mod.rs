@@ -8,7 +8,9 @@
 //! - `transcoding_jobs.dead`: durable quorum queue of jobs that cannot succeed;
 //! - `transcoding.progress`: durable fanout exchange of progress events, with
 //! - `transcoding_progress`: durable quorum queue bound to it, keeping the
-//!   newest events (other observers bind their own queues to the exchange).
+//!   newest events (other observers bind their own queues to the exchange);
+//! - `transcoding_webhooks`: durable quorum queue of webhook deliveries, with
+//!   its wait queues and its dead-letter queue (see [`crate::webhook`]).
 //!
 //! Every durable queue is a quorum queue, so the farm keeps working while
 //! any one node of a RabbitMQ cluster is down.
@@ -38,7 +40,7 @@ use secrecy::ExposeSecret;
 pub use delivery::{string_headers, DeadLetter, Delivery};
 pub use topology::{jobs_queue_arguments, Argument, QueueSpec, Topology};
 
-use crate::config::{redact_url, BrokerSettings};
+use crate::config::{redact_url, BrokerSettings, Settings};
 use crate::job::Progress;
 
 /// A broker failure.
@@ -87,13 +89,15 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Connects, declares the topology, and sets the prefetch to `prefetch`.
+    /// Connects, declares the topology of `settings` ([`Topology::of`]),
+    /// and sets the prefetch to `prefetch`.
     pub async fn connect(
-        settings: &BrokerSettings,
-        max_attempts: u32,
+        settings: &Settings,
         prefetch: u16,
         name: &str,
     ) -> Result<Broker, BrokerError> {
+        let topology = Topology::of(settings);
+        let settings = &settings.broker;
         let (connection, url) = open_connection(settings, name).await?;
         let amqp = |source| BrokerError::Amqp {
             url: url.clone(),
@@ -112,7 +116,7 @@ impl Broker {
             settings: settings.clone(),
             url: url.clone(),
         };
-        broker.declare(max_attempts).await?;
+        broker.declare(&topology).await?;
         broker
             .consume
             .basic_qos(prefetch, BasicQosOptions::default())

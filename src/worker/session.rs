@@ -86,8 +86,7 @@ impl Worker {
         self.transcoder.prepare();
         loop {
             let connect = Broker::connect(
-                b,
-                self.settings.worker.max_attempts,
+                &self.settings,
                 self.settings.worker.concurrency,
                 &connection_name,
             );
@@ -150,6 +149,7 @@ impl Worker {
             Err(e) => return SessionEnd::Lost(e.to_string()),
         };
         let _control = crate::control::Responder::start(broker.clone(), self.status.clone());
+        let _webhooks = crate::webhook::Sender::start(broker.clone(), &self.settings, &self.id);
         let abort = Abort::default();
         let mut jobs = JoinSet::new();
         let mut last_activity = Instant::now();
@@ -249,7 +249,7 @@ impl Worker {
                 let reporter =
                     Reporter::new(broker.clone(), &job_id, attempt, &self.id, &self.status);
                 return self
-                    .settle(&broker, &delivery, &reporter, &job_id, Err(error))
+                    .settle(&broker, &delivery, &reporter, &job_id, None, Err(error))
                     .instrument(span)
                     .await;
             }
@@ -269,8 +269,8 @@ impl Worker {
                 ))),
                 reason = abort.fired() => Err(reason),
             };
-            let result = result.map(|_| job.output_key.as_str());
-            self.settle(&broker, &delivery, &reporter, &job.job_id, result)
+            let result = result.map(|produced| (job.output_key.as_str(), produced));
+            self.settle(&broker, &delivery, &reporter, &job.job_id, Some(&job), result)
                 .await
         }
         .instrument(span)
