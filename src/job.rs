@@ -38,6 +38,9 @@ pub struct Job {
     /// What the publisher learned about the input (queue-files fills this in).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<SourceInfo>,
+    /// Where to POST a notice when the job ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<Webhook>,
     /// The priority it was submitted with. The queue a job is published to
     /// is what decides its priority (see [`Priority`]); this field records
     /// it for people.
@@ -96,6 +99,149 @@ impl std::str::FromStr for Priority {
             "low" => Ok(Priority::Low),
             other => Err(format!("{other:?} is not a priority (high, normal or low)")),
         }
+    }
+}
+
+/// Longest accepted webhook URL, in bytes.
+pub const MAX_WEBHOOK_URL_LEN: usize = 2048;
+/// Longest accepted webhook secret, in bytes.
+pub const MAX_WEBHOOK_SECRET_LEN: usize = 1024;
+
+/// A job's webhook: the URL the worker POSTs a JSON notice to when the job
+/// ends, for which endings, and the secret that signs it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Webhook {
+    /// An `http://` or `https://` URL, without user name or password.
+    pub url: String,
+    /// The endings to notify; all three when left out.
+    #[serde(default = "WebhookEvent::all")]
+    pub events: Vec<WebhookEvent>,
+    /// Signs each notice (`X-Transcode-Signature`); never logged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<WebhookSecret>,
+}
+
+/// An ending of a job a webhook can be told about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookEvent {
+    /// The output is stored.
+    Completed,
+    /// The job failed for good (it went to the dead-letter queue).
+    Failed,
+    /// The job was cancelled.
+    Cancelled,
+}
+
+impl WebhookEvent {
+    /// Every event: what a webhook without `events` is told about.
+    pub fn all() -> Vec<WebhookEvent> {
+        vec![
+            WebhookEvent::Completed,
+            WebhookEvent::Failed,
+            WebhookEvent::Cancelled,
+        ]
+    }
+
+    /// The event's word, as in JSON and the `X-Transcode-Event` header.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WebhookEvent::Completed => "completed",
+            WebhookEvent::Failed => "failed",
+            WebhookEvent::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl std::fmt::Display for WebhookEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A webhook's signing secret. Its `Debug` output is redacted; it is
+/// serialized as given (it travels inside the job message).
+#[derive(Clone)]
+pub struct WebhookSecret(secrecy::SecretString);
+
+impl WebhookSecret {
+    /// The secret itself, for signing.
+    pub fn expose(&self) -> &str {
+        secrecy::ExposeSecret::expose_secret(&self.0)
+    }
+}
+
+impl From<String> for WebhookSecret {
+    fn from(secret: String) -> Self {
+        WebhookSecret(secret.into())
+    }
+}
+
+impl std::fmt::Debug for WebhookSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WebhookSecret([REDACTED])")
+    }
+}
+
+impl PartialEq for WebhookSecret {
+    fn eq(&self, other: &Self) -> bool {
+        self.expose() == other.expose()
+    }
+}
+
+impl Serialize for WebhookSecret {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.expose())
+    }
+}
+
+impl<'de> Deserialize<'de> for WebhookSecret {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(WebhookSecret::from)
+    }
+}
+
+impl Webhook {
+    /// Checks the URL (`http` or `https`, a host, no user name or
+    /// password, at most [`MAX_WEBHOOK_URL_LEN`] bytes), the events (at
+    /// least one) and the secret (1 to [`MAX_WEBHOOK_SECRET_LEN`] bytes).
+    /// Which hosts a worker may reach is decided when it delivers.
+    fn check(&self) -> Result<(), JobError> {
+        if self.url.len() > MAX_WEBHOOK_URL_LEN {
+            return Err(invalid(format!(
+                "webhook.url is longer than {MAX_WEBHOOK_URL_LEN} bytes"
+            )));
+        }
+        let url = url::Url::parse(&self.url)
+            .map_err(|e| invalid(format!("webhook.url is not a URL: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(invalid(format!(
+                "webhook.url must be an http:// or https:// URL, not {}://",
+                url.scheme()
+            )));
+        }
+        if url.host().is_none() {
+            return Err(invalid("webhook.url has no host".into()));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(invalid(
+                "webhook.url must not hold a user name or password (use webhook.secret to sign the notices)".into(),
+            ));
+        }
+        if self.events.is_empty() {
+            return Err(invalid(
+                "webhook.events is empty; leave it out to be told of every ending".into(),
+            ));
+        }
+        if let Some(secret) = &self.secret {
+            let len = secret.expose().len();
+            if len == 0 || len > MAX_WEBHOOK_SECRET_LEN {
+                return Err(invalid(format!(
+                    "webhook.secret must be 1 to {MAX_WEBHOOK_SECRET_LEN} bytes long"
+                )));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -228,6 +374,9 @@ impl Job {
         }
         for label in &self.requires {
             check_label(label).map_err(|e| invalid(format!("requires: {e}")))?;
+        }
+        if let Some(webhook) = &self.webhook {
+            webhook.check()?;
         }
         Ok(())
     }
@@ -572,6 +721,83 @@ mod tests {
             Some("x1")
         );
         assert_eq!(Job::salvage_id(b"not json"), None);
+    }
+
+    fn with_webhook(webhook: &str) -> Vec<u8> {
+        format!(r#"{{"job_id":"a","input_key":"i.wmv","output_key":"o.mp4","webhook":{webhook}}}"#)
+            .into_bytes()
+    }
+
+    #[test]
+    fn takes_the_seed_webhook_and_defaults_its_events() {
+        let job = Job::parse(&with_webhook(
+            r#"{"url":"https://api.example.com/transcode/callback","events":["completed","failed"],"secret":"webhook_secret"}"#,
+        ))
+        .unwrap();
+        let hook = job.webhook.unwrap();
+        assert_eq!(hook.url, "https://api.example.com/transcode/callback");
+        assert_eq!(hook.events, [WebhookEvent::Completed, WebhookEvent::Failed]);
+        assert_eq!(hook.secret.unwrap().expose(), "webhook_secret");
+
+        let job = Job::parse(&with_webhook(
+            r#"{"url":"http://hooks.example.com:8080/x"}"#,
+        ))
+        .unwrap();
+        let hook = job.webhook.unwrap();
+        assert_eq!(hook.events, WebhookEvent::all());
+        assert!(hook.secret.is_none());
+    }
+
+    #[test]
+    fn rejects_bad_webhooks_with_a_sentence() {
+        let long_url = format!(
+            r#"{{"url":"https://e.com/{}"}}"#,
+            "a".repeat(MAX_WEBHOOK_URL_LEN)
+        );
+        let long_secret = format!(
+            r#"{{"url":"https://e.com/","secret":"{}"}}"#,
+            "s".repeat(MAX_WEBHOOK_SECRET_LEN + 1)
+        );
+        let cases: &[(&str, &str)] = &[
+            (r#"{"url":"ftp://e.com/x"}"#, "http:// or https://"),
+            (r#"{"url":"not a url"}"#, "is not a URL"),
+            (
+                r#"{"url":"https://user:pw@e.com/x"}"#,
+                "user name or password",
+            ),
+            (
+                r#"{"url":"https://e.com/","events":[]}"#,
+                "webhook.events is empty",
+            ),
+            (
+                r#"{"url":"https://e.com/","events":["finished"]}"#,
+                "unknown variant",
+            ),
+            (r#"{"url":"https://e.com/","secret":""}"#, "webhook.secret"),
+            (&long_secret, "webhook.secret"),
+            (&long_url, "longer than"),
+            (r#"{"events":["failed"]}"#, "url"),
+        ];
+        for (webhook, says) in cases {
+            let err = Job::parse(&with_webhook(webhook)).unwrap_err();
+            assert_eq!(err.kind, ErrorKind::InvalidJob, "{webhook}");
+            assert!(err.message.contains(says), "{webhook}: {}", err.message);
+        }
+    }
+
+    #[test]
+    fn the_webhook_secret_never_shows_in_debug_output() {
+        let job = Job::parse(&with_webhook(
+            r#"{"url":"https://e.com/","secret":"hunter2-webhook"}"#,
+        ))
+        .unwrap();
+        let debug = format!("{job:?}");
+        assert!(!debug.contains("hunter2-webhook"), "{debug}");
+        assert!(debug.contains("REDACTED"), "{debug}");
+        // The job message itself carries it, so a republished job keeps it.
+        let again = serde_json::to_string(&job).unwrap();
+        assert!(again.contains("hunter2-webhook"));
+        assert_eq!(Job::parse(again.as_bytes()).unwrap(), job);
     }
 
     #[test]

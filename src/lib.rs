@@ -23,7 +23,8 @@
 //!    [`storage`] (S3 through rust-s3, or a directory),
 //!    [`pipeline`] (GStreamer: probe, transcode, verify),
 //!    [`transcoder`] (the pipeline child process and its protocol),
-//!    [`scratch`] (the local scratch folder).
+//!    [`scratch`] (the local scratch folder),
+//!    [`webhook`] (HTTP notices to a job's receiver, queued on the broker).
 //! 3. **Live state and observation**:
 //!    [`metrics`] (the Prometheus registry), [`status`] (the live state of
 //!    a worker, counted into the metrics), [`progress`] (the progress
@@ -64,4 +65,5 @@ pub mod storage;
 pub mod telemetry;
 pub mod terminal;
 pub mod transcoder;
+pub mod webhook;
 pub mod worker;

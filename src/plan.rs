@@ -209,6 +209,7 @@ mod tests {
             source: None,
             priority: None,
             requires: Vec::new(),
+            webhook: None,
         }
     }
 

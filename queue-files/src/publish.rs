@@ -25,7 +25,7 @@ pub async fn connect(settings: &Settings) -> Result<Broker, String> {
         gethostname::gethostname().to_string_lossy(),
         std::process::id()
     );
-    let connecting = Broker::connect(&settings.broker, settings.worker.max_attempts, &name);
+    let connecting = Broker::connect(settings, &name);
     match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
         Ok(Ok(broker)) => Ok(broker),
         Ok(Err(e)) => Err(format!(

@@ -8,7 +8,9 @@
 //! - `transcoding_jobs.dead`: durable quorum queue of jobs that cannot succeed;
 //! - `transcoding.progress`: durable fanout exchange of progress events, with
 //! - `transcoding_progress`: durable quorum queue bound to it, keeping the
-//!   newest events (other observers bind their own queues to the exchange).
+//!   newest events (other observers bind their own queues to the exchange);
+//! - `transcoding_webhooks`: durable quorum queue of webhook deliveries, with
+//!   its wait queues and its dead-letter queue (see [`crate::webhook`]).
 //!
 //! Every durable queue is a quorum queue, so the farm keeps working while
 //! any one node of a RabbitMQ cluster is down.
@@ -38,7 +40,7 @@ use secrecy::ExposeSecret;
 pub use delivery::{string_headers, DeadLetter, Delivery};
 pub use topology::{jobs_queue_arguments, Argument, QueueSpec, Topology};
 
-use crate::config::{redact_url, BrokerSettings};
+use crate::config::{redact_url, BrokerSettings, Settings};
 use crate::job::Progress;
 
 /// How many messages wait in each queue, by name.
@@ -96,12 +98,10 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Connects and declares the topology.
-    pub async fn connect(
-        settings: &BrokerSettings,
-        max_attempts: u32,
-        name: &str,
-    ) -> Result<Broker, BrokerError> {
+    /// Connects and declares the topology of `settings` ([`Topology::of`]).
+    pub async fn connect(settings: &Settings, name: &str) -> Result<Broker, BrokerError> {
+        let topology = Topology::of(settings);
+        let settings = &settings.broker;
         let (connection, url) = open_connection(settings, name).await?;
         let amqp = |source| BrokerError::Amqp {
             url: url.clone(),
@@ -120,7 +120,7 @@ impl Broker {
             settings: settings.clone(),
             url: url.clone(),
         };
-        broker.declare(max_attempts).await?;
+        broker.declare(&topology).await?;
         Ok(broker)
     }
 

@@ -11,7 +11,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use serde_json::{json, Value};
 
 use super::{declare_fanout, Broker, BrokerError};
-use crate::config::BrokerSettings;
+use crate::config::{BrokerSettings, Settings};
 use crate::job::Priority;
 
 /// A queue argument's value.
@@ -43,9 +43,15 @@ pub struct Topology {
     pub bindings: Vec<(String, String)>,
 }
 
+/// How often a webhook delivery may be taken by a worker that then stops
+/// without settling it (a crash) before the broker moves it to the
+/// webhooks' dead-letter queue; a delivery that fails is settled and
+/// retried through a wait queue, which does not count.
+pub const WEBHOOK_DELIVERY_LIMIT: i64 = 10;
+
 impl Topology {
-    /// The topology for `settings`, with jobs allowed `max_attempts`
-    /// attempts.
+    /// The topology for `settings` (jobs are allowed `worker.max_attempts`
+    /// attempts):
     ///
     /// - the jobs queues, one per priority (`<jobs_queue>.high`,
     ///   `<jobs_queue>`, `<jobs_queue>.low`): quorum, a delivery limit of
@@ -59,10 +65,35 @@ impl Topology {
     ///   worker arrive (quorum, like the jobs queues), and the requirements
     ///   stream that records the queues of jobs waiting for capable workers
     ///   (see [`crate::capability`]; bounded to 30 days and 10 MB);
-    /// - the control exchange (fanout) of `inspect` and `ping`.
-    pub fn of(settings: &BrokerSettings, max_attempts: u32) -> Topology {
-        let s = settings;
+    /// - the control exchange (fanout) of `inspect` and `ping`;
+    /// - the webhooks queue (quorum, dead-lettering into its own
+    ///   dead-letter queue after [`WEBHOOK_DELIVERY_LIMIT`] unsettled
+    ///   deliveries) and one wait queue per distinct `webhook.retry_delays`
+    ///   entry: quorum, with that delay as message TTL, dead-lettering
+    ///   expired messages back into the webhooks queue.
+    pub fn of(settings: &Settings) -> Topology {
+        let s = &settings.broker;
+        let max_attempts = settings.worker.max_attempts;
         let quorum = ("x-queue-type", Argument::Text("quorum".into()));
+        let mut delays = settings.webhook.retry_delays.clone();
+        delays.sort();
+        delays.dedup();
+        let waits: Vec<QueueSpec> = delays
+            .into_iter()
+            .map(|delay| QueueSpec {
+                name: s.webhooks_wait_queue(delay),
+                arguments: vec![
+                    quorum.clone(),
+                    (
+                        "x-message-ttl",
+                        Argument::Number(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)),
+                    ),
+                ]
+                .into_iter()
+                .chain(dead_lettering_into(&s.webhooks_queue))
+                .collect(),
+            })
+            .collect();
         Topology {
             queues: vec![
                 QueueSpec {
@@ -96,14 +127,31 @@ impl Topology {
                 QueueSpec {
                     name: s.progress_queue.clone(),
                     arguments: vec![
-                        quorum,
+                        quorum.clone(),
                         (
                             "x-max-length",
                             Argument::Number(i64::from(s.progress_queue_max_length)),
                         ),
                     ],
                 },
-            ],
+                QueueSpec {
+                    name: s.webhooks_dead_queue(),
+                    arguments: vec![quorum.clone()],
+                },
+                QueueSpec {
+                    name: s.webhooks_queue.clone(),
+                    arguments: vec![
+                        quorum.clone(),
+                        ("x-delivery-limit", Argument::Number(WEBHOOK_DELIVERY_LIMIT)),
+                    ]
+                    .into_iter()
+                    .chain(dead_lettering_into(&s.webhooks_dead_queue()))
+                    .collect(),
+                },
+            ]
+            .into_iter()
+            .chain(waits)
+            .collect(),
             fanouts: vec![s.progress_exchange.clone(), s.control_exchange()],
             bindings: vec![(s.progress_queue.clone(), s.progress_exchange.clone())],
         }
@@ -169,8 +217,7 @@ impl Broker {
     /// Declares the farm's topology, each queue and exchange on a throwaway
     /// channel, so a mismatch can be reported by name (the broker closes
     /// the channel).
-    pub(super) async fn declare(&self, max_attempts: u32) -> Result<(), BrokerError> {
-        let topology = Topology::of(&self.settings, max_attempts);
+    pub(super) async fn declare(&self, topology: &Topology) -> Result<(), BrokerError> {
         for queue in &topology.queues {
             self.declare_queue(&queue.name, field_table(&queue.arguments))
                 .await?;
@@ -260,16 +307,25 @@ pub fn jobs_queue_arguments(
     settings: &BrokerSettings,
     max_attempts: u32,
 ) -> Vec<(&'static str, Argument)> {
-    vec![
+    let mut arguments = vec![
         ("x-queue-type", Argument::Text("quorum".into())),
         (
             "x-delivery-limit",
             Argument::Number(i64::from(max_attempts)),
         ),
+    ];
+    arguments.extend(dead_lettering_into(&settings.dead_letter_queue));
+    arguments
+}
+
+/// The arguments of a quorum queue that dead-letters, at least once,
+/// into `queue` (through the default exchange).
+fn dead_lettering_into(queue: &str) -> Vec<(&'static str, Argument)> {
+    vec![
         ("x-dead-letter-exchange", Argument::Text(String::new())),
         (
             "x-dead-letter-routing-key",
-            Argument::Text(settings.dead_letter_queue.clone()),
+            Argument::Text(queue.to_string()),
         ),
         (
             "x-dead-letter-strategy",
@@ -315,7 +371,7 @@ mod tests {
     #[test]
     fn the_shipped_definitions_file_is_the_default_topology() {
         let s = defaults();
-        let generated = Topology::of(&s.broker, s.worker.max_attempts).definitions("/");
+        let generated = Topology::of(&s).definitions("/");
         for (path, text) in [
             (
                 "config/rabbitmq-definitions/topology.json",
@@ -340,8 +396,9 @@ mod tests {
 
     #[test]
     fn every_queue_is_a_quorum_queue_but_the_requirements_stream_and_jobs_dead_letter() {
-        let s = defaults();
-        let t = Topology::of(&s.broker, 5);
+        let mut s = defaults();
+        s.worker.max_attempts = 5;
+        let t = Topology::of(&s);
         let stream = s.broker.requirements_stream();
         for q in &t.queues {
             let kind = if q.name == stream { "stream" } else { "quorum" };
@@ -366,5 +423,50 @@ mod tests {
         let d = t.definitions("/");
         assert_eq!(d["queues"].as_array().unwrap().len(), t.queues.len());
         assert_eq!(d["bindings"][0]["destination"], "transcoding_progress");
+    }
+
+    #[test]
+    fn webhooks_wait_in_one_queue_per_delay_and_come_back() {
+        let mut s = defaults();
+        s.webhook.retry_delays = ["10s", "1m", "1h", "1m", "90s"]
+            .iter()
+            .map(|d| humantime::parse_duration(d).unwrap())
+            .collect();
+        let t = Topology::of(&s);
+        let queue = |name: &str| {
+            t.queues
+                .iter()
+                .find(|q| q.name == name)
+                .unwrap_or_else(|| panic!("no queue {name}"))
+        };
+        let hooks = queue("transcoding_webhooks");
+        assert!(hooks.arguments.contains(&(
+            "x-dead-letter-routing-key",
+            Argument::Text("transcoding_webhooks.dead".into())
+        )));
+        queue("transcoding_webhooks.dead");
+        let waits: Vec<&QueueSpec> = t
+            .queues
+            .iter()
+            .filter(|q| q.name.starts_with("transcoding_webhooks.wait."))
+            .collect();
+        let names: Vec<&str> = waits.iter().map(|q| q.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "transcoding_webhooks.wait.10s",
+                "transcoding_webhooks.wait.1m",
+                "transcoding_webhooks.wait.1m30s",
+                "transcoding_webhooks.wait.1h"
+            ]
+        );
+        let ninety = queue("transcoding_webhooks.wait.1m30s");
+        assert!(ninety
+            .arguments
+            .contains(&("x-message-ttl", Argument::Number(90_000))));
+        assert!(ninety.arguments.contains(&(
+            "x-dead-letter-routing-key",
+            Argument::Text("transcoding_webhooks".into())
+        )));
     }
 }

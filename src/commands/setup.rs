@@ -11,9 +11,8 @@ use crate::config::Settings;
 /// Declares the topology (exit 0 once it is in place), or prints it as
 /// definitions for the virtual host `vhost` when `definitions` is set.
 pub async fn setup(settings: &Settings, definitions: bool, vhost: &str) -> ExitCode {
-    let max_attempts = settings.worker.max_attempts;
     if definitions {
-        let topology = Topology::of(&settings.broker, max_attempts);
+        let topology = Topology::of(settings);
         let text = serde_json::to_string_pretty(&topology.definitions(vhost))
             .expect("definitions serialize");
         println!("{text}");
@@ -21,17 +20,15 @@ pub async fn setup(settings: &Settings, definitions: bool, vhost: &str) -> ExitC
     }
     let b = &settings.broker;
     let timeout = b.connect_timeout * (b.urls().len() as u32 + 1);
-    let connect = Broker::connect(b, max_attempts, "transcode-worker setup");
+    let connect = Broker::connect(settings, "transcode-worker setup");
     match tokio::time::timeout(timeout, connect).await {
         Ok(Ok(broker)) => {
             broker.close().await;
+            let topology = Topology::of(settings);
+            let queues: Vec<&str> = topology.queues.iter().map(|q| q.name.as_str()).collect();
             eprintln!(
-                "declared the queues {:?}, {:?}, {:?} and the exchanges {:?}, {:?}",
-                b.jobs_queue,
-                b.dead_letter_queue,
-                b.progress_queue,
-                b.progress_exchange,
-                b.control_exchange()
+                "declared the queues {queues:?} and the exchanges {:?}",
+                topology.fanouts
             );
             ExitCode::SUCCESS
         }

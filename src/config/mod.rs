@@ -10,6 +10,7 @@ mod sections;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::time::Duration;
 
 use secrecy::ExposeSecret;
 use serde::Deserialize;
@@ -17,8 +18,8 @@ use serde::Deserialize;
 use crate::fragment::{Allowlist, Fragment, Limits};
 
 pub use sections::{
-    redact_url, Backend, BrokerSettings, HistorySettings, MetricsSettings, PipelineSettings,
-    Preset, StorageSettings, WorkerSettings,
+    redact_url, AllowedHost, Backend, BrokerSettings, HistorySettings, MetricsSettings,
+    PipelineSettings, Preset, StorageSettings, WebhookSettings, WorkerSettings,
 };
 
 /// The built-in defaults, the same text as `config/transcode-worker.toml`.
@@ -54,6 +55,8 @@ pub struct Settings {
     pub metrics: MetricsSettings,
     /// The job history.
     pub history: HistorySettings,
+    /// Webhook delivery.
+    pub webhook: WebhookSettings,
 }
 
 /// A setting that is missing or wrong.
@@ -172,6 +175,8 @@ impl Settings {
                 .with_list_parse_key("storage.extra_buckets")
                 .with_list_parse_key("worker.labels")
                 .with_list_parse_key("pipeline.hidden_elements")
+                .with_list_parse_key("webhook.allowed_hosts")
+                .with_list_parse_key("webhook.retry_delays")
                 .try_parsing(true)
                 .source(Some(prefixed)),
         );
@@ -216,6 +221,51 @@ impl Settings {
             if name.is_empty() || name.len() > 255 {
                 return Err(invalid(key, "must be 1 to 255 characters long"));
             }
+        }
+        // Its wait queues add `.wait.<delay>` to the name.
+        let queue = &self.broker.webhooks_queue;
+        if queue.is_empty() || queue.len() > 200 {
+            return Err(invalid(
+                "broker.webhooks_queue",
+                "must be 1 to 200 characters long",
+            ));
+        }
+        self.validate_webhook()
+    }
+
+    /// Checks the webhook settings (the topology depends on the delays).
+    fn validate_webhook(&self) -> Result<(), ConfigError> {
+        let w = &self.webhook;
+        w.allowed_hosts()
+            .map_err(|e| invalid("webhook.allowed_hosts", e))?;
+        if w.retry_delays.is_empty() {
+            return Err(invalid(
+                "webhook.retry_delays",
+                "give at least one delay, e.g. \"10s,1m,5m\"",
+            ));
+        }
+        let (shortest, longest) = (Duration::from_millis(10), Duration::from_secs(7 * 86400));
+        if let Some(bad) = w
+            .retry_delays
+            .iter()
+            .find(|d| **d < shortest || **d > longest)
+        {
+            return Err(invalid(
+                "webhook.retry_delays",
+                format!("{bad:?} is outside 10ms to 7 days"),
+            ));
+        }
+        if w.retry_for.is_zero() {
+            return Err(invalid("webhook.retry_for", "must be above zero"));
+        }
+        if w.timeout.is_zero() || w.timeout > Duration::from_secs(300) {
+            return Err(invalid(
+                "webhook.timeout",
+                "must be above zero and at most 5m",
+            ));
+        }
+        if w.senders > 256 {
+            return Err(invalid("webhook.senders", "must be at most 256"));
         }
         Ok(())
     }
@@ -359,7 +409,6 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs
@@ -524,6 +573,55 @@ mod tests {
         assert_eq!(s.broker.progress_exchange, "transcoding.progress");
         let bad = env(&[("AMQP_URL", "http://nope")]);
         assert!(Settings::for_broker_from_env(None, &bad).is_err());
+    }
+
+    #[test]
+    fn webhook_settings_come_from_the_environment_and_are_checked() {
+        let s = Settings::from_env(None, &s3_env()).unwrap();
+        assert_eq!(s.webhook.senders, 1);
+        assert_eq!(s.webhook.allowed_hosts().unwrap(), [AllowedHost::Public]);
+        assert_eq!(s.webhook.retry_for, Duration::from_secs(86400));
+        assert_eq!(s.webhook.retry_delays.len(), 5);
+        assert_eq!(s.broker.webhooks_queue, "transcoding_webhooks");
+        assert_eq!(s.broker.webhooks_dead_queue(), "transcoding_webhooks.dead");
+
+        let mut e = s3_env();
+        e.insert(
+            "TRANSCODE_WEBHOOK__ALLOWED_HOSTS".into(),
+            "127.0.0.1, 10.0.0.0/8,hooks.internal".into(),
+        );
+        e.insert("TRANSCODE_WEBHOOK__RETRY_DELAYS".into(), "200ms,1s".into());
+        e.insert("TRANSCODE_WEBHOOK__SENDERS".into(), "0".into());
+        let s = Settings::from_env(None, &e).unwrap();
+        assert_eq!(
+            s.webhook.allowed_hosts().unwrap(),
+            [
+                AllowedHost::Net("127.0.0.1/32".parse().unwrap()),
+                AllowedHost::Net("10.0.0.0/8".parse().unwrap()),
+                AllowedHost::Name("hooks.internal".into()),
+            ]
+        );
+        assert_eq!(
+            s.webhook.retry_delays,
+            [Duration::from_millis(200), Duration::from_secs(1)]
+        );
+        assert_eq!(s.webhook.senders, 0);
+
+        for (key, value) in [
+            ("TRANSCODE_WEBHOOK__ALLOWED_HOSTS", "10.0.0.0/33"),
+            ("TRANSCODE_WEBHOOK__RETRY_DELAYS", "1ms"),
+            ("TRANSCODE_WEBHOOK__TIMEOUT", "0s"),
+            ("TRANSCODE_WEBHOOK__RETRY_FOR", "0s"),
+        ] {
+            let mut e = s3_env();
+            e.insert(key.into(), value.into());
+            let err = Settings::from_env(None, &e).unwrap_err().to_string();
+            assert!(err.contains(key), "{key}={value}: {err}");
+        }
+        let mut e = s3_env();
+        e.insert("TRANSCODE_WEBHOOK__RETRY_DELAYS".into(), "soon".into());
+        let err = Settings::from_env(None, &e).unwrap_err().to_string();
+        assert!(err.contains("\"soon\" is not a duration"), "{err}");
     }
 
     #[test]

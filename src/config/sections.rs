@@ -40,6 +40,10 @@ pub struct BrokerSettings {
     pub progress_queue_max_length: u32,
     /// Queue of jobs that cannot succeed.
     pub dead_letter_queue: String,
+    /// Durable quorum queue of webhook deliveries waiting to be sent; its
+    /// dead-letter queue is `<webhooks_queue>.dead` and its wait queues
+    /// `<webhooks_queue>.wait.<delay>`.
+    pub webhooks_queue: String,
     /// Fanout exchange of `inspect` and `ping` requests; empty means
     /// `<jobs_queue>.control`. Use [`BrokerSettings::control_exchange`].
     pub control_exchange: String,
@@ -88,6 +92,22 @@ impl BrokerSettings {
         format!("{}.requirements", self.jobs_queue)
     }
 
+    /// Where webhooks that could not be delivered end, with the reason in
+    /// their headers: `<webhooks_queue>.dead`.
+    pub fn webhooks_dead_queue(&self) -> String {
+        format!("{}.dead", self.webhooks_queue)
+    }
+
+    /// The queue a webhook waits in for `delay` before it goes back to the
+    /// webhooks queue: `<webhooks_queue>.wait.<delay>`, e.g.
+    /// `transcoding_webhooks.wait.1m30s`.
+    pub fn webhooks_wait_queue(&self, delay: Duration) -> String {
+        let delay = humantime::format_duration(delay)
+            .to_string()
+            .replace(' ', "");
+        format!("{}.wait.{delay}", self.webhooks_queue)
+    }
+
     /// The control exchange's name: the setting, or `<jobs_queue>.control`
     /// when it is empty, so farms on different job queues stay apart.
     pub fn control_exchange(&self) -> String {
@@ -97,6 +117,105 @@ impl BrokerSettings {
             self.control_exchange.clone()
         }
     }
+}
+
+/// How workers deliver the webhooks of jobs that ended.
+#[derive(Debug, Clone, Deserialize)]
+pub struct WebhookSettings {
+    /// Deliveries one worker makes at once (its prefetch on the webhooks
+    /// queue); 0 turns delivery off in that worker.
+    pub senders: u16,
+    /// Hosts webhooks may go to: host names, IP addresses, CIDR ranges and
+    /// `public`; empty means `public` (see [`AllowedHost`]). Checked when
+    /// the settings are loaded; read with [`WebhookSettings::allowed_hosts`].
+    pub allowed_hosts: Vec<String>,
+    /// Waits before the 1st, 2nd, ... retry of a failed delivery; the last
+    /// one repeats.
+    #[serde(deserialize_with = "durations")]
+    pub retry_delays: Vec<Duration>,
+    /// How long after its first attempt a delivery is retried before it
+    /// goes to the webhooks' dead-letter queue.
+    #[serde(with = "humantime_serde")]
+    pub retry_for: Duration,
+    /// Longest one delivery (connect, send, answer) may take.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl WebhookSettings {
+    /// The parsed `allowed_hosts` entries; an empty list means `public`.
+    pub fn allowed_hosts(&self) -> Result<Vec<AllowedHost>, String> {
+        let entries: Vec<AllowedHost> = self
+            .allowed_hosts
+            .iter()
+            .map(|e| e.trim())
+            .filter(|e| !e.is_empty())
+            .map(str::parse)
+            .collect::<Result<_, _>>()?;
+        if entries.is_empty() {
+            Ok(vec![AllowedHost::Public])
+        } else {
+            Ok(entries)
+        }
+    }
+}
+
+/// One entry of `webhook.allowed_hosts`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllowedHost {
+    /// `public`: any public address (the rule of an empty list): no
+    /// loopback, private, link-local, unique-local, shared, multicast,
+    /// documentation or otherwise reserved one.
+    Public,
+    /// A host name (lower case), trusted to whatever addresses it resolves to.
+    Name(String),
+    /// The addresses of a CIDR range; an IP address is a range of one.
+    Net(ipnet::IpNet),
+}
+
+impl FromStr for AllowedHost {
+    type Err = String;
+
+    fn from_str(entry: &str) -> Result<Self, String> {
+        let entry = entry.trim();
+        if entry.eq_ignore_ascii_case("public") {
+            return Ok(AllowedHost::Public);
+        }
+        if let Ok(net) = entry.parse::<ipnet::IpNet>() {
+            return Ok(AllowedHost::Net(net.trunc()));
+        }
+        if let Ok(ip) = entry.parse::<std::net::IpAddr>() {
+            return Ok(AllowedHost::Net(ip.into()));
+        }
+        let name = entry.trim_end_matches('.').to_ascii_lowercase();
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        };
+        if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
+            return Err(format!(
+                "{entry:?} is not a host name, an IP address, a CIDR range or \"public\""
+            ));
+        }
+        Ok(AllowedHost::Name(name))
+    }
+}
+
+/// Reads a list of durations written like `"10s"`, `"5m"`.
+fn durations<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<Duration>, D::Error> {
+    Vec::<String>::deserialize(deserializer)?
+        .iter()
+        .map(|text| {
+            humantime::parse_duration(text.trim()).map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "{text:?} is not a duration like \"10s\" or \"5m\": {e}"
+                ))
+            })
+        })
+        .collect()
 }
 
 /// Which storage backend to use.

@@ -41,10 +41,21 @@ pub(super) struct Attempt<'a> {
     reporter: &'a Reporter,
 }
 
+/// What a successful attempt stored.
+#[derive(Debug)]
+pub(super) struct Produced {
+    /// The stored output's size in bytes.
+    pub(super) size: u64,
+    /// The verified output, when this attempt made it (not when an earlier
+    /// attempt had stored it).
+    pub(super) media: Option<MediaInfo>,
+}
+
 /// What the fetch step found.
 enum Fetched {
-    /// An earlier attempt stored the verified output: nothing to do.
-    AlreadyStored,
+    /// An earlier attempt stored the verified output (of this size):
+    /// nothing to do.
+    AlreadyStored(u64),
     /// The input is in the scratch folder (or readable in place).
     Input {
         /// Where the pipeline reads it.
@@ -71,18 +82,21 @@ impl<'a> Attempt<'a> {
     }
 
     /// Runs the steps in order; the first error ends the attempt.
-    pub(super) async fn run(&self) -> Result<(), JobError> {
+    pub(super) async fn run(&self) -> Result<Produced, JobError> {
         let plan = self.plan()?;
         let folder = self.worker.scratch.attempt_folder()?;
         let (input, fingerprint) = match self.fetch(&plan, folder.path()).await? {
-            Fetched::AlreadyStored => return Ok(()),
+            Fetched::AlreadyStored(size) => return Ok(Produced { size, media: None }),
             Fetched::Input { path, fingerprint } => (path, fingerprint),
         };
         let output = folder.path().join("output");
-        self.transcode(&plan, input, &output).await?;
-        self.store(&plan, &output, fingerprint).await?;
+        let media = self.transcode(&plan, input, &output).await?;
+        let size = self.store(&plan, &output, fingerprint).await?;
         drop(folder);
-        Ok(())
+        Ok(Produced {
+            size,
+            media: Some(media),
+        })
     }
 
     /// Step 1: the pipeline, and the keys checked against the storage.
@@ -108,9 +122,9 @@ impl<'a> Attempt<'a> {
             ));
         };
         let fingerprint = plan.fingerprint(job, expected.size);
-        if self.already_stored(&fingerprint).await? {
+        if let Some(size) = self.already_stored(&fingerprint).await? {
             tracing::info!(key = %job.output_key, "the verified output of this job is already stored; not transcoding again");
-            return Ok(Fetched::AlreadyStored);
+            return Ok(Fetched::AlreadyStored(size));
         }
         // Checked only now: a job whose earlier attempt stored its output but
         // whose ack was lost (a crash, a broker failover) is done, whatever
@@ -144,9 +158,9 @@ impl<'a> Attempt<'a> {
         })
     }
 
-    /// Whether an earlier attempt of the same job with the same settings
-    /// stored its output (it was verified before it was stored).
-    async fn already_stored(&self, fingerprint: &str) -> Result<bool, JobError> {
+    /// The size of the output an earlier attempt of the same job with the
+    /// same settings stored (it was verified before it was stored), if any.
+    async fn already_stored(&self, fingerprint: &str) -> Result<Option<u64>, JobError> {
         let Some(info) = self
             .worker
             .storage
@@ -154,7 +168,7 @@ impl<'a> Attempt<'a> {
             .await
             .map_err(JobError::from)?
         else {
-            return Ok(false);
+            return Ok(None);
         };
         let meta = |name: &str| {
             info.metadata
@@ -162,9 +176,10 @@ impl<'a> Attempt<'a> {
                 .find(|(k, _)| k == name || k.ends_with(&format!("-{name}")))
                 .map(|(_, v)| v.as_str())
         };
-        Ok(info.size > 0
+        let stored = info.size > 0
             && meta(META_JOB_ID) == Some(self.job.job_id.as_str())
-            && meta(META_FINGERPRINT) == Some(fingerprint))
+            && meta(META_FINGERPRINT) == Some(fingerprint);
+        Ok(stored.then_some(info.size))
     }
 
     /// Step 3: the pipeline process makes and verifies `output`.
@@ -246,8 +261,14 @@ impl<'a> Attempt<'a> {
         }
     }
 
-    /// Step 4: uploads the verified output under the job's output key.
-    async fn store(&self, plan: &Plan, output: &Path, fingerprint: String) -> Result<(), JobError> {
+    /// Step 4: uploads the verified output under the job's output key;
+    /// returns its size.
+    async fn store(
+        &self,
+        plan: &Plan,
+        output: &Path,
+        fingerprint: String,
+    ) -> Result<u64, JobError> {
         let (w, job) = (&self.worker.settings.worker, self.job);
         let size = std::fs::metadata(output).map(|m| m.len()).unwrap_or(0);
         self.reporter.update(Phase::Uploading, 0.0, None).await;
@@ -273,7 +294,7 @@ impl<'a> Attempt<'a> {
         .await?;
         tracing::info!(bytes = size, key = %job.output_key, "output stored");
         self.worker.fault_point(Phase::Uploading);
-        Ok(())
+        Ok(size)
     }
 }
 

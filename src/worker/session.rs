@@ -92,7 +92,7 @@ impl Worker {
         let connection_name = format!("transcode-worker {}", self.id);
         self.transcoder.prepare();
         loop {
-            let connect = Broker::connect(b, self.settings.worker.max_attempts, &connection_name);
+            let connect = Broker::connect(&self.settings, &connection_name);
             // Each node gets connect_timeout; declaring the topology gets one more.
             let timeout = b.connect_timeout * (b.urls().len() as u32 + 1);
             let broker = tokio::select! {
@@ -162,6 +162,7 @@ impl Worker {
         };
         let _control = crate::control::Responder::start(broker.clone(), self.status.clone());
         let requirements = tokio::spawn(self.clone().read_requirements(broker.clone()));
+        let _webhooks = crate::webhook::Sender::start(broker.clone(), &self.settings, &self.id);
         let abort = Abort::default();
         let mut jobs = JoinSet::new();
         let mut last_activity = Instant::now();
@@ -278,7 +279,7 @@ impl Worker {
                 let reporter =
                     Reporter::new(broker.clone(), &job_id, attempt, &self.id, &self.status);
                 return self
-                    .settle(&broker, &delivery, &reporter, &job_id, Err(error))
+                    .settle(&broker, &delivery, &reporter, &job_id, None, Err(error))
                     .instrument(span)
                     .await;
             }
@@ -296,7 +297,7 @@ impl Worker {
                 }
                 Placement::GiveUp(error) => {
                     return self
-                        .settle(&broker, &delivery, &reporter, &job.job_id, Err(error))
+                        .settle(&broker, &delivery, &reporter, &job.job_id, Some(&job), Err(error))
                         .await
                 }
             }
@@ -311,8 +312,8 @@ impl Worker {
                 ))),
                 reason = abort.fired() => Err(reason),
             };
-            let result = result.map(|_| job.output_key.as_str());
-            self.settle(&broker, &delivery, &reporter, &job.job_id, result)
+            let result = result.map(|produced| (job.output_key.as_str(), produced));
+            self.settle(&broker, &delivery, &reporter, &job.job_id, Some(&job), result)
                 .await
         }
         .instrument(span)

@@ -9,29 +9,41 @@
 
 use std::time::Duration;
 
+use super::attempt::Produced;
 use super::{jitter, Worker};
 use crate::broker::{until_taken, Broker, DeadLetter, Delivery};
 use crate::error::{Disposition, JobError};
+use crate::job::Job;
 use crate::progress::Reporter;
+use crate::webhook::{self, Ended, JobResult};
 
-/// What an attempt came to: the key of the stored output, or the error.
-pub(super) type Outcome<'a> = Result<&'a str, JobError>;
+/// What an attempt came to: the key of the stored output and what was
+/// stored there, or the error.
+pub(super) type Outcome<'a> = Result<(&'a str, Produced), JobError>;
 
 impl Worker {
-    /// Settles `delivery` of job `job_id` after its attempt's `outcome`.
+    /// Settles `delivery` of job `job_id` (`job`, when the message is a
+    /// valid job) after its attempt's `outcome`; a job that ends queues
+    /// its webhook notice before it is settled.
     pub(super) async fn settle(
         &self,
         broker: &Broker,
         delivery: &Delivery,
         reporter: &Reporter,
         job_id: &str,
+        job: Option<&Job>,
         outcome: Outcome<'_>,
     ) {
         let error = match outcome {
-            Ok(output_key) => {
+            Ok((output_key, produced)) => {
                 match until_taken("the completed event", || reporter.completed(output_key)).await {
                     Ok(()) => {
                         tracing::info!("job completed");
+                        if let Some(job) = job {
+                            let result =
+                                JobResult::new(output_key, produced.size, produced.media.as_ref());
+                            webhook::notify(broker, job, Ended::Completed(&result)).await;
+                        }
                         delivery.ack().await;
                     }
                     Err(e) => {
@@ -53,6 +65,9 @@ impl Worker {
         }
         match disposition {
             Disposition::DeadLetter => {
+                if let Some(job) = job {
+                    webhook::notify(broker, job, Ended::Failed(&error)).await;
+                }
                 let why = DeadLetter {
                     job_id,
                     error: &error,

@@ -141,7 +141,7 @@ impl Farm {
             let broker = with_timeout(
                 DEFAULT_TIMEOUT,
                 "topology declaration",
-                Broker::connect(&settings.broker, settings.worker.max_attempts, "test"),
+                Broker::connect(&settings, "test"),
             )
             .await
             .expect("declare topology");
@@ -486,6 +486,7 @@ fn base_env(amqp_url: &str) -> HashMap<String, String> {
         ("TRANSCODE_BROKER__PROGRESS_EXCHANGE", "progress-x"),
         ("TRANSCODE_BROKER__PROGRESS_QUEUE", "progress"),
         ("TRANSCODE_BROKER__DEAD_LETTER_QUEUE", "dead"),
+        ("TRANSCODE_BROKER__WEBHOOKS_QUEUE", "webhooks"),
     ] {
         env.insert(key.into(), random_name(prefix));
     }

@@ -15,4 +15,5 @@ mod security;
 mod smoke;
 mod storage;
 mod topology;
+mod webhooks;
 mod worker;

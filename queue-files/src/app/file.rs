@@ -197,6 +197,7 @@ impl Run {
             source: Some(source),
             priority: Some(self.options.cli.priority),
             requires: Vec::new(),
+            webhook: None,
         };
         let body = serde_json::to_vec(&job).expect("a job serializes");
         Job::parse(&body).map_err(|e| {
