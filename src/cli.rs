@@ -9,7 +9,6 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tokio_util::sync::CancellationToken;
 
 use crate::commands::{self, inspect::Format, watch::WatchOptions};
 use crate::config::Settings;
@@ -90,6 +89,62 @@ enum Command {
         #[arg(long, value_parser = humantime::parse_duration)]
         timeout: Option<std::time::Duration>,
     },
+    /// Publish one job and print its id; with --wait, follow it to its end
+    /// (exit 0 when it completed).
+    Submit {
+        /// Key of the input object (or path in the storage directory).
+        #[arg(long, value_name = "KEY")]
+        input: String,
+        /// Key to store the output under; its extension picks the container.
+        #[arg(long, value_name = "KEY")]
+        output: String,
+        /// A preset from the configuration.
+        #[arg(long, value_name = "NAME", conflicts_with = "transcode_options")]
+        preset: Option<String>,
+        /// A GStreamer video branch instead of a preset, e.g. "videoconvert ! x264enc".
+        #[arg(long, value_name = "FRAGMENT")]
+        transcode_options: Option<String>,
+        /// The job's id (default: a new one).
+        #[arg(long, value_name = "ID")]
+        job_id: Option<String>,
+        /// high, normal or low: the queue the job goes to.
+        #[arg(long, default_value = "normal")]
+        priority: crate::job::Priority,
+        /// A label the worker must have (repeat for more).
+        #[arg(long = "requires", value_name = "LABEL")]
+        requires: Vec<String>,
+        /// Follow the job to its end: exit 0 when it completed, 1 otherwise.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// What the farm knows of a job: state, progress, worker, attempts,
+    /// outputs, times (exit 3 when it knows nothing of it).
+    Status {
+        /// The job's id.
+        job_id: String,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The most recent jobs, newest first.
+    Jobs {
+        /// Only jobs in this state (queued, waiting, running, completed,
+        /// failed, dead, cancelled).
+        #[arg(long)]
+        state: Option<crate::history::JobState>,
+        /// At most this many.
+        #[arg(long, default_value = "20")]
+        limit: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop a job: a running one within seconds, a queued one when a worker
+    /// reaches it (exit 0), nothing for an ended (1) or unknown (3) one.
+    Cancel {
+        /// The job's id.
+        job_id: String,
+    },
     /// Internal: run one pipeline, reading its spec from standard input.
     #[command(hide = true)]
     Pipeline {
@@ -141,6 +196,33 @@ async fn dispatch(command: Command, config: Option<&Path>) -> ExitCode {
     match command {
         Command::Run { exit_when_idle } => commands::worker::run(settings, exit_when_idle).await,
         Command::CheckConfig => commands::check_config(&settings),
+        Command::Submit {
+            input,
+            output,
+            preset,
+            transcode_options,
+            job_id,
+            priority,
+            requires,
+            wait,
+        } => {
+            let submission = commands::submit::Submission {
+                input,
+                output,
+                preset,
+                transcode_options,
+                job_id,
+                priority,
+                requires,
+                wait,
+            };
+            commands::submit::submit(&settings, &submission).await
+        }
+        Command::Status { job_id, json } => commands::jobs::status(&settings, &job_id, json).await,
+        Command::Jobs { state, limit, json } => {
+            commands::jobs::jobs(&settings, state, limit, json).await
+        }
+        Command::Cancel { job_id } => commands::jobs::cancel(&settings, &job_id).await,
         Command::Setup { definitions, vhost } => {
             commands::setup::setup(&settings, definitions, &vhost).await
         }
@@ -160,19 +242,13 @@ async fn dispatch(command: Command, config: Option<&Path>) -> ExitCode {
                 jobs,
                 timeout,
             };
-            commands::watch::watch(&settings.broker, &options, &interrupt()).await
+            commands::watch::watch(
+                &settings.broker,
+                &options,
+                &crate::signals::interrupt_token(),
+            )
+            .await
         }
         Command::Pipeline { .. } => ExitCode::from(2),
     }
-}
-
-/// A token cancelled by the first SIGTERM or SIGINT.
-fn interrupt() -> CancellationToken {
-    let token = CancellationToken::new();
-    let on_signal = token.clone();
-    tokio::spawn(async move {
-        crate::signals::stop_requested().await;
-        on_signal.cancel();
-    });
-    token
 }

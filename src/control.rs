@@ -61,6 +61,8 @@ pub enum Command {
     Ping,
     /// What are you doing?
     Inspect,
+    /// Stop the job `job_id` if you run it (a cancel).
+    Cancel,
 }
 
 /// A request on the control exchange.
@@ -72,6 +74,9 @@ pub struct Request {
     /// (its answer's `capable`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requires: Option<crate::capability::Requirement>,
+    /// With `cancel`: the job to stop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
 }
 
 /// Answers requests on the control exchange with a worker's [`Status`]
@@ -135,8 +140,15 @@ async fn respond_on_channel(
         let request = serde_json::from_slice::<Request>(&delivery.data).unwrap_or(Request {
             command: Command::Inspect,
             requires: None,
+            job_id: None,
         });
         let command = request.command;
+        if command == Command::Cancel {
+            if let Some(job_id) = &request.job_id {
+                let stopped = status.cancel(job_id);
+                tracing::info!(job_id = %job_id, running = stopped, "cancel requested");
+            }
+        }
         let mut info = status.snapshot();
         info.capable = request.requires.map(|r| status.can_run(&r));
         let body = serde_json::to_vec(&info).expect("worker info serializes");
@@ -182,6 +194,7 @@ pub async fn ask(
     let request = Request {
         command,
         requires: None,
+        job_id: None,
     };
     ask_with(settings, &request, wait).await
 }
@@ -192,6 +205,33 @@ pub async fn ask_with(
     settings: &BrokerSettings,
     request: &Request,
     wait: Duration,
+) -> Result<Vec<Answer>, ObserverError> {
+    ask_until(settings, request, wait, |_| false).await
+}
+
+/// The answer of the worker named `worker` to `inspect`, if it answers
+/// within `wait` (returns as soon as it does).
+pub async fn ask_one(
+    settings: &BrokerSettings,
+    worker: &str,
+    wait: Duration,
+) -> Result<Option<Answer>, ObserverError> {
+    let request = Request {
+        command: Command::Inspect,
+        requires: None,
+        job_id: None,
+    };
+    let answers = ask_until(settings, &request, wait, |a| a.info.worker == worker).await?;
+    Ok(answers.into_iter().find(|a| a.info.worker == worker))
+}
+
+/// Sends `request` to every worker and collects the answers for `wait`,
+/// or until an answer for which `enough` is true.
+pub async fn ask_until(
+    settings: &BrokerSettings,
+    request: &Request,
+    wait: Duration,
+    enough: impl Fn(&Answer) -> bool,
 ) -> Result<Vec<Answer>, ObserverError> {
     let url = redact_url(&settings.url);
     let fail = |e: lapin::Error| ObserverError {
@@ -243,10 +283,15 @@ pub async fn ask_with(
         }
         match serde_json::from_slice::<WorkerInfo>(&delivery.data) {
             Ok(info) if !answers.iter().any(|a| a.info.worker == info.worker) => {
-                answers.push(Answer {
+                let answer = Answer {
                     info,
                     round_trip: sent.elapsed(),
-                })
+                };
+                let done = enough(&answer);
+                answers.push(answer);
+                if done {
+                    break;
+                }
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "an answer that is not a worker's"),

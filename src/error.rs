@@ -46,6 +46,9 @@ pub enum ErrorKind {
     /// No live worker has what the job needs, and it waited for one longer
     /// than `worker.no_capable_worker_timeout`.
     NoCapableWorker,
+    /// Someone cancelled the job (`transcode-worker cancel`): it stops, and
+    /// is settled without an output, a retry or a dead letter.
+    Cancelled,
     /// A local problem of the worker (temp files, missing plugins).
     Internal,
 }
@@ -83,6 +86,7 @@ impl ErrorKind {
             ErrorKind::NoSpace => "no_space",
             ErrorKind::MissingCapability => "missing_capability",
             ErrorKind::NoCapableWorker => "no_capable_worker",
+            ErrorKind::Cancelled => "cancelled",
             ErrorKind::Internal => "internal",
         }
     }
@@ -116,7 +120,9 @@ impl JobError {
     /// What the worker must do with the delivery after this error on
     /// attempt `attempt` (1-based) out of at most `max_attempts`.
     pub fn disposition(&self, attempt: u32, max_attempts: u32) -> Disposition {
-        if self.kind == ErrorKind::Shutdown {
+        if self.kind == ErrorKind::Cancelled {
+            Disposition::Cancel
+        } else if self.kind == ErrorKind::Shutdown {
             Disposition::Release
         } else if self.kind == ErrorKind::BrokerUnavailable {
             Disposition::Requeue
@@ -141,6 +147,8 @@ pub enum Disposition {
     Requeue,
     /// Permanent or out of attempts: move it to the dead-letter queue.
     DeadLetter,
+    /// Cancelled on request: ack it, store nothing, no retry.
+    Cancel,
 }
 
 #[cfg(test)]

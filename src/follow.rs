@@ -81,6 +81,8 @@ pub struct FollowEnd {
     pub completed: usize,
     /// Jobs seen failing for good.
     pub failed: usize,
+    /// Jobs seen cancelled.
+    pub cancelled: usize,
     /// Expected jobs that had not ended, by id.
     pub unfinished: Vec<String>,
     /// Why it stopped before every expected job ended, if it did.
@@ -90,7 +92,10 @@ pub struct FollowEnd {
 impl FollowEnd {
     /// Whether every job seen ended well and nothing expected is left.
     pub fn success(&self) -> bool {
-        self.failed == 0 && self.unfinished.is_empty() && self.stopped.is_none()
+        self.failed == 0
+            && self.cancelled == 0
+            && self.unfinished.is_empty()
+            && self.stopped.is_none()
     }
 }
 
@@ -261,6 +266,7 @@ impl Follower {
                         match progress.ending() {
                             Some(Ending::Completed) => end.completed += 1,
                             Some(Ending::Failed) => end.failed += 1,
+                            Some(Ending::Cancelled) => end.cancelled += 1,
                             None => continue,
                         }
                         if !all {

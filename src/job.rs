@@ -464,6 +464,8 @@ pub enum Phase {
     /// job needs): the job now waits for a worker that can. Not a failed
     /// attempt.
     Waiting,
+    /// The job was cancelled on request; the last event of a cancelled job.
+    Cancelled,
 }
 
 impl Phase {
@@ -477,6 +479,7 @@ impl Phase {
             Phase::Completed => "completed",
             Phase::Failed => "failed",
             Phase::Waiting => "waiting",
+            Phase::Cancelled => "cancelled",
         }
     }
 
@@ -489,7 +492,7 @@ impl Phase {
             Phase::Transcoding => (5.0, 95.0),
             Phase::Uploading => (95.0, 99.0),
             Phase::Completed => (100.0, 100.0),
-            Phase::Failed | Phase::Waiting => (0.0, 0.0),
+            Phase::Failed | Phase::Waiting | Phase::Cancelled => (0.0, 0.0),
         }
     }
 }
@@ -586,6 +589,8 @@ pub enum Ending {
     Completed,
     /// It failed for good (it will not be tried again).
     Failed,
+    /// It was cancelled on request.
+    Cancelled,
 }
 
 impl Progress {
@@ -595,6 +600,7 @@ impl Progress {
         match self.state {
             Phase::Completed => Some(Ending::Completed),
             Phase::Failed if self.will_retry != Some(true) => Some(Ending::Failed),
+            Phase::Cancelled => Some(Ending::Cancelled),
             _ => None,
         }
     }

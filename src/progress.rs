@@ -69,6 +69,11 @@ impl Reporter {
         }
     }
 
+    /// The job it reports on.
+    pub fn job_id(&self) -> &str {
+        &self.job_id
+    }
+
     fn event(&self, state: Phase, percent: f64) -> Progress {
         Progress::new(
             &self.job_id,
@@ -152,6 +157,24 @@ impl Reporter {
         event.error_kind = Some(why.kind);
         event.will_retry = Some(true);
         self.broker.publish_progress(&event, true).await
+    }
+
+    /// Publishes the `cancelled` event (the job's last) and waits for the
+    /// broker's confirm.
+    pub async fn cancelled(&self, why: &JobError) -> Result<(), BrokerError> {
+        let percent = self.last.lock().unwrap_or_else(|e| e.into_inner()).percent;
+        let mut event = self.event(Phase::Cancelled, percent);
+        event.error = Some(why.message.clone());
+        event.error_kind = Some(why.kind);
+        event.will_retry = Some(false);
+        self.status.failed(why.kind, false);
+        self.broker.publish_progress(&event, true).await
+    }
+
+    /// Resolves when someone asks this attempt's job to be cancelled
+    /// (through the control exchange).
+    pub async fn cancel_requested(&self) {
+        self.status.cancel_requested().await
     }
 
     /// Publishes the `failed` event for `error` and waits for the broker's confirm.

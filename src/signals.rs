@@ -2,6 +2,7 @@
 //! worker's graceful stop and the CLIs' interruption.
 
 use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio_util::sync::CancellationToken;
 
 /// Handlers for SIGTERM and SIGINT, installed when made: from then on the
 /// signals no longer end the process (as PID 1 in a container, a process
@@ -38,4 +39,16 @@ pub async fn stop_requested() -> &'static str {
         Some(signals) => signals.first().await,
         None => std::future::pending().await,
     }
+}
+
+/// A token cancelled by the first SIGTERM or SIGINT (for commands that
+/// stop what they follow when interrupted). Call inside the runtime.
+pub fn interrupt_token() -> CancellationToken {
+    let token = CancellationToken::new();
+    let on_signal = token.clone();
+    tokio::spawn(async move {
+        stop_requested().await;
+        on_signal.cancel();
+    });
+    token
 }

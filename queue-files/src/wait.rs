@@ -109,7 +109,7 @@ impl JobView {
                 ui.info(&format!("completed {} ({})", self.label, p.worker));
                 Some(true)
             }
-            Phase::Failed => {
+            Phase::Failed | Phase::Cancelled => {
                 let error = p.error.clone().unwrap_or_else(|| "no reason given".into());
                 let kind = p
                     .error_kind

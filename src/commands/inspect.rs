@@ -46,8 +46,8 @@ async fn ask_and_print(
     let text = match (command, format) {
         (Command::Ping, Format::Json) => ping_json(&answers),
         (Command::Ping, Format::Table) => ping_table(&answers),
-        (Command::Inspect, Format::Json) => inspect_json(&answers),
-        (Command::Inspect, Format::Table) => inspect_table(&answers),
+        (_, Format::Json) => inspect_json(&answers),
+        (_, Format::Table) => inspect_table(&answers),
     };
     if format == Format::Json || !answers.is_empty() {
         println!("{text}");

@@ -3,7 +3,9 @@
 //! arguments. [`crate::cli`] parses the command line and calls them.
 
 pub mod inspect;
+pub mod jobs;
 pub mod setup;
+pub mod submit;
 pub mod watch;
 pub mod worker;
 

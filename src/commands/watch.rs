@@ -158,6 +158,13 @@ pub fn final_line(event: &Progress) -> String {
                 .map(|k| format!(" -> {k}"))
                 .unwrap_or_default()
         ),
+        Phase::Cancelled => format!(
+            "cancelled {} on {} (attempt {}): {}",
+            event.job_id,
+            event.worker,
+            event.attempt,
+            event.error.as_deref().unwrap_or("cancelled on request")
+        ),
         _ => {
             let kind = event
                 .error_kind

@@ -25,6 +25,8 @@ pub(super) struct Running {
     pub(super) bytes: Option<(u64, u64)>,
     /// Bytes of this phase already added to the byte counter.
     pub(super) bytes_counted: u64,
+    /// Fired when someone asks the job to be cancelled.
+    pub(super) cancel: tokio_util::sync::CancellationToken,
 }
 
 impl Running {
@@ -48,6 +50,7 @@ impl Running {
 pub struct AttemptStatus {
     pub(super) status: Status,
     pub(super) key: u64,
+    pub(super) cancel: tokio_util::sync::CancellationToken,
 }
 
 impl AttemptStatus {
@@ -158,6 +161,11 @@ impl AttemptStatus {
                 live.failed += 1;
             }
         }
+    }
+
+    /// Resolves when someone asks the attempt's job to be cancelled.
+    pub async fn cancel_requested(&self) {
+        self.cancel.cancelled().await
     }
 
     /// Speed and transfer figures for the attempt's next progress event.

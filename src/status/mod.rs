@@ -134,7 +134,7 @@ impl Limits {
             Phase::Downloading => self.downloading,
             Phase::Transcoding => self.transcoding,
             Phase::Uploading => self.uploading,
-            Phase::Completed | Phase::Failed | Phase::Waiting => self.settling,
+            Phase::Completed | Phase::Failed | Phase::Waiting | Phase::Cancelled => self.settling,
         };
         limit + STALL_GRACE
     }
@@ -290,6 +290,7 @@ impl Status {
     /// handle is dropped.
     pub fn attempt(&self, job_id: &str, attempt: u32) -> AttemptStatus {
         let now = Instant::now();
+        let cancel = tokio_util::sync::CancellationToken::new();
         let mut live = self.live();
         let key = live.next_key;
         live.next_key += 1;
@@ -307,13 +308,27 @@ impl Status {
                 media: None,
                 bytes: None,
                 bytes_counted: 0,
+                cancel: cancel.clone(),
             },
         );
         self.inner.metrics.set_in_flight(live.jobs.len());
         AttemptStatus {
             status: self.clone(),
             key,
+            cancel,
         }
+    }
+
+    /// Asks the running attempts of `job_id` to stop (a cancel); returns
+    /// how many there were.
+    pub fn cancel(&self, job_id: &str) -> usize {
+        let live = self.live();
+        let running: Vec<&attempt::Running> =
+            live.jobs.values().filter(|r| r.job_id == job_id).collect();
+        for r in &running {
+            r.cancel.cancel();
+        }
+        running.len()
     }
 
     /// Whether the broker connection is up, and since when it is down.

@@ -270,6 +270,14 @@ impl<'a> Attempt<'a> {
         fingerprint: String,
     ) -> Result<u64, JobError> {
         let (w, job) = (&self.worker.settings.worker, self.job);
+        // A cancel that came while the transcode ran stops the attempt
+        // here at the latest: nothing is stored.
+        if self.worker.cancel_requested(&job.job_id).await {
+            return Err(JobError::new(
+                ErrorKind::Cancelled,
+                "cancelled on request before its output was stored",
+            ));
+        }
         let size = std::fs::metadata(output).map(|m| m.len()).unwrap_or(0);
         self.reporter.update(Phase::Uploading, 0.0, None).await;
         let mut metadata = vec![

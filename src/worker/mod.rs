@@ -63,6 +63,8 @@ pub struct Worker {
     transcoder: Transcoder,
     scratch: Scratch,
     capabilities: Capabilities,
+    /// The job history, when kept.
+    history: Option<crate::history::History>,
     /// The queues of jobs waiting for capable workers that this worker has
     /// learnt of (from the requirements stream or its own moves).
     waiting: Mutex<BTreeSet<WaitingQueue>>,
@@ -128,6 +130,10 @@ impl Worker {
         };
         let status = Status::new(&settings);
         status.set_capabilities(capabilities.clone());
+        let history = settings
+            .history
+            .enabled
+            .then(|| crate::history::History::new(storage.clone(), &settings.history));
         Ok(Arc::new(Worker {
             id: settings.worker_id(),
             status,
@@ -136,6 +142,7 @@ impl Worker {
             transcoder,
             scratch,
             capabilities,
+            history,
             waiting: Mutex::new(BTreeSet::new()),
             exit_when_idle,
         }))

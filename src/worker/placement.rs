@@ -108,6 +108,7 @@ impl Worker {
         let request = Request {
             command: Command::Inspect,
             requires: Some(requires.clone()),
+            job_id: None,
         };
         let answers = control::ask_with(&self.settings.broker, &request, ASK_WAIT)
             .await
@@ -151,6 +152,17 @@ impl Worker {
         if let Err(e) = reporter.waiting(&why).await {
             tracing::warn!(error = %e, "could not publish the waiting event");
         }
+        let job_id = reporter.job_id().to_string();
+        self.record(&job_id, |r| {
+            r.waiting_for = Some(waiting.requires.to_string());
+            r.mark(
+                crate::history::JobState::Waiting,
+                None,
+                Some(&self.id),
+                why.message.clone(),
+            );
+        })
+        .await;
         let headers = [
             (REQUIRES_HEADER, waiting.requires.header()),
             (PRIORITY_QUEUE_HEADER, waiting.priority_queue.clone()),

@@ -258,6 +258,21 @@ impl Worker {
         }
     }
 
+    /// Whether a cancel of `job_id` was requested (its request is kept in
+    /// the history, so a worker started after the cancel sees it too).
+    pub(super) async fn cancel_requested(&self, job_id: &str) -> bool {
+        let Some(history) = &self.history else {
+            return false;
+        };
+        match history.cancel_requested(job_id).await {
+            Ok(requested) => requested,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot look for a cancel request");
+                false
+            }
+        }
+    }
+
     /// Processes one delivery to the end and settles it.
     async fn handle(self: Arc<Self>, broker: Arc<Broker>, mut delivery: Delivery, abort: Abort) {
         let attempt = delivery.attempt();
@@ -301,7 +316,25 @@ impl Worker {
                         .await
                 }
             }
+            if self.cancel_requested(&job.job_id).await {
+                let why = JobError::new(
+                    ErrorKind::Cancelled,
+                    "cancelled on request before it started",
+                );
+                return self
+                    .settle(&broker, &delivery, &reporter, &job.job_id, Some(&job), Err(why))
+                    .await;
+            }
             tracing::info!(input = %job.input_key, output = %job.output_key, "job started");
+            self.record(&job.job_id, |r| {
+                if r.input_key.is_empty() {
+                    r.input_key = job.input_key.clone();
+                    r.output_keys = vec![job.output_key.clone()];
+                    r.priority = job.priority;
+                }
+                r.attempt_started(attempt, &self.id);
+            })
+            .await;
             let limit = self.settings.worker.job_timeout;
             let attempt = Attempt::new(&self, &job, attempt, &reporter);
             let run = attempt.run();
@@ -311,6 +344,10 @@ impl Worker {
                     format!("the job ran longer than the limit of {}", humantime::format_duration(limit)),
                 ))),
                 reason = abort.fired() => Err(reason),
+                _ = reporter.cancel_requested() => Err(JobError::new(
+                    ErrorKind::Cancelled,
+                    "cancelled on request while it ran",
+                )),
             };
             let result = result.map(|produced| (job.output_key.as_str(), produced));
             self.settle(&broker, &delivery, &reporter, &job.job_id, Some(&job), result)

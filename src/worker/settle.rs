@@ -13,6 +13,7 @@ use super::attempt::Produced;
 use super::{jitter, Worker};
 use crate::broker::{until_taken, Broker, DeadLetter, Delivery};
 use crate::error::{Disposition, JobError};
+use crate::history::{JobRecord, JobState};
 use crate::job::Job;
 use crate::progress::Reporter;
 use crate::webhook::{self, Ended, JobResult};
@@ -23,8 +24,9 @@ pub(super) type Outcome<'a> = Result<(&'a str, Produced), JobError>;
 
 impl Worker {
     /// Settles `delivery` of job `job_id` (`job`, when the message is a
-    /// valid job) after its attempt's `outcome`; a job that ends queues
-    /// its webhook notice before it is settled.
+    /// valid job) after its attempt's `outcome`, and records it in the
+    /// job's history; a job that ends queues its webhook notice before it
+    /// is settled.
     pub(super) async fn settle(
         &self,
         broker: &Broker,
@@ -34,11 +36,29 @@ impl Worker {
         job: Option<&Job>,
         outcome: Outcome<'_>,
     ) {
+        let attempt = delivery.attempt();
         let error = match outcome {
             Ok((output_key, produced)) => {
                 match until_taken("the completed event", || reporter.completed(output_key)).await {
                     Ok(()) => {
                         tracing::info!("job completed");
+                        let duration = produced
+                            .media
+                            .as_ref()
+                            .and_then(|m| m.duration_ms)
+                            .map(|ms| ms as f64 / 1000.0);
+                        self.record(job_id, |r| {
+                            r.attempt_ended(attempt, "completed", None);
+                            r.output_size_bytes = Some(produced.size);
+                            r.duration_seconds = duration;
+                            r.mark(
+                                JobState::Completed,
+                                Some(attempt),
+                                Some(&self.id),
+                                format!("completed: {output_key} stored"),
+                            );
+                        })
+                        .await;
                         if let Some(job) = job {
                             let result =
                                 JobResult::new(output_key, produced.size, produced.media.as_ref());
@@ -55,14 +75,46 @@ impl Worker {
             }
             Err(error) => error,
         };
-        let attempt = delivery.attempt();
         let w = &self.settings.worker;
         let disposition = error.disposition(attempt, w.max_attempts);
+        if disposition == Disposition::Cancel {
+            return self
+                .settle_cancelled(broker, delivery, reporter, job_id, job, &error)
+                .await;
+        }
         let will_retry = disposition != Disposition::DeadLetter;
         tracing::warn!(kind = %error.kind, error = %error.message, ?disposition, "job attempt failed");
         if let Err(e) = reporter.failed(&error, will_retry).await {
             tracing::warn!(error = %e, "could not publish the failed event");
         }
+        let (outcome, state, text) = match disposition {
+            Disposition::DeadLetter => (
+                "failed",
+                JobState::Dead,
+                "failed for good; in the dead-letter queue",
+            ),
+            Disposition::Retry => ("failed", JobState::Failed, "failed; it will be tried again"),
+            Disposition::Release => (
+                "given back",
+                JobState::Queued,
+                "given back to the queue (the worker stopped)",
+            ),
+            _ => (
+                "broker lost",
+                JobState::Queued,
+                "the broker connection was lost; the broker gives the job back",
+            ),
+        };
+        self.record(job_id, |r| {
+            r.attempt_ended(attempt, outcome, Some((&error.kind, &error.message)));
+            r.mark(
+                state,
+                Some(attempt),
+                Some(&self.id),
+                format!("attempt {attempt} {text}: {}", error.message),
+            );
+        })
+        .await;
         match disposition {
             Disposition::DeadLetter => {
                 if let Some(job) = job {
@@ -82,7 +134,54 @@ impl Worker {
                 delivery.retry(broker, &self.id, &error).await;
             }
             Disposition::Release => delivery.release(broker).await,
-            Disposition::Requeue => delivery.give_back().await,
+            Disposition::Requeue | Disposition::Cancel => delivery.give_back().await,
+        }
+    }
+
+    /// Settles a cancelled job: the `cancelled` event, no output left
+    /// behind (an unfinished upload is aborted; the scratch folder went
+    /// with the attempt), the record, the webhook, and the ack: no retry,
+    /// no dead letter.
+    async fn settle_cancelled(
+        &self,
+        broker: &Broker,
+        delivery: &Delivery,
+        reporter: &Reporter,
+        job_id: &str,
+        job: Option<&Job>,
+        why: &JobError,
+    ) {
+        tracing::info!(reason = %why.message, "job cancelled");
+        if let Err(e) = until_taken("the cancelled event", || reporter.cancelled(why)).await {
+            tracing::warn!(error = %e, "could not publish the cancelled event");
+        }
+        if let Some(job) = job {
+            self.storage.abort_uploads(&job.output_key).await;
+        }
+        let attempt = delivery.attempt();
+        self.record(job_id, |r| {
+            r.attempt_ended(attempt, "cancelled", None);
+            r.mark(
+                JobState::Cancelled,
+                Some(attempt),
+                Some(&self.id),
+                why.message.clone(),
+            );
+        })
+        .await;
+        if let Some(job) = job {
+            webhook::notify(broker, job, Ended::Cancelled).await;
+        }
+        delivery.ack().await;
+    }
+
+    /// Changes the job's record in the history with `change` (best effort:
+    /// a history that cannot be written is logged, never fails the job).
+    pub(super) async fn record(&self, job_id: &str, change: impl FnOnce(&mut JobRecord)) {
+        if let Some(history) = &self.history {
+            if let Err(e) = history.update(job_id, change).await {
+                tracing::warn!(error = %e, "could not write the job's record");
+            }
         }
     }
 }

@@ -617,8 +617,8 @@ impl ProgressWatch {
         .await
     }
 
-    /// Waits until `job_id` has reached a final state (completed, or failed
-    /// without retry) and returns that event.
+    /// Waits until `job_id` has reached a final state (completed, failed
+    /// without retry, or cancelled) and returns that event.
     pub async fn until_final(&mut self, job_id: &str, timeout: Duration) -> Progress {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
@@ -630,10 +630,7 @@ impl ProgressWatch {
                 );
             }
             let event = self.next(left).await;
-            if event.job_id == job_id
-                && (event.state == Phase::Completed
-                    || (event.state == Phase::Failed && event.will_retry == Some(false)))
-            {
+            if event.job_id == job_id && event.ending().is_some() {
                 return event;
             }
         }

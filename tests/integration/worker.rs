@@ -43,7 +43,7 @@ fn assert_attempt_progress(events: &[Progress]) {
         assert_eq!(e.attempt, last.attempt);
     }
     let order = |s: Phase| match s {
-        Phase::Starting | Phase::Waiting => 0,
+        Phase::Starting | Phase::Waiting | Phase::Cancelled => 0,
         Phase::Downloading => 1,
         Phase::Transcoding => 2,
         Phase::Uploading => 3,
