@@ -8,7 +8,10 @@
 //! - `transcoding_jobs.dead`: durable quorum queue of jobs that cannot succeed;
 //! - `transcoding.progress`: durable fanout exchange of progress events, with
 //! - `transcoding_progress`: durable quorum queue bound to it, keeping the
-//!   newest events (other observers bind their own queues to the exchange).
+//!   newest events (other observers bind their own queues to the exchange);
+//! - `transcoding_uploads`: durable quorum queue of S3 event notifications
+//!   for `transcode-worker ingest`, bound to the fanout exchange
+//!   `transcoding.uploads`, dead-lettering into `transcoding_uploads.dead`.
 //!
 //! Every durable queue is a quorum queue, so the farm keeps working while
 //! any one node of a RabbitMQ cluster is down.
@@ -130,9 +133,25 @@ impl Broker {
 
     /// Starts consuming the jobs queue.
     pub async fn consume_jobs(&self, consumer_tag: &str) -> Result<Consumer, BrokerError> {
+        self.consume_queue(&self.settings.jobs_queue, consumer_tag)
+            .await
+    }
+
+    /// Starts consuming the uploads queue (S3 event notifications, for
+    /// `transcode-worker ingest`).
+    pub async fn consume_uploads(&self, consumer_tag: &str) -> Result<Consumer, BrokerError> {
+        self.consume_queue(&self.settings.uploads_queue, consumer_tag)
+            .await
+    }
+
+    async fn consume_queue(
+        &self,
+        queue: &str,
+        consumer_tag: &str,
+    ) -> Result<Consumer, BrokerError> {
         self.consume
             .basic_consume(
-                self.settings.jobs_queue.as_str().into(),
+                queue.into(),
                 consumer_tag.into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),

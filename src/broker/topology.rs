@@ -53,7 +53,10 @@ impl Topology {
     ///   it: quorum too (a classic queue lives on one node, and while that
     ///   node is down nobody could even declare it), keeping the newest
     ///   `progress_queue_max_length` events;
-    /// - the control exchange (fanout) of `inspect` and `ping`.
+    /// - the control exchange (fanout) of `inspect` and `ping`;
+    /// - the uploads queue of S3 event notifications (quorum, the same
+    ///   delivery limit, dead-lettering into `<uploads_queue>.dead`, also
+    ///   quorum), bound to the uploads exchange (fanout).
     pub fn of(settings: &BrokerSettings, max_attempts: u32) -> Topology {
         let s = settings;
         let quorum = ("x-queue-type", Argument::Text("quorum".into()));
@@ -70,16 +73,34 @@ impl Topology {
                 QueueSpec {
                     name: s.progress_queue.clone(),
                     arguments: vec![
-                        quorum,
+                        quorum.clone(),
                         (
                             "x-max-length",
                             Argument::Number(i64::from(s.progress_queue_max_length)),
                         ),
                     ],
                 },
+                QueueSpec {
+                    name: s.uploads_dead_letter_queue(),
+                    arguments: vec![quorum],
+                },
+                QueueSpec {
+                    name: s.uploads_queue.clone(),
+                    arguments: limited_queue_arguments(
+                        max_attempts,
+                        &s.uploads_dead_letter_queue(),
+                    ),
+                },
             ],
-            fanouts: vec![s.progress_exchange.clone(), s.control_exchange()],
-            bindings: vec![(s.progress_queue.clone(), s.progress_exchange.clone())],
+            fanouts: vec![
+                s.progress_exchange.clone(),
+                s.control_exchange(),
+                s.uploads_exchange.clone(),
+            ],
+            bindings: vec![
+                (s.progress_queue.clone(), s.progress_exchange.clone()),
+                (s.uploads_queue.clone(), s.uploads_exchange.clone()),
+            ],
         }
     }
 
@@ -215,6 +236,17 @@ pub fn jobs_queue_arguments(
     settings: &BrokerSettings,
     max_attempts: u32,
 ) -> Vec<(&'static str, Argument)> {
+    let mut arguments = limited_queue_arguments(max_attempts, &settings.dead_letter_queue);
+    arguments.push(("x-overflow", Argument::Text("reject-publish".into())));
+    arguments
+}
+
+/// The arguments of a quorum queue whose messages are dead-lettered (at
+/// least once) into `dead_letter_queue` after `max_attempts` redeliveries.
+fn limited_queue_arguments(
+    max_attempts: u32,
+    dead_letter_queue: &str,
+) -> Vec<(&'static str, Argument)> {
     vec![
         ("x-queue-type", Argument::Text("quorum".into())),
         (
@@ -224,13 +256,12 @@ pub fn jobs_queue_arguments(
         ("x-dead-letter-exchange", Argument::Text(String::new())),
         (
             "x-dead-letter-routing-key",
-            Argument::Text(settings.dead_letter_queue.clone()),
+            Argument::Text(dead_letter_queue.to_string()),
         ),
         (
             "x-dead-letter-strategy",
             Argument::Text("at-least-once".into()),
         ),
-        ("x-overflow", Argument::Text("reject-publish".into())),
     ]
 }
 
@@ -298,5 +329,35 @@ mod tests {
         let d = t.definitions("/");
         assert_eq!(d["queues"].as_array().unwrap().len(), t.queues.len());
         assert_eq!(d["bindings"][0]["destination"], "transcoding_progress");
+    }
+
+    #[test]
+    fn upload_events_have_a_queue_bound_to_their_exchange_and_dead_letter() {
+        let s = defaults();
+        let t = Topology::of(&s.broker, 5);
+        let uploads = t
+            .queues
+            .iter()
+            .find(|q| q.name == "transcoding_uploads")
+            .unwrap();
+        assert!(uploads
+            .arguments
+            .contains(&("x-delivery-limit", Argument::Number(5))));
+        assert!(uploads.arguments.contains(&(
+            "x-dead-letter-routing-key",
+            Argument::Text("transcoding_uploads.dead".into())
+        )));
+        assert!(t
+            .queues
+            .iter()
+            .any(|q| q.name == "transcoding_uploads.dead"));
+        assert!(t.fanouts.contains(&"transcoding.uploads".to_string()));
+        assert!(t.bindings.contains(&(
+            "transcoding_uploads".to_string(),
+            "transcoding.uploads".to_string()
+        )));
+        // The dead-letter queue is declared before the queue that feeds it.
+        let position = |name: &str| t.queues.iter().position(|q| q.name == name).unwrap();
+        assert!(position("transcoding_uploads.dead") < position("transcoding_uploads"));
     }
 }

@@ -25,13 +25,11 @@ pub async fn setup(settings: &Settings, definitions: bool, vhost: &str) -> ExitC
     match tokio::time::timeout(timeout, connect).await {
         Ok(Ok(broker)) => {
             broker.close().await;
+            let topology = Topology::of(b, max_attempts);
+            let queues: Vec<&str> = topology.queues.iter().map(|q| q.name.as_str()).collect();
             eprintln!(
-                "declared the queues {:?}, {:?}, {:?} and the exchanges {:?}, {:?}",
-                b.jobs_queue,
-                b.dead_letter_queue,
-                b.progress_queue,
-                b.progress_exchange,
-                b.control_exchange()
+                "declared the queues {queues:?} and the exchanges {:?}",
+                topology.fanouts
             );
             ExitCode::SUCCESS
         }

@@ -40,6 +40,13 @@ pub struct BrokerSettings {
     pub progress_queue_max_length: u32,
     /// Queue of jobs that cannot succeed.
     pub dead_letter_queue: String,
+    /// Durable quorum queue of S3 event notifications that
+    /// `transcode-worker ingest` turns into jobs; its dead letters go to
+    /// `<uploads_queue>.dead` (see [`BrokerSettings::uploads_dead_letter_queue`]).
+    pub uploads_queue: String,
+    /// Durable fanout exchange bound to `uploads_queue`, for publishers
+    /// that declare the exchange they publish to (MinIO's AMQP target).
+    pub uploads_exchange: String,
     /// Fanout exchange of `inspect` and `ping` requests; empty means
     /// `<jobs_queue>.control`. Use [`BrokerSettings::control_exchange`].
     pub control_exchange: String,
@@ -66,6 +73,11 @@ impl BrokerSettings {
         } else {
             self.control_exchange.clone()
         }
+    }
+
+    /// The queue of upload events that could not be read: `<uploads_queue>.dead`.
+    pub fn uploads_dead_letter_queue(&self) -> String {
+        format!("{}.dead", self.uploads_queue)
     }
 }
 

@@ -7,6 +7,7 @@ mod common;
 
 mod chaos;
 mod deploy;
+mod ingest;
 mod operate;
 mod queue_files;
 mod reliability;

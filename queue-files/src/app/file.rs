@@ -195,6 +195,7 @@ impl Run {
             transcode_options: self.options.cli.transcode_options.clone(),
             preset: self.options.cli.preset.clone(),
             source: Some(source),
+            outputs: None,
         };
         let body = serde_json::to_vec(&job).expect("a job serializes");
         Job::parse(&body).map_err(|e| {
