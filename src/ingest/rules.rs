@@ -494,6 +494,13 @@ outputs = [
     }
 
     #[test]
+    fn the_shipped_rules_file_is_valid_for_the_default_settings() {
+        let shipped = include_str!("../../config/ingest.toml");
+        let rules = parse(shipped).unwrap();
+        assert_eq!(rules.list_prefixes(), ["uploads/"]);
+    }
+
+    #[test]
     fn the_example_of_the_documentation_parses() {
         let rules = parse(LADDER).unwrap();
         let rule = &rules.all()[0];

@@ -16,7 +16,8 @@ use lapin::BasicProperties;
 use serde_json::{json, Value};
 use transcode_worker::job::{Phase, Progress};
 
-use crate::common::farm::{Farm, ProgressWatch, WorkerProc};
+use crate::common::farm::{Farm, ProgressWatch, Rabbit, WorkerProc};
+use crate::common::services::{shared_rabbit, S3Server};
 use crate::common::{fixtures, wait_for, wait_for_value, DEFAULT_TIMEOUT};
 
 /// Long enough for a 720p and a 1080p transcode of a short clip on a
@@ -380,9 +381,11 @@ outputs = [
     let (etag, size) = etag_and_size(&farm, key).await;
     let mut ingest = spawn_ingest(&farm, &rules, None);
 
-    // Two malformed events first: not JSON, and a record without a key.
+    // Two malformed events first: not JSON, and one with a record of
+    // another bucket and a record without a key.
     publish_event(&farm, "", &b.uploads_queue, b"this is not an event").await;
-    let no_key = json!({"Records": [{"eventName": "s3:ObjectCreated:Put",
+    let elsewhere = minio_record("s3:ObjectCreated:Put", "other-bucket", key, &etag, size);
+    let no_key = json!({"Records": [elsewhere, {"eventName": "s3:ObjectCreated:Put",
         "s3": {"bucket": {"name": bucket}, "object": {"size": 3}}}]});
     publish_event(&farm, "", &b.uploads_queue, no_key.to_string().as_bytes()).await;
     // Then the upload's event twice: once through the uploads exchange, as
@@ -415,10 +418,16 @@ outputs = [
     assert_eq!(dead.len(), 2, "{dead:?}");
     assert_eq!(dead[0].0, b"this is not an event");
     assert!(dead[0].1["x-error"].contains("not JSON"), "{:?}", dead[0].1);
+    let reason = &dead[1].1["x-error"];
     assert!(
-        dead[1].1["x-error"].contains("record 1: s3:ObjectCreated:Put without s3.object.key"),
-        "{:?}",
-        dead[1].1
+        reason.contains(&format!(
+            "record 1: s3:ObjectCreated:Put of {key:?} in bucket \"other-bucket\", which is not this farm's bucket {bucket:?}"
+        )),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("record 2: s3:ObjectCreated:Put without s3.object.key"),
+        "{reason}"
     );
     for (_, headers) in &dead {
         assert_eq!(headers["x-error-kind"], "invalid_event");
@@ -476,6 +485,82 @@ outputs = [
     assert_eq!(farm.ready_jobs().await, 0);
     assert_eq!(markers(&farm).await.len(), 2);
     stop(&mut ingest).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_is_given_back_while_the_storage_is_down_and_dead_lettered_by_the_delivery_limit()
+{
+    let s3 = S3Server::start();
+    let farm = Farm::s3_on(
+        Rabbit::Shared(shared_rabbit()),
+        &s3,
+        &[
+            ("TRANSCODE_STORAGE__RETRY_FOR", "500ms"),
+            ("TRANSCODE_WORKER__MAX_ATTEMPTS", "3"),
+        ],
+    )
+    .await;
+    let b = farm.settings.broker.clone();
+    let bucket = farm.settings.storage.bucket.clone();
+    let rules = write_rules(
+        &farm,
+        "[[rule]]\nprefix = \"uploads/\"\noutputs = [{ output_key = \"renditions/{stem}.mp4\", preset = \"h264-720p\" }]\n",
+    );
+    let key = "uploads/a.mov";
+    farm.put_input(key, &fixtures::mjpeg_mov(1)).await;
+    let (etag, size) = etag_and_size(&farm, key).await;
+    let event = minio_message(
+        &bucket,
+        key,
+        vec![minio_record(
+            "s3:ObjectCreated:Put",
+            &bucket,
+            key,
+            &etag,
+            size,
+        )],
+    );
+    let ingest = spawn_ingest(&farm, &rules, None);
+    let given_back = || log_lines(&ingest, "cannot ingest this event now; giving it back").len();
+    s3.stop();
+
+    // Storage down for good: the event is given back each time, and the
+    // uploads queue's delivery limit (max_attempts) dead-letters it.
+    publish_event(&farm, &b.uploads_exchange, "", &event).await;
+    let dead_queue = b.uploads_dead_letter_queue();
+    let dead = wait_for_value(
+        JOB_TIMEOUT,
+        "the event dead-lettered by the broker",
+        || async {
+            let dead = farm.drain_queue(&dead_queue).await;
+            (!dead.is_empty()).then_some(dead)
+        },
+    )
+    .await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].0, event);
+    assert_eq!(
+        dead[0].1["x-first-death-reason"], "delivery_limit",
+        "{:?}",
+        dead[0].1
+    );
+    assert!(given_back() >= 3, "{}", ingest.logs());
+
+    // Storage down for a while: given back, then made once it is back.
+    let before = given_back();
+    publish_event(&farm, &b.uploads_exchange, "", &event).await;
+    wait_for(DEFAULT_TIMEOUT, "the event given back", || async {
+        given_back() > before
+    })
+    .await;
+    assert!(jobs_made(&ingest).is_empty());
+    s3.resume();
+    wait_for(DEFAULT_TIMEOUT, "its job made", || async {
+        jobs_made(&ingest).len() == 1
+    })
+    .await;
+    assert_eq!(farm.ready_jobs().await, 1);
+    assert!(farm.drain_queue(&dead_queue).await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
