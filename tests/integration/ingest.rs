@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
@@ -17,7 +18,7 @@ use serde_json::{json, Value};
 use transcode_worker::job::{Phase, Progress};
 
 use crate::common::farm::{Farm, ProgressWatch, Rabbit, WorkerProc};
-use crate::common::services::{shared_rabbit, S3Server};
+use crate::common::services::{shared_rabbit, shared_s3, RabbitNode, RabbitOptions, S3Server};
 use crate::common::{fixtures, wait_for, wait_for_value, DEFAULT_TIMEOUT};
 
 /// Long enough for a 720p and a 1080p transcode of a short clip on a
@@ -564,6 +565,69 @@ async fn an_event_is_given_back_while_the_storage_is_down_and_dead_lettered_by_t
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_connects_again_after_a_broker_restart_and_goes_on() {
+    let node = Arc::new(RabbitNode::start(RabbitOptions::default()));
+    let mut farm = Farm::s3_on(
+        Rabbit::Own(node.clone()),
+        shared_s3(),
+        &[("TRANSCODE_BROKER__LIVENESS_INTERVAL", "1s")],
+    )
+    .await;
+    farm.env.insert(
+        "AMQP_URL".into(),
+        format!("{}?heartbeat=2", node.amqp_url()),
+    );
+    let b = farm.settings.broker.clone();
+    let bucket = farm.settings.storage.bucket.clone();
+    let rules = write_rules(
+        &farm,
+        "[[rule]]\nprefix = \"uploads/\"\noutputs = [{ output_key = \"renditions/{stem}.mp4\", preset = \"h264-720p\" }]\n",
+    );
+    let mut events = Vec::new();
+    for key in ["uploads/a.mov", "uploads/b.mov"] {
+        farm.put_input(key, &fixtures::mjpeg_mov(1)).await;
+        let (etag, size) = etag_and_size(&farm, key).await;
+        events.push(minio_message(
+            &bucket,
+            key,
+            vec![minio_record(
+                "s3:ObjectCreated:Put",
+                &bucket,
+                key,
+                &etag,
+                size,
+            )],
+        ));
+    }
+    let ingest = spawn_ingest(&farm, &rules, None);
+    let sessions = || log_lines(&ingest, "connected; waiting for upload events").len();
+    wait_for(DEFAULT_TIMEOUT, "ingest consuming", || async {
+        sessions() == 1
+    })
+    .await;
+    publish_event(&farm, &b.uploads_exchange, "", &events[0]).await;
+    wait_for(DEFAULT_TIMEOUT, "the first job", || async {
+        jobs_made(&ingest).len() == 1
+    })
+    .await;
+
+    node.restart();
+    farm.reconnect().await;
+    wait_for(JOB_TIMEOUT, "ingest consuming again", || async {
+        sessions() == 2
+    })
+    .await;
+    assert_eq!(log_lines(&ingest, "lost the broker; reconnecting").len(), 1);
+    publish_event(&farm, &b.uploads_exchange, "", &events[1]).await;
+    wait_for(DEFAULT_TIMEOUT, "the second job", || async {
+        jobs_made(&ingest).len() == 2
+    })
+    .await;
+    // Both jobs are in the queue: the first one survived the restart.
+    assert_eq!(farm.ready_jobs().await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poll_mode_on_a_directory_goes_by_size_and_modification_time() {
     let farm = Farm::directory(&[]).await;
     let rules = write_rules(
@@ -625,6 +689,60 @@ outputs = [{ output_key = "renditions/{stem}.mp4", preset = "h264-720p" }]
         .values()
         .all(|job| job["output_key"] == "renditions/a b.mp4"));
     assert_eq!(markers(&farm).await.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_fan_out_one_job_lists_every_output_and_workers_refuse_it_cleanly_for_now() {
+    let farm = Farm::s3(&[]).await;
+    let rules = write_rules(
+        &farm,
+        r#"
+[[rule]]
+prefix = "uploads/"
+fan_out = false
+priority = "normal"
+segment_seconds = 6
+outputs = [
+  { output_key = "renditions/720p/{stem}.mp4",  preset = "h264-720p" },
+  { output_key = "renditions/1080p/{stem}.mp4", preset = "h264-1080p" },
+]
+"#,
+    );
+    let key = "uploads/a.mov";
+    farm.put_input(key, &fixtures::mjpeg_mov(1)).await;
+    let mut ingest = spawn_ingest(&farm, &rules, Some("0.2"));
+    let made = wait_for_value(DEFAULT_TIMEOUT, "one job made", || async {
+        let made = jobs_made(&ingest);
+        (!made.is_empty()).then_some(made)
+    })
+    .await;
+    stop(&mut ingest).await;
+    assert_eq!(made.len(), 1, "{made:?}");
+    let job_id = &made[0].0;
+    let mut watch = farm.watch_progress().await;
+    let worker = farm.spawn_worker(&[]);
+    let failed = watch.until_final(job_id, JOB_TIMEOUT).await;
+    assert_eq!(failed.state, Phase::Failed, "{failed:#?}");
+    assert_eq!(
+        failed.error_kind,
+        Some(transcode_worker::error::ErrorKind::InvalidJob)
+    );
+    assert_eq!(
+        failed.error.as_deref(),
+        Some("outputs (renditions) are not supported by this worker yet")
+    );
+    let dead = farm.dead_letters().await;
+    assert_eq!(dead.len(), 1);
+    let job: Value = serde_json::from_slice(&dead[0].0).unwrap();
+    assert_eq!(
+        job,
+        json!({"job_id": job_id, "input_key": key, "outputs": [
+            {"output_key": "renditions/720p/a.mp4", "preset": "h264-720p"},
+            {"output_key": "renditions/1080p/a.mp4", "preset": "h264-1080p"}],
+            "priority": "normal", "segment_seconds": 6.0})
+    );
+    assert!(!farm.output_exists("renditions/720p/a.mp4").await);
+    farm.assert_all_acked(vec![worker]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
