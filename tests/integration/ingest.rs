@@ -731,7 +731,12 @@ outputs = [
         failed.error.as_deref(),
         Some("outputs (renditions) are not supported by this worker yet")
     );
-    let dead = farm.dead_letters().await;
+    // The failed event goes out first, then the dead letter.
+    let dead = wait_for_value(DEFAULT_TIMEOUT, "the job dead-lettered", || async {
+        let dead = farm.dead_letters().await;
+        (!dead.is_empty()).then_some(dead)
+    })
+    .await;
     assert_eq!(dead.len(), 1);
     let job: Value = serde_json::from_slice(&dead[0].0).unwrap();
     assert_eq!(
