@@ -209,7 +209,8 @@ impl Job {
         match &self.outputs {
             None if self.output_key.is_empty() => {
                 return Err(invalid(
-                    "the job has no output_key (nor a list of outputs)".into(),
+                    "missing field `output_key` (a job gives output_key, or a list of outputs)"
+                        .into(),
                 ))
             }
             None => {}
@@ -592,7 +593,7 @@ mod tests {
     fn outputs_are_checked_like_output_key() {
         let cases: &[(&[u8], &str)] = &[
             (br#"{"job_id":"a","input_key":"i","outputs":[]}"#, "empty list"),
-            (br#"{"job_id":"a","input_key":"i"}"#, "no output_key"),
+            (br#"{"job_id":"a","input_key":"i"}"#, "missing field `output_key`"),
             (
                 br#"{"job_id":"a","input_key":"i","outputs":[{"output_key":""}]}"#,
                 "outputs[0].output_key is empty",
