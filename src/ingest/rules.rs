@@ -274,9 +274,9 @@ impl Rule {
         }
         let mut outputs: Vec<Output> = Vec::new();
         for (i, output) in text.outputs.into_iter().enumerate() {
-            let field = format!("outputs[{}]", i + 1);
+            let field = format!("output {}", i + 1);
             let template = Template::parse(&output.output_key)
-                .map_err(|e| fail(&format!("{field}.output_key"), e))?;
+                .map_err(|e| fail(&format!("{field}, output_key"), e))?;
             if output.preset.is_some() && output.transcode_options.is_some() {
                 return Err(fail(
                     &field,
@@ -285,7 +285,7 @@ impl Rule {
             }
             if outputs.iter().any(|o| o.output_key == template) {
                 return Err(fail(
-                    &format!("{field}.output_key"),
+                    &format!("{field}, output_key"),
                     format!("{:?} is already the key of another output", template.text),
                 ));
             }
@@ -306,7 +306,7 @@ impl Rule {
             webhook: text.webhook,
         };
         rule.check_with_worker(settings)
-            .map_err(|(i, problem)| fail(&format!("outputs[{}]", i + 1), problem))?;
+            .map_err(|(i, problem)| fail(&format!("output {}", i + 1), problem))?;
         Ok(rule)
     }
 
@@ -575,7 +575,7 @@ outputs = [{ output_key = "out/{key}.mp4" }]"#,
         let err = error(&second(r#"{ output_key = "r/{file}.mp4" }"#));
         assert!(
             err.starts_with(
-                "rule 2 (prefix \"inbox/\"): outputs[1].output_key: unknown placeholder {file}"
+                "rule 2 (prefix \"inbox/\"): output 1, output_key: unknown placeholder {file}"
             ),
             "{err}"
         );
@@ -588,28 +588,28 @@ outputs = [{ output_key = "out/{key}.mp4" }]"#,
             r#"{ output_key = "r/{stem}.mp4", preset = "h264-720p" }, { output_key = "s/{stem}.mp4", preset = "h264-4k" }"#,
         ));
         assert!(
-            err.starts_with("rule 2 (prefix \"inbox/\"): outputs[2]: "),
+            err.starts_with("rule 2 (prefix \"inbox/\"): output 2: "),
             "{err}"
         );
         assert!(err.contains("no preset named \"h264-4k\""), "{err}");
         let err = error(&second(
             r#"{ output_key = "r/{stem}.mp4", preset = "h264-720p", transcode_options = "videoconvert ! x264enc" }"#,
         ));
-        assert!(err.contains("outputs[1]: give either preset"), "{err}");
+        assert!(err.contains("output 1: give either preset"), "{err}");
         let err = error(&second(r#"{ output_key = "r/{stem}.exe" }"#));
-        assert!(err.contains("outputs[1]: a worker would refuse"), "{err}");
+        assert!(err.contains("output 1: a worker would refuse"), "{err}");
         assert!(err.contains(".exe"), "{err}");
         let err = error(&second(
             r#"{ output_key = "r/{stem}.mp4", transcode_options = "videoconvert ! filesink location=/etc/x" }"#,
         ));
-        assert!(err.contains("outputs[1]: a worker would refuse"), "{err}");
+        assert!(err.contains("output 1: a worker would refuse"), "{err}");
         let err = error(&second(
             r#"{ output_key = "r/{stem}.mp4" }, { output_key = "r/{stem}.mp4", preset = "h264-720p" }"#,
         ));
-        assert!(err.contains("outputs[2].output_key"), "{err}");
+        assert!(err.contains("output 2, output_key"), "{err}");
         assert!(err.contains("already the key of another output"), "{err}");
         let err = error(&second(r#"{ output_key = "_transcode/{stem}.mp4" }"#));
-        assert!(err.contains("outputs[1]"), "{err}");
+        assert!(err.contains("output 1:"), "{err}");
         assert!(err.contains("farm's own records"), "{err}");
     }
 

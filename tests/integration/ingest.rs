@@ -772,7 +772,7 @@ async fn a_bad_rules_file_stops_ingest_at_start_with_exit_2_and_the_reason() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
         stderr.contains(
-            "rule 1 (prefix \"uploads/\"): outputs[1].output_key: unknown placeholder {file}"
+            "rule 1 (prefix \"uploads/\"): output 1, output_key: unknown placeholder {file}"
         ),
         "{stderr}"
     );
