@@ -119,6 +119,8 @@ def check_compose(report, tmp, defaults):
               f"drain {drain:g}s, consumer_timeout > job_timeout {job_timeout:g}s, definitions loaded at start, "
               f"{len(example_names)} .env.example settings passed")
 
+    check_upload_events(report, services, env, defaults)
+
     # With .env.example as the .env (what a new user copies): warn when it
     # cannot work inside compose.
     example = load_yaml(f"{tmp}/compose-example.yml")["services"]
@@ -134,6 +136,46 @@ def check_compose(report, tmp, defaults):
                     "MinIO refuses to create it")
     if len(str(example["minio"]["environment"].get("MINIO_ROOT_PASSWORD", ""))) < 8:
         report.warn(".env.example's AWS_SECRET_ACCESS_KEY is shorter than 8 characters: MinIO will not start")
+
+
+def check_upload_events(report, services, env, defaults):
+    """MinIO sends the bucket's uploads to the farm's uploads exchange (as
+    a durable fanout exchange, the way the farm declares it), through the
+    notification target that createbucket's `mc event add` names; the
+    optional ingest service gets the workers' settings and a rules file."""
+    fail = report.fail
+    failed_before = len(report.failures)
+    minio = services.get("minio", {}).get("environment", {}) or {}
+    targets = {k[len("MINIO_NOTIFY_AMQP_ENABLE_"):] for k, v in minio.items()
+               if k.startswith("MINIO_NOTIFY_AMQP_ENABLE_") and str(v) == "on"}
+    command = " ".join(services.get("createbucket", {}).get("command", []) or [])
+    arns = re.findall(r"mc event add .*?arn:minio:sqs::([^:\s]+):amqp", command)
+    if not arns:
+        fail("docker-compose.yml: createbucket does not send the bucket's events anywhere (mc event add ... arn:minio:sqs::ID:amqp)")
+    for target in arns:
+        if target not in targets:
+            fail(f"docker-compose.yml: createbucket's mc event add names the AMQP target {target}, "
+                 f"which MinIO does not enable (MINIO_NOTIFY_AMQP_ENABLE_{target})")
+            continue
+        get = lambda key: str(minio.get(f"MINIO_NOTIFY_AMQP_{key}_{target}", ""))
+        exchange = env.get("TRANSCODE_BROKER__UPLOADS_EXCHANGE") or defaults["broker"]["uploads_exchange"]
+        if get("EXCHANGE") != exchange:
+            fail(f"docker-compose.yml: MinIO's target {target} publishes to the exchange {get('EXCHANGE')!r}, "
+                 f"not the farm's uploads exchange {exchange!r}")
+        if get("EXCHANGE_TYPE") != "fanout" or get("DURABLE") != "on":
+            fail(f"docker-compose.yml: MinIO's target {target} must declare the uploads exchange as the farm "
+                 "does: EXCHANGE_TYPE fanout, DURABLE on")
+        if get("DELIVERY_MODE") != "2":
+            fail(f"docker-compose.yml: MinIO's target {target} must publish persistent events (DELIVERY_MODE 2)")
+    ingest = services.get("ingest")
+    if ingest is not None:
+        if ingest.get("environment") != services.get("worker", {}).get("environment"):
+            fail("docker-compose.yml: the ingest service's environment is not the worker's")
+        if not any("config/ingest.toml" in str(v) for v in ingest.get("volumes", [])):
+            fail("docker-compose.yml: the ingest service does not mount config/ingest.toml")
+    if len(report.failures) == failed_before:
+        report.ok(f"docker-compose.yml: MinIO's uploads go to the uploads exchange through target(s) "
+                  f"{', '.join(arns)}; the ingest service has the workers' settings")
 
 
 # --- package lists ------------------------------------------------------------

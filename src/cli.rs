@@ -1,6 +1,7 @@
 //! The command line of the `transcode-worker` binary, as clap definitions:
 //! the worker itself (`run`), the operator commands (`inspect`, `ping`,
-//! `watch`, `check-config`) and the hidden `pipeline` command the worker
+//! `watch`, `check-config`, `setup`), `ingest` (jobs made by uploads) and
+//! the hidden `pipeline` command the worker
 //! runs as its child process. Each command is one function in
 //! [`crate::commands`] that returns its exit code: 0 success, 1 failure,
 //! 2 bad settings or arguments.
@@ -145,6 +146,22 @@ enum Command {
         /// The job's id.
         job_id: String,
     },
+    /// Turn new objects in the storage into jobs, by the rules of a TOML
+    /// file: from S3 event notifications on the uploads queue (the
+    /// default), or by listing the rules' prefixes every --poll SECONDS.
+    /// Runs until SIGTERM or SIGINT.
+    Ingest {
+        /// The rules file (TOML): `[[rule]]` tables with `prefix`, an
+        /// optional `suffix`, `fan_out` and `outputs`.
+        #[arg(long, value_name = "FILE")]
+        rules: std::path::PathBuf,
+        /// List the rules' prefixes every SECONDS (or a duration such as
+        /// "1m") instead of consuming event notifications, for storage
+        /// that sends none (s3s-fs, Garage, AWS without a queue, a
+        /// directory).
+        #[arg(long, value_name = "SECONDS", value_parser = commands::ingest::parse_interval)]
+        poll: Option<std::time::Duration>,
+    },
     /// Internal: run one pipeline, reading its spec from standard input.
     #[command(hide = true)]
     Pipeline {
@@ -248,6 +265,10 @@ async fn dispatch(command: Command, config: Option<&Path>) -> ExitCode {
                 &crate::signals::interrupt_token(),
             )
             .await
+        }
+        Command::Ingest { rules, poll } => {
+            commands::ingest::ingest(settings, &rules, poll, &crate::signals::interrupt_token())
+                .await
         }
         Command::Pipeline { .. } => ExitCode::from(2),
     }

@@ -13,6 +13,8 @@ use crate::error::{ErrorKind, JobError};
 pub const MAX_JOB_ID_LEN: usize = 128;
 /// Longest accepted storage key, in bytes (the S3 limit).
 pub const MAX_KEY_LEN: usize = 1024;
+/// Most `outputs` one job may list.
+pub const MAX_OUTPUTS: usize = 32;
 
 /// A transcoding job as published on the jobs queue.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -26,8 +28,12 @@ pub struct Job {
     pub input_key: String,
     /// Key the output is stored under; its extension picks the container.
     /// Also accepted as `output_s3_path`, and as an `s3://BUCKET/key`
-    /// location.
-    #[serde(alias = "output_s3_path")]
+    /// location. Empty when the job lists [`Job::outputs`] instead.
+    #[serde(
+        alias = "output_s3_path",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     pub output_key: String,
     /// The video branch of a GStreamer pipeline, e.g. `videoconvert ! x264enc`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -49,6 +55,12 @@ pub struct Job {
     /// Labels a worker must have to run it (`worker.labels`), e.g. `gpu`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub requires: Vec<String>,
+    /// Several outputs (renditions) of the one input, each with its own key
+    /// and preset or fragment, instead of (or besides) `output_key`. Parsed
+    /// and checked here; the worker refuses such jobs until it can make
+    /// renditions (see [`crate::plan::plan`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outputs: Option<Vec<OutputSpec>>,
 }
 
 /// How urgent a job is. Each priority has its queue: `<jobs_queue>.high`,
@@ -245,6 +257,20 @@ impl Webhook {
     }
 }
 
+/// One output of a job that lists [`Job::outputs`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutputSpec {
+    /// Key this output is stored under, checked like a job's `output_key`.
+    #[serde(alias = "output_s3_path")]
+    pub output_key: String,
+    /// The video branch of a GStreamer pipeline for this output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transcode_options: Option<String>,
+    /// A named preset for this output, used instead of `transcode_options`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preset: Option<String>,
+}
+
 /// Probe details of the input, as published by `queue-files`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SourceInfo {
@@ -332,10 +358,14 @@ impl Job {
         bucket: Option<&str>,
         extra_buckets: &[String],
     ) -> Result<(), JobError> {
-        for (field, key) in [
-            ("input_key", &mut self.input_key),
-            ("output_key", &mut self.output_key),
-        ] {
+        let mut keys: Vec<(String, &mut String)> = vec![("input_key".into(), &mut self.input_key)];
+        if !self.output_key.is_empty() {
+            keys.push(("output_key".into(), &mut self.output_key));
+        }
+        for (i, output) in self.outputs.iter_mut().flatten().enumerate() {
+            keys.push((format!("outputs[{i}].output_key"), &mut output.output_key));
+        }
+        for (field, key) in keys {
             let Some(rest) = key.strip_prefix("s3://") else {
                 continue;
             };
@@ -359,18 +389,19 @@ impl Job {
                 }
             }
         }
-        check_key("input_key", &self.input_key)?;
-        check_key("output_key", &self.output_key)
+        self.check_keys()
     }
 
     fn check(&self) -> Result<(), JobError> {
         check_job_id(&self.job_id)?;
-        check_key("input_key", &self.input_key)?;
-        check_key("output_key", &self.output_key)?;
-        if self.transcode_options.is_some() && self.preset.is_some() {
-            return Err(invalid(
-                "give either transcode_options or preset, not both".into(),
-            ));
+        self.check_keys()?;
+        check_one_way("", &self.transcode_options, &self.preset)?;
+        for (i, output) in self.outputs.iter().flatten().enumerate() {
+            check_one_way(
+                &format!("outputs[{i}]: "),
+                &output.transcode_options,
+                &output.preset,
+            )?;
         }
         for label in &self.requires {
             check_label(label).map_err(|e| invalid(format!("requires: {e}")))?;
@@ -380,6 +411,64 @@ impl Job {
         }
         Ok(())
     }
+
+    /// Checks the input key, and that there is something to make: an
+    /// `output_key`, or a non-empty list of `outputs` whose keys are each
+    /// checked like `output_key` and differ from each other.
+    fn check_keys(&self) -> Result<(), JobError> {
+        check_key("input_key", &self.input_key)?;
+        match &self.outputs {
+            None if self.output_key.is_empty() => {
+                return Err(invalid(
+                    "missing field `output_key` (a job gives output_key, or a list of outputs)"
+                        .into(),
+                ))
+            }
+            None => {}
+            Some(outputs) if outputs.is_empty() => {
+                return Err(invalid("outputs is an empty list".into()))
+            }
+            Some(outputs) if outputs.len() > MAX_OUTPUTS => {
+                return Err(invalid(format!(
+                    "outputs lists {} outputs; the limit is {MAX_OUTPUTS}",
+                    outputs.len()
+                )))
+            }
+            Some(outputs) => {
+                for (i, output) in outputs.iter().enumerate() {
+                    check_key(&format!("outputs[{i}].output_key"), &output.output_key)?;
+                    if outputs[..i]
+                        .iter()
+                        .any(|o| o.output_key == output.output_key)
+                    {
+                        return Err(invalid(format!(
+                            "outputs[{i}].output_key {:?} is listed twice",
+                            output.output_key
+                        )));
+                    }
+                }
+            }
+        }
+        if !self.output_key.is_empty() {
+            check_key("output_key", &self.output_key)?;
+        }
+        Ok(())
+    }
+}
+
+/// Refuses a job (or one of its outputs, named by `what`) that gives both
+/// a fragment and a preset.
+fn check_one_way(
+    what: &str,
+    transcode_options: &Option<String>,
+    preset: &Option<String>,
+) -> Result<(), JobError> {
+    if transcode_options.is_some() && preset.is_some() {
+        return Err(invalid(format!(
+            "{what}give either transcode_options or preset, not both"
+        )));
+    }
+    Ok(())
 }
 
 /// Longest worker label, in bytes.
@@ -718,6 +807,90 @@ mod tests {
             Job::parse(br#"{"job_id":"a","input_key":"s3://videos","output_key":"o.mp4"}"#)
                 .unwrap();
         assert!(bad.resolve_locations(Some("videos"), &[]).is_err());
+    }
+
+    #[test]
+    fn a_job_may_list_outputs_instead_of_an_output_key() {
+        let job = Job::parse(
+            br#"{"job_id":"a","input_key":"up/a.mov","outputs":[
+                {"output_key":"r/720p/a.mp4","preset":"h264-720p"},
+                {"output_key":"r/small/a.mp4","transcode_options":"videoconvert ! x264enc"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(job.output_key, "");
+        let outputs = job.outputs.as_deref().unwrap();
+        assert_eq!(outputs.len(), 2);
+        assert_eq!(outputs[0].preset.as_deref(), Some("h264-720p"));
+        assert_eq!(
+            outputs[1].transcode_options.as_deref(),
+            Some("videoconvert ! x264enc")
+        );
+        // Written back without an empty output_key.
+        let text = serde_json::to_string(&job).unwrap();
+        assert!(!text.contains("\"output_key\":\"\""), "{text}");
+        assert_eq!(Job::parse(text.as_bytes()).unwrap(), job);
+    }
+
+    #[test]
+    fn outputs_are_checked_like_output_key() {
+        let cases: &[(&[u8], &str)] = &[
+            (br#"{"job_id":"a","input_key":"i","outputs":[]}"#, "empty list"),
+            (br#"{"job_id":"a","input_key":"i"}"#, "missing field `output_key`"),
+            (
+                br#"{"job_id":"a","input_key":"i","outputs":[{"output_key":""}]}"#,
+                "outputs[0].output_key is empty",
+            ),
+            (
+                br#"{"job_id":"a","input_key":"i","outputs":[{"output_key":"o.mp4"},{"output_key":"x\ny"}]}"#,
+                "outputs[1].output_key contains a control character",
+            ),
+            (
+                br#"{"job_id":"a","input_key":"i","outputs":[{"output_key":"o.mp4"},{"output_key":"o.mp4"}]}"#,
+                "listed twice",
+            ),
+            (
+                br#"{"job_id":"a","input_key":"i","outputs":[{"output_key":"o.mp4","preset":"p","transcode_options":"x264enc"}]}"#,
+                "outputs[0]: give either",
+            ),
+            (br#"{"job_id":"a","input_key":"i","outputs":[{"preset":"p"}]}"#, "output_key"),
+        ];
+        for (body, expected) in cases {
+            let err = Job::parse(body).unwrap_err();
+            assert_eq!(err.kind, ErrorKind::InvalidJob);
+            assert!(
+                err.message.contains(expected),
+                "{}: {}",
+                String::from_utf8_lossy(body),
+                err.message
+            );
+        }
+        let many: Vec<serde_json::Value> = (0..=MAX_OUTPUTS)
+            .map(|i| serde_json::json!({"output_key": format!("o{i}.mp4")}))
+            .collect();
+        let body = serde_json::json!({"job_id": "a", "input_key": "i", "outputs": many});
+        let err = Job::parse(body.to_string().as_bytes()).unwrap_err();
+        assert!(err.message.contains("limit"), "{}", err.message);
+    }
+
+    #[test]
+    fn s3_locations_in_outputs_are_resolved_too() {
+        let mut job = Job::parse(
+            br#"{"job_id":"a","input_key":"s3://videos/in.mov","outputs":[{"output_key":"s3://videos/r/a.mp4"}]}"#,
+        )
+        .unwrap();
+        job.resolve_locations(Some("videos"), &[]).unwrap();
+        assert_eq!(job.input_key, "in.mov");
+        assert_eq!(job.outputs.unwrap()[0].output_key, "r/a.mp4");
+        let mut other = Job::parse(
+            br#"{"job_id":"a","input_key":"in.mov","outputs":[{"output_key":"s3://media/a.mp4"}]}"#,
+        )
+        .unwrap();
+        let err = other.resolve_locations(Some("videos"), &[]).unwrap_err();
+        assert!(
+            err.message.contains("outputs[0].output_key"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]

@@ -33,8 +33,9 @@
 //!    events), [`http`] (the small HTTP server), [`terminal`] (bars and
 //!    lines for people).
 //! 4. **The worker and the operator commands**:
-//!    [`worker`] (session, attempt, settling), [`commands`] (one function
-//!    per command), [`cli`] (the command line).
+//!    [`worker`] (session, attempt, settling), [`ingest`] (jobs made by
+//!    uploads: rules, S3 events, listings, markers), [`commands`] (one
+//!    function per command), [`cli`] (the command line).
 //!
 //! The workspace's other members: `queue-files/` (the CLI that scans a
 //! library, uploads and publishes jobs; it uses this library) and
@@ -53,6 +54,7 @@ pub mod follow;
 pub mod fragment;
 pub mod history;
 pub mod http;
+pub mod ingest;
 pub mod job;
 pub mod metrics;
 pub mod pipeline;

@@ -59,6 +59,12 @@ fn container_for(output_key: &str) -> Result<Container, JobError> {
     Ok(Container { muxer, webm })
 }
 
+/// Checks that `output_key`'s extension names a container this worker
+/// writes (no extension means MP4).
+pub fn check_container(output_key: &str) -> Result<(), JobError> {
+    container_for(output_key).map(|_| ())
+}
+
 /// Every GStreamer element a worker with `settings` may need: its own
 /// source, decoder, queue and sinks, every muxer, the default audio
 /// branches, and each preset's elements. The worker checks at start that
@@ -91,7 +97,16 @@ pub fn factories_in(text: &str) -> Vec<String> {
 }
 
 /// Works out the pipeline for `job` under `settings`.
+///
+/// A job listing several `outputs` is refused as an invalid job: this
+/// worker makes one output per job.
 pub fn plan(job: &Job, settings: &Settings) -> Result<Plan, JobError> {
+    if job.outputs.is_some() {
+        return Err(JobError::new(
+            ErrorKind::InvalidJob,
+            "outputs (renditions) are not supported by this worker yet",
+        ));
+    }
     check_prefix(
         "input_key",
         &job.input_key,
@@ -210,7 +225,40 @@ mod tests {
             priority: None,
             requires: Vec::new(),
             webhook: None,
+            outputs: None,
         }
+    }
+
+    #[test]
+    fn jobs_with_outputs_are_refused_until_renditions_exist() {
+        let job = Job::parse(
+            br#"{"job_id":"j","input_key":"in.mov","outputs":[{"output_key":"o.mp4","preset":"h264-720p"}]}"#,
+        )
+        .unwrap();
+        let err = plan(&job, &settings(&[])).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::InvalidJob);
+        assert_eq!(
+            err.message,
+            "outputs (renditions) are not supported by this worker yet"
+        );
+        // Also when the job gives an output_key beside its outputs.
+        let mut both = job.clone();
+        both.output_key = "o.mp4".into();
+        assert_eq!(
+            plan(&both, &settings(&[])).unwrap_err().kind,
+            ErrorKind::InvalidJob
+        );
+    }
+
+    #[test]
+    fn containers_are_checked_by_extension() {
+        assert!(check_container("a/b.mp4").is_ok());
+        assert!(check_container("a/b.MKV").is_ok());
+        assert!(check_container("a/b").is_ok());
+        assert!(check_container("a/b.exe")
+            .unwrap_err()
+            .message
+            .contains(".exe"));
     }
 
     #[test]

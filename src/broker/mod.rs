@@ -11,6 +11,9 @@
 //!   newest events (other observers bind their own queues to the exchange);
 //! - `transcoding_webhooks`: durable quorum queue of webhook deliveries, with
 //!   its wait queues and its dead-letter queue (see [`crate::webhook`]).
+//! - `transcoding_uploads`: durable quorum queue of S3 event notifications
+//!   for `transcode-worker ingest`, bound to the fanout exchange
+//!   `transcoding.uploads`, dead-lettering into `transcoding_uploads.dead`.
 //!
 //! Every durable queue is a quorum queue, so the farm keeps working while
 //! any one node of a RabbitMQ cluster is down.
@@ -180,6 +183,26 @@ impl Broker {
                 tag.into(),
                 BasicConsumeOptions::default(),
                 arguments,
+            )
+            .await
+            .map_err(|e| self.amqp(e))
+    }
+
+    /// Starts consuming the uploads queue (S3 event notifications, for
+    /// `transcode-worker ingest`) on a channel of its own, one event at a
+    /// time.
+    pub async fn consume_uploads(&self, consumer_tag: &str) -> Result<Consumer, BrokerError> {
+        let channel = self.open_channel().await?;
+        channel
+            .basic_qos(1, lapin::options::BasicQosOptions::default())
+            .await
+            .map_err(|e| self.amqp(e))?;
+        channel
+            .basic_consume(
+                self.settings.uploads_queue.as_str().into(),
+                consumer_tag.into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
             )
             .await
             .map_err(|e| self.amqp(e))

@@ -70,7 +70,10 @@ impl Topology {
     ///   dead-letter queue after [`WEBHOOK_DELIVERY_LIMIT`] unsettled
     ///   deliveries) and one wait queue per distinct `webhook.retry_delays`
     ///   entry: quorum, with that delay as message TTL, dead-lettering
-    ///   expired messages back into the webhooks queue.
+    ///   expired messages back into the webhooks queue;
+    /// - the uploads queue of S3 event notifications (quorum, the same
+    ///   delivery limit, dead-lettering into `<uploads_queue>.dead`, also
+    ///   quorum), bound to the uploads exchange (fanout).
     pub fn of(settings: &Settings) -> Topology {
         let s = &settings.broker;
         let max_attempts = settings.worker.max_attempts;
@@ -135,6 +138,23 @@ impl Topology {
                     ],
                 },
                 QueueSpec {
+                    name: s.uploads_dead_letter_queue(),
+                    arguments: vec![quorum.clone()],
+                },
+                QueueSpec {
+                    name: s.uploads_queue.clone(),
+                    arguments: vec![
+                        quorum.clone(),
+                        (
+                            "x-delivery-limit",
+                            Argument::Number(i64::from(max_attempts)),
+                        ),
+                    ]
+                    .into_iter()
+                    .chain(dead_lettering_into(&s.uploads_dead_letter_queue()))
+                    .collect(),
+                },
+                QueueSpec {
                     name: s.webhooks_dead_queue(),
                     arguments: vec![quorum.clone()],
                 },
@@ -152,8 +172,15 @@ impl Topology {
             .into_iter()
             .chain(waits)
             .collect(),
-            fanouts: vec![s.progress_exchange.clone(), s.control_exchange()],
-            bindings: vec![(s.progress_queue.clone(), s.progress_exchange.clone())],
+            fanouts: vec![
+                s.progress_exchange.clone(),
+                s.control_exchange(),
+                s.uploads_exchange.clone(),
+            ],
+            bindings: vec![
+                (s.progress_queue.clone(), s.progress_exchange.clone()),
+                (s.uploads_queue.clone(), s.uploads_exchange.clone()),
+            ],
         }
     }
 
@@ -331,7 +358,6 @@ fn dead_lettering_into(queue: &str) -> Vec<(&'static str, Argument)> {
             "x-dead-letter-strategy",
             Argument::Text("at-least-once".into()),
         ),
-        ("x-overflow", Argument::Text("reject-publish".into())),
     ]
 }
 
@@ -468,5 +494,36 @@ mod tests {
             "x-dead-letter-routing-key",
             Argument::Text("transcoding_webhooks".into())
         )));
+    }
+
+    #[test]
+    fn upload_events_have_a_queue_bound_to_their_exchange_and_dead_letter() {
+        let mut s = defaults();
+        s.worker.max_attempts = 5;
+        let t = Topology::of(&s);
+        let uploads = t
+            .queues
+            .iter()
+            .find(|q| q.name == "transcoding_uploads")
+            .unwrap();
+        assert!(uploads
+            .arguments
+            .contains(&("x-delivery-limit", Argument::Number(5))));
+        assert!(uploads.arguments.contains(&(
+            "x-dead-letter-routing-key",
+            Argument::Text("transcoding_uploads.dead".into())
+        )));
+        assert!(t
+            .queues
+            .iter()
+            .any(|q| q.name == "transcoding_uploads.dead"));
+        assert!(t.fanouts.contains(&"transcoding.uploads".to_string()));
+        assert!(t.bindings.contains(&(
+            "transcoding_uploads".to_string(),
+            "transcoding.uploads".to_string()
+        )));
+        // The dead-letter queue is declared before the queue that feeds it.
+        let position = |name: &str| t.queues.iter().position(|q| q.name == name).unwrap();
+        assert!(position("transcoding_uploads.dead") < position("transcoding_uploads"));
     }
 }

@@ -217,6 +217,8 @@ impl Settings {
             ("broker.progress_queue", &self.broker.progress_queue),
             ("broker.dead_letter_queue", &self.broker.dead_letter_queue),
             ("broker.control_exchange", &self.broker.control_exchange()),
+            ("broker.uploads_queue", &self.broker.uploads_queue),
+            ("broker.uploads_exchange", &self.broker.uploads_exchange),
         ] {
             if name.is_empty() || name.len() > 255 {
                 return Err(invalid(key, "must be 1 to 255 characters long"));

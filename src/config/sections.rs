@@ -44,6 +44,13 @@ pub struct BrokerSettings {
     /// dead-letter queue is `<webhooks_queue>.dead` and its wait queues
     /// `<webhooks_queue>.wait.<delay>`.
     pub webhooks_queue: String,
+    /// Durable quorum queue of S3 event notifications that
+    /// `transcode-worker ingest` turns into jobs; its dead letters go to
+    /// `<uploads_queue>.dead` (see [`BrokerSettings::uploads_dead_letter_queue`]).
+    pub uploads_queue: String,
+    /// Durable fanout exchange bound to `uploads_queue`, for publishers
+    /// that declare the exchange they publish to (MinIO's AMQP target).
+    pub uploads_exchange: String,
     /// Fanout exchange of `inspect` and `ping` requests; empty means
     /// `<jobs_queue>.control`. Use [`BrokerSettings::control_exchange`].
     pub control_exchange: String,
@@ -116,6 +123,11 @@ impl BrokerSettings {
         } else {
             self.control_exchange.clone()
         }
+    }
+
+    /// The queue of upload events that could not be read: `<uploads_queue>.dead`.
+    pub fn uploads_dead_letter_queue(&self) -> String {
+        format!("{}.dead", self.uploads_queue)
     }
 }
 

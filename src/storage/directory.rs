@@ -12,7 +12,7 @@ use std::path::{Component, Path, PathBuf};
 
 use tokio::io::AsyncWriteExt;
 
-use super::{LocalInput, ObjectInfo, StorageError, Transferred};
+use super::{Listed, LocalInput, ObjectInfo, StorageError, Transferred};
 
 /// A storage root directory.
 #[derive(Debug, Clone)]
@@ -104,7 +104,24 @@ impl DirStore {
         Ok(Some(ObjectInfo {
             size: meta.len(),
             metadata: read_sidecar(&sidecar(&real)).await,
+            version: Some(file_version(&meta)),
         }))
+    }
+
+    /// Every regular file under the root whose key starts with `prefix`,
+    /// walking only the folder the prefix names. Hidden files and folders
+    /// (names starting with `.`: this backend's temporary files and
+    /// metadata sidecars) and symbolic links are left out, and so are
+    /// names that are not UTF-8 (no key can name them).
+    pub(super) async fn list(&self, prefix: &str) -> Result<Vec<Listed>, StorageError> {
+        let folder = match prefix.rfind('/') {
+            Some(end) => self.join(&prefix[..end])?,
+            None => self.root.clone(),
+        };
+        let (root, prefix) = (self.root.clone(), prefix.to_string());
+        tokio::task::spawn_blocking(move || walk(&root, &folder, &prefix))
+            .await
+            .map_err(|e| StorageError::Local(format!("listing {}: {e}", self.describe())))?
     }
 
     /// The file under `key`, read in place, which [`DirStore::head`] has
@@ -282,6 +299,66 @@ impl DirStore {
     }
 }
 
+/// The files under `folder` (inside `root`) whose keys start with `prefix`.
+fn walk(root: &Path, folder: &Path, prefix: &str) -> Result<Vec<Listed>, StorageError> {
+    let mut found = Vec::new();
+    if !folder.is_dir() {
+        return Ok(found);
+    }
+    let hidden = |entry: &walkdir::DirEntry| {
+        entry.depth() > 0 && entry.file_name().to_string_lossy().starts_with('.')
+    };
+    for entry in walkdir::WalkDir::new(folder)
+        .into_iter()
+        .filter_entry(|e| !hidden(e))
+    {
+        let entry =
+            entry.map_err(|e| StorageError::Local(format!("listing {}: {e}", folder.display())))?;
+        if !entry.file_type().is_file() {
+            continue;
+        }
+        let Ok(relative) = entry.path().strip_prefix(root) else {
+            continue;
+        };
+        let Some(key) = relative
+            .components()
+            .map(|c| c.as_os_str().to_str())
+            .collect::<Option<Vec<_>>>()
+            .map(|parts| parts.join("/"))
+        else {
+            tracing::warn!(path = %entry.path().display(), "leaving out a file whose name is not UTF-8");
+            continue;
+        };
+        if !key.starts_with(prefix) {
+            continue;
+        }
+        let meta = entry
+            .metadata()
+            .map_err(|e| local(entry.path(), e.into()))?;
+        found.push(Listed {
+            key,
+            size: meta.len(),
+            version: Some(file_version(&meta)),
+            modified: modified_nanos(&meta).to_string(),
+        });
+    }
+    Ok(found)
+}
+
+/// A file's version: its size and modification time, which a rewrite
+/// changes (the directory backend has no content hash to offer).
+fn file_version(meta: &std::fs::Metadata) -> String {
+    format!("{}-{}", meta.len(), modified_nanos(meta))
+}
+
+/// A file's modification time in nanoseconds since the epoch (0 if unknown).
+fn modified_nanos(meta: &std::fs::Metadata) -> u128 {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos())
+}
+
 /// The metadata sidecar of `file`.
 fn sidecar(file: &Path) -> PathBuf {
     let name = file.file_name().unwrap_or_default().to_string_lossy();
@@ -411,6 +488,54 @@ mod tests {
             store.fetch("missing", 0).await,
             Err(StorageError::NotFound { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn listing_walks_the_prefix_folder_and_leaves_out_hidden_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DirStore::new(dir.path()).unwrap();
+        let src = dir.path().join("src");
+        std::fs::write(&src, b"12345").unwrap();
+        let meta = vec![("transcode-job-id".to_string(), "j1".to_string())];
+        for key in ["up/a b.mov", "up/sub/c.mov", "upper.mov", "other/d.mov"] {
+            store
+                .store(&src, key, &meta, &Transferred::default())
+                .await
+                .unwrap();
+        }
+        std::fs::write(dir.path().join("up/.hidden.mov"), b"x").unwrap();
+        std::os::unix::fs::symlink("a b.mov", dir.path().join("up/link.mov")).unwrap();
+        let keys = |mut listed: Vec<Listed>| {
+            listed.sort_by(|a, b| a.key.cmp(&b.key));
+            listed.into_iter().map(|l| l.key).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            keys(store.list("up/").await.unwrap()),
+            ["up/a b.mov", "up/sub/c.mov"]
+        );
+        assert_eq!(
+            keys(store.list("up").await.unwrap()),
+            ["up/a b.mov", "up/sub/c.mov", "upper.mov"]
+        );
+        assert_eq!(
+            keys(store.list("up/sub/c").await.unwrap()),
+            ["up/sub/c.mov"]
+        );
+        assert!(store.list("nothing/").await.unwrap().is_empty());
+        assert!(store.list("../").await.is_err());
+        // The listing's version is the one a look-up gives, and a rewrite
+        // changes it.
+        let listed = store.list("up/a").await.unwrap().remove(0);
+        assert_eq!(listed.size, 5);
+        let info = store.head("up/a b.mov").await.unwrap().unwrap();
+        assert_eq!(info.version, listed.version);
+        std::fs::write(&src, b"123456").unwrap();
+        store
+            .store(&src, "up/a b.mov", &[], &Transferred::default())
+            .await
+            .unwrap();
+        let info = store.head("up/a b.mov").await.unwrap().unwrap();
+        assert_ne!(info.version, listed.version);
     }
 
     #[tokio::test]

@@ -74,6 +74,25 @@ pub struct ObjectInfo {
     pub size: u64,
     /// User metadata (S3 `x-amz-meta-*`), lower-case names.
     pub metadata: Vec<(String, String)>,
+    /// What changes when the content changes: the S3 ETag (without its
+    /// quotes), or on the directory backend the size and modification
+    /// time; `None` when the server gives no ETag.
+    pub version: Option<String>,
+}
+
+/// One object of a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// Its key.
+    pub key: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Its version as [`ObjectInfo::version`], when the listing gives it
+    /// (some S3 servers list no ETags: ask [`Storage::head`]).
+    pub version: Option<String>,
+    /// When it was last written, as the storage says it (S3's
+    /// `LastModified`, or the file's modification time).
+    pub modified: String,
 }
 
 /// A byte counter shared between a transfer and whoever watches it.
@@ -252,6 +271,17 @@ impl Storage {
         }
     }
 
+    /// Every object whose key starts with `prefix`, in no promised order.
+    /// S3 lists page by page (retrying transient failures); the directory
+    /// backend walks the folder, leaving out hidden files (its own
+    /// temporary files and metadata sidecars) and symbolic links.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<Listed>, StorageError> {
+        match self {
+            Storage::S3(s) => s.list(prefix).await,
+            Storage::Directory(d) => d.list(prefix).await,
+        }
+    }
+
     /// Whether the bucket (or the directory) exists, with one small request;
     /// an error when the storage cannot be reached or refuses the request.
     pub async fn exists(&self) -> Result<bool, StorageError> {
@@ -283,6 +313,12 @@ where
         .when(StorageError::is_transient)
         .notify(|e, delay| tracing::warn!(error = %e, ?delay, "{what} failed, retrying"))
         .await
+}
+
+/// An S3 ETag without the quotes S3 puts around it; `None` when empty.
+pub fn bare_etag(etag: &str) -> Option<String> {
+    let bare = etag.trim().trim_matches('"');
+    (!bare.is_empty()).then(|| bare.to_string())
 }
 
 /// The MIME type for an output key, from its extension.

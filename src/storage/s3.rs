@@ -16,7 +16,10 @@ use secrecy::ExposeSecret;
 use tokio::io::AsyncWriteExt;
 use tokio_util::io::{InspectReader, InspectWriter};
 
-use super::{content_type_for, with_retries, LocalInput, ObjectInfo, StorageError, Transferred};
+use super::{
+    bare_etag, content_type_for, with_retries, Listed, LocalInput, ObjectInfo, StorageError,
+    Transferred,
+};
 use crate::config::StorageSettings;
 
 /// Bytes of a download buffered before they are written to the scratch file.
@@ -144,6 +147,7 @@ impl S3Store {
             match control.head_object(inner).await {
                 Ok((head, _)) => Ok(Some(ObjectInfo {
                     size: head.content_length.unwrap_or(0).max(0) as u64,
+                    version: head.e_tag.as_deref().and_then(bare_etag),
                     metadata: head
                         .metadata
                         .unwrap_or_default()
@@ -341,6 +345,27 @@ impl S3Store {
     /// by a cancel).
     pub(super) async fn abort_uploads(&self, key: &str) {
         self.abort_stale_uploads(key).await;
+    }
+
+    /// Every object of the main bucket under `prefix`, all pages.
+    pub(super) async fn list(&self, prefix: &str) -> Result<Vec<Listed>, StorageError> {
+        let pages = with_retries("S3 listing", self.retry_for, || async {
+            self.control
+                .list(prefix.to_string(), None)
+                .await
+                .map_err(|e| self.error(prefix, e))
+        })
+        .await?;
+        Ok(pages
+            .into_iter()
+            .flat_map(|page| page.contents)
+            .map(|object| Listed {
+                version: object.e_tag.as_deref().and_then(bare_etag),
+                key: object.key,
+                size: object.size,
+                modified: object.last_modified,
+            })
+            .collect())
     }
 
     /// Whether the bucket exists: lists at most one key of it.

@@ -317,6 +317,30 @@ impl Farm {
         WorkerProc { child, log, name }
     }
 
+    /// Starts `transcode-worker ARGS` (a long-running command such as
+    /// `ingest`) with this farm's environment plus `extra`, logging JSON
+    /// lines (`LOG_FORMAT=json`) to its log file.
+    pub fn spawn_command(&self, args: &[&str], extra: &[(&str, &str)]) -> WorkerProc {
+        let name = random_name(args.first().copied().unwrap_or("command"));
+        let log = self.dir.path().join(format!("{name}.log"));
+        let file = File::create(&log).expect("log file");
+        let mut cmd = Command::new(WORKER_BIN);
+        cmd.args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", self.dir.path())
+            .env("RUST_LOG", "info,transcode_worker=debug")
+            .env("LOG_FORMAT", "json")
+            .envs(&self.env)
+            .envs(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file);
+        let child = cmd.spawn().expect("start the command");
+        WorkerProc { child, log, name }
+    }
+
     /// A consumer on a fresh exclusive queue bound to the progress exchange:
     /// it sees every event from now on without taking any from the
     /// `transcoding_progress` queue.
@@ -487,6 +511,8 @@ fn base_env(amqp_url: &str) -> HashMap<String, String> {
         ("TRANSCODE_BROKER__PROGRESS_QUEUE", "progress"),
         ("TRANSCODE_BROKER__DEAD_LETTER_QUEUE", "dead"),
         ("TRANSCODE_BROKER__WEBHOOKS_QUEUE", "webhooks"),
+        ("TRANSCODE_BROKER__UPLOADS_QUEUE", "uploads"),
+        ("TRANSCODE_BROKER__UPLOADS_EXCHANGE", "uploads-x"),
     ] {
         env.insert(key.into(), random_name(prefix));
     }

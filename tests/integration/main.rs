@@ -7,6 +7,7 @@ mod common;
 
 mod chaos;
 mod deploy;
+mod ingest;
 mod lifecycle;
 mod operate;
 mod queue_files;

@@ -55,6 +55,9 @@ async fn after_setup_a_job_published_before_any_worker_started_is_done() {
     assert!(queue_exists(&farm, &jobs).await);
     assert!(queue_exists(&farm, &farm.settings.broker.dead_letter_queue).await);
     assert!(queue_exists(&farm, &farm.settings.broker.progress_queue).await);
+    let uploads = &farm.settings.broker.uploads_queue;
+    assert!(queue_exists(&farm, uploads).await);
+    assert!(queue_exists(&farm, &farm.settings.broker.uploads_dead_letter_queue()).await);
 
     farm.publish_raw(seed_job("kept").as_bytes()).await;
     wait_for(JOB_TIMEOUT, "the job waiting in the queue", || async {
@@ -92,14 +95,19 @@ async fn a_broker_that_loads_the_shipped_definitions_keeps_jobs_published_before
             "TRANSCODE_BROKER__PROGRESS_EXCHANGE",
             "transcoding.progress",
         ),
+        ("TRANSCODE_BROKER__UPLOADS_QUEUE", "transcoding_uploads"),
+        ("TRANSCODE_BROKER__UPLOADS_EXCHANGE", "transcoding.uploads"),
     ];
     let farm = Farm::s3_undeclared(Rabbit::Own(node.clone()), &defaults).await;
     farm.put_input("in/a.wmv", &fixtures::wmv_with_audio(1))
         .await;
-    assert!(
-        queue_exists(&farm, "transcoding_jobs").await,
-        "loaded at start"
-    );
+    for queue in [
+        "transcoding_jobs",
+        "transcoding_uploads",
+        "transcoding_uploads.dead",
+    ] {
+        assert!(queue_exists(&farm, queue).await, "{queue} loaded at start");
+    }
     farm.publish_raw(seed_job("early").as_bytes()).await;
     wait_for(JOB_TIMEOUT, "the job waiting in the queue", || async {
         farm.ready_jobs().await == 1

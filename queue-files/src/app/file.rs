@@ -198,6 +198,7 @@ impl Run {
             priority: Some(self.options.cli.priority),
             requires: Vec::new(),
             webhook: None,
+            outputs: None,
         };
         let body = serde_json::to_vec(&job).expect("a job serializes");
         Job::parse(&body).map_err(|e| {
