@@ -14,4 +14,5 @@ mod security;
 mod smoke;
 mod storage;
 mod topology;
+mod tracks;
 mod worker;
