@@ -1,7 +1,8 @@
 //! Building and running the transcode pipeline: `filesrc ! decodebin`, the
-//! job's video branch, and the tracks [`super::route`] links as
-//! `decodebin` exposes them, into the muxer and a `filesink`; and turning
-//! GStreamer's errors into job errors of the right kind.
+//! job's video branch and an audio branch per audio track, linked by
+//! [`super::route`] as `decodebin` exposes the streams, with the subtitle
+//! tracks, into the muxer and a `filesink`; and turning GStreamer's errors
+//! into job errors of the right kind.
 
 use std::time::Duration;
 
@@ -45,9 +46,16 @@ pub fn transcode(
     src.link(&decode).map_err(internal)?;
     mux.link(&sink).map_err(internal)?;
     link_branch(&video, &mux, &spec.muxer, "video")?;
+    let mut audio = Vec::new();
+    for _ in &input.audio {
+        let bin = branch(&spec.audio, "audio")?;
+        pipeline.add(&bin).map_err(internal)?;
+        link_branch(&bin, &mux, &spec.muxer, "audio")?;
+        audio.push(bin);
+    }
     let video_in = Watch::on(&video.static_pad("sink").expect("a branch has a sink"));
     let duration = input.duration_ms.map(Duration::from_millis);
-    let router = std::sync::Arc::new(Router::new(&pipeline, &mux, spec, video, duration));
+    let router = std::sync::Arc::new(Router::new(&pipeline, &mux, spec, video, audio, duration));
     let r = router.clone();
     decode.connect_pad_added(move |_, pad| r.route(pad));
     let r = router.clone();
@@ -103,7 +111,7 @@ pub fn transcode(
             "the input's video stream produced no frames",
         ));
     }
-    Ok(router.written(&video_in))
+    Ok(router.written())
 }
 
 /// Builds a branch bin from checked launch text and refuses any source or

@@ -4,6 +4,7 @@
 //! subtitle pad of the muxer, anything else to a `fakesink`, recorded as
 //! left out (see [`super::tracks`] for why it is not refused).
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,8 +43,12 @@ struct Routed {
 }
 
 /// Links each stream `decodebin` exposes to where it goes (see the module
-/// documentation). `decodebin` exposes all streams of the input before any
-/// data flows, so every muxer pad is requested before the muxer starts.
+/// documentation). The video branch and one audio branch per audio track
+/// the probe found are linked to the muxer before the pipeline starts, so
+/// the muxer waits for all of them even when `decodebin` exposes a stream
+/// late; subtitle pads, and audio branches for tracks the probe missed,
+/// are requested as their streams appear (`decodebin` exposes the streams
+/// of an input together, before data flows).
 pub(super) struct Router {
     pipeline: gst::glib::WeakRef<gst::Pipeline>,
     mux: gst::Element,
@@ -51,6 +56,8 @@ pub(super) struct Router {
     audio: String,
     /// The video branch until the first video stream takes it.
     video: Mutex<Option<gst::Bin>>,
+    /// Audio branches linked to the muxer that no stream has taken yet.
+    audio_ready: Mutex<VecDeque<gst::Bin>>,
     /// Where a subtitle track of an MP4 or MOV output is filled up to.
     end: Option<gst::ClockTime>,
     routed: Mutex<Routed>,
@@ -61,12 +68,14 @@ pub(super) const ROUTING_FAILED: &str = "transcode-worker/routing-failed";
 
 impl Router {
     /// A router into `mux` (and its pipeline) for `spec`, whose video goes
-    /// into `video` (already linked to `mux`); `duration` is the input's.
+    /// into `video` and audio tracks into `audio`, in order (all already
+    /// linked to `mux`); `duration` is the input's.
     pub(super) fn new(
         pipeline: &gst::Pipeline,
         mux: &gst::Element,
         spec: &TranscodeSpec,
         video: gst::Bin,
+        audio: Vec<gst::Bin>,
         duration: Option<Duration>,
     ) -> Router {
         Router {
@@ -75,6 +84,7 @@ impl Router {
             muxer: spec.muxer.clone(),
             audio: spec.audio.clone(),
             video: Mutex::new(Some(video)),
+            audio_ready: Mutex::new(audio.into()),
             end: duration.map(|d| gst::ClockTime::from_nseconds(d.as_nanos() as u64)),
             routed: Mutex::new(Routed::default()),
         }
@@ -92,8 +102,22 @@ impl Router {
         }
     }
 
-    /// Once `decodebin` has exposed every stream: fails when none was video.
+    /// Once `decodebin` has exposed every stream: ends the audio branches
+    /// no stream took (so the muxer does not wait for them; the output then
+    /// fails verification for its missing audio), and fails when no stream
+    /// was video.
     pub(super) fn all_exposed(&self) {
+        let unused: Vec<gst::Bin> = self
+            .audio_ready
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+            .collect();
+        for bin in unused {
+            if let Some(sink) = bin.static_pad("sink") {
+                sink.send_event(gst::event::Eos::new());
+            }
+        }
         if self
             .video
             .lock()
@@ -121,9 +145,8 @@ impl Router {
         self.routed().error.clone()
     }
 
-    /// What was written, once the pipeline has finished; `video_in` watched
-    /// the video branch's input.
-    pub(super) fn written(&self, video_in: &Watch) -> Written {
+    /// What was written, once the pipeline has finished.
+    pub(super) fn written(&self) -> Written {
         let routed = self.routed();
         Written {
             tracks: routed
@@ -134,7 +157,6 @@ impl Router {
                     span: watch.span(),
                 })
                 .collect(),
-            video_in: video_in.span(),
             left_out: routed.left_out.clone(),
         }
     }
@@ -178,11 +200,22 @@ impl Router {
                 Watch::on(&bin.static_pad("src").expect("a branch has a src"))
             }
             TrackKind::Audio => {
-                let bin = branch(&self.audio, "audio")?;
-                pipeline.add(&bin).map_err(super::internal)?;
-                link_branch(&bin, &self.mux, &self.muxer, "audio")?;
+                let ready = self
+                    .audio_ready
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .pop_front();
+                let bin = match ready {
+                    Some(bin) => bin,
+                    None => {
+                        let bin = branch(&self.audio, "audio")?;
+                        pipeline.add(&bin).map_err(super::internal)?;
+                        link_branch(&bin, &self.mux, &self.muxer, "audio")?;
+                        bin.sync_state_with_parent().map_err(super::internal)?;
+                        bin
+                    }
+                };
                 let watch = Watch::on(&bin.static_pad("src").expect("a branch has a src"));
-                bin.sync_state_with_parent().map_err(super::internal)?;
                 link_pad(pad, &bin.static_pad("sink").expect("a branch has a sink"))?;
                 watch
             }

@@ -85,8 +85,6 @@ pub struct WrittenTrack {
 pub struct Written {
     /// The tracks linked into the muxer, in the order they were linked.
     pub tracks: Vec<WrittenTrack>,
-    /// The media time of the decoded video that entered the video branch.
-    pub video_in: Option<Span>,
     /// Input tracks the output does not carry, one sentence each naming
     /// the track and why (see the module documentation).
     pub left_out: Vec<String>,

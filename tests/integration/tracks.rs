@@ -230,7 +230,7 @@ async fn an_output_whose_video_ends_early_fails_verification_though_its_audio_ru
         let error = event.error.as_deref().unwrap_or_default();
         let video_secs: f64 = error
             .strip_prefix("the output's video lasts ")
-            .and_then(|rest| rest.strip_suffix(" s but the input's video lasts 2.00 s"))
+            .and_then(|rest| rest.strip_suffix(" s but the input lasts 2.05 s"))
             .and_then(|secs| secs.parse().ok())
             .unwrap_or_else(|| panic!("{error}"));
         assert!(video_secs < 1.2, "{error}");
