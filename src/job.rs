@@ -643,6 +643,11 @@ pub struct Progress {
     /// While downloading or uploading: bytes per second since the phase began.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes_per_sec: Option<f64>,
+    /// On completion: the input's tracks the output container cannot hold,
+    /// one sentence each naming the track and why (absent when every
+    /// track is carried).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tracks_left_out: Vec<String>,
 }
 
 impl Progress {
@@ -667,6 +672,7 @@ impl Progress {
             bytes: None,
             bytes_total: None,
             bytes_per_sec: None,
+            tracks_left_out: Vec::new(),
         }
     }
 }

@@ -66,15 +66,25 @@ pub fn check_container(output_key: &str) -> Result<(), JobError> {
 }
 
 /// Every GStreamer element a worker with `settings` may need: its own
-/// source, decoder, queue and sinks, every muxer, the default audio
+/// source, decoder, queue and sinks, the subtitle text converter, the
+/// demuxers that verify outputs, every muxer, the default audio
 /// branches, and each preset's elements. The worker checks at start that
 /// all are installed, and loads their plugins ahead of the jobs.
 pub fn required_elements(settings: &Settings) -> Vec<String> {
-    let mut needed: Vec<String> = ["filesrc", "decodebin", "filesink", "queue", "fakesink"]
-        .iter()
-        .chain(MUXERS)
-        .map(|s| s.to_string())
-        .collect();
+    let mut needed: Vec<String> = [
+        "filesrc",
+        "decodebin",
+        "filesink",
+        "queue",
+        "fakesink",
+        "capssetter",
+        "qtdemux",
+        "matroskademux",
+    ]
+    .iter()
+    .chain(MUXERS)
+    .map(|s| s.to_string())
+    .collect();
     for text in [DEFAULT_AAC, DEFAULT_OPUS] {
         needed.extend(factories_in(text));
     }

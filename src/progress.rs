@@ -43,6 +43,7 @@ pub struct Reporter {
     worker: String,
     last: Arc<Mutex<Last>>,
     status: Arc<AttemptStatus>,
+    tracks_left_out: Arc<Mutex<Vec<String>>>,
 }
 
 impl Reporter {
@@ -66,12 +67,22 @@ impl Reporter {
                 percent: 0.0,
                 sent_at: None,
             })),
+            tracks_left_out: Arc::default(),
         }
     }
 
     /// The job it reports on.
     pub fn job_id(&self) -> &str {
         &self.job_id
+    }
+
+    /// Records the input's tracks the output does not carry, for the
+    /// `completed` event.
+    pub fn tracks_left_out(&self, tracks: Vec<String>) {
+        *self
+            .tracks_left_out
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = tracks;
     }
 
     fn event(&self, state: Phase, percent: f64) -> Progress {
@@ -138,6 +149,11 @@ impl Reporter {
     pub async fn completed(&self, output_key: &str) -> Result<(), BrokerError> {
         let mut event = self.event(Phase::Completed, 100.0);
         event.output_key = Some(output_key.to_string());
+        event.tracks_left_out = self
+            .tracks_left_out
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let result = self.broker.publish_progress(&event, true).await;
         match &result {
             Ok(()) => self.status.completed(),

@@ -32,7 +32,7 @@ use tokio::process::{Child, ChildStdin, ChildStdout};
 use tokio::sync::mpsc;
 
 use crate::error::{ErrorKind, JobError};
-use crate::pipeline::{self, MediaInfo, TranscodeSpec};
+use crate::pipeline::{self, MediaInfo, Outcome, TranscodeSpec};
 
 /// Lines of the child's standard error kept for error messages.
 const STDERR_TAIL_LINES: usize = 20;
@@ -54,10 +54,7 @@ pub enum ChildEvent {
         duration_ms: Option<u64>,
     },
     /// The output is complete and verified.
-    Finished {
-        /// What the output probe found.
-        output: MediaInfo,
-    },
+    Finished(Outcome),
     /// The attempt failed.
     Failed {
         /// Classification.
@@ -117,7 +114,7 @@ pub fn child_main(preload: &[String]) -> i32 {
         }
         set_process_name(RUNNING_NAME);
         match run_child(&line, &emit) {
-            Ok(output) => emit(&ChildEvent::Finished { output }),
+            Ok(outcome) => emit(&ChildEvent::Finished(outcome)),
             Err(e) => {
                 emit(&ChildEvent::Failed {
                     kind: e.kind,
@@ -138,7 +135,7 @@ fn set_process_name(name: &str) {
     unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr(), 0, 0, 0) };
 }
 
-fn run_child(line: &str, emit: &dyn Fn(&ChildEvent)) -> Result<MediaInfo, JobError> {
+fn run_child(line: &str, emit: &dyn Fn(&ChildEvent)) -> Result<Outcome, JobError> {
     let spec: TranscodeSpec = serde_json::from_str(line)
         .map_err(|e| JobError::new(ErrorKind::Internal, format!("bad spec: {e}")))?;
     let input = pipeline::probe(&spec.input, Duration::from_secs(60))?;
@@ -146,13 +143,19 @@ fn run_child(line: &str, emit: &dyn Fn(&ChildEvent)) -> Result<MediaInfo, JobErr
     emit(&ChildEvent::Probed {
         input: input.clone(),
     });
-    pipeline::transcode(&spec, &input, |position, duration| {
+    let written = pipeline::transcode(&spec, &input, |position, duration| {
         emit(&ChildEvent::Position {
             position_ms: position.as_millis() as u64,
             duration_ms: duration.map(|d| d.as_millis() as u64),
         })
     })?;
-    pipeline::verify(&spec, &input)
+    let started = std::time::Instant::now();
+    let output = pipeline::verify(&spec, &input, &written)?;
+    Ok(Outcome {
+        output,
+        tracks_left_out: written.left_out,
+        verify_ms: started.elapsed().as_millis() as u64,
+    })
 }
 
 /// Runs pipeline processes.
@@ -341,7 +344,7 @@ impl Transcoder {
         &self,
         spec: &TranscodeSpec,
         events: mpsc::UnboundedSender<ChildEvent>,
-    ) -> Result<MediaInfo, JobError> {
+    ) -> Result<Outcome, JobError> {
         let internal = |what: &str, e: std::io::Error| {
             JobError::new(
                 ErrorKind::Internal,
@@ -374,9 +377,9 @@ impl Transcoder {
             .map_err(|e| internal("read", e))?
         {
             match serde_json::from_str::<ChildEvent>(&line) {
-                Ok(ChildEvent::Finished { output }) => {
+                Ok(ChildEvent::Finished(outcome)) => {
                     self.keep(process);
-                    return Ok(output);
+                    return Ok(outcome);
                 }
                 Ok(ChildEvent::Failed { kind, message }) => {
                     failure = Some(JobError::new(kind, message))

@@ -133,7 +133,7 @@ pub enum Verdict {
 /// Decides about the file at `path` of `size` bytes, probed as `info`.
 pub fn judge(path: &Path, size: u64, info: &MediaInfo, target: &Target) -> Verdict {
     let Some(video) = &info.video else {
-        let what = match &info.audio {
+        let what = match info.audio.first() {
             Some(a) => format!("audio only ({})", a.codec),
             None => "no video stream".to_string(),
         };
@@ -165,7 +165,7 @@ fn source_info(
     SourceInfo {
         container: info.container.clone(),
         video_codec: Some(video.codec.clone()),
-        audio_codec: info.audio.as_ref().map(|a| a.codec.clone()),
+        audio_codec: info.audio.first().map(|a| a.codec.clone()),
         width: (video.width > 0).then_some(video.width),
         height: (video.height > 0).then_some(video.height),
         frame_rate: (video.frame_rate > 0.0)
@@ -226,11 +226,13 @@ mod tests {
                 frame_rate: 25.0,
                 bitrate: 0,
             }),
-            audio: Some(AudioStream {
+            audio: vec![AudioStream {
                 codec: "audio/mpeg".into(),
                 channels: 2,
                 sample_rate: 44100,
-            }),
+                language: None,
+            }],
+            subtitles: Vec::new(),
         }
     }
 

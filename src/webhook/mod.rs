@@ -289,7 +289,8 @@ mod tests {
                 frame_rate: 30.0,
                 bitrate: 0,
             }),
-            audio: None,
+            audio: Vec::new(),
+            subtitles: Vec::new(),
         };
         let result = JobResult::new("out/a.mp4", 50_000_000, Some(&media));
         let v: serde_json::Value =

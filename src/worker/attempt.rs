@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use super::Worker;
 use crate::error::{ErrorKind, JobError};
 use crate::job::{Job, Phase};
-use crate::pipeline::{MediaInfo, TranscodeSpec};
+use crate::pipeline::{MediaInfo, Outcome, TranscodeSpec};
 use crate::plan::Plan;
 use crate::progress::Reporter;
 use crate::storage::{Storage, Transferred};
@@ -90,12 +90,12 @@ impl<'a> Attempt<'a> {
             Fetched::Input { path, fingerprint } => (path, fingerprint),
         };
         let output = folder.path().join("output");
-        let media = self.transcode(&plan, input, &output).await?;
+        let outcome = self.transcode(&plan, input, &output).await?;
         let size = self.store(&plan, &output, fingerprint).await?;
         drop(folder);
         Ok(Produced {
             size,
-            media: Some(media),
+            media: Some(outcome.output),
         })
     }
 
@@ -188,7 +188,7 @@ impl<'a> Attempt<'a> {
         plan: &Plan,
         input: PathBuf,
         output: &Path,
-    ) -> Result<MediaInfo, JobError> {
+    ) -> Result<Outcome, JobError> {
         let settings = &self.worker.settings;
         let spec = TranscodeSpec {
             input,
@@ -205,12 +205,24 @@ impl<'a> Attempt<'a> {
         };
         tracing::info!(video = %plan.video, muxer = plan.muxer, preset = ?plan.preset, "transcoding");
         self.reporter.update(Phase::Transcoding, 0.0, None).await;
-        let verified = self
+        let outcome = self
             .run_pipeline(&spec, settings.worker.transcode_stall_timeout)
             .await?;
-        tracing::info!(duration_ms = ?verified.duration_ms, "output verified");
+        let out = &outcome.output;
+        tracing::info!(
+            duration_ms = ?out.duration_ms,
+            audio_tracks = out.audio.len(),
+            subtitle_tracks = out.subtitles.len(),
+            verify_ms = outcome.verify_ms,
+            "output verified"
+        );
+        for track in &outcome.tracks_left_out {
+            tracing::warn!(track = %track, "input track not carried");
+        }
+        self.reporter
+            .tracks_left_out(outcome.tracks_left_out.clone());
         self.worker.fault_point(Phase::Transcoding);
-        Ok(verified)
+        Ok(outcome)
     }
 
     /// Runs the pipeline process, turning its positions into progress and
@@ -219,7 +231,7 @@ impl<'a> Attempt<'a> {
         &self,
         spec: &TranscodeSpec,
         stall: Duration,
-    ) -> Result<MediaInfo, JobError> {
+    ) -> Result<Outcome, JobError> {
         let reporter = self.reporter;
         let (tx, mut rx) = mpsc::unbounded_channel();
         let run = self.worker.transcoder.run(spec, tx);

@@ -94,6 +94,66 @@ pub fn h264_mp4(secs: u32) -> PathBuf {
     make("h264_mp4", secs, "mp4", p)
 }
 
+/// MPEG-4 Part 2 video (320x240), two audio tracks, MPEG-1 Layer II at
+/// 440 Hz in English (`eng`) and AAC at 660 Hz in French (`fre`), and an
+/// SRT text subtitle track in German (`ger`) with one cue a second
+/// (`Cue N & <i>more</i>`), in Matroska: `.mkv`, made with ffmpeg as the
+/// original service's encoder (`-map 0`) would keep it.
+pub fn two_audio_and_subtitles(secs: u32) -> PathBuf {
+    let srt = subtitle_file(secs);
+    let mut args = tokens(&format!(
+        "-f lavfi -i testsrc=size=320x240:rate={FPS}:duration={secs} \
+         -f lavfi -i sine=frequency=440:sample_rate=48000:duration={secs} \
+         -f lavfi -i sine=frequency=660:sample_rate=48000:duration={secs} -i"
+    ));
+    args.push(srt.display().to_string());
+    args.extend(tokens(
+        "-map 0 -map 1 -map 2 -map 3 -c:v mpeg4 -q:v 5 -c:a:0 mp2 -c:a:1 aac -c:s srt \
+         -metadata:s:a:0 language=eng -metadata:s:a:1 language=fre \
+         -metadata:s:s:0 language=ger -f matroska",
+    ));
+    make_with(Tool::Ffmpeg, "two_audio_and_subtitles", secs, "mkv", args)
+}
+
+/// H.264 video (320x240) and a DVB subtitle track (bitmaps, which neither
+/// MP4 nor Matroska can hold) in MPEG-TS: `.ts`.
+pub fn dvb_subtitles(secs: u32) -> PathBuf {
+    let mut p = video_src(secs * FPS, 320, 240, "smpte");
+    p.extend(tokens(
+        "! x264enc speed-preset=ultrafast threads=1 ! h264parse ! queue ! mpegtsmux name=mux ! filesink",
+    ));
+    p.extend(tokens(&format!(
+        "videotestsrc is-live=false num-buffers={} pattern=ball \
+         ! video/x-raw,format=AYUV,width=320,height=240,framerate=2/1 \
+         ! dvbsubenc ! queue ! mux.",
+        secs * 2
+    )));
+    make("dvb_subtitles", secs, "ts", p)
+}
+
+/// An SRT file with one cue a second for `secs` seconds:
+/// `Cue N & <i>more</i>` from N.2 s to N.8 s.
+fn subtitle_file(secs: u32) -> PathBuf {
+    assert!(secs < 60, "cue times are written as seconds under a minute");
+    let path = fixture_dir().join(format!("cues-{secs}s-v{RECIPE_VERSION}.srt"));
+    memoized(path.display().to_string(), || {
+        if !path.exists() {
+            let mut text = String::new();
+            for n in 0..secs {
+                let _ = write!(
+                    text,
+                    "{}\n00:00:{n:02},200 --> 00:00:{n:02},800\nCue {n} & <i>more</i>\n\n",
+                    n + 1
+                );
+            }
+            write_atomically(&path, |tmp| {
+                std::fs::write(tmp, &text).map_err(|e| e.to_string())
+            });
+        }
+        path.clone()
+    })
+}
+
 /// 64 KiB of deterministic garbage named like a video: `.avi`.
 pub fn corrupt() -> PathBuf {
     memoized("corrupt.avi".into(), || {

@@ -17,5 +17,6 @@ mod security;
 mod smoke;
 mod storage;
 mod topology;
+mod tracks;
 mod webhooks;
 mod worker;

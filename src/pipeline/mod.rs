@@ -1,0 +1,317 @@
+//! GStreamer: probing media, building and running the transcode pipeline,
+//! and verifying its output. Everything here blocks; the worker runs it in a
+//! separate process (see [`crate::transcoder`]), `queue-files` calls
+//! [`probe`] directly.
+//!
+//! - [`probe`] (probe.rs): what an input holds, with GStreamer's Discoverer;
+//! - [`transcode`] (build.rs): `filesrc ! decodebin`, the job's video branch,
+//!   one audio branch per audio track, the subtitle tracks, the muxer and a
+//!   `filesink`;
+//! - tracks.rs: the tracks carried and what reached the muxer; route.rs:
+//!   which decoded stream goes where; subtitles.rs: what each container
+//!   takes as subtitles;
+//! - [`verify`] (verify.rs): the written file's headers against the input
+//!   and against what the pipeline wrote, without decoding anything.
+//!
+//! The worker owns the source, decoder, muxer and sink; file paths are set
+//! as element properties, never pasted into launch text; the job only
+//! supplies the (already checked) video branch.
+
+mod build;
+mod probe;
+mod route;
+mod subtitles;
+mod tracks;
+mod verify;
+
+use std::path::Path;
+
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ErrorKind, JobError};
+
+pub use build::transcode;
+pub use probe::probe;
+pub use tracks::{Span, TrackKind, Written, WrittenTrack};
+pub use verify::verify;
+
+/// What a probe learned about a media file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MediaInfo {
+    /// Container caps name, e.g. `video/quicktime` (none for an elementary stream).
+    pub container: Option<String>,
+    /// Duration, when known.
+    pub duration_ms: Option<u64>,
+    /// The first video stream.
+    pub video: Option<VideoStream>,
+    /// Every audio stream, in the container's order.
+    #[serde(default)]
+    pub audio: Vec<AudioStream>,
+    /// Every subtitle stream, in the container's order.
+    #[serde(default)]
+    pub subtitles: Vec<SubtitleStream>,
+}
+
+/// A video stream.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct VideoStream {
+    /// Caps name, e.g. `video/x-h264`.
+    pub codec: String,
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// Frames per second (0 when unknown).
+    pub frame_rate: f64,
+    /// Bitrate in bits per second (0 when unknown).
+    pub bitrate: u32,
+}
+
+/// An audio stream.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AudioStream {
+    /// Caps name, e.g. `audio/mpeg`.
+    pub codec: String,
+    /// Channels.
+    pub channels: u32,
+    /// Sample rate in Hz.
+    pub sample_rate: u32,
+    /// Language code (ISO 639), when the container names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
+}
+
+/// A subtitle stream.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SubtitleStream {
+    /// Caps name, e.g. `text/x-raw` or `subpicture/x-dvd`.
+    pub codec: String,
+    /// Language code (ISO 639), when the container names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
+}
+
+/// What to run: everything the pipeline process needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TranscodeSpec {
+    /// Input file.
+    pub input: std::path::PathBuf,
+    /// Output file (in the job's scratch folder).
+    pub output: std::path::PathBuf,
+    /// Checked video branch.
+    pub video: String,
+    /// Audio branch; each audio track of the input gets its own instance.
+    pub audio: String,
+    /// Muxer element.
+    pub muxer: String,
+    /// Allowed difference between input and output duration, in ms.
+    pub duration_tolerance_ms: u64,
+    /// Largest input accepted: width, height (pixels) and duration (ms).
+    pub max_input: (u32, u32, u64),
+}
+
+/// How a pipeline run ended well: the verified output, the input tracks it
+/// does not carry, and what the verification cost.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Outcome {
+    /// What the verification read from the output's headers.
+    pub output: MediaInfo,
+    /// Input tracks the output container cannot hold, one sentence each
+    /// naming the track and the reason (see [`Written::left_out`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tracks_left_out: Vec<String>,
+    /// Milliseconds the verification of the output took.
+    pub verify_ms: u64,
+}
+
+/// Refuses inputs larger or longer than `spec.max_input`.
+pub fn check_input_limits(spec: &TranscodeSpec, input: &MediaInfo) -> Result<(), JobError> {
+    let (max_w, max_h, max_ms) = spec.max_input;
+    let too =
+        |what: String| JobError::new(ErrorKind::InvalidJob, format!("the input is too {what}"));
+    if let Some(v) = &input.video {
+        if v.width > max_w || v.height > max_h {
+            return Err(too(format!(
+                "large: {}x{}, the limit is {max_w}x{max_h}",
+                v.width, v.height
+            )));
+        }
+    }
+    if let Some(ms) = input.duration_ms.filter(|ms| *ms > max_ms) {
+        return Err(too(format!(
+            "long: {:.0} s, the limit is {:.0} s",
+            ms as f64 / 1000.0,
+            max_ms as f64 / 1000.0
+        )));
+    }
+    Ok(())
+}
+
+/// Initializes GStreamer once; a failure means the worker cannot transcode at all.
+pub fn init() -> Result<(), JobError> {
+    gst::init().map_err(|e| JobError::new(ErrorKind::Internal, format!("GStreamer: {e}")))
+}
+
+/// Elements a job is likely to need besides those its launch texts name:
+/// the decoders, demuxers and type finders `decodebin` plugs in, and what
+/// the Discoverer uses. Loading their plugins ahead of time is most of what
+/// a pipeline process spends before its first buffer.
+pub const LIKELY_ELEMENTS: &[&str] = &[
+    "uridecodebin",
+    "typefind",
+    "avdec_h264",
+    "qtdemux",
+    "asfdemux",
+    "avidemux",
+    "matroskademux",
+    "mpegpsdemux",
+    "tsdemux",
+    "mpegvideoparse",
+    "h264parse",
+    "jpegdec",
+    "videoscale",
+];
+
+/// Initializes GStreamer and loads the plugins of the element factories
+/// `names` (unknown names, and plugins that fail to load, are skipped: the
+/// pipeline that needs them reports that), so a pipeline built later does
+/// not pay for loading them.
+pub fn preload<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<(), JobError> {
+    init()?;
+    for factory in names.into_iter().filter_map(gst::ElementFactory::find) {
+        let _ = factory.load();
+    }
+    // Type finding runs on every input: load the type finders too.
+    for factory in gst::TypeFindFactory::factories() {
+        let _ = factory.load();
+    }
+    Ok(())
+}
+
+/// Checks that GStreamer works and that every element in `factories` is
+/// installed; names the missing ones. Also brings the plugin registry up to
+/// date, so that pipeline processes (which never rewrite it) start from it.
+pub fn check_installed<'a>(factories: impl IntoIterator<Item = &'a str>) -> Result<(), String> {
+    gst::init().map_err(|e| format!("GStreamer does not start: {e}"))?;
+    let mut missing: Vec<&str> = factories
+        .into_iter()
+        .filter(|f| gst::ElementFactory::find(f).is_none())
+        .collect();
+    missing.sort_unstable();
+    missing.dedup();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "GStreamer elements not installed: {} (on Debian: gstreamer1.0-plugins-base, -good, -bad, -ugly and gstreamer1.0-libav)",
+            missing.join(", ")
+        ))
+    }
+}
+
+/// The installed element factories: (name, klass) of each, e.g.
+/// `("x264enc", "Codec/Encoder/Video")`. Call after [`check_installed`]
+/// (GStreamer initialised).
+pub fn installed_factories() -> Vec<(String, String)> {
+    gst::Registry::get()
+        .features(gst::ElementFactory::static_type())
+        .into_iter()
+        .filter_map(|f| f.downcast::<gst::ElementFactory>().ok())
+        .map(|f| {
+            let klass = f
+                .metadata(gst::ELEMENT_METADATA_KLASS)
+                .unwrap_or_default()
+                .to_string();
+            (f.name().to_string(), klass)
+        })
+        .collect()
+}
+
+/// The name of the first structure of `caps` (`video/x-h264`), or "".
+fn caps_name(caps: Option<&gst::CapsRef>) -> String {
+    caps.and_then(|c| c.structure(0).map(|s| s.name().to_string()))
+        .unwrap_or_default()
+}
+
+/// `the file "NAME"`, for messages about `path`.
+fn file_label(path: &Path) -> String {
+    match path.file_name() {
+        Some(name) => format!("the file {:?}", name.to_string_lossy()),
+        None => "the file".to_string(),
+    }
+}
+
+/// An internal GStreamer failure (not the job's fault).
+fn internal(e: impl std::fmt::Display) -> JobError {
+    JobError::new(ErrorKind::Internal, format!("GStreamer: {e}"))
+}
+
+/// `path` as the UTF-8 text GStreamer's `location` properties take.
+fn path_str(path: &Path) -> Result<&str, JobError> {
+    path.to_str().ok_or_else(|| {
+        JobError::new(
+            ErrorKind::InvalidJob,
+            format!("the path {path:?} is not valid UTF-8"),
+        )
+    })
+}
+
+/// Makes an element of `factory`; a missing one is this machine's fault.
+fn make(factory: &str) -> Result<gst::Element, JobError> {
+    gst::ElementFactory::make(factory).build().map_err(|e| {
+        JobError::new(
+            ErrorKind::Internal,
+            format!("GStreamer element {factory} is not available: {e}"),
+        )
+    })
+}
+
+/// Sets the pipeline to `Null` however the run ends.
+struct NullOnDrop(gst::Pipeline);
+
+impl Drop for NullOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.set_state(gst::State::Null);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> TranscodeSpec {
+        TranscodeSpec {
+            input: "in".into(),
+            output: "out".into(),
+            video: "x264enc".into(),
+            audio: String::new(),
+            muxer: "mp4mux".into(),
+            duration_tolerance_ms: 500,
+            max_input: (1920, 1080, 60_000),
+        }
+    }
+
+    fn media(width: u32, height: u32, ms: u64) -> MediaInfo {
+        MediaInfo {
+            duration_ms: Some(ms),
+            video: Some(VideoStream {
+                width,
+                height,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn inputs_beyond_the_limits_are_refused() {
+        assert!(check_input_limits(&spec(), &media(1920, 1080, 60_000)).is_ok());
+        let err = check_input_limits(&spec(), &media(3840, 2160, 1000)).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::InvalidJob);
+        assert!(err.message.contains("3840x2160"), "{}", err.message);
+        let err = check_input_limits(&spec(), &media(640, 480, 61_000)).unwrap_err();
+        assert!(err.message.contains("long"), "{}", err.message);
+    }
+}
