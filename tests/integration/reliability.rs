@@ -292,10 +292,18 @@ async fn queued_jobs_survive_a_broker_restart_and_an_idle_worker_reconnects() {
     })
     .await;
     assert!(worker.logs().contains("reconnecting"), "{}", worker.logs());
+    // Stopped gracefully: the output is stored a moment before the job is
+    // acked, and a killed worker could leave it queued again.
+    let mut worker = worker;
+    worker.signal(libc::SIGTERM);
+    let status = worker.wait_exit(JOB_TIMEOUT).await;
+    assert!(status.success(), "{status:?}\n{}", worker.logs());
     drop(worker);
-    wait_for(JOB_TIMEOUT, "the killed worker's consumer gone", || async {
-        farm.consumers().await == 0
-    })
+    wait_for(
+        JOB_TIMEOUT,
+        "the stopped worker's consumer gone",
+        || async { farm.consumers().await == 0 },
+    )
     .await;
 
     // A job queued with no worker running survives a restart too.
