@@ -17,7 +17,6 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer
 use tempfile::TempDir;
 use transcode_worker::broker::Broker;
 use transcode_worker::config::Settings;
-use transcode_worker::control::{Command as ControlCommand, Request};
 use transcode_worker::job::{Phase, Progress};
 use transcode_worker::status::WorkerInfo;
 
@@ -432,16 +431,13 @@ impl Farm {
                 .await
                 .expect("a reply queue");
         let correlation = random_name("ask");
-        let request = serde_json::to_vec(&Request {
-            command: ControlCommand::Inspect,
-        })
-        .unwrap();
+        let request = serde_json::json!({"command": "inspect"}).to_string();
         channel
             .basic_publish(
                 exchange.as_str().into(),
                 "".into(),
                 BasicPublishOptions::default(),
-                &request,
+                request.as_bytes(),
                 BasicProperties::default()
                     .with_reply_to(reply_queue.as_str().into())
                     .with_correlation_id(correlation.as_str().into()),
