@@ -24,8 +24,9 @@ use crate::status::{AttemptStatus, Status};
 /// Shortest gap between two events of the same phase.
 const MIN_INTERVAL: Duration = Duration::from_millis(250);
 /// Gap after which an event goes out even without change; with the callers'
-/// ticks of at most 500 ms this keeps every gap under two seconds.
-const MAX_INTERVAL: Duration = Duration::from_millis(1500);
+/// ticks of at most 500 ms every gap is at most 1.5 s, which leaves half a
+/// second of the two seconds promised to a busy machine's scheduling.
+const MAX_INTERVAL: Duration = Duration::from_millis(1000);
 
 #[derive(Debug)]
 struct Last {

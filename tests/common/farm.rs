@@ -18,6 +18,7 @@ use tempfile::TempDir;
 use transcode_worker::broker::Broker;
 use transcode_worker::config::Settings;
 use transcode_worker::job::{Phase, Progress};
+use transcode_worker::status::WorkerInfo;
 
 use super::services::{shared_rabbit, shared_s3, RabbitNode, S3Server};
 use super::{random_name, with_timeout, DEFAULT_TIMEOUT};
@@ -474,6 +475,54 @@ impl Farm {
     /// A channel for ad-hoc checks.
     pub async fn channel(&self) -> Channel {
         self.conn.create_channel().await.expect("channel")
+    }
+
+    /// What the worker named `worker` says it is doing, asked on the
+    /// control exchange as `transcode-worker inspect` asks; `None` when it
+    /// has not answered within `timeout`.
+    pub async fn inspect(&self, worker: &str, timeout: Duration) -> Option<WorkerInfo> {
+        let channel = self.channel().await;
+        let exchange = self.settings.broker.control_exchange();
+        transcode_worker::broker::declare_fanout(&channel, &exchange)
+            .await
+            .expect("control exchange");
+        let (reply_queue, mut replies) =
+            transcode_worker::broker::private_queue(&channel, None, &random_name("inspect"))
+                .await
+                .expect("a reply queue");
+        let correlation = random_name("ask");
+        let request = serde_json::json!({"command": "inspect"}).to_string();
+        channel
+            .basic_publish(
+                exchange.as_str().into(),
+                "".into(),
+                BasicPublishOptions::default(),
+                request.as_bytes(),
+                BasicProperties::default()
+                    .with_reply_to(reply_queue.as_str().into())
+                    .with_correlation_id(correlation.as_str().into()),
+            )
+            .await
+            .expect("publish the request");
+        let answer = tokio::time::timeout(timeout, async {
+            while let Some(Ok(delivery)) = replies.next().await {
+                let ours = delivery
+                    .properties
+                    .correlation_id()
+                    .as_ref()
+                    .is_some_and(|id| id.as_str() == correlation);
+                match serde_json::from_slice::<WorkerInfo>(&delivery.data) {
+                    Ok(info) if ours && info.worker == worker => return Some(info),
+                    _ => {}
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten();
+        let _ = channel.close(200, "done".into()).await;
+        answer
     }
 }
 

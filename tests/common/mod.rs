@@ -171,6 +171,30 @@ pub fn named_children_of(parent: i32, name: &str) -> Vec<i32> {
         .collect()
 }
 
+/// Sends `signal` to the process `pid` (a child of a worker the test
+/// started, such as its pipeline process).
+pub fn signal(pid: i32, signal: i32) {
+    // SAFETY: kill(2) has no memory effects.
+    unsafe { libc::kill(pid, signal) };
+}
+
+/// Whether the process `pid` has ended (gone, or a zombie not yet reaped).
+pub fn process_ended(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| {
+            stat.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(true)
+}
+
+/// The name (`/proc/PID/comm`) of the process `pid`, if it exists.
+pub fn process_name(pid: i32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|comm| comm.trim_end().to_string())
+}
+
 /// Process ids whose parent is `parent` (from `/proc`).
 pub fn children_of(parent: i32) -> Vec<i32> {
     let mut pids = Vec::new();

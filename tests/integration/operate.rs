@@ -426,12 +426,17 @@ async fn healthz_is_503_while_the_broker_is_away_and_200_once_it_is_back() {
         .await
         .expect("restart the broker");
     wait_for_value(JOB_TIMEOUT, "/healthz 200 again", || health(200)).await;
-    // The control consumer came back with the new connection.
-    let out = farm
-        .cli(&["ping", "--json", "--timeout", "2s"], JOB_TIMEOUT)
-        .await;
-    assert!(out.status.success(), "{out:?}");
-    let pongs: Vec<Value> = serde_json::from_slice(&out.stdout).expect("ping --json");
+    // The control consumer came back with the new connection. It binds its
+    // queue just after the worker connects, and a ping sent before that
+    // reaches nobody: ask until it answers.
+    let pongs = wait_for_value(JOB_TIMEOUT, "an answer to ping", || async {
+        let out = farm
+            .cli(&["ping", "--json", "--timeout", "2s"], JOB_TIMEOUT)
+            .await;
+        let pongs: Vec<Value> = serde_json::from_slice(&out.stdout).expect("ping --json");
+        out.status.success().then_some(pongs)
+    })
+    .await;
     assert_eq!(pongs.len(), 1, "{pongs:#?}");
 }
 

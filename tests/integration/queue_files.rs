@@ -18,7 +18,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lapin::options::BasicGetOptions;
 use lapin::{Connection, ConnectionProperties};
@@ -759,13 +759,41 @@ impl Background {
     }
 }
 
+/// Appends `data` to `path` in `parts` pieces, one every `pace`, as a slow
+/// copy does. Returns the longest time during which the file may not have
+/// changed: from the start of one append to the end of the next.
+fn grow_slowly(path: &Path, data: &[u8], parts: usize, pace: Duration) -> Duration {
+    use std::io::Write;
+    let mut longest = Duration::ZERO;
+    let mut previous_start: Option<Instant> = None;
+    for part in data.chunks(data.len().div_ceil(parts)) {
+        let start = Instant::now();
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
+        f.write_all(part).unwrap();
+        drop(f);
+        if let Some(previous) = previous_start {
+            longest = longest.max(previous.elapsed());
+        }
+        previous_start = Some(start);
+        // Pacing the copy, not waiting for anything.
+        std::thread::sleep(pace);
+    }
+    longest
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn watch_waits_until_a_file_stops_growing() {
+    // Two scans are at least this far apart.
+    const INTERVAL: Duration = Duration::from_secs(2);
     let world = World::s3().await;
     let dir = tempfile::tempdir().unwrap();
     let lib = dir.path().join("lib");
     copy(&fixtures::video_only(2), &lib.join("first.avi"));
-    let mut qf = Background::start(&world, &with_path(&["--watch", "--interval", "1s"], &lib));
+    let mut qf = Background::start(&world, &with_path(&["--watch", "--interval", "2s"], &lib));
 
     // A fresh channel per poll: until queue-files has declared the jobs
     // queue, basic.get fails with NOT_FOUND, which closes the channel.
@@ -807,28 +835,33 @@ async fn watch_waits_until_a_file_stops_growing() {
     let first = next_job("the job of first.avi").await;
     assert_eq!(first.input_key, "input/first.avi");
 
-    // A file being copied slowly: it grows every ~100 ms, ten times more
-    // often than the scans run, so no two scans see the same size.
+    // A file being copied slowly, for more than two scans: it changes
+    // every 50 ms. The check below holds only if it never stayed the same
+    // for the time between two scans, which is measured, not assumed.
     let data = std::fs::read(fixtures::wmv_with_audio(2)).unwrap();
     let growing = lib.join("copying.wmv");
-    let chunk = data.len() / 12 + 1;
-    for part in data.chunks(chunk) {
-        use std::io::Write;
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&growing)
-            .unwrap();
-        f.write_all(part).unwrap();
-        drop(f);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        if let Some(early) = get().await {
-            panic!(
-                "a job was queued while the file was still growing: {early:?}\n{}",
-                qf.logs()
-            );
-        }
-    }
+    let writer = {
+        let (growing, data) = (growing.clone(), data.clone());
+        tokio::task::spawn_blocking(move || {
+            grow_slowly(&growing, &data, 100, Duration::from_millis(50))
+        })
+    };
+    let unchanged = with_timeout(Duration::from_secs(120), "the slow copy", writer)
+        .await
+        .unwrap();
+    assert!(
+        unchanged < INTERVAL,
+        "the copy stood still for {unchanged:?}, as long as the time between two scans, so a scan \
+         could rightly take the file as complete: this machine is too loaded for the test"
+    );
+    // The first such line was of first.avi, new at the first scan.
+    let logs = qf.logs();
+    assert!(
+        logs.matches("1 file(s) new or still changing").count() >= 2,
+        "no scan saw copying.wmv before it was complete:\n{logs}"
+    );
+    // The only job of copying.wmv is of the whole file: none was queued
+    // while it grew (that one would come first, smaller).
     let second = next_job("the job of copying.wmv once it stopped growing").await;
     assert_eq!(second.input_key, "input/copying.wmv");
     assert_eq!(
@@ -842,6 +875,7 @@ async fn watch_waits_until_a_file_stops_growing() {
     let (status, logs) = qf.wait_exit(Duration::from_secs(30)).await;
     assert_eq!(status.code(), Some(0), "{logs}");
     assert!(logs.contains("2 queued, 0 skipped, 0 failed"), "{logs}");
+    assert!(get().await.is_none(), "no other job");
 }
 
 #[tokio::test(flavor = "multi_thread")]
