@@ -15,7 +15,9 @@
 //!    [`job`] (the job and progress messages, the phases of an attempt),
 //!    [`fragment`] (checking untrusted pipeline fragments),
 //!    [`config`] (settings from defaults, a file and the environment),
-//!    [`plan`] (what pipeline a job gets, which elements a worker needs);
+//!    [`plan`] (what pipeline a job gets, which elements a worker needs),
+//!    [`capability`] (what a worker can run, what a job needs, where a job
+//!    waits for a worker that can);
 //!    and the process basics [`telemetry`] (logs) and [`signals`].
 //! 2. **Outside systems**, one module each:
 //!    [`broker`] (RabbitMQ through lapin: topology, publishing, a delivered
@@ -31,7 +33,8 @@
 //!    events of one attempt), [`control`] (the control exchange that
 //!    `inspect` and `ping` use), [`follow`] (the one follower of progress
 //!    events), [`http`] (the small HTTP server), [`terminal`] (bars and
-//!    lines for people).
+//!    lines for people), [`webhook`] (notices of ended jobs: queued,
+//!    signed, delivered).
 //! 4. **The worker and the operator commands**:
 //!    [`worker`] (session, attempt, settling), [`ingest`] (jobs made by
 //!    uploads: rules, S3 events, listings, markers), [`commands`] (one

@@ -6,8 +6,8 @@
 //!
 //! | name | type | labels | what |
 //! |---|---|---|---|
-//! | `transcode_jobs_total` | counter | `outcome` (`completed`, `failed`), `error_kind` | jobs that ended: completed, or failed for good (dead-lettered) |
-//! | `transcode_attempts_total` | counter | `outcome` (`completed`, `retried`, `failed`), `error_kind` | every attempt that ended |
+//! | `transcode_jobs_total` | counter | `outcome` (`completed`, `failed`, `cancelled`), `error_kind` | jobs that ended: completed, failed for good (dead-lettered), or cancelled |
+//! | `transcode_attempts_total` | counter | `outcome` (`completed`, `retried`, `failed`, `cancelled`), `error_kind` | every attempt that ended |
 //! | `transcode_job_attempts` | histogram | | the attempt number jobs ended with |
 //! | `transcode_phase_duration_seconds` | histogram | `phase` (`downloading`, `transcoding`, `uploading`) | how long each phase took, when it ended well |
 //! | `transcode_attempt_duration_seconds` | histogram | `outcome` | how long attempts took |
@@ -223,6 +223,7 @@ impl Metrics {
     ) {
         let outcome = match (kind, will_retry) {
             (None, _) => "completed",
+            (Some(ErrorKind::Cancelled), _) => "cancelled",
             (Some(_), true) => "retried",
             (Some(_), false) => "failed",
         };

@@ -395,6 +395,7 @@ mod tests {
                 jobs_completed: 3,
                 jobs_failed: 1,
                 attempts_retried: 0,
+                jobs_cancelled: 0,
                 capabilities: None,
                 capable: None,
             },

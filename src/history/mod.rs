@@ -166,6 +166,35 @@ impl History {
         Ok(self.storage.head(&self.cancel_key(job_id)).await?.is_some())
     }
 
+    /// [`prune`](Self::prune), unless any worker of the farm did within
+    /// `every` (a marker in the storage says when it last ran), so a farm
+    /// of many workers prunes about once per `every`. `Ok(None)` when it
+    /// was not due.
+    pub async fn prune_if_due(
+        &self,
+        every: Duration,
+        max_age: Duration,
+        max_jobs: usize,
+    ) -> Result<Option<usize>, StorageError> {
+        let marker = format!("{}pruned-at", self.prefix);
+        let last = self
+            .storage
+            .get_small(&marker, 64)
+            .await?
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|t| t.trim().parse::<u64>().ok());
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if last.is_some_and(|last| now.saturating_sub(last) < every.as_secs()) {
+            return Ok(None);
+        }
+        self.storage
+            .put_small(&marker, now.to_string().as_bytes())
+            .await?;
+        self.prune(max_age, max_jobs).await.map(Some)
+    }
+
     /// Removes the records (with their index entries and cancel requests)
     /// older than `max_age`, and the oldest beyond `max_jobs`. Returns how
     /// many it removed.
@@ -299,5 +328,12 @@ mod tests {
         );
         assert!(h.recent(10, None, 100).await.unwrap().is_empty());
         assert!(h.owns("_transcode/history/jobs/x.json") && !h.owns("videos/x.mp4"));
+        let hour = Duration::from_secs(3600);
+        assert_eq!(h.prune_if_due(hour, hour, 1000).await.unwrap(), Some(0));
+        assert_eq!(
+            h.prune_if_due(hour, hour, 1000).await.unwrap(),
+            None,
+            "done a moment ago"
+        );
     }
 }

@@ -149,13 +149,19 @@ impl AttemptStatus {
                 r.attempt,
                 now.duration_since(r.started),
             );
-            r.phase = Phase::Failed;
+            r.phase = if kind == ErrorKind::Cancelled {
+                Phase::Cancelled
+            } else {
+                Phase::Failed
+            };
             r.phase_started = now;
             r.moved_at = now;
         });
         if done.is_some() {
             let mut live = self.status.live();
-            if will_retry {
+            if kind == ErrorKind::Cancelled {
+                live.cancelled += 1;
+            } else if will_retry {
                 live.retried += 1;
             } else {
                 live.failed += 1;

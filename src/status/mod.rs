@@ -92,6 +92,9 @@ pub struct WorkerInfo {
     pub jobs_failed: u64,
     /// Attempts that failed with it and were given back to be tried again.
     pub attempts_retried: u64,
+    /// Jobs cancelled (on request) while it ran them, or when it reached them.
+    #[serde(default)]
+    pub jobs_cancelled: u64,
     /// What it can run.
     #[serde(default)]
     pub capabilities: Option<crate::capability::CapabilityReport>,
@@ -172,6 +175,7 @@ struct Live {
     completed: u64,
     failed: u64,
     retried: u64,
+    cancelled: u64,
 }
 
 #[derive(Debug)]
@@ -373,6 +377,7 @@ impl Status {
             jobs_completed: live.completed,
             jobs_failed: live.failed,
             attempts_retried: live.retried,
+            jobs_cancelled: live.cancelled,
             capabilities: self.inner.capabilities.get().map(|c| c.report().clone()),
             capable: None,
         }

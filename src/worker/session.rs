@@ -26,6 +26,9 @@ const POLL_MIN: Duration = Duration::from_millis(50);
 /// The longest such wait: an idle worker looks for a job at least this often.
 const POLL_MAX: Duration = Duration::from_secs(1);
 
+/// How often a worker removes old job records from the history.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
 /// Aborts the running attempts of a session, with the reason they get.
 #[derive(Debug, Clone, Default)]
 struct Abort {
@@ -162,6 +165,7 @@ impl Worker {
         };
         let _control = crate::control::Responder::start(broker.clone(), self.status.clone());
         let requirements = tokio::spawn(self.clone().read_requirements(broker.clone()));
+        let pruning = tokio::spawn(self.clone().prune_history());
         let _webhooks = crate::webhook::Sender::start(broker.clone(), &self.settings, &self.id);
         let abort = Abort::default();
         let mut jobs = JoinSet::new();
@@ -229,7 +233,31 @@ impl Worker {
         }
         while jobs.join_next().await.is_some() {}
         requirements.abort();
+        pruning.abort();
         end
+    }
+
+    /// Removes old job records about once an hour for the whole farm (one
+    /// worker does it; see [`crate::history::History::prune_if_due`]), for as long as the
+    /// session lasts.
+    async fn prune_history(self: Arc<Self>) {
+        let Some(history) = self.history.clone() else {
+            return;
+        };
+        let h = &self.settings.history;
+        loop {
+            // A random few minutes first, so the workers of a farm that
+            // start together do not all look at once.
+            tokio::time::sleep(jitter(PRUNE_EVERY / 6)).await;
+            match history
+                .prune_if_due(PRUNE_EVERY, h.max_age, h.max_jobs)
+                .await
+            {
+                Ok(None | Some(0)) => {}
+                Ok(Some(n)) => tracing::info!(removed = n, "removed old job records"),
+                Err(e) => tracing::warn!(error = %e, "cannot remove old job records"),
+            }
+        }
     }
 
     /// Lets the running attempts finish within the drain time, then aborts
