@@ -61,6 +61,11 @@ pub struct Job {
     /// renditions (see [`crate::plan::plan`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outputs: Option<Vec<OutputSpec>>,
+    /// Encode the input in segments of about this many seconds (at least
+    /// 2), each by any free worker, joined into the one output (see
+    /// [`crate::segment`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment_seconds: Option<f64>,
 }
 
 /// How urgent a job is. Each priority has its queue: `<jobs_queue>.high`,
@@ -409,6 +414,9 @@ impl Job {
         if let Some(webhook) = &self.webhook {
             webhook.check()?;
         }
+        if let Some(seconds) = self.segment_seconds {
+            check_segment_seconds(seconds)?;
+        }
         Ok(())
     }
 
@@ -471,6 +479,19 @@ fn check_one_way(
     Ok(())
 }
 
+/// Refuses a `segment_seconds` that is not a number of seconds from
+/// [`MIN_SEGMENT_SECONDS`](crate::segment::plan::MIN_SEGMENT_SECONDS) to
+/// [`MAX_SEGMENT_SECONDS`](crate::segment::plan::MAX_SEGMENT_SECONDS).
+fn check_segment_seconds(seconds: f64) -> Result<(), JobError> {
+    use crate::segment::plan::{MAX_SEGMENT_SECONDS, MIN_SEGMENT_SECONDS};
+    if !(MIN_SEGMENT_SECONDS..=MAX_SEGMENT_SECONDS).contains(&seconds) {
+        return Err(invalid(format!(
+            "segment_seconds must be a number of seconds from {MIN_SEGMENT_SECONDS} to {MAX_SEGMENT_SECONDS}, not {seconds}"
+        )));
+    }
+    Ok(())
+}
+
 /// Longest worker label, in bytes.
 pub const MAX_LABEL_LEN: usize = 64;
 
@@ -495,7 +516,7 @@ fn invalid(message: String) -> JobError {
     JobError::new(ErrorKind::InvalidJob, message)
 }
 
-fn check_job_id(id: &str) -> Result<(), JobError> {
+pub(crate) fn check_job_id(id: &str) -> Result<(), JobError> {
     if id.is_empty() || id.len() > MAX_JOB_ID_LEN {
         return Err(invalid(format!(
             "job_id must be 1 to {MAX_JOB_ID_LEN} characters long"
@@ -648,6 +669,20 @@ pub struct Progress {
     /// track is carried).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tracks_left_out: Vec<String>,
+    /// For a segmented job: the part this event is about (`v0003`, video
+    /// segment 3, or `audio`); absent on the job's own events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part: Option<String>,
+    /// For a segmented job: the video segment this event is about (from 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment: Option<u32>,
+    /// For a segmented job: how many video segments it was cut into.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segments: Option<u32>,
+    /// For a part of a segmented job: how far the part is, 0 to 100
+    /// (`progress` is the whole job's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment_progress: Option<f64>,
 }
 
 impl Progress {
@@ -673,6 +708,10 @@ impl Progress {
             bytes_total: None,
             bytes_per_sec: None,
             tracks_left_out: Vec::new(),
+            part: None,
+            segment: None,
+            segments: None,
+            segment_progress: None,
         }
     }
 }
@@ -897,6 +936,23 @@ mod tests {
             "{}",
             err.message
         );
+    }
+
+    #[test]
+    fn segment_seconds_is_a_number_of_seconds_from_2() {
+        let job = Job::parse(
+            br#"{"job_id":"a","input_key":"i.mov","output_key":"o.mp4","segment_seconds":30}"#,
+        )
+        .unwrap();
+        assert_eq!(job.segment_seconds, Some(30.0));
+        for bad in ["1.5", "0", "-3", "\"30\"", "1e9"] {
+            let body = format!(
+                r#"{{"job_id":"a","input_key":"i.mov","output_key":"o.mp4","segment_seconds":{bad}}}"#
+            );
+            let err = Job::parse(body.as_bytes()).unwrap_err();
+            assert_eq!(err.kind, ErrorKind::InvalidJob, "{bad}");
+            assert!(err.message.contains("segment_seconds"), "{bad}: {}", err.message);
+        }
     }
 
     #[test]

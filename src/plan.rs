@@ -236,6 +236,7 @@ mod tests {
             requires: Vec::new(),
             webhook: None,
             outputs: None,
+            segment_seconds: None,
         }
     }
 

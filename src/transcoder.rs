@@ -58,6 +58,8 @@ pub enum ChildEvent {
     },
     /// The output is complete and verified.
     Finished(Outcome),
+    /// A part of a segmented job is done (see [`pipeline::PartRequest`]).
+    PartFinished(pipeline::PartOutcome),
     /// The attempt failed.
     Failed {
         /// Classification.
@@ -116,8 +118,12 @@ pub fn child_main(preload: &[String]) -> i32 {
             }
         }
         set_process_name(RUNNING_NAME);
-        match run_child(&line, &emit) {
-            Ok(outcome) => emit(&ChildEvent::Finished(outcome)),
+        let result = match serde_json::from_str::<pipeline::PartRequest>(&line) {
+            Ok(request) => run_part_child(&request, &emit).map(ChildEvent::PartFinished),
+            Err(_) => run_child(&line, &emit).map(ChildEvent::Finished),
+        };
+        match result {
+            Ok(finished) => emit(&finished),
             Err(e) => {
                 emit(&ChildEvent::Failed {
                     kind: e.kind,
@@ -159,6 +165,26 @@ fn run_child(line: &str, emit: &dyn Fn(&ChildEvent)) -> Result<Outcome, JobError
         tracks_left_out: written.left_out,
         verify_ms: started.elapsed().as_millis() as u64,
     })
+}
+
+fn run_part_child(
+    request: &pipeline::PartRequest,
+    emit: &dyn Fn(&ChildEvent),
+) -> Result<pipeline::PartOutcome, JobError> {
+    pipeline::run_part(request, |position, duration| {
+        emit(&ChildEvent::Position {
+            position_ms: position.as_millis() as u64,
+            duration_ms: duration.map(|d| d.as_millis() as u64),
+        })
+    })
+}
+
+/// How a pipeline process answered a request.
+enum Answer {
+    /// A transcode's verified output.
+    Transcode(Outcome),
+    /// What a part of a segmented job made.
+    Part(pipeline::PartOutcome),
 }
 
 /// Runs pipeline processes.
@@ -348,13 +374,46 @@ impl Transcoder {
         spec: &TranscodeSpec,
         events: mpsc::UnboundedSender<ChildEvent>,
     ) -> Result<Outcome, JobError> {
+        let line = serde_json::to_vec(spec).expect("a spec serializes");
+        match self.exchange(line, events).await? {
+            Answer::Transcode(outcome) => Ok(outcome),
+            Answer::Part(_) => Err(JobError::new(
+                ErrorKind::Internal,
+                "the pipeline process answered a transcode as a part",
+            )),
+        }
+    }
+
+    /// Runs `request`, a part of a segmented job, as [`Transcoder::run`]
+    /// runs a transcode.
+    pub async fn run_part(
+        &self,
+        request: &pipeline::PartRequest,
+        events: mpsc::UnboundedSender<ChildEvent>,
+    ) -> Result<pipeline::PartOutcome, JobError> {
+        let line = serde_json::to_vec(request).expect("a request serializes");
+        match self.exchange(line, events).await? {
+            Answer::Part(outcome) => Ok(outcome),
+            Answer::Transcode(_) => Err(JobError::new(
+                ErrorKind::Internal,
+                "the pipeline process answered a part as a transcode",
+            )),
+        }
+    }
+
+    /// Gives `line` to the standby process (or a new one) and reads its
+    /// events until its answer.
+    async fn exchange(
+        &self,
+        mut line: Vec<u8>,
+        events: mpsc::UnboundedSender<ChildEvent>,
+    ) -> Result<Answer, JobError> {
         let internal = |what: &str, e: std::io::Error| {
             JobError::new(
                 ErrorKind::Internal,
                 format!("pipeline process: {what}: {e}"),
             )
         };
-        let mut line = serde_json::to_vec(spec).expect("a spec serializes");
         line.push(b'\n');
         let mut process = self.take_or_spawn().map_err(|e| internal("start", e))?;
         if let Err(e) = process.give(&line).await {
@@ -382,7 +441,11 @@ impl Transcoder {
             match serde_json::from_str::<ChildEvent>(&line) {
                 Ok(ChildEvent::Finished(outcome)) => {
                     self.keep(process);
-                    return Ok(outcome);
+                    return Ok(Answer::Transcode(outcome));
+                }
+                Ok(ChildEvent::PartFinished(outcome)) => {
+                    self.keep(process);
+                    return Ok(Answer::Part(outcome));
                 }
                 Ok(ChildEvent::Failed { kind, message }) => {
                     failure = Some(JobError::new(kind, message))

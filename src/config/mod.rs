@@ -19,7 +19,7 @@ use crate::fragment::{Allowlist, Fragment, Limits};
 
 pub use sections::{
     redact_url, AllowedHost, Backend, BrokerSettings, HistorySettings, MetricsSettings,
-    PipelineSettings, Preset, StorageSettings, WebhookSettings, WorkerSettings,
+    PipelineSettings, Preset, SegmentSettings, StorageSettings, WebhookSettings, WorkerSettings,
 };
 
 /// The built-in defaults, the same text as `config/transcode-worker.toml`.
@@ -57,6 +57,8 @@ pub struct Settings {
     pub history: HistorySettings,
     /// Webhook delivery.
     pub webhook: WebhookSettings,
+    /// Segmented jobs.
+    pub segments: SegmentSettings,
 }
 
 /// A setting that is missing or wrong.
@@ -235,6 +237,29 @@ impl Settings {
         self.validate_webhook()
     }
 
+    /// Checks the segment settings.
+    fn validate_segments(&self) -> Result<(), ConfigError> {
+        use crate::segment::plan::{MAX_SEGMENT_SECONDS, MIN_SEGMENT_SECONDS};
+        let s = &self.segments;
+        if !(MIN_SEGMENT_SECONDS..=MAX_SEGMENT_SECONDS).contains(&s.seconds) {
+            return Err(invalid(
+                "segments.seconds",
+                format!("must be from {MIN_SEGMENT_SECONDS} to {MAX_SEGMENT_SECONDS}"),
+            ));
+        }
+        let prefix = &s.prefix;
+        if prefix.is_empty() || !prefix.ends_with('/') || prefix.starts_with('/') {
+            return Err(invalid(
+                "segments.prefix",
+                format!("{prefix:?} must be a relative key prefix ending in /"),
+            ));
+        }
+        if s.abandon_after < Duration::from_secs(60) {
+            return Err(invalid("segments.abandon_after", "must be at least 1m"));
+        }
+        Ok(())
+    }
+
     /// Checks the webhook settings (the topology depends on the delays).
     fn validate_webhook(&self) -> Result<(), ConfigError> {
         let w = &self.webhook;
@@ -324,6 +349,7 @@ impl Settings {
                 format!("{prefix:?} must be a relative key prefix ending in /"),
             ));
         }
+        self.validate_segments()?;
         if self.storage.upload_concurrency == 0 {
             return Err(invalid("storage.upload_concurrency", "must be at least 1"));
         }

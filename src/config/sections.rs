@@ -345,6 +345,24 @@ pub struct HistorySettings {
     pub max_jobs: usize,
 }
 
+/// Segmented jobs: inputs encoded in segments by many workers (see
+/// [`crate::segment`]).
+#[derive(Debug, Clone, Deserialize)]
+pub struct SegmentSettings {
+    /// Segment every input longer than this (as if its job gave
+    /// `segment_seconds = seconds`); zero turns it off.
+    #[serde(with = "humantime_serde")]
+    pub auto_above: Duration,
+    /// Segment length of the jobs segmented because of `auto_above`, in seconds.
+    pub seconds: f64,
+    /// Key prefix of the segments and plans (ends in `/`).
+    pub prefix: String,
+    /// A segmented job none of whose objects changed for this long is
+    /// abandoned: the hourly history pruning pass fails it and removes them.
+    #[serde(with = "humantime_serde")]
+    pub abandon_after: Duration,
+}
+
 /// Pipeline policy.
 #[derive(Debug, Clone, Deserialize)]
 pub struct PipelineSettings {

@@ -90,6 +90,7 @@ fn planned(
             preset: spec.preset,
             source: None,
             outputs: None,
+            segment_seconds: None,
             priority: rule.priority,
             requires: Vec::new(),
             webhook: rule.webhook.clone(),

@@ -231,6 +231,7 @@ impl Ingest {
                     transcode_options: o.transcode_options.clone(),
                     preset: o.preset.clone(),
                     outputs: None,
+                    segment_seconds: None,
                     ..job.clone()
                 })
                 .collect(),

@@ -326,6 +326,7 @@ impl Rule {
                 preset: output.preset.clone(),
                 source: None,
                 outputs: None,
+                segment_seconds: None,
                 priority: None,
                 requires: Vec::new(),
                 webhook: None,

@@ -11,15 +11,21 @@
 //!   which decoded stream goes where; subtitles.rs: what each container
 //!   takes as subtitles;
 //! - [`verify`] (verify.rs): the written file's headers against the input
-//!   and against what the pipeline wrote, without decoding anything.
+//!   and against what the pipeline wrote, without decoding anything;
+//! - [`run_part`] (parts.rs): the pipelines of segmented jobs (scan.rs,
+//!   segment.rs, join.rs).
 //!
 //! The worker owns the source, decoder, muxer and sink; file paths are set
 //! as element properties, never pasted into launch text; the job only
 //! supplies the (already checked) video branch.
 
 mod build;
+mod join;
+mod parts;
 mod probe;
 mod route;
+mod scan;
+mod segment;
 mod subtitles;
 mod tracks;
 mod verify;
@@ -33,6 +39,10 @@ use serde::{Deserialize, Serialize};
 use crate::error::{ErrorKind, JobError};
 
 pub use build::transcode;
+pub use join::{JoinSpec, Joined, PartFile};
+pub use parts::{run_part, PartOutcome, PartRequest};
+pub use scan::Scan;
+pub use segment::{AudioSpec, EncodedAudio, EncodedVideo, VideoSpec};
 pub use probe::probe;
 pub use tracks::{Span, TrackKind, Written, WrittenTrack};
 pub use verify::verify;
@@ -128,7 +138,13 @@ pub struct Outcome {
 
 /// Refuses inputs larger or longer than `spec.max_input`.
 pub fn check_input_limits(spec: &TranscodeSpec, input: &MediaInfo) -> Result<(), JobError> {
-    let (max_w, max_h, max_ms) = spec.max_input;
+    check_limits(spec.max_input, input)
+}
+
+/// Refuses inputs larger or longer than `max_input` (width, height in
+/// pixels, duration in ms).
+pub fn check_limits(max_input: (u32, u32, u64), input: &MediaInfo) -> Result<(), JobError> {
+    let (max_w, max_h, max_ms) = max_input;
     let too =
         |what: String| JobError::new(ErrorKind::InvalidJob, format!("the input is too {what}"));
     if let Some(v) = &input.video {

@@ -120,7 +120,7 @@ fn tracks(n: usize, kind: &str) -> String {
 }
 
 /// The demuxer that reads what `muxer` writes.
-fn demuxer_for(muxer: &str) -> Result<&'static str, JobError> {
+pub(super) fn demuxer_for(muxer: &str) -> Result<&'static str, JobError> {
     match muxer {
         "mp4mux" | "qtmux" => Ok("qtdemux"),
         "matroskamux" | "webmmux" => Ok("matroskademux"),

@@ -197,6 +197,19 @@ impl DirStore {
     /// Stores the small object `bytes` under `key`, whole or not at all
     /// (written beside it, then renamed).
     pub(super) async fn put_small(&self, key: &str, bytes: &[u8]) -> Result<(), StorageError> {
+        self.put_small_as(key, bytes, false).await.map(|_| ())
+    }
+
+    /// Stores `bytes` under `key` unless a file is there (it is written
+    /// beside it, then hard-linked into place, which fails when the name is
+    /// taken); `true` when this call made it.
+    pub(super) async fn put_small_new(&self, key: &str, bytes: &[u8]) -> Result<bool, StorageError> {
+        self.put_small_as(key, bytes, true).await
+    }
+
+    /// Writes `bytes` beside `key`, then renames it into place, or with
+    /// `only_new` links it into place unless the name is taken.
+    async fn put_small_as(&self, key: &str, bytes: &[u8], only_new: bool) -> Result<bool, StorageError> {
         let dest = self.join(key)?;
         let parent = dest
             .parent()
@@ -215,13 +228,20 @@ impl DirStore {
         let written = tokio::fs::write(&partial, bytes)
             .await
             .map_err(|e| local(&partial, e));
+        let target = parent.join(name);
         let result = match written {
-            Ok(()) => tokio::fs::rename(&partial, parent.join(name))
+            Ok(()) if only_new => match tokio::fs::hard_link(&partial, &target).await {
+                Ok(()) => Ok(true),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+                Err(e) => Err(local(&dest, e)),
+            },
+            Ok(()) => tokio::fs::rename(&partial, &target)
                 .await
+                .map(|_| true)
                 .map_err(|e| local(&dest, e)),
             Err(e) => Err(e),
         };
-        if result.is_err() {
+        if only_new || result.is_err() {
             let _ = tokio::fs::remove_file(&partial).await;
         }
         result

@@ -228,6 +228,18 @@ impl Storage {
         }
     }
 
+    /// Stores the small object `bytes` under `key` only if there is no
+    /// object there yet: `true` when this call made it. S3 asks with
+    /// `If-None-Match: *` (AWS S3, MinIO and most servers honour it); the
+    /// directory backend links the file into place, which fails when one
+    /// is there. Callers that must know who won read the object back.
+    pub async fn put_small_new(&self, key: &str, bytes: &[u8]) -> Result<bool, StorageError> {
+        match self {
+            Storage::S3(s) => s.put_small_new(key, bytes, "application/json").await,
+            Storage::Directory(d) => d.put_small_new(key, bytes).await,
+        }
+    }
+
     /// The small object `key` (at most `limit` bytes), or `None` when
     /// there is none.
     pub async fn get_small(

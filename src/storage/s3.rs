@@ -278,6 +278,30 @@ impl S3Store {
         .await
     }
 
+    /// Stores `bytes` under `key` unless an object is there
+    /// (`If-None-Match: *`); `true` when this call made it.
+    pub(super) async fn put_small_new(
+        &self,
+        key: &str,
+        bytes: &[u8],
+        content_type: &str,
+    ) -> Result<bool, StorageError> {
+        let (control, _, inner) = self.route(key);
+        with_retries("S3 PUT", self.retry_for, || async {
+            let request = control
+                .put_object_builder(inner, bytes)
+                .with_content_type(content_type)
+                .with_header("if-none-match", "*")
+                .map_err(|e| StorageError::Local(format!("If-None-Match: {e}")))?;
+            match request.execute().await {
+                Ok(_) => Ok(true),
+                Err(S3Error::HttpFailWithBody(412, _)) => Ok(false),
+                Err(e) => Err(self.error(key, e)),
+            }
+        })
+        .await
+    }
+
     /// The small object `key` (at most `limit` bytes, else an error), or
     /// `None` when there is none.
     pub(super) async fn get_small(

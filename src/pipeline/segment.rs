@@ -1,0 +1,526 @@
+//! Encoding one part of a segmented job: a video segment (the frames
+//! whose stream time is in `[from, until)`, through the job's video
+//! branch, into a file of the output's container) or the audio part
+//! (every audio track of the whole input, through the plan's audio
+//! branch, into one file).
+//!
+//! `filesrc ! decodebin`: only the streams a part needs are decoded (the
+//! others stop at their parser, through `autoplug-continue`, and go to a
+//! `fakesink`). A video segment seeks to its start (a flushing accurate
+//! seek, once its video reaches the encoder: the demuxer starts at the key
+//! frame at or before it), and a probe before the encoder keeps exactly the
+//! frames whose stream time is in the segment, whatever the seek did: two
+//! neighbouring segments decode the same frames with the same timestamps,
+//! so each frame goes to exactly one of them. The encoder is new for each
+//! segment, so its first frame is a key frame (an IDR for H.264 and
+//! H.265). The probe also rebases the timestamps so the part file starts
+//! at 0; the part's first stream time travels beside it, and the join puts
+//! every frame back at its stream time.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::build::{branch, classify, link_branch};
+use super::tracks::Watch;
+use super::{caps_name, internal, make, path_str, NullOnDrop};
+use crate::error::{ErrorKind, JobError};
+
+/// The application message a part's `filesink` posts when it has
+/// written everything (its end of stream).
+const WRITTEN: &str = "transcode-worker/part-written";
+/// The application message a probe posts when it fails the part.
+const FAILED: &str = "transcode-worker/part-failed";
+/// The application message posted once the video stream reaches the encoder.
+const LINKED: &str = "transcode-worker/video-linked";
+
+/// One video segment to encode.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VideoSpec {
+    /// The input file.
+    pub input: PathBuf,
+    /// The part file to write.
+    pub output: PathBuf,
+    /// The job's checked video branch.
+    pub video: String,
+    /// The muxer of the output's container.
+    pub muxer: String,
+    /// Stream time (ns) from which frames belong to this segment; `None`
+    /// for the first.
+    pub from_ns: Option<u64>,
+    /// Stream time (ns) from which frames belong to the next; `None` for
+    /// the last.
+    pub until_ns: Option<u64>,
+    /// Where to seek before decoding (a key frame at or before `from_ns`).
+    pub seek_ns: Option<u64>,
+}
+
+/// What a video segment holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EncodedVideo {
+    /// Frames encoded.
+    pub frames: u64,
+    /// Stream time of its first frame, ns (the part file starts there at 0).
+    pub first_ns: u64,
+    /// Stream time of its last frame plus that frame's duration, ns.
+    pub end_ns: u64,
+}
+
+/// The audio part to encode.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AudioSpec {
+    /// The input file.
+    pub input: PathBuf,
+    /// The part file to write.
+    pub output: PathBuf,
+    /// The plan's audio branch; each track gets its own instance.
+    pub audio: String,
+    /// The muxer of the output's container.
+    pub muxer: String,
+    /// Audio tracks the probe found.
+    pub tracks: usize,
+}
+
+/// What the audio part holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EncodedAudio {
+    /// Tracks written.
+    pub tracks: usize,
+    /// Stream time of its earliest sample, ns (the part file starts there at 0).
+    pub first_ns: u64,
+    /// Stream time where its longest track ends, ns.
+    pub end_ns: u64,
+}
+
+/// Where the timeline probe stands.
+#[derive(Debug, Default)]
+struct Timeline {
+    from: Option<u64>,
+    until: Option<u64>,
+    /// Stream time that becomes 0 in the part file: the first frame kept.
+    origin: Option<u64>,
+    /// The segment of the stream before the probe, per pad.
+    segments: Vec<(gst::Pad, gst::FormattedSegment<gst::ClockTime>)>,
+    frames: u64,
+    last: Option<u64>,
+    end: u64,
+    /// The segment's last frame has passed.
+    done: bool,
+    /// An end of stream has passed.
+    ended: bool,
+    error: Option<JobError>,
+}
+
+type Shared = Arc<Mutex<Timeline>>;
+
+fn lock(t: &Mutex<Timeline>) -> std::sync::MutexGuard<'_, Timeline> {
+    t.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Encodes the video segment `spec` describes.
+pub fn encode_video(
+    spec: &VideoSpec,
+    on_position: impl FnMut(Duration, Option<Duration>),
+) -> Result<EncodedVideo, JobError> {
+    super::init()?;
+    let (pipeline, decode, mux) = start_part(&spec.input, &spec.output, &spec.muxer, "video")?;
+    let _guard = NullOnDrop(pipeline.clone());
+    let video = branch(&spec.video, "video")?;
+    pipeline.add(&video).map_err(internal)?;
+    link_branch(&video, &mux, &spec.muxer, "video")?;
+    let timeline: Shared = Arc::new(Mutex::new(Timeline {
+        from: spec.from_ns,
+        until: spec.until_ns,
+        ..Default::default()
+    }));
+    let sink = video.static_pad("sink").expect("a branch has a sink");
+    keep_segment(&sink, timeline.clone(), &pipeline);
+    let weak = pipeline.downgrade();
+    decode.connect_pad_added(move |_, pad| {
+        let Some(pipeline) = weak.upgrade() else {
+            return;
+        };
+        let raw = caps_name(Some(&pad.query_caps(None))).starts_with("video/x-raw");
+        if raw && !sink.is_linked() && pad.link(&sink).is_ok() {
+            let _ = pipeline.post_message(app(LINKED));
+        } else {
+            discard(&pipeline, pad);
+        }
+    });
+    let bus = pipeline.bus().expect("a pipeline has a bus");
+    pipeline
+        .set_state(gst::State::Playing)
+        .map_err(|_| start_error(&bus))?;
+    if let Some(seek) = spec.seek_ns.filter(|s| *s > 0) {
+        // Frames decoded before the seek are before the segment: the
+        // probe drops them.
+        wait_for(&bus, LINKED, Duration::from_secs(60))?;
+        // Sent up from the decoder (the muxer downstream has no time to
+        // seek in). An accurate seek keeps the stream times of the frames
+        // what they are without a seek; a key-unit seek moves them.
+        let seek = gst::event::Seek::new(
+            1.0,
+            gst::SeekFlags::FLUSH | gst::SeekFlags::ACCURATE,
+            gst::SeekType::Set,
+            gst::ClockTime::from_nseconds(seek),
+            gst::SeekType::None,
+            gst::ClockTime::NONE,
+        );
+        let decoder = video.static_pad("sink").and_then(|p| p.peer());
+        if !decoder.is_some_and(|p| p.send_event(seek)) {
+            // Correct anyway (the probe keeps the segment's frames), only slower.
+            tracing::debug!("the seek was refused; decoding from the start");
+        }
+    }
+    let from = spec.from_ns.unwrap_or(0);
+    let length = spec.until_ns.map(|u| Duration::from_nanos(u.saturating_sub(from)));
+    let t = timeline.clone();
+    let position = move || {
+        let t = lock(&t);
+        t.last.map(|last| Duration::from_nanos(last.saturating_sub(from)))
+    };
+    let t = timeline.clone();
+    run_to_end(&pipeline, &bus, length, on_position, position, || {
+        lock(&t).error.clone()
+    })?;
+    let _ = pipeline.set_state(gst::State::Null);
+    let t = lock(&timeline);
+    if let Some(e) = &t.error {
+        return Err(e.clone());
+    }
+    match t.origin {
+        Some(first_ns) if t.frames > 0 => Ok(EncodedVideo {
+            frames: t.frames,
+            first_ns,
+            end_ns: t.end.max(first_ns),
+        }),
+        _ => Err(JobError::new(
+            ErrorKind::UndecodableInput,
+            format!(
+                "no frame of the input could be decoded between {:.3} s and {}",
+                from as f64 / 1e9,
+                spec.until_ns
+                    .map_or("its end".to_string(), |u| format!("{:.3} s", u as f64 / 1e9))
+            ),
+        )),
+    }
+}
+
+/// Encodes the audio part `spec` describes.
+pub fn encode_audio(
+    spec: &AudioSpec,
+    on_position: impl FnMut(Duration, Option<Duration>),
+) -> Result<EncodedAudio, JobError> {
+    super::init()?;
+    let (pipeline, decode, mux) = start_part(&spec.input, &spec.output, &spec.muxer, "audio")?;
+    let _guard = NullOnDrop(pipeline.clone());
+    let timeline: Shared = Arc::default();
+    let mut ready = VecDeque::new();
+    let mut watches = Vec::new();
+    for _ in 0..spec.tracks {
+        let bin = branch(&spec.audio, "audio")?;
+        pipeline.add(&bin).map_err(internal)?;
+        link_branch(&bin, &mux, &spec.muxer, "audio")?;
+        let sink = bin.static_pad("sink").expect("a branch has a sink");
+        keep_segment(&sink, timeline.clone(), &pipeline);
+        watches.push(Watch::on(&bin.static_pad("src").expect("a branch has a src")));
+        ready.push_back(sink);
+    }
+    let ready = Arc::new(Mutex::new(ready));
+    let weak = pipeline.downgrade();
+    let r = ready.clone();
+    decode.connect_pad_added(move |_, pad| {
+        let Some(pipeline) = weak.upgrade() else {
+            return;
+        };
+        let raw = caps_name(Some(&pad.query_caps(None))).starts_with("audio/x-raw");
+        let next = raw
+            .then(|| r.lock().unwrap_or_else(|e| e.into_inner()).pop_front())
+            .flatten();
+        match next {
+            Some(sink) => {
+                let _ = pad.link(&sink);
+            }
+            None => discard(&pipeline, pad),
+        }
+    });
+    // A track the probe saw but the decoder did not expose must not hold
+    // the muxer back: it ends at once (and the join then lacks a track).
+    let r = ready.clone();
+    decode.connect_no_more_pads(move |_| {
+        for sink in r.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            sink.send_event(gst::event::Eos::new());
+        }
+    });
+    let bus = pipeline.bus().expect("a pipeline has a bus");
+    pipeline
+        .set_state(gst::State::Playing)
+        .map_err(|_| start_error(&bus))?;
+    let t = timeline.clone();
+    let position = move || lock(&t).last.map(Duration::from_nanos);
+    let t = timeline.clone();
+    run_to_end(&pipeline, &bus, None, on_position, position, || {
+        lock(&t).error.clone()
+    })?;
+    let _ = pipeline.set_state(gst::State::Null);
+    let t = lock(&timeline);
+    if let Some(e) = &t.error {
+        return Err(e.clone());
+    }
+    let tracks = watches.iter().filter(|w| w.buffers() > 0).count();
+    Ok(EncodedAudio {
+        tracks,
+        first_ns: t.origin.unwrap_or(0),
+        end_ns: t.end,
+    })
+}
+
+/// `filesrc ! decodebin` and `muxer ! filesink` in a new pipeline: the
+/// decoder decodes only streams of the kind `keep` (`video` or `audio`),
+/// and the sink tells the bus when it has written everything.
+fn start_part(
+    input: &std::path::Path,
+    output: &std::path::Path,
+    muxer: &str,
+    keep: &'static str,
+) -> Result<(gst::Pipeline, gst::Element, gst::Element), JobError> {
+    let pipeline = gst::Pipeline::new();
+    let src = make("filesrc")?;
+    src.set_property("location", path_str(input)?);
+    let decode = make("decodebin")?;
+    // An elementary stream (out of a demuxer or a parser) of another kind
+    // than `keep` is not decoded.
+    decode.connect("autoplug-continue", false, move |values| {
+        let pad = values.get(1).and_then(|v| v.get::<gst::Pad>().ok());
+        let caps = values.get(2).and_then(|v| v.get::<gst::Caps>().ok());
+        let name = caps_name(caps.as_deref());
+        let kind = match name.split('/').next().unwrap_or_default() {
+            "image" => "video",
+            other => other,
+        };
+        let elementary = pad
+            .and_then(|p| p.parent_element())
+            .and_then(|e| e.factory())
+            .and_then(|f| f.metadata(gst::ELEMENT_METADATA_KLASS).map(|k| k.to_string()))
+            .is_some_and(|klass| klass.contains("Demux") || klass.contains("Parse"));
+        Some((kind == keep || !elementary).to_value())
+    });
+    let mux = make(muxer)?;
+    let sink = make("filesink")?;
+    sink.set_property("location", path_str(output)?);
+    sink.set_property("async", false);
+    pipeline
+        .add_many([&src, &decode, &mux, &sink])
+        .map_err(internal)?;
+    src.link(&decode).map_err(internal)?;
+    mux.link(&sink).map_err(internal)?;
+    let weak = pipeline.downgrade();
+    sink.static_pad("sink")
+        .expect("a sink has a sink pad")
+        .add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {
+            if info.event().is_some_and(|e| e.type_() == gst::EventType::Eos) {
+                if let Some(p) = weak.upgrade() {
+                    let _ = p.post_message(app(WRITTEN));
+                }
+            }
+            gst::PadProbeReturn::Ok
+        });
+    Ok((pipeline, decode, mux))
+}
+
+/// The probe before a part's encoder: keeps the frames whose stream time
+/// is in `[from, until)`, rebased so the first one kept is at 0 (under a
+/// segment of its own from 0); ends the branch after the last one.
+fn keep_segment(sink: &gst::Pad, timeline: Shared, pipeline: &gst::Pipeline) {
+    let weak = pipeline.downgrade();
+    sink.add_probe(
+        gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_DOWNSTREAM,
+        move |pad, info| {
+            if let Some(event) = info.event() {
+                return match event.view() {
+                    gst::EventView::Segment(s) => {
+                        let Some(segment) = s.segment().downcast_ref::<gst::ClockTime>() else {
+                            return gst::PadProbeReturn::Ok;
+                        };
+                        let mut t = lock(&timeline);
+                        t.segments.retain(|(p, _)| p != pad);
+                        t.segments.push((pad.clone(), segment.clone()));
+                        let mut ours = gst::FormattedSegment::<gst::ClockTime>::new();
+                        ours.set_start(gst::ClockTime::ZERO);
+                        info.data = Some(gst::PadProbeData::Event(gst::event::Segment::new(&ours)));
+                        gst::PadProbeReturn::Ok
+                    }
+                    // One end of stream: the probe's own (after the
+                    // segment's last frame) or the input's.
+                    gst::EventView::Eos(_) => {
+                        let mut t = lock(&timeline);
+                        if std::mem::replace(&mut t.ended, true) {
+                            consume(info)
+                        } else {
+                            gst::PadProbeReturn::Ok
+                        }
+                    }
+                    _ => gst::PadProbeReturn::Ok,
+                };
+            }
+            let mut t = lock(&timeline);
+            let (pts, duration) = match info.buffer() {
+                Some(b) => (b.pts(), b.duration()),
+                None => return gst::PadProbeReturn::Ok,
+            };
+            if t.done || t.error.is_some() {
+                return consume(info);
+            }
+            let segment = t.segments.iter().find(|(p, _)| p == pad).map(|(_, s)| s);
+            let Some(time) = segment.and_then(|s| s.to_stream_time(pts)).map(|t| t.nseconds())
+            else {
+                t.error = Some(JobError::new(
+                    ErrorKind::UndecodableInput,
+                    "a decoded frame has no timestamp, so it cannot be placed in a segment",
+                ));
+                if let Some(p) = weak.upgrade() {
+                    let _ = p.post_message(app(FAILED));
+                }
+                return consume(info);
+            };
+            if t.from.is_some_and(|from| time < from) {
+                return consume(info);
+            }
+            if t.until.is_some_and(|until| time >= until) {
+                t.done = true;
+                drop(t);
+                pad.send_event(gst::event::Eos::new());
+                return consume(info);
+            }
+            let origin = *t.origin.get_or_insert(time);
+            t.frames += 1;
+            t.last = Some(t.last.map_or(time, |l| l.max(time)));
+            t.end = t.end.max(time + duration.map_or(0, |d| d.nseconds()));
+            drop(t);
+            if let Some(buffer) = info.buffer_mut() {
+                let buffer = buffer.make_mut();
+                buffer.set_pts(gst::ClockTime::from_nseconds(time.saturating_sub(origin)));
+                buffer.set_dts(gst::ClockTime::NONE);
+            }
+            gst::PadProbeReturn::Ok
+        },
+    );
+}
+
+/// Takes a probe's buffer or event out of the stream. (`Handled` with the
+/// data taken: with `Drop`, GStreamer 1.22 would unreference the data the
+/// binding already took.)
+fn consume(info: &mut gst::PadProbeInfo) -> gst::PadProbeReturn {
+    drop(info.take_buffer());
+    drop(info.take_event());
+    info.flow_res = Ok(gst::FlowSuccess::Ok);
+    gst::PadProbeReturn::Handled
+}
+
+/// An application message named `name`.
+fn app(name: &str) -> gst::Message {
+    gst::message::Application::new(gst::Structure::new_empty(name))
+}
+
+/// Waits up to `timeout` for the application message `name`; an error
+/// message on the way fails.
+fn wait_for(bus: &gst::Bus, name: &str, timeout: Duration) -> Result<(), JobError> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let Some(msg) = bus.timed_pop_filtered(
+            gst::ClockTime::from_nseconds(left.as_nanos() as u64),
+            &[gst::MessageType::Application, gst::MessageType::Error],
+        ) else {
+            return Err(JobError::new(
+                ErrorKind::UndecodableInput,
+                format!("the input's video stream did not start within {timeout:?}"),
+            ));
+        };
+        match msg.view() {
+            gst::MessageView::Error(err) => return Err(classify(err)),
+            gst::MessageView::Application(a)
+                if a.structure().is_some_and(|s| s.name() == name) =>
+            {
+                return Ok(())
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The error the bus holds after a failed state change.
+fn start_error(bus: &gst::Bus) -> JobError {
+    bus.timed_pop_filtered(gst::ClockTime::from_seconds(1), &[gst::MessageType::Error])
+        .and_then(|msg| match msg.view() {
+            gst::MessageView::Error(err) => Some(classify(err)),
+            _ => None,
+        })
+        .unwrap_or_else(|| internal("cannot start the pipeline"))
+}
+
+/// Runs `pipeline` until its end of stream (or its part file is written),
+/// calling `on_position(position(), duration)` about every 250 ms. A
+/// GStreamer error, or the failure `failed()` reports, ends it.
+pub(super) fn run_to_end(
+    pipeline: &gst::Pipeline,
+    bus: &gst::Bus,
+    duration: Option<Duration>,
+    mut on_position: impl FnMut(Duration, Option<Duration>),
+    position: impl Fn() -> Option<Duration>,
+    failed: impl Fn() -> Option<JobError>,
+) -> Result<(), JobError> {
+    loop {
+        if let Some(msg) = bus.timed_pop_filtered(
+            gst::ClockTime::from_mseconds(250),
+            &[
+                gst::MessageType::Eos,
+                gst::MessageType::Error,
+                gst::MessageType::Application,
+            ],
+        ) {
+            match msg.view() {
+                gst::MessageView::Eos(_) => return Ok(()),
+                gst::MessageView::Error(err) => return Err(failed().unwrap_or(classify(err))),
+                gst::MessageView::Application(a) => match a.structure().map(|s| s.name()) {
+                    Some(n) if n == WRITTEN => return Ok(()),
+                    Some(n) if n == FAILED => {
+                        return Err(failed().unwrap_or_else(|| internal("the part failed")))
+                    }
+                    _ => {}
+                },
+                _ => {}
+            }
+        }
+        if let Some(at) = position() {
+            let duration = duration.or_else(|| {
+                pipeline
+                    .query_duration::<gst::ClockTime>()
+                    .map(|d| Duration::from_nanos(d.nseconds()))
+            });
+            on_position(at, duration);
+        }
+    }
+}
+
+/// Sends a stream nowhere, so it cannot stall the pipeline.
+pub(super) fn discard(pipeline: &gst::Pipeline, pad: &gst::Pad) {
+    let Ok(fake) = gst::ElementFactory::make("fakesink")
+        .property("sync", false)
+        .property("async", false)
+        .build()
+    else {
+        return;
+    };
+    if pipeline.add(&fake).is_ok() {
+        let _ = fake.sync_state_with_parent();
+        if let Some(sink) = fake.static_pad("sink") {
+            let _ = pad.link(&sink);
+        }
+    }
+}

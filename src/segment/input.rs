@@ -1,0 +1,170 @@
+//! The inputs a worker keeps for the parts of segmented jobs: a part needs
+//! the whole input (its encoder seeks in it), so a worker fetches a job's
+//! input once and keeps it, in a scratch folder of its own, for the next
+//! parts of the same job it takes, which are likely: a job's parts are
+//! queued together. It keeps as many inputs as it runs jobs at once
+//! (`worker.concurrency`); the least recently used goes first, and a
+//! folder in use stays until its part is done. On the directory backend
+//! the input is read in place and nothing is kept.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+use crate::error::{ErrorKind, JobError};
+use crate::job::Phase;
+use crate::progress::Reporter;
+use crate::scratch::Scratch;
+use crate::storage::{ObjectInfo, Storage, Transferred};
+
+/// An input kept for the parts of a job.
+#[derive(Debug)]
+struct Kept {
+    key: String,
+    version: String,
+    path: PathBuf,
+    folder: Arc<TempDir>,
+    used: Instant,
+}
+
+/// A local copy of an input, held while a part uses it.
+#[derive(Debug, Clone)]
+pub struct LocalInput {
+    /// Where the pipeline reads it.
+    pub path: PathBuf,
+    /// The folder holding the copy (none when read in place).
+    _folder: Option<Arc<TempDir>>,
+}
+
+/// The inputs a worker keeps.
+#[derive(Debug, Default)]
+pub struct InputCache {
+    kept: Mutex<Vec<Kept>>,
+    capacity: usize,
+}
+
+impl InputCache {
+    /// Keeps at most `capacity` inputs.
+    pub fn new(capacity: usize) -> InputCache {
+        InputCache {
+            kept: Mutex::default(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    fn kept(&self) -> std::sync::MutexGuard<'_, Vec<Kept>> {
+        self.kept.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The input `key` (as `info` describes it): the copy kept from an
+    /// earlier part when it is the same version, else fetched now
+    /// (reporting as `reporter`'s download, stalled after `stall` without
+    /// a byte), checking the scratch folder keeps `reserve_mb` free.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn get(
+        &self,
+        storage: &Storage,
+        scratch: &Scratch,
+        key: &str,
+        info: &ObjectInfo,
+        reporter: &Reporter,
+        stall: Duration,
+        reserve_mb: u64,
+    ) -> Result<LocalInput, JobError> {
+        let version = format!("{}:{}", info.size, info.version.as_deref().unwrap_or(""));
+        if let Storage::Directory(_) = storage {
+            let local = storage
+                .fetch_known(key, info, scratch.path(), &Transferred::default())
+                .await?;
+            return Ok(LocalInput {
+                path: local.path,
+                _folder: None,
+            });
+        }
+        if let Some(kept) = self
+            .kept()
+            .iter_mut()
+            .find(|k| k.key == key && k.version == version)
+        {
+            kept.used = Instant::now();
+            tracing::debug!(key, "the input is kept from an earlier part");
+            return Ok(LocalInput {
+                path: kept.path.clone(),
+                _folder: Some(kept.folder.clone()),
+            });
+        }
+        // Make room first: the least recently used inputs go.
+        {
+            let mut kept = self.kept();
+            while kept.len() >= self.capacity {
+                let oldest = kept
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|(_, k)| k.used)
+                    .map(|(i, _)| i)
+                    .expect("not empty");
+                kept.remove(oldest);
+            }
+        }
+        scratch.check_free_space(info.size, reserve_mb)?;
+        let folder = Arc::new(scratch.attempt_folder()?);
+        let counter = Transferred::default();
+        let local = watch(
+            storage.fetch_known(key, info, folder.path(), &counter),
+            &counter,
+            info.size,
+            reporter,
+            stall,
+        )
+        .await?;
+        self.kept().push(Kept {
+            key: key.to_string(),
+            version,
+            path: local.path.clone(),
+            folder: folder.clone(),
+            used: Instant::now(),
+        });
+        Ok(LocalInput {
+            path: local.path,
+            _folder: Some(folder),
+        })
+    }
+}
+
+/// Awaits a download while reporting its bytes; fails it as stalled when
+/// no byte moves for `stall`.
+async fn watch<T>(
+    transfer: impl std::future::Future<Output = Result<T, crate::storage::StorageError>>,
+    counter: &Transferred,
+    total: u64,
+    reporter: &Reporter,
+    stall: Duration,
+) -> Result<T, JobError> {
+    tokio::pin!(transfer);
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut last = counter.get();
+    let mut moved_at = Instant::now();
+    loop {
+        tokio::select! {
+            result = &mut transfer => {
+                reporter.transferred(Phase::Downloading, counter.get(), total);
+                return result.map_err(JobError::from);
+            }
+            _ = tick.tick() => {
+                let now = counter.get();
+                reporter.transferred(Phase::Downloading, now, total);
+                if now != last {
+                    last = now;
+                    moved_at = Instant::now();
+                } else if moved_at.elapsed() >= stall {
+                    return Err(JobError::new(ErrorKind::Stalled, format!(
+                        "the download made no progress for {}", humantime::format_duration(stall))));
+                }
+                let fraction = if total > 0 { now as f64 / total as f64 } else { 0.0 };
+                reporter.update(Phase::Downloading, fraction, None).await;
+            }
+        }
+    }
+}

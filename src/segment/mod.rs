@@ -1,0 +1,161 @@
+//! Segmented jobs: one long input encoded in segments by every free
+//! worker, then joined into the job's one output.
+//!
+//! Nothing waits unacknowledged for the length of the whole file:
+//!
+//! 1. **Split** ([`split`]): the worker that takes the job fetches and
+//!    scans the input (its video packets, without decoding), cuts it on
+//!    frame boundaries every `segment_seconds` (moved to a source key frame
+//!    when one is near; a short tail joins the segment before it), writes
+//!    the [`SegmentPlan`] (with the job's message as it was published) to
+//!    the storage, publishes one [`PartTask`] per part to the jobs queue the
+//!    job came from (confirmed), and acks the job.
+//! 2. **Parts** ([`encode`]): every worker takes part tasks like jobs, one
+//!    at a time: a video segment (the frames of its stream times, the first
+//!    one a key frame, in a part file of the output's container), or the
+//!    audio part (every audio track of the whole input, encoded once, so no
+//!    encoder priming falls between segments). A part already stored is
+//!    not encoded again; a worker killed mid-part costs that part only
+//!    (the broker gives its task to another worker).
+//! 3. **Join** ([`merge`]): the task that stores the last part claims the
+//!    job's end (an object created only if absent: one claim wins) and
+//!    joins the parts with demuxers and the muxer (nothing is encoded
+//!    again), verifies the output like any output, stores it (an output
+//!    already stored with the job's fingerprint is not made again),
+//!    publishes `completed`, writes the job's record, queues its webhook
+//!    and removes the job's objects.
+//!
+//! A part that fails for good fails the job: its task claims the end, a
+//! `failed` event goes out for the job, the job's message (from the plan)
+//! goes to the dead-letter queue with the reason, and the objects are
+//! removed. The objects of a job whose tasks were lost are found by the
+//! hourly history pruning pass ([`objects::Objects::abandoned`]).
+//!
+//! Storage layout under `segments.prefix` (see [`objects`]): `<job>/plan.json`,
+//! and per plan `<job>/<plan>/<part>.<ext>`, `<job>/<plan>/done/<part>.json`,
+//! `<job>/<plan>/end.json`.
+
+pub mod encode;
+pub mod input;
+pub mod merge;
+pub mod objects;
+pub mod plan;
+pub mod split;
+
+use serde::{Deserialize, Serialize};
+
+pub use input::InputCache;
+pub use objects::{Done, End, Ending, Objects};
+pub use plan::{Cut, Part, SegmentPlan};
+
+use crate::broker::Broker;
+use crate::config::Settings;
+use crate::error::{ErrorKind, JobError};
+use crate::scratch::Scratch;
+use crate::storage::Storage;
+use crate::transcoder::Transcoder;
+
+/// The message of one part of a segmented job, queued beside jobs:
+/// `{"segment_of": "<job id>", "plan": "<plan id>", "part": "v0003"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartTask {
+    /// The job it is a part of.
+    pub segment_of: String,
+    /// The plan it belongs to (a job planned again has a new one).
+    pub plan: String,
+    /// The part: `v0003` (video segment 3) or `audio`.
+    pub part: String,
+}
+
+impl PartTask {
+    /// The task of `part` of `plan`.
+    pub fn new(plan: &SegmentPlan, part: Part) -> PartTask {
+        PartTask {
+            segment_of: plan.job_id.clone(),
+            plan: plan.plan_id.clone(),
+            part: part.name(),
+        }
+    }
+
+    /// `None` when `body` is not a part task (a job); otherwise the task,
+    /// or why it is not a valid one.
+    pub fn recognise(body: &[u8]) -> Option<Result<(PartTask, Part), JobError>> {
+        #[derive(Deserialize)]
+        struct Marker {
+            segment_of: serde_json::Value,
+        }
+        serde_json::from_slice::<Marker>(body).ok()?;
+        let invalid = |why: String| JobError::new(ErrorKind::InvalidJob, why);
+        let parsed = serde_json::from_slice::<PartTask>(body)
+            .map_err(|e| invalid(format!("the message is not a valid part task: {e}")))
+            .and_then(|task| {
+                let part = Part::from_name(&task.part)
+                    .ok_or_else(|| invalid(format!("{:?} is not a part", task.part)))?;
+                let job_ok = crate::job::check_job_id(&task.segment_of).is_ok();
+                let plan_ok = !task.plan.is_empty()
+                    && task.plan.len() <= 64
+                    && task.plan.bytes().all(|b| b.is_ascii_alphanumeric());
+                if !job_ok || !plan_ok {
+                    return Err(invalid("the part task names no valid job or plan".into()));
+                }
+                Ok((task, part))
+            });
+        Some(parsed)
+    }
+
+    /// The message body.
+    pub fn body(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a part task serializes")
+    }
+}
+
+/// What the segment steps use of the worker running them.
+#[derive(Clone, Copy)]
+pub struct Context<'a> {
+    /// The worker's settings.
+    pub settings: &'a Settings,
+    /// The farm's storage.
+    pub storage: &'a Storage,
+    /// The pipeline processes.
+    pub transcoder: &'a Transcoder,
+    /// The scratch folder.
+    pub scratch: &'a Scratch,
+    /// The inputs this worker keeps for the parts of a job.
+    pub inputs: &'a InputCache,
+    /// The worker's name.
+    pub worker: &'a str,
+    /// The broker connection.
+    pub broker: &'a Broker,
+}
+
+impl Context<'_> {
+    /// The storage objects of segmented jobs.
+    pub fn objects(&self) -> Objects<'_> {
+        Objects::new(self.storage, &self.settings.segments.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn part_tasks_are_told_apart_from_jobs() {
+        assert!(PartTask::recognise(br#"{"job_id":"a","input_key":"i","output_key":"o"}"#).is_none());
+        assert!(PartTask::recognise(b"not json").is_none());
+        let (task, part) =
+            PartTask::recognise(br#"{"segment_of":"job-1","plan":"ab12","part":"v0003"}"#)
+                .unwrap()
+                .unwrap();
+        assert_eq!((task.segment_of.as_str(), part), ("job-1", Part::Video(3)));
+        for bad in [
+            r#"{"segment_of":"job-1","plan":"ab12","part":"v3"}"#,
+            r#"{"segment_of":"job 1","plan":"ab12","part":"audio"}"#,
+            r#"{"segment_of":"job-1","plan":"../x","part":"audio"}"#,
+            r#"{"segment_of":5}"#,
+        ] {
+            let err = PartTask::recognise(bad.as_bytes()).unwrap().unwrap_err();
+            assert_eq!(err.kind, ErrorKind::InvalidJob, "{bad}");
+        }
+    }
+}
