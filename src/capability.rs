@@ -163,6 +163,25 @@ pub struct Needs {
     pub labels: BTreeSet<String>,
 }
 
+/// The video branch this worker uses for a preset: the first of its
+/// `alternatives` (each checked against `allow`) whose elements it has all
+/// of, else its `video`.
+pub fn preferred_video(
+    preset: &crate::config::Preset,
+    capabilities: &Capabilities,
+    allow: &crate::fragment::Allowlist,
+) -> Option<String> {
+    preset.alternatives.iter().find_map(|text| {
+        let fragment = crate::fragment::Fragment::parse(text, allow).ok()?;
+        let canonical = fragment.to_string();
+        let elements = factories_in(&canonical);
+        elements
+            .iter()
+            .all(|e| capabilities.elements.contains(e))
+            .then_some(canonical)
+    })
+}
+
 /// What `job`, to be run with `plan`, needs.
 pub fn needs(plan: &Plan, job: &Job) -> Needs {
     let mut elements: BTreeSet<String> = factories_in(&plan.video)
@@ -320,6 +339,55 @@ mod tests {
         assert!(full.satisfies(&both));
         assert!(!caps(INSTALLED, &[], &[]).satisfies(&both));
         assert!(!caps(INSTALLED, &["x265enc"], &["gpu"]).satisfies(&both));
+    }
+
+    #[test]
+    fn a_preset_with_alternatives_uses_the_first_the_worker_has_else_its_video() {
+        let preset: crate::config::Preset = toml::from_str(
+            r#"
+video = "videoconvert ! x264enc speed-preset=veryfast"
+alternatives = ["videoconvert ! nvh264enc ! h264parse", "videoconvert ! vaapih264enc ! h264parse"]
+"#,
+        )
+        .unwrap();
+        let allow = crate::fragment::Allowlist::new(&Vec::<String>::new());
+        let with = |names: &[&str]| {
+            let installed: Vec<(&str, &str)> =
+                names.iter().map(|n| (*n, "Codec/Encoder/Video")).collect();
+            caps(&installed, &[], &[])
+        };
+        let nvidia = with(&[
+            "videoconvert",
+            "h264parse",
+            "nvh264enc",
+            "vaapih264enc",
+            "x264enc",
+        ]);
+        assert_eq!(
+            preferred_video(&preset, &nvidia, &allow).as_deref(),
+            Some("videoconvert ! nvh264enc ! h264parse")
+        );
+        let intel = with(&["videoconvert", "h264parse", "vaapih264enc", "x264enc"]);
+        assert_eq!(
+            preferred_video(&preset, &intel, &allow).as_deref(),
+            Some("videoconvert ! vaapih264enc ! h264parse")
+        );
+        let plain = with(&["videoconvert", "h264parse", "x264enc"]);
+        assert_eq!(
+            preferred_video(&preset, &plain, &allow),
+            None,
+            "its video then"
+        );
+        let hidden = caps(
+            &[
+                ("videoconvert", ""),
+                ("h264parse", ""),
+                ("nvh264enc", "Codec/Encoder/Video/Hardware"),
+            ],
+            &["nvh264enc"],
+            &[],
+        );
+        assert_eq!(preferred_video(&preset, &hidden, &allow), None);
     }
 
     #[test]

@@ -346,6 +346,11 @@ impl Settings {
         for (name, preset) in &self.presets {
             Fragment::parse(&preset.video, &allow)
                 .map_err(|e| invalid(&format!("presets.{name}.video"), e.message))?;
+            for (i, alternative) in preset.alternatives.iter().enumerate() {
+                Fragment::parse(alternative, &allow).map_err(|e| {
+                    invalid(&format!("presets.{name}.alternatives[{i}]"), e.message)
+                })?;
+            }
         }
         for key in ["pipeline.default_preset", "pipeline.default_webm_preset"] {
             let name = if key == "pipeline.default_preset" {

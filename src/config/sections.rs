@@ -381,6 +381,11 @@ pub struct Preset {
     pub description: String,
     /// The video branch, e.g. `videoconvert ! x264enc`.
     pub video: String,
+    /// Video branches preferred to `video`, best first, each used by a
+    /// worker that has all its elements (hardware encoders, say); `video`
+    /// is used by the others.
+    #[serde(default)]
+    pub alternatives: Vec<String>,
     /// The audio branch; the container's default when absent.
     #[serde(default)]
     pub audio: Option<String>,

@@ -101,7 +101,7 @@ impl<'a> Attempt<'a> {
 
     /// Step 1: the pipeline, and the keys checked against the storage.
     fn plan(&self) -> Result<Plan, JobError> {
-        let plan = crate::plan::plan(self.job, &self.worker.settings)?;
+        let plan = self.worker.plan_for(self.job)?;
         self.worker.storage.check_key(&self.job.input_key)?;
         self.worker.storage.check_key(&self.job.output_key)?;
         Ok(plan)

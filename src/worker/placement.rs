@@ -51,7 +51,7 @@ impl Worker {
         let priority_queue = delivery
             .header_text(PRIORITY_QUEUE_HEADER)
             .unwrap_or_else(|| delivery.queue().to_string());
-        let Ok(plan) = crate::plan::plan(job, &self.settings) else {
+        let Ok(plan) = self.plan_for(job) else {
             return Placement::Run;
         };
         let missing = self.capabilities.missing(&capability::needs(&plan, job));
@@ -100,6 +100,24 @@ impl Worker {
                 Placement::Wait(waiting)
             }
         }
+    }
+
+    /// The plan of `job` on this worker ([`crate::plan::plan`]), with its
+    /// preset's preferred video branch when this worker has what that
+    /// needs (a hardware encoder, say).
+    pub(super) fn plan_for(&self, job: &Job) -> Result<crate::plan::Plan, JobError> {
+        let mut plan = crate::plan::plan(job, &self.settings)?;
+        let preset = plan
+            .preset
+            .as_deref()
+            .and_then(|name| self.settings.presets.get(name));
+        if let Some(preset) = preset {
+            let allow = self.settings.allowlist();
+            if let Some(video) = capability::preferred_video(preset, &self.capabilities, &allow) {
+                plan.video = video;
+            }
+        }
+        Ok(plan)
     }
 
     /// Whether a live worker answers that it could run a job that needs

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::json;
+use transcode_worker::error::ErrorKind;
 use transcode_worker::job::Phase;
 
 use crate::common::farm::Farm;
@@ -359,13 +360,32 @@ async fn hostile_messages_are_refused_with_specific_reasons_and_write_nothing() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_shipped_preset_makes_what_it_promises() {
-    let farm = Farm::directory(&[]).await;
+    // The hardware presets: no GPU here, so a job using one waits for a
+    // worker with that encoder, and with none ends as no_capable_worker.
+    const HARDWARE: &[(&str, &str)] = &[
+        ("h264-nvenc", "nvh264enc"),
+        ("hevc-nvenc", "nvh265enc"),
+        ("h264-vaapi", "vaapih264enc"),
+        ("hevc-vaapi", "vaapih265enc"),
+        ("h264-qsv", "qsvh264enc"),
+        ("hevc-qsv", "qsvh265enc"),
+    ];
+    let nobody = ("TRANSCODE_WORKER__NO_CAPABLE_WORKER_TIMEOUT", "3s");
+    let farm = Farm::directory(&[nobody]).await;
     let input = fixtures::mjpeg_mov(1);
     farm.put_input("in/a.mov", &input).await;
     let mut watch = farm.watch_progress().await;
-    let _worker = farm.spawn_worker(&[]);
+    let _worker = farm.spawn_worker(&[nobody]);
     // (preset, output key, container, video codec, audio codec, height)
     let cases = [
+        (
+            "h264-fast",
+            "out/afast.mp4",
+            "video/quicktime",
+            "video/x-h264",
+            "audio/mpeg",
+            240,
+        ),
         (
             "h264-mp4",
             "out/a.mp4",
@@ -414,6 +434,7 @@ async fn every_shipped_preset_makes_what_it_promises() {
         .await;
     }
     let inp = fixtures::probe(&input);
+    let mut checked: Vec<&str> = cases.iter().map(|c| c.0).collect();
     for (preset, key, container, video, audio, height) in cases {
         let last = watch.until_final(preset, TIMEOUT).await;
         assert_eq!(last.state, Phase::Completed, "{preset}: {last:#?}");
@@ -438,6 +459,32 @@ async fn every_shipped_preset_makes_what_it_promises() {
         assert_eq!(out.audio[0].media_type, audio, "{preset}: {out:#?}");
         let diff = out.duration.unwrap().abs_diff(inp.duration.unwrap());
         assert!(diff <= Duration::from_millis(500), "{preset}: {diff:?}");
+    }
+    for (preset, element) in HARDWARE {
+        let key = format!("out/{preset}.mp4");
+        farm.publish_job(
+            json!({"job_id": preset, "input_key": "in/a.mov", "output_key": key, "preset": preset}),
+        )
+        .await;
+        let last = watch.until_final(preset, TIMEOUT).await;
+        assert_eq!(
+            last.error_kind,
+            Some(ErrorKind::NoCapableWorker),
+            "{preset}: {last:#?}"
+        );
+        let error = last.error.clone().unwrap_or_default();
+        assert!(error.contains(element), "{preset}: {error}");
+        assert!(!farm.output_exists(&key).await);
+        let waited = watch.of(preset).iter().any(|e| e.state == Phase::Waiting);
+        assert!(waited, "{preset} waited for a capable worker first");
+    }
+    // Every preset the worker ships is one of the above.
+    checked.extend(HARDWARE.iter().map(|h| h.0));
+    for shipped in farm.settings.presets.keys() {
+        assert!(
+            checked.contains(&shipped.as_str()),
+            "preset {shipped} is not checked here"
+        );
     }
 }
 
