@@ -141,7 +141,9 @@ fn set_process_name(name: &str) {
 fn run_child(line: &str, emit: &dyn Fn(&ChildEvent)) -> Result<Outcome, JobError> {
     let spec: TranscodeSpec = serde_json::from_str(line)
         .map_err(|e| JobError::new(ErrorKind::Internal, format!("bad spec: {e}")))?;
+    let started = std::time::Instant::now();
     let input = pipeline::probe(&spec.input, Duration::from_secs(60))?;
+    let probe_ms = started.elapsed().as_millis() as u64;
     pipeline::check_input_limits(&spec, &input)?;
     emit(&ChildEvent::Probed {
         input: input.clone(),
@@ -154,10 +156,15 @@ fn run_child(line: &str, emit: &dyn Fn(&ChildEvent)) -> Result<Outcome, JobError
     })?;
     let started = std::time::Instant::now();
     let output = pipeline::verify(&spec, &input, &written)?;
+    let verify_ms = started.elapsed().as_millis() as u64;
     Ok(Outcome {
         output,
         tracks_left_out: written.left_out,
-        verify_ms: started.elapsed().as_millis() as u64,
+        timings: pipeline::Timings {
+            probe_ms,
+            verify_ms,
+            ..written.timings
+        },
     })
 }
 

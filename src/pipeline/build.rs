@@ -4,7 +4,7 @@
 //! tracks, into the muxer and a `filesink`; and turning GStreamer's errors
 //! into job errors of the right kind.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use gstreamer as gst;
 use gstreamer::prelude::*;
@@ -12,7 +12,7 @@ use gstreamer::prelude::*;
 use super::route::{Router, ROUTING_FAILED};
 use super::subtitles::decoder_caps;
 use super::tracks::{Watch, Written};
-use super::{init, internal, make, path_str, MediaInfo, NullOnDrop, TranscodeSpec};
+use super::{init, internal, make, path_str, MediaInfo, NullOnDrop, Timings, TranscodeSpec};
 use crate::error::{ErrorKind, JobError};
 
 /// Runs the transcode described by `spec` for an input that `input` describes,
@@ -54,6 +54,7 @@ pub fn transcode(
         audio.push(bin);
     }
     let video_in = Watch::on(&video.static_pad("sink").expect("a branch has a sink"));
+    let video_out = Watch::on(&video.static_pad("src").expect("a branch has a src"));
     let duration = input.duration_ms.map(Duration::from_millis);
     let router = std::sync::Arc::new(Router::new(&pipeline, &mux, spec, video, audio, duration));
     let r = router.clone();
@@ -61,6 +62,7 @@ pub fn transcode(
     let r = router.clone();
     decode.connect_no_more_pads(move |_| r.all_exposed());
 
+    let started = Instant::now();
     pipeline.set_state(gst::State::Playing).map_err(|_| {
         bus_error(&pipeline).unwrap_or_else(|| internal("cannot start the pipeline"))
     })?;
@@ -98,10 +100,18 @@ pub fn transcode(
             on_position(position, duration);
         }
     }
+    let ended = Instant::now();
     pipeline
         .set_state(gst::State::Null)
         .map_err(|_| internal("cannot stop the pipeline"))?;
     drop(guard);
+    let timings = end_timings(
+        started,
+        video_in.eos_at(),
+        video_out.eos_at(),
+        ended,
+        ended.elapsed(),
+    );
     if let Some(e) = router.error() {
         return Err(e);
     }
@@ -111,7 +121,34 @@ pub fn transcode(
             "the input's video stream produced no frames",
         ));
     }
-    Ok(router.written())
+    Ok(Written {
+        timings,
+        ..router.written()
+    })
+}
+
+/// The stages of a run that started at `started` and whose end of stream
+/// entered the video branch at `video_in_end`, left it at `video_out_end`
+/// and reached the sink at `ended` (each end clamped between its
+/// neighbours, so the stages add up to the whole); it then took `stop` to
+/// stop.
+fn end_timings(
+    started: Instant,
+    video_in_end: Option<Instant>,
+    video_out_end: Option<Instant>,
+    ended: Instant,
+    stop: Duration,
+) -> Timings {
+    let video_in_end = video_in_end.unwrap_or(ended).clamp(started, ended);
+    let video_out_end = video_out_end.unwrap_or(ended).clamp(video_in_end, ended);
+    let ms = |d: Duration| d.as_millis() as u64;
+    Timings {
+        stream_ms: ms(video_in_end - started),
+        encoder_flush_ms: ms(video_out_end - video_in_end),
+        muxer_finish_ms: ms(ended - video_out_end),
+        stop_ms: ms(stop),
+        ..Timings::default()
+    }
 }
 
 /// Builds a branch bin from checked launch text and refuses any source or

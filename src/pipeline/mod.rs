@@ -113,7 +113,7 @@ pub struct TranscodeSpec {
 }
 
 /// How a pipeline run ended well: the verified output, the input tracks it
-/// does not carry, and what the verification cost.
+/// does not carry, and where its time went.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Outcome {
     /// What the verification read from the output's headers.
@@ -122,7 +122,32 @@ pub struct Outcome {
     /// naming the track and the reason (see [`Written::left_out`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tracks_left_out: Vec<String>,
-    /// Milliseconds the verification of the output took.
+    /// Where the time of the run went.
+    #[serde(default)]
+    pub timings: Timings,
+}
+
+/// Where the time of one pipeline run went, in milliseconds, stage by
+/// stage; together they are the whole run. The worker logs them with the
+/// verified output, and the benchmarks take the end of a job apart with
+/// them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timings {
+    /// Probing the input.
+    pub probe_ms: u64,
+    /// From the start of the transcode to the end of the input's video
+    /// entering the video branch: decoding and encoding as it streams.
+    pub stream_ms: u64,
+    /// From then to the end leaving the video branch: the branch's queue
+    /// and encoder passing on the frames they still hold (x264 encodes its
+    /// lookahead at the end of the stream).
+    pub encoder_flush_ms: u64,
+    /// From then to the end of the stream at the file sink: the other
+    /// branches ending and the muxer finishing the file (its index).
+    pub muxer_finish_ms: u64,
+    /// Stopping the pipeline.
+    pub stop_ms: u64,
+    /// Verifying the output.
     pub verify_ms: u64,
 }
 

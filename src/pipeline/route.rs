@@ -158,6 +158,7 @@ impl Router {
                 })
                 .collect(),
             left_out: routed.left_out.clone(),
+            timings: super::Timings::default(),
         }
     }
 

@@ -25,8 +25,8 @@
 //! is `output_invalid`, see [`super::verify`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use gstreamer as gst;
 use gstreamer::prelude::*;
@@ -88,6 +88,8 @@ pub struct Written {
     /// Input tracks the output does not carry, one sentence each naming
     /// the track and why (see the module documentation).
     pub left_out: Vec<String>,
+    /// Where the pipeline's time went, from its start to its stop.
+    pub timings: super::Timings,
 }
 
 impl Written {
@@ -105,13 +107,15 @@ impl Written {
     }
 }
 
-/// Counts the buffers passing a pad and the media time they cover.
+/// Counts the buffers passing a pad and the media time they cover, and
+/// notes when the end of the stream passed it.
 #[derive(Debug)]
 pub(super) struct Watch {
     buffers: AtomicU64,
     first_pts: AtomicU64,
     last_pts: AtomicU64,
     end: AtomicU64,
+    eos_at: Mutex<Option<Instant>>,
 }
 
 impl Watch {
@@ -122,9 +126,17 @@ impl Watch {
             first_pts: AtomicU64::new(u64::MAX),
             last_pts: AtomicU64::new(0),
             end: AtomicU64::new(0),
+            eos_at: Mutex::new(None),
         });
         let w = watch.clone();
-        pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+        let types = gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_DOWNSTREAM;
+        pad.add_probe(types, move |_, info| {
+            if let Some(event) = info.event() {
+                if event.type_() == gst::EventType::Eos {
+                    *w.eos_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+                }
+                return gst::PadProbeReturn::Ok;
+            }
             w.buffers.fetch_add(1, Ordering::Relaxed);
             if let Some(buffer) = info.buffer() {
                 if let Some(pts) = buffer.pts() {
@@ -151,6 +163,11 @@ impl Watch {
         let first = self.first_pts.load(Ordering::Relaxed);
         let last = self.last_pts.load(Ordering::Relaxed);
         (first != u64::MAX).then(|| Duration::from_nanos(last.saturating_sub(first)))
+    }
+
+    /// When the end of the stream passed the pad, if it has.
+    pub(super) fn eos_at(&self) -> Option<Instant> {
+        *self.eos_at.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The media time the buffers covered.

@@ -315,7 +315,7 @@ mod tests {
         }));
         Written {
             tracks,
-            left_out: Vec::new(),
+            ..Written::default()
         }
     }
 

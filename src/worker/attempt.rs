@@ -213,7 +213,12 @@ impl<'a> Attempt<'a> {
             duration_ms = ?out.duration_ms,
             audio_tracks = out.audio.len(),
             subtitle_tracks = out.subtitles.len(),
-            verify_ms = outcome.verify_ms,
+            probe_ms = outcome.timings.probe_ms,
+            stream_ms = outcome.timings.stream_ms,
+            encoder_flush_ms = outcome.timings.encoder_flush_ms,
+            muxer_finish_ms = outcome.timings.muxer_finish_ms,
+            stop_ms = outcome.timings.stop_ms,
+            verify_ms = outcome.timings.verify_ms,
             "output verified"
         );
         for track in &outcome.tracks_left_out {
