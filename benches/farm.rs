@@ -327,8 +327,9 @@ fn ffmpeg_h264(input: &Path, output: &Path) -> Command {
 /// The pipeline process alone, as the worker starts it: spec on stdin.
 fn pipeline_child(input: &Path, output: &Path) -> Command {
     let spec = json!({
-        "input": input, "output": output,
-        "video": PRESET_VIDEO, "audio": PRESET_AUDIO, "muxer": "mp4mux",
+        "input": input,
+        "outputs": [{"key": "out.mp4", "path": output, "target": {"file": {
+            "video": PRESET_VIDEO, "audio": PRESET_AUDIO, "muxer": "mp4mux"}}}],
         "duration_tolerance_ms": 500, "max_input": [7680, 4320, 86_400_000u64],
     });
     let spec_file = output.with_extension("spec.json");
