@@ -5,6 +5,9 @@
 //! Options (after `--`, parsed with clap: [`Opts`]; `scripts/bench --help`
 //! lists them): `--smoke`, `--runs N`, `--long-runs N`, `--workers 1,2,4`,
 //! `--scale-jobs N`, `--only SECTION,..`, `--skip-1080p`, `--out FILE`.
+//! Sections: overhead, per-job cost, memory, scale-out, renditions
+//! (renditions.rs: a ladder from one decode against separate jobs), and
+//! the 1080p overhead input.
 //!
 //! It starts its own RabbitMQ node and S3 server (s3-test-server) exactly as the tests
 //! do (tests/common), runs the real worker binary, and asserts no speed.
@@ -12,6 +15,8 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "farm/renditions.rs"]
+mod renditions;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
@@ -35,7 +40,14 @@ const CHEAP_VIDEO: &str =
 const JOB_TIMEOUT: Duration = Duration::from_secs(900);
 
 /// The sections of a run, in the order they run.
-const SECTIONS: [&str; 5] = ["overhead", "perjob", "memory", "scale", "overhead-1080p"];
+const SECTIONS: [&str; 6] = [
+    "overhead",
+    "perjob",
+    "memory",
+    "scale",
+    "renditions",
+    "overhead-1080p",
+];
 
 /// Farm benchmarks: what the worker costs on top of the encoder (see
 /// benches/farm.rs). Run through `scripts/bench`.
@@ -143,11 +155,12 @@ fn main() {
             eprintln!("bench: wrote {}", out.display());
         }
     };
-    let sections: [(&str, &dyn Fn() -> String); 5] = [
+    let sections: [(&str, &dyn Fn() -> String); 6] = [
         ("overhead", &|| rt.block_on(overhead(&opts, false))),
         ("perjob", &|| rt.block_on(per_job(&opts))),
         ("memory", &|| rt.block_on(memory(&opts))),
         ("scale", &|| rt.block_on(scale_out(&opts))),
+        ("renditions", &|| rt.block_on(renditions::renditions(&opts))),
         ("overhead-1080p", &|| rt.block_on(overhead(&opts, true))),
     ];
     for (name, run) in sections {

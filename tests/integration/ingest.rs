@@ -176,13 +176,11 @@ async fn poll_mode_makes_each_rendition_once_across_restarts_and_again_for_new_c
         let done = final_event(&mut watch, id).await;
         assert_eq!(done.state, Phase::Completed, "{done:#?}");
     }
-    for (output, height) in [
-        ("renditions/720p/a b.mp4", 720),
-        ("renditions/1080p/a b.mp4", 1080),
-    ] {
+    for output in ["renditions/720p/a b.mp4", "renditions/1080p/a b.mp4"] {
         let got = farm.get_output(output).await.expect(output);
         let info = fixtures::probe(&got);
-        assert_eq!(info.video[0].height, height, "{output}: {info:#?}");
+        // The clip has 240 lines: the presets do not upscale it.
+        assert_eq!(info.video[0].height, 240, "{output}: {info:#?}");
         // The renditions are under the second rule's prefix, but the farm
         // wrote them: they make no job.
         until_skipped(&ingest, output, 1, "the farm wrote it").await;
