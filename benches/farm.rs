@@ -6,6 +6,9 @@
 //! lists them): `--smoke`, `--runs N`, `--long-runs N`, `--workers 1,2,4`,
 //! `--scale-jobs N`, `--only SECTION,..`, `--skip-1080p`, `--skip-garage`,
 //! `--worker-env NAME=VALUE,..`, `--out FILE`.
+//! Sections: overhead, per-job cost, memory, scale-out, renditions
+//! (farm/renditions.rs: a ladder from one decode against separate jobs),
+//! the one-core, Garage and 1080p overhead runs.
 //!
 //! It starts its own RabbitMQ node and S3 server (s3-test-server) exactly as
 //! the tests do (tests/common), and a Garage node for the sections on a
@@ -18,6 +21,8 @@
 mod common;
 #[path = "support/garage.rs"]
 mod garage;
+#[path = "farm/renditions.rs"]
+mod renditions;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
@@ -43,13 +48,14 @@ const CHEAP_VIDEO: &str =
 const JOB_TIMEOUT: Duration = Duration::from_secs(900);
 
 /// The sections of a run, in the order they run.
-const SECTIONS: [&str; 9] = [
+const SECTIONS: [&str; 10] = [
     "overhead",
     "perjob",
     "memory",
     "memory-s3",
     "memory-garage",
     "scale",
+    "renditions",
     "overhead-garage",
     "overhead-1core",
     "overhead-1080p",
@@ -216,7 +222,7 @@ fn main() {
         )
     };
     let ts = &test_server;
-    let sections: [(&str, &dyn Fn() -> String); 9] = [
+    let sections: [(&str, &dyn Fn() -> String); 10] = [
         ("overhead", &|| {
             rt.block_on(overhead(&opts, Overhead::Main, ts, "1a", ""))
         }),
@@ -228,6 +234,7 @@ fn main() {
             None => no_garage("3c. Memory on Garage"),
         }),
         ("scale", &|| rt.block_on(scale_out(&opts))),
+        ("renditions", &|| rt.block_on(renditions::renditions(&opts))),
         ("overhead-garage", &|| match &garage_target {
             Some(g) => rt.block_on(overhead(&opts, Overhead::Main, g, "1d", " (on Garage)")),
             None => no_garage("1d. Overhead on Garage"),
@@ -539,8 +546,9 @@ fn ffmpeg_h264(input: &Path, output: &Path) -> Command {
 /// The pipeline process alone, as the worker starts it: spec on stdin.
 fn pipeline_child(input: &Path, output: &Path) -> Command {
     let spec = json!({
-        "input": input, "output": output,
-        "video": PRESET_VIDEO, "audio": PRESET_AUDIO, "muxer": "mp4mux",
+        "input": input,
+        "outputs": [{"key": "out.mp4", "path": output, "target": {"file": {
+            "video": PRESET_VIDEO, "audio": PRESET_AUDIO, "muxer": "mp4mux"}}}],
         "duration_tolerance_ms": 500, "max_input": [7680, 4320, 86_400_000u64],
     });
     let spec_file = output.with_extension("spec.json");
@@ -663,7 +671,7 @@ enum Overhead {
 }
 
 /// The pipeline's stage timings of one job and when the worker received
-/// them, from its `output verified` log line (`LOG_FORMAT=json`).
+/// them, from its `outputs verified` log line (`LOG_FORMAT=json`).
 #[derive(Debug, Clone)]
 struct Verified {
     at: SystemTime,
@@ -676,14 +684,14 @@ impl Verified {
     }
 }
 
-/// The `output verified` line of `job_id` in `worker`'s JSON log.
+/// The `outputs verified` line of `job_id` in `worker`'s JSON log.
 fn verified_line(worker: &WorkerProc, job_id: &str) -> Verified {
     let logs = worker.logs();
     for line in logs.lines().filter(|l| l.contains(job_id)) {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
         };
-        if v["message"] != "output verified" {
+        if v["message"] != "outputs verified" {
             continue;
         }
         let at = humantime::parse_rfc3339(v["timestamp"].as_str().expect("timestamp"))
@@ -697,7 +705,7 @@ fn verified_line(worker: &WorkerProc, job_id: &str) -> Verified {
             .collect();
         return Verified { at, ms };
     }
-    panic!("no `output verified` line for {job_id} in the worker's log:\n{logs}");
+    panic!("no `outputs verified` line for {job_id} in the worker's log:\n{logs}");
 }
 
 /// The pipeline stages of phase 3 (transcode), as the worker logs them:
@@ -748,7 +756,7 @@ fn job_end(events: &[Progress], verified: &Verified) -> Vec<(&'static str, f64)>
         .map(|(field, label)| (*label, verified.get(field)))
         .collect();
     rows.push((
-        "e result at the worker (its `output verified` log line) -> `uploading` event (cancel check: one HEAD; the event)",
+        "e result at the worker (its `outputs verified` log line) -> `uploading` event (cancel check: one HEAD; the event)",
         worker,
     ));
     let total: f64 = rows.iter().map(|(_, v)| v).sum();
@@ -1236,7 +1244,7 @@ async fn per_job(opts: &Opts) -> String {
          Where the time of one job goes ({sequential} jobs one at a time, after a warm-up job; from the progress \
          events' timestamps, which the worker sets when it publishes each event, and this process's clock at \
          publish and receipt; same machine, same clock; rows 3a-3f are the stages of phase 3 as the pipeline \
-         process measures them, from the worker's log line `output verified`; what they leave of phase 3 is the \
+         process measures them, from the worker's log line `outputs verified`; what they leave of phase 3 is the \
          spec's and the result's trip between the worker and the pipeline process and the worker's progress \
          events):\n\n{split}\n\
          Phase 3 runs in a pipeline process that was started ahead with GStreamer's plugins loaded and that \

@@ -15,6 +15,10 @@
 //!    [`job`] (the job and progress messages, the phases of an attempt),
 //!    [`fragment`] (checking untrusted pipeline fragments),
 //!    [`config`] (settings from defaults, a file and the environment),
+//!    [`rendition`] (what a job makes: its outputs, files or HLS packages,
+//!    the encodings of one decode, frame sizes without upscaling),
+//!    [`hls`] (HLS playlists as text, the codec names and bandwidths they
+//!    give),
 //!    [`plan`] (what pipeline a job gets, which elements a worker needs),
 //!    [`capability`] (what a worker can run, what a job needs, where a job
 //!    waits for a worker that can);
@@ -56,6 +60,7 @@ pub mod error;
 pub mod follow;
 pub mod fragment;
 pub mod history;
+pub mod hls;
 pub mod http;
 pub mod ingest;
 pub mod job;
@@ -63,6 +68,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod plan;
 pub mod progress;
+pub mod rendition;
 pub mod scratch;
 pub mod signals;
 pub mod status;

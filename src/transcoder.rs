@@ -56,7 +56,8 @@ pub enum ChildEvent {
         /// Total milliseconds, when known.
         duration_ms: Option<u64>,
     },
-    /// The output is complete and verified.
+    /// Every output is complete and verified; says how many decoders the
+    /// run created (one per decoded input stream, however many outputs).
     Finished(Outcome),
     /// The attempt failed.
     Failed {
@@ -148,22 +149,34 @@ fn run_child(line: &str, emit: &dyn Fn(&ChildEvent)) -> Result<Outcome, JobError
     emit(&ChildEvent::Probed {
         input: input.clone(),
     });
-    let written = pipeline::transcode(&spec, &input, |position, duration| {
+    let transcoded = pipeline::transcode(&spec, &input, |position, duration| {
         emit(&ChildEvent::Position {
             position_ms: position.as_millis() as u64,
             duration_ms: duration.map(|d| d.as_millis() as u64),
         })
     })?;
     let started = std::time::Instant::now();
-    let output = pipeline::verify(&spec, &input, &written)?;
-    let verify_ms = started.elapsed().as_millis() as u64;
+    let outputs = spec
+        .outputs
+        .iter()
+        .zip(transcoded.outputs)
+        .map(|(output, (rendered, left_out))| {
+            pipeline::finish(
+                output,
+                &input,
+                spec.duration_tolerance_ms,
+                rendered,
+                left_out,
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(Outcome {
-        output,
-        tracks_left_out: written.left_out,
+        outputs,
+        decoders: transcoded.decoders,
         timings: pipeline::Timings {
             probe_ms,
-            verify_ms,
-            ..written.timings
+            verify_ms: started.elapsed().as_millis() as u64,
+            ..transcoded.timings
         },
     })
 }

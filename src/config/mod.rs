@@ -5,6 +5,7 @@
 //! operators read is the one the binary uses. Bad settings fail at start with
 //! a message that names the setting; secrets are wrapped so they never print.
 
+mod presets;
 mod sections;
 
 use std::collections::{BTreeMap, HashMap};
@@ -15,11 +16,12 @@ use std::time::Duration;
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 
-use crate::fragment::{Allowlist, Fragment, Limits};
+use crate::fragment::{Allowlist, Limits};
 
+pub use presets::Preset;
 pub use sections::{
     redact_url, AllowedHost, Backend, BrokerSettings, HistorySettings, MetricsSettings,
-    PipelineSettings, Preset, StorageSettings, WebhookSettings, WorkerSettings,
+    PipelineSettings, StorageSettings, WebhookSettings, WorkerSettings,
 };
 
 /// The built-in defaults, the same text as `config/transcode-worker.toml`.
@@ -342,22 +344,20 @@ impl Settings {
                 "must be longer than 0",
             ));
         }
-        let allow = self.allowlist();
-        for (name, preset) in &self.presets {
-            Fragment::parse(&preset.video, &allow)
-                .map_err(|e| invalid(&format!("presets.{name}.video"), e.message))?;
-            for (i, alternative) in preset.alternatives.iter().enumerate() {
-                Fragment::parse(alternative, &allow).map_err(|e| {
-                    invalid(&format!("presets.{name}.alternatives[{i}]"), e.message)
-                })?;
-            }
-        }
-        for key in ["pipeline.default_preset", "pipeline.default_webm_preset"] {
-            let name = if key == "pipeline.default_preset" {
-                &self.pipeline.default_preset
-            } else {
-                &self.pipeline.default_webm_preset
-            };
+        presets::check(&self.presets, &self.allowlist())
+            .map_err(|(setting, problem)| invalid(&setting, problem))?;
+        let defaults = [
+            ("pipeline.default_preset", &self.pipeline.default_preset),
+            (
+                "pipeline.default_webm_preset",
+                &self.pipeline.default_webm_preset,
+            ),
+            (
+                "pipeline.default_hls_preset",
+                &self.pipeline.default_hls_preset,
+            ),
+        ];
+        for (key, name) in defaults {
             if !self.presets.contains_key(name) {
                 return Err(invalid(key, format!("there is no preset named {name:?}")));
             }

@@ -352,6 +352,8 @@ pub struct PipelineSettings {
     pub default_preset: String,
     /// Preset for `.webm` outputs of such jobs.
     pub default_webm_preset: String,
+    /// Preset for `.m3u8` outputs (HLS packages) of such jobs.
+    pub default_hls_preset: String,
     /// Whether jobs may carry raw `transcode_options`.
     pub allow_transcode_options: bool,
     /// Elements allowed in fragments beyond the built-in list.
@@ -371,24 +373,6 @@ pub struct PipelineSettings {
     /// Elements treated as absent although installed: jobs that need them
     /// go to other workers.
     pub hidden_elements: Vec<String>,
-}
-
-/// A named, operator-defined way to transcode.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-pub struct Preset {
-    /// What it makes, for people.
-    #[serde(default)]
-    pub description: String,
-    /// The video branch, e.g. `videoconvert ! x264enc`.
-    pub video: String,
-    /// Video branches preferred to `video`, best first, each used by a
-    /// worker that has all its elements (hardware encoders, say); `video`
-    /// is used by the others.
-    #[serde(default)]
-    pub alternatives: Vec<String>,
-    /// The audio branch; the container's default when absent.
-    #[serde(default)]
-    pub audio: Option<String>,
 }
 
 impl BrokerSettings {

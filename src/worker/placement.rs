@@ -102,22 +102,14 @@ impl Worker {
         }
     }
 
-    /// The plan of `job` on this worker ([`crate::plan::plan`]), with its
-    /// preset's preferred video branch when this worker has what that
-    /// needs (a hardware encoder, say).
+    /// The plan of `job` on this worker ([`crate::plan::plan_on`]): each
+    /// preset with the preferred video branch whose elements this worker
+    /// has (a hardware encoder, say).
     pub(super) fn plan_for(&self, job: &Job) -> Result<crate::plan::Plan, JobError> {
-        let mut plan = crate::plan::plan(job, &self.settings)?;
-        let preset = plan
-            .preset
-            .as_deref()
-            .and_then(|name| self.settings.presets.get(name));
-        if let Some(preset) = preset {
-            let allow = self.settings.allowlist();
-            if let Some(video) = capability::preferred_video(preset, &self.capabilities, &allow) {
-                plan.video = video;
-            }
-        }
-        Ok(plan)
+        let allow = self.settings.allowlist();
+        crate::plan::plan_on(job, &self.settings, &|preset| {
+            capability::preferred_video(preset, &self.capabilities, &allow)
+        })
     }
 
     /// Whether a live worker answers that it could run a job that needs

@@ -12,6 +12,7 @@ mod lifecycle;
 mod operate;
 mod queue_files;
 mod reliability;
+mod renditions;
 mod routing;
 mod security;
 mod smoke;

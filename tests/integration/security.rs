@@ -394,21 +394,39 @@ async fn every_shipped_preset_makes_what_it_promises() {
             "audio/mpeg",
             240,
         ),
-        (
-            "h264-720p",
-            "out/a720.mp4",
-            "video/quicktime",
-            "video/x-h264",
-            "audio/mpeg",
-            720,
-        ),
+        // The height presets scale down only: on this 240-line input they
+        // keep its 240 lines (tests/integration/renditions.rs scales down).
         (
             "h264-1080p",
             "out/a1080.mp4",
             "video/quicktime",
             "video/x-h264",
             "audio/mpeg",
-            1080,
+            240,
+        ),
+        (
+            "h264-720p",
+            "out/a720.mp4",
+            "video/quicktime",
+            "video/x-h264",
+            "audio/mpeg",
+            240,
+        ),
+        (
+            "h264-480p",
+            "out/a480.mp4",
+            "video/quicktime",
+            "video/x-h264",
+            "audio/mpeg",
+            240,
+        ),
+        (
+            "h264-360p",
+            "out/a360.mp4",
+            "video/quicktime",
+            "video/x-h264",
+            "audio/mpeg",
+            240,
         ),
         (
             "hevc-mp4",
@@ -446,15 +464,10 @@ async fn every_shipped_preset_makes_what_it_promises() {
         );
         assert_eq!(out.video[0].media_type, video, "{preset}: {out:#?}");
         assert_eq!(out.video[0].height, height, "{preset}: {out:#?}");
-        if height == 240 {
-            assert_eq!(
-                out.video[0].width, inp.video[0].width,
-                "{preset} keeps the size"
-            );
-        } else {
-            // 4:3 input scaled to the preset's height keeps its shape.
-            assert_eq!(out.video[0].width, height * 4 / 3, "{preset}: {out:#?}");
-        }
+        assert_eq!(
+            out.video[0].width, inp.video[0].width,
+            "{preset} keeps the size"
+        );
         assert_eq!(out.audio.len(), 1, "{preset}: {out:#?}");
         assert_eq!(out.audio[0].media_type, audio, "{preset}: {out:#?}");
         let diff = out.duration.unwrap().abs_diff(inp.duration.unwrap());
