@@ -7,6 +7,16 @@
 //! closes with the connection). Two listers at the same moment may each
 //! see only part of the queue; a worker never consumes it.
 //!
+//! A quorum queue counts each such return as a delivery of the message
+//! (`x-delivery-count`), and RabbitMQ 4.0 to 4.2 give quorum queues a
+//! default delivery limit of 20, past which a message is dropped. So a
+//! listed message that has been returned [`REFRESH_AT`] times or more is
+//! renewed: a copy with the same body and headers is published to the
+//! dead-letter queue (confirmed), then the message is acked. The copy
+//! starts with no deliveries and waits at the back of the queue (its
+//! `x-failed-at` still says when it failed); if the copy is not confirmed
+//! the message is left as it was.
+//!
 //! Requeueing looks for the dead letter the same way (at most `scan` of
 //! them), publishes a copy to its jobs queue with the broker's confirm, and
 //! only then acks the dead letter: a failure at any step leaves it where
@@ -20,10 +30,27 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel};
 use sha2::{Digest, Sha256};
 
-use super::delivery::{dead, header_string, history_of, HISTORY_HEADER, SETTLED_ATTEMPTS_HEADER};
+use super::delivery::{
+    dead, header_string, header_u32, history_of, DELIVERY_COUNT_HEADER, HISTORY_HEADER,
+    SETTLED_ATTEMPTS_HEADER,
+};
 use super::{until_taken, Broker, BrokerError};
 use crate::config::BrokerSettings;
 use crate::job::{Job, Priority};
+
+/// Returns of a dead letter (looks at it) after which a listing renews it
+/// (see the module's documentation): well below the smallest default
+/// delivery limit (20), with room for several listers at once.
+pub const REFRESH_AT: u32 = 10;
+
+/// The smallest default delivery limit of a quorum queue (RabbitMQ 4.0).
+const SMALLEST_DEFAULT_LIMIT: u32 = 20;
+const _: () = assert!(REFRESH_AT * 2 <= SMALLEST_DEFAULT_LIMIT);
+
+/// Looks through the queue a requeue makes before it answers "not found".
+const REQUEUE_TRIES: u32 = 3;
+/// The pause between those looks.
+const RETURN_WAIT: std::time::Duration = std::time::Duration::from_millis(300);
 
 /// One message of the dead-letter queue, as its headers and body tell it.
 #[derive(Debug, Clone, PartialEq)]
@@ -213,7 +240,9 @@ impl Broker {
             total: 0,
             messages: Vec::new(),
         };
-        while found.messages.len() < limit {
+        // Renewed copies go to the back: reading stops before them.
+        let mut wanted = limit;
+        while found.messages.len() < wanted {
             let got = channel
                 .basic_get(queue.into(), BasicGetOptions { no_ack: false })
                 .await
@@ -221,14 +250,42 @@ impl Broker {
             let Some(message) = got else { break };
             if found.messages.is_empty() {
                 found.total = message.message_count + 1;
+                wanted = wanted.min(found.total as usize);
             }
             let delivery = &message.delivery;
             found.messages.push(DeadLetterMessage::read(
                 &delivery.properties,
                 &delivery.data,
             ));
+            if header_u32(&delivery.properties, DELIVERY_COUNT_HEADER) >= REFRESH_AT {
+                self.renew(queue, delivery).await;
+            }
         }
         Ok(found)
+    }
+
+    /// Puts a fresh copy of `delivery` (no deliveries counted) into
+    /// `queue`, then acks `delivery`; leaves it as it is when the broker
+    /// does not confirm the copy.
+    async fn renew(&self, queue: &str, delivery: &lapin::message::Delivery) {
+        let mut headers = FieldTable::default();
+        if let Some(own) = delivery.properties.headers() {
+            for (key, value) in own.inner() {
+                if key.as_str() != DELIVERY_COUNT_HEADER {
+                    headers.insert(key.clone(), value.clone());
+                }
+            }
+        }
+        match self.publish_confirmed(queue, &delivery.data, headers).await {
+            Ok(()) => {
+                if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
+                    tracing::warn!(error = %e, "a renewed dead letter was not acked: it is in the dead-letter queue twice");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not renew a dead letter; it stays as it is")
+            }
+        }
     }
 
     /// Puts the dead letter `id` (the oldest one with that id among the
@@ -241,11 +298,22 @@ impl Broker {
         scan: usize,
         note: &str,
     ) -> Result<Requeued, RequeueError> {
-        let channel = self.open_channel().await?;
-        let result = self.requeue_on(&channel, id, scan, note).await;
-        // The messages looked at and not requeued go back, in order.
-        let _ = channel.close(200, "requeue done".into()).await;
-        result
+        let mut tries = 0;
+        loop {
+            let channel = self.open_channel().await?;
+            let result = self.requeue_on(&channel, id, scan, note).await;
+            // The messages looked at and not requeued go back, in order.
+            let _ = channel.close(200, "requeue done".into()).await;
+            tries += 1;
+            match result {
+                // Messages another channel (a listing) just gave back may
+                // take a moment to be ready again: look once more.
+                Err(RequeueError::NotFound { .. }) if tries < REQUEUE_TRIES => {
+                    tokio::time::sleep(RETURN_WAIT).await;
+                }
+                result => return result,
+            }
+        }
     }
 
     async fn requeue_on(

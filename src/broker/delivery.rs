@@ -23,7 +23,7 @@ use super::{until_taken, Broker};
 use crate::error::JobError;
 
 /// Delivery property `x-delivery-count` set by quorum queues on redelivery.
-const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
+pub(super) const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
 /// Header of a retried job: how many attempts were settled before this copy.
 pub(super) const SETTLED_ATTEMPTS_HEADER: &str = "x-transcode-attempts";
 /// Header of a retried job: one line per earlier failed attempt.
@@ -301,7 +301,7 @@ pub(super) fn header<'a>(properties: &'a BasicProperties, name: &str) -> Option<
     properties.headers().as_ref()?.inner().get(name)
 }
 
-fn header_u32(properties: &BasicProperties, name: &str) -> u32 {
+pub(super) fn header_u32(properties: &BasicProperties, name: &str) -> u32 {
     match header(properties, name) {
         Some(AMQPValue::LongLongInt(n)) => u32::try_from(*n).unwrap_or(0),
         Some(AMQPValue::LongInt(n)) => u32::try_from(*n).unwrap_or(0),

@@ -42,7 +42,7 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
 use secrecy::ExposeSecret;
 
-pub use dead_letters::{DeadLetterMessage, DeadLetters, RequeueError, Requeued};
+pub use dead_letters::{DeadLetterMessage, DeadLetters, RequeueError, Requeued, REFRESH_AT};
 pub use delivery::{string_headers, DeadLetter, Delivery};
 pub use topology::{jobs_queue_arguments, Argument, QueueSpec, Topology};
 

@@ -52,7 +52,8 @@ function token() {
 
 function secs(s) {
   if (s === null || s === undefined || !isFinite(s)) return '–';
-  s = Math.max(0, Math.round(s));
+  if (s < 10) return `${Math.max(0, s).toFixed(1)}s`;
+  s = Math.round(s);
   const d = Math.floor(s / 86400), h = Math.floor((s % 86400) / 3600);
   const m = Math.floor((s % 3600) / 60), r = s % 60;
   if (d > 0) return `${d}d ${h}h`;
@@ -191,7 +192,9 @@ function drawWorkers(workers) {
         el('span', { text: `${caps.cores} cores` }),
         caps.labels.length ? el('span', { text: `labels ${caps.labels.join(', ')}` }) : null,
         el('span', { text: `scratch ${bytes(caps.scratch_free_bytes)} free` }),
-        el('span', { class: 'encoders', text: encoders.join(' ') })) : null);
+        caps.hardware.length ? el('span', { class: 'hw', text: `hardware ${caps.hardware.join(', ')}` }) : null,
+        el('details', { class: 'encoders' }, el('summary', { text: `${caps.encoders.length} encoders, ${caps.muxers.length} muxers` }),
+          el('div', { text: encoders.join(' ') }))) : null);
   });
   $('workers').replaceChildren(...(cards.length ? cards : [el('p', { class: 'muted', text: 'No worker answered.' })]));
 }
