@@ -4,11 +4,13 @@
 //! `scripts/bench --smoke` (tiny inputs, one run of each, what CI runs).
 //! Options (after `--`, parsed with clap: [`Opts`]; `scripts/bench --help`
 //! lists them): `--smoke`, `--runs N`, `--long-runs N`, `--workers 1,2,4`,
-//! `--scale-jobs N`, `--only SECTION,..`, `--skip-1080p`, `--skip-garage`,
-//! `--worker-env NAME=VALUE,..`, `--out FILE`.
+//! `--scale-jobs N`, `--history-jobs N`, `--only SECTION,..`,
+//! `--skip-1080p`, `--skip-garage`, `--worker-env NAME=VALUE,..`,
+//! `--out FILE`.
 //! Sections: overhead, per-job cost, memory, scale-out, renditions
 //! (farm/renditions.rs: a ladder from one decode against separate jobs),
-//! the one-core, Garage and 1080p overhead runs.
+//! history (the dashboard and `status` with a large history), the
+//! one-core, Garage and 1080p overhead runs.
 //!
 //! It starts its own RabbitMQ node and S3 server (s3-test-server) exactly as
 //! the tests do (tests/common), and a Garage node for the sections on a
@@ -48,7 +50,7 @@ const CHEAP_VIDEO: &str =
 const JOB_TIMEOUT: Duration = Duration::from_secs(900);
 
 /// The sections of a run, in the order they run.
-const SECTIONS: [&str; 10] = [
+const SECTIONS: [&str; 11] = [
     "overhead",
     "perjob",
     "memory",
@@ -56,6 +58,7 @@ const SECTIONS: [&str; 10] = [
     "memory-garage",
     "scale",
     "renditions",
+    "history",
     "overhead-garage",
     "overhead-1core",
     "overhead-1080p",
@@ -90,8 +93,13 @@ struct Opts {
     /// Jobs in the scale-out batch.
     #[arg(long, value_name = "N", default_value_t = 40)]
     scale_jobs: usize,
+    /// Job records written into the history before the dashboard and
+    /// `status` are timed.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    history_jobs: usize,
     /// Run only these sections (in the usual order; the 60 s 1080p overhead
-    /// input is its own section, last).
+    /// input is its own section, last; `history` times the dashboard and
+    /// `status` over a history of --history-jobs records).
     #[arg(long, value_name = "SECTION,..", value_delimiter = ',', value_parser = SECTIONS)]
     only: Option<Vec<String>>,
     /// Leave out the 60 s 1080p MJPEG overhead input.
@@ -122,6 +130,7 @@ impl Opts {
             o.runs = 1;
             o.long_runs = None;
             o.scale_jobs = o.scale_jobs.min(4);
+            o.history_jobs = o.history_jobs.min(300);
             o.workers = vec![1, 2];
         } else if o.out.is_none() {
             o.out = Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("BENCHMARKS.md"));
@@ -222,7 +231,7 @@ fn main() {
         )
     };
     let ts = &test_server;
-    let sections: [(&str, &dyn Fn() -> String); 10] = [
+    let sections: [(&str, &dyn Fn() -> String); 11] = [
         ("overhead", &|| {
             rt.block_on(overhead(&opts, Overhead::Main, ts, "1a", ""))
         }),
@@ -235,6 +244,7 @@ fn main() {
         }),
         ("scale", &|| rt.block_on(scale_out(&opts))),
         ("renditions", &|| rt.block_on(renditions::renditions(&opts))),
+        ("history", &|| rt.block_on(history(&opts))),
         ("overhead-garage", &|| match &garage_target {
             Some(g) => rt.block_on(overhead(&opts, Overhead::Main, g, "1d", " (on Garage)")),
             None => no_garage("1d. Overhead on Garage"),
@@ -429,6 +439,11 @@ struct Timed {
 /// `waitid` until the process exits, so the end is exact, not the next
 /// tick of a poll. Panics on failure or after [`JOB_TIMEOUT`].
 fn time_cmd(cmd: &mut Command) -> Timed {
+    time_cmd_exiting(cmd, 0)
+}
+
+/// [`time_cmd`] of a command expected to exit with `code`.
+fn time_cmd_exiting(cmd: &mut Command, code: i32) -> Timed {
     let mut out = tempfile::tempfile().expect("temp file");
     let mut err = tempfile::tempfile().expect("temp file");
     cmd.stdin(Stdio::null())
@@ -490,7 +505,7 @@ fn time_cmd(cmd: &mut Command) -> Timed {
         s
     };
     assert!(
-        !timed_out && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        !timed_out && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == code,
         "{cmd:?} failed (wait status {status:#x}{}): {}{}",
         if timed_out { ", timed out" } else { "" },
         text(&mut out),
@@ -1609,6 +1624,256 @@ async fn scale_out(opts: &Opts) -> String {
          instead of each starting one encoder thread per core. Worker counts: `--workers 1,2,4` \
          (any list, e.g. `--workers 1,2,4,8,16` on a 16-core machine).\n",
         cores()
+    )
+}
+
+// ---------------------------------------------------------------------------
+// 5. The job history: the dashboard's first page and `status` among N jobs
+// ---------------------------------------------------------------------------
+
+/// Writes `n` job records through [`History::update`] (as workers do: most
+/// completed, one in ten dead), named `hist-00000` up.
+async fn fill_history(history: &transcode_worker::history::History, n: usize) {
+    use futures_util::StreamExt;
+    use transcode_worker::error::ErrorKind;
+    use transcode_worker::history::JobState;
+    let written = futures_util::stream::iter(0..n)
+        .map(|i| async move {
+            let id = format!("hist-{i:05}");
+            history
+                .update(&id, |r| {
+                    r.input_key = format!("uploads/batch-{}/tape-{i:05}.mov", i / 100);
+                    r.output_keys = vec![format!("out/tape-{i:05}.mp4")];
+                    r.mark(JobState::Queued, None, None, "submitted".into());
+                    r.attempt_started(1, "bench-worker");
+                    if i % 10 == 9 {
+                        let why = format!("there is no input \"{}\" in bucket videos", r.input_key);
+                        r.attempt_ended(1, "failed", Some((&ErrorKind::InputNotFound, &why)));
+                        r.mark(JobState::Dead, Some(1), Some("bench-worker"), why);
+                    } else {
+                        r.attempt_ended(1, "completed", None);
+                        r.output_size_bytes = Some(1_234_567 + i as u64);
+                        r.duration_seconds = Some(20.0);
+                        r.mark(
+                            JobState::Completed,
+                            Some(1),
+                            Some("bench-worker"),
+                            "completed".into(),
+                        );
+                    }
+                })
+                .await
+                .map(|_| ())
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+    let failed = written.iter().filter(|w| w.is_err()).count();
+    assert_eq!(failed, 0, "{failed} record(s) not written");
+}
+
+/// The address a `transcode-worker dashboard` logs that it listens on.
+async fn dashboard_addr(process: &WorkerProc) -> String {
+    common::wait_for_value(Duration::from_secs(60), "the dashboard to listen", || {
+        let found = process
+            .logs()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find_map(|l| l["addr"].as_str().map(str::to_string));
+        async move { found }
+    })
+    .await
+}
+
+/// Times `runs` GETs of each path (after one untimed), in ms; asserts 200.
+async fn time_gets(
+    http: &reqwest::Client,
+    base: &str,
+    paths: &[&str],
+    runs: usize,
+    pause: Duration,
+) -> Vec<f64> {
+    for path in paths {
+        let _ = http.get(format!("{base}{path}")).send().await;
+    }
+    let mut times = Vec::new();
+    for _ in 0..runs {
+        tokio::time::sleep(pause).await;
+        let start = Instant::now();
+        for path in paths {
+            let response = http
+                .get(format!("{base}{path}"))
+                .timeout(JOB_TIMEOUT)
+                .send()
+                .await
+                .expect("the dashboard answers");
+            assert_eq!(response.status().as_u16(), 200, "GET {path}");
+            let _ = response.bytes().await.expect("a body");
+        }
+        times.push(start.elapsed().as_secs_f64() * 1000.0);
+    }
+    times
+}
+
+fn slowest(v: &[f64]) -> f64 {
+    v.iter().copied().fold(0.0, f64::max)
+}
+
+async fn history(opts: &Opts) -> String {
+    let n = opts.history_jobs;
+    let runs = if opts.smoke { 3 } else { 20 };
+    let mut parts = String::new();
+    for backend in ["S3", "directory"] {
+        eprintln!("bench: history ({n} jobs, {backend} backend)");
+        let farm = if backend == "S3" {
+            Farm::s3(&[]).await
+        } else {
+            Farm::directory(&[]).await
+        };
+        parts += &history_on(&farm, backend, n, runs).await;
+    }
+    format!(
+        "\n## 6. Job history: the dashboard and `status` with {n} jobs of history\n{parts}\n\
+         Each backend: {n} job records (nine in ten completed, one in ten dead) written through \
+         `History::update`, as workers write them (16 at once), one worker running; then \
+         `transcode-worker dashboard` is asked over HTTP from this process, each row after one untimed \
+         request, and `status` is run as an operator runs it, a new process each time (settings, one GET \
+         of the record; a completed job, so no worker is asked). The S3 backend is s3-test-server on \
+         loopback: its listing (the s3s-fs library's) reads the metadata of every object under the \
+         prefix before it sorts them and returns a page, so a listing of the index costs in proportion \
+         to the whole history there (the row \"bare listing\" times that request alone, from this \
+         process); AWS S3 and MinIO return a page from their own index. The directory backend reads the \
+         index folder's names.\n\n\
+         Targets: first page <= 500 ms; `status` of one job <= 200 ms.\n"
+    )
+}
+
+/// Section 5 on one farm: writes `n` records, times the dashboard and
+/// `status`, and returns the backend's table and figures.
+async fn history_on(farm: &Farm, backend: &str, n: usize, runs: usize) -> String {
+    let history =
+        transcode_worker::history::History::from_settings(&farm.settings).expect("a history");
+    let started = Instant::now();
+    fill_history(&history, n).await;
+    let wrote = started.elapsed().as_secs_f64();
+    eprintln!("bench:   {n} records written in {wrote:.1} s");
+    let worker = farm.spawn_worker(&[]);
+    wait_ready(&worker).await;
+    let dashboard = farm.spawn_command(&["dashboard", "--listen", "127.0.0.1:0"], &[]);
+    let base = format!("http://{}", dashboard_addr(&dashboard).await);
+    let http = reqwest::Client::new();
+    let middle = format!("hist-{:05}", n / 2);
+    let prefix = format!("hist-{:04}", n / 20);
+    let none = Duration::ZERO;
+    // Each /api/workers call asks the workers again (answers are reused for 1 s).
+    let apart = Duration::from_millis(1100);
+    let mut measured: Vec<(String, Vec<f64>)> = Vec::new();
+    if let Some(bucket) = &farm.bucket {
+        let index = format!("{}index/", farm.settings.history.prefix);
+        let mut times = Vec::new();
+        for _ in 0..=runs {
+            let start = Instant::now();
+            let (page, _) = bucket
+                .list_page(index.clone(), None, None, None, Some(50))
+                .await
+                .expect("list the index");
+            assert_eq!(page.contents.len(), 50.min(n));
+            times.push(start.elapsed().as_secs_f64() * 1000.0);
+        }
+        times.remove(0);
+        measured.push((
+            "bare listing: ListObjectsV2 of the 50 newest index entries (rust-s3, this process)"
+                .into(),
+            times,
+        ));
+    }
+    measured.extend([
+        ("`GET /` (the page)".into(), time_gets(&http, &base, &["/"], runs, none).await),
+        (
+            "`GET /api/jobs` (the 50 newest: 50 index entries listed, 50 records read)".into(),
+            time_gets(&http, &base, &["/api/jobs"], runs, none).await,
+        ),
+        (
+            "**first page**: `/`, `/app.js`, `/style.css`, `/api/about`, `/api/jobs`, one after another".into(),
+            time_gets(
+                &http,
+                &base,
+                &["/", "/app.js", "/style.css", "/api/about", "/api/jobs?limit=50"],
+                runs,
+                none,
+            )
+            .await,
+        ),
+        (
+            "`GET /api/jobs?state=dead` (the 50 newest dead: about 500 records read)".into(),
+            time_gets(&http, &base, &["/api/jobs?state=dead"], runs, none).await,
+        ),
+        (
+            format!("`GET /api/jobs?q={prefix}` (ids starting so: the whole index listed, 10 records read)"),
+            time_gets(&http, &base, &[&format!("/api/jobs?q={prefix}")], runs, none).await,
+        ),
+        (
+            format!("`GET /api/jobs/{middle}` (one record)"),
+            time_gets(&http, &base, &[&format!("/api/jobs/{middle}")], runs, none).await,
+        ),
+        (
+            "`GET /api/queues` (passive declares, the requirements stream)".into(),
+            time_gets(&http, &base, &["/api/queues"], runs, none).await,
+        ),
+        (
+            "`GET /api/workers` (one worker; calls 1.1 s apart, so each asks it)".into(),
+            time_gets(&http, &base, &["/api/workers"], runs.min(10), apart).await,
+        ),
+    ]);
+    let peak_kb = status_kb(dashboard.pid(), "VmHWM:").unwrap_or(0);
+    drop(dashboard);
+    // `status` as an operator runs it: a new process, one GET of the record.
+    let mut status_times = Vec::new();
+    let mut unknown_times = Vec::new();
+    for _ in 0..runs {
+        status_times.push(
+            time_cmd(&mut farm.command(&["status", &middle, "--json"]))
+                .wall
+                .as_secs_f64()
+                * 1000.0,
+        );
+        // Exit 3: no such job.
+        let unknown = time_cmd_exiting(
+            &mut farm.command(&["status", "never-submitted", "--json"]),
+            3,
+        );
+        unknown_times.push(unknown.wall.as_secs_f64() * 1000.0);
+    }
+    drop(worker);
+    measured.push((
+        format!("**`transcode-worker status {middle} --json`** (a new process)"),
+        status_times,
+    ));
+    measured.push((
+        "`transcode-worker status never-submitted --json` (exit 3)".into(),
+        unknown_times,
+    ));
+    let rows: Vec<Vec<String>> = measured
+        .into_iter()
+        .map(|(what, v)| {
+            vec![
+                what,
+                format!("{:.1}", median(v.clone())),
+                format!("{:.1}", slowest(&v)),
+                v.len().to_string(),
+            ]
+        })
+        .collect();
+    let t = table(&["request", "median ms", "slowest ms", "runs"], &rows);
+    let store = if backend == "S3" {
+        "an s3-test-server bucket"
+    } else {
+        "a storage folder"
+    };
+    format!(
+        "\n### {backend} backend\n\n{t}\n{n} records written into {store} in {wrote:.0} s. \
+         Peak resident memory of the dashboard after all its requests: {:.1} MiB (VmHWM).\n",
+        peak_kb as f64 / 1024.0
     )
 }
 

@@ -528,7 +528,9 @@ fn invalid(message: String) -> JobError {
     JobError::new(ErrorKind::InvalidJob, message)
 }
 
-fn check_job_id(id: &str) -> Result<(), JobError> {
+/// Checks a job id: 1 to [`MAX_JOB_ID_LEN`] letters, digits and `._:-`
+/// (so it is safe in a storage key, a header and a URL path).
+pub fn check_job_id(id: &str) -> Result<(), JobError> {
     if id.is_empty() || id.len() > MAX_JOB_ID_LEN {
         return Err(invalid(format!(
             "job_id must be 1 to {MAX_JOB_ID_LEN} characters long"

@@ -41,8 +41,10 @@
 //!    signed, delivered).
 //! 4. **The worker and the operator commands**:
 //!    [`worker`] (session, attempt, settling), [`ingest`] (jobs made by
-//!    uploads: rules, S3 events, listings, markers), [`commands`] (one
-//!    function per command), [`cli`] (the command line).
+//!    uploads: rules, S3 events, listings, markers), [`operations`]
+//!    (submitting and cancelling jobs, shared by the commands and the
+//!    dashboard), [`dashboard`] (the live page and JSON API),
+//!    [`commands`] (one function per command), [`cli`] (the command line).
 //!
 //! The workspace's other members: `queue-files/` (the CLI that scans a
 //! library, uploads and publishes jobs; it uses this library) and
@@ -56,6 +58,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod control;
+pub mod dashboard;
 pub mod error;
 pub mod follow;
 pub mod fragment;
@@ -65,6 +68,7 @@ pub mod http;
 pub mod ingest;
 pub mod job;
 pub mod metrics;
+pub mod operations;
 pub mod pipeline;
 pub mod plan;
 pub mod progress;

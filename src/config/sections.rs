@@ -25,6 +25,29 @@ impl MetricsSettings {
     }
 }
 
+/// `transcode-worker dashboard`: the live page of the farm and its JSON API.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DashboardSettings {
+    /// `IP:port` to listen on (port 0 picks a free one); `--listen`
+    /// overrides it. Checked when the settings are loaded.
+    pub listen: String,
+    /// The secret the page's actions and the API's POST requests must give;
+    /// empty makes the dashboard read-only.
+    pub token: SecretString,
+}
+
+impl DashboardSettings {
+    /// The address to listen on (checked when the settings are loaded).
+    pub fn listen_addr(&self) -> Option<std::net::SocketAddr> {
+        self.listen.trim().parse().ok()
+    }
+
+    /// The token, when one is set.
+    pub fn token(&self) -> Option<&str> {
+        Some(self.token.expose_secret().trim()).filter(|t| !t.is_empty())
+    }
+}
+
 /// RabbitMQ connection and topology.
 #[derive(Debug, Clone, Deserialize)]
 pub struct BrokerSettings {

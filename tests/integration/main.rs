@@ -6,6 +6,7 @@
 mod common;
 
 mod chaos;
+mod dashboard;
 mod deploy;
 mod ingest;
 mod lifecycle;

@@ -473,6 +473,32 @@ async fn every_shipped_preset_makes_what_it_promises() {
         let diff = out.duration.unwrap().abs_diff(inp.duration.unwrap());
         assert!(diff <= Duration::from_millis(500), "{preset}: {diff:?}");
     }
+    // The ladder: on this 240-line input every rung is taller than the
+    // source, so the package holds the shortest (360p) at 240 lines.
+    farm.publish_job(json!({"job_id": "hls-ladder", "input_key": "in/a.mov",
+        "output_key": "out/ladder/a.m3u8", "preset": "hls-ladder"}))
+        .await;
+    let last = watch.until_final("hls-ladder", TIMEOUT).await;
+    assert_eq!(last.state, Phase::Completed, "hls-ladder: {last:#?}");
+    let master = farm.get_output("out/ladder/a.m3u8").await.expect("master");
+    let master = std::fs::read_to_string(master).unwrap();
+    assert_eq!(
+        master.matches("#EXT-X-STREAM-INF").count(),
+        1,
+        "one variant: {master}"
+    );
+    let resolution = format!("RESOLUTION={}x240", inp.video[0].width);
+    assert!(master.contains(&resolution), "{master}");
+    assert!(master.contains("360p/index.m3u8"), "{master}");
+    let segment = farm
+        .get_output("out/ladder/360p/seg00000.ts")
+        .await
+        .expect("the first segment");
+    let seg = fixtures::probe(&segment);
+    assert_eq!(seg.video[0].media_type, "video/x-h264", "{seg:#?}");
+    assert_eq!(seg.video[0].height, 240, "{seg:#?}");
+    assert_eq!(seg.audio.len(), 1, "{seg:#?}");
+    checked.push("hls-ladder");
     for (preset, element) in HARDWARE {
         let key = format!("out/{preset}.mp4");
         farm.publish_job(
