@@ -22,7 +22,7 @@ use crate::progress::Reporter;
 
 /// The shortest wait before looking at the queues again after they were
 /// all empty.
-const POLL_MIN: Duration = Duration::from_millis(50);
+const POLL_MIN: Duration = Duration::from_millis(10);
 /// The longest such wait: an idle worker looks for a job at least this often.
 const POLL_MAX: Duration = Duration::from_secs(1);
 

@@ -71,6 +71,7 @@ impl Browser {
                     "--no-first-run",
                     "--no-default-browser-check",
                     "--hide-scrollbars",
+                    "--autoplay-policy=no-user-gesture-required",
                     "--force-device-scale-factor=1",
                     format!("--window-size={width},{height}"),
                     format!("--user-data-dir={}", browser_dir.display()),
@@ -167,6 +168,48 @@ impl Browser {
         let _ = tokio::time::timeout(Duration::from_secs(10), client.close()).await;
         drop(driver);
         drop(dir);
+    }
+}
+
+/// `python3 -m http.server` serving one folder on a free loopback port
+/// (static files, as a CDN or a web server in front of the storage would
+/// serve an HLS package); killed when dropped.
+pub struct StaticServer {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+}
+
+impl StaticServer {
+    /// Serves `dir`, once the server answers.
+    pub async fn serve(dir: &Path) -> StaticServer {
+        let port = free_port();
+        let child = Command::new("python3")
+            .args(["-m", "http.server", "--bind", "127.0.0.1", "--directory"])
+            .arg(dir)
+            .arg(port.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start python3 -m http.server");
+        let server = StaticServer {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        let addr = format!("127.0.0.1:{port}");
+        wait_for_value(DEFAULT_TIMEOUT, "the static file server", || async {
+            tokio::net::TcpStream::connect(&addr).await.ok()
+        })
+        .await;
+        server
+    }
+}
+
+impl Drop for StaticServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -3,7 +3,7 @@
 //! package that `ffprobe` reads with every segment of every variant
 //! starting with a key frame at the same times, the decoders counted, a
 //! redelivered job that reuses what was stored, and a failed rendition
-//! that fails the whole job.
+//! that fails the whole job. An HLS package played in headless Chromium.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use transcode_worker::error::ErrorKind;
 use transcode_worker::job::Phase;
 
+use crate::common::browser::{Browser, StaticServer};
 use crate::common::farm::{Farm, WorkerProc, WORKER_BIN};
 use crate::common::{fixtures, run_with_timeout, wait_for_value, DEFAULT_TIMEOUT};
 
@@ -334,6 +335,101 @@ async fn an_hls_ladder_packages_the_renditions_the_source_can_fill_with_aligned_
         "{starts:?}"
     );
     farm.assert_all_acked(vec![worker]).await;
+}
+
+/// The package an HLS ladder makes plays in a real browser: headless
+/// Chromium with hls.js (vendored, tests/assets) from a plain web server,
+/// each variant from its start to its end, and across a switch from the
+/// 480p variant to the 360p one two seconds in, with no error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_hls_package_plays_in_chromium_on_every_variant_and_across_a_switch() {
+    let farm = Farm::s3(&[]).await;
+    farm.put_input("in/p.wmv", &fixtures::wmv_sized_with_audio(8, 640, 480))
+        .await;
+    let mut watch = farm.watch_progress().await;
+    let worker = farm.spawn_worker(&[]);
+    farm.publish_job(json!({"job_id": "play", "input_key": "in/p.wmv",
+        "output_key": "videos/p/master.m3u8", "preset": "hls-ladder"}))
+        .await;
+    let last = watch.until_final("play", JOB_TIMEOUT).await;
+    assert_eq!(last.state, Phase::Completed, "{last:#?}\n{}", worker.logs());
+
+    // The site: the player page, hls.js, and the package as stored.
+    let package = download_package(&farm, "videos/p/").await;
+    let site = farm.dir.path().join(crate::common::random_name("site"));
+    let assets = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/assets");
+    std::fs::create_dir_all(site.join("hls.js")).unwrap();
+    std::fs::create_dir_all(site.join("videos")).unwrap();
+    std::fs::copy(assets.join("hls-player.html"), site.join("hls-player.html")).unwrap();
+    std::fs::copy(
+        assets.join("hls.js/hls.min.js"),
+        site.join("hls.js/hls.min.js"),
+    )
+    .unwrap();
+    std::fs::rename(&package, site.join("videos/p")).unwrap();
+    let server = StaticServer::serve(&site).await;
+    let browser = Browser::open(800, 600).await;
+    let page = |level: u32| {
+        format!(
+            "{}/hls-player.html?src=videos/p/master.m3u8&level={level}",
+            server.url
+        )
+    };
+    let ended = "const r = window.hlsReport; \
+                 return r && (r.state === 'ended' || r.state === 'error') ? r : null;";
+    let play_time = Duration::from_secs(90);
+
+    // hls.js numbers the variants by bandwidth, lowest first.
+    for (level, height) in [(0, 360), (1, 480)] {
+        browser
+            .client
+            .goto(&page(level))
+            .await
+            .expect("open the player");
+        let r = browser
+            .wait_js(
+                play_time,
+                &format!("variant {level} to play to its end"),
+                ended,
+            )
+            .await;
+        assert_eq!(r["state"], "ended", "variant {level}: {r:#}");
+        assert_eq!(r["error"], Value::Null, "variant {level}: {r:#}");
+        assert_eq!(r["levels"], 2, "{r:#}");
+        assert_eq!(r["heights"], json!([360, 480]), "{r:#}");
+        assert_eq!(r["height"], height, "variant {level}: {r:#}");
+        assert_eq!(r["switches"], 0, "variant {level}: {r:#}");
+        let duration = r["duration"].as_f64().unwrap_or(0.0);
+        assert!((duration - 8.0).abs() <= 0.5, "variant {level}: {r:#}");
+        let time = r["time"].as_f64().unwrap_or(0.0);
+        assert!((time - duration).abs() <= 0.5, "played to the end: {r:#}");
+        assert!(r["segments"].as_u64().unwrap_or(0) >= 2, "{r:#}");
+    }
+
+    // From 480p to 360p during playback.
+    browser
+        .client
+        .goto(&page(1))
+        .await
+        .expect("open the player");
+    browser
+        .wait_js(
+            play_time,
+            "two seconds of 480p",
+            "const r = window.hlsReport; return r && r.height === 480 && r.time >= 2 ? r : null;",
+        )
+        .await;
+    browser
+        .js("window.hlsPlayer.nextLevel = 0; return true;")
+        .await;
+    let r = browser
+        .wait_js(play_time, "the switched playback to end", ended)
+        .await;
+    assert_eq!(r["state"], "ended", "{r:#}");
+    assert_eq!(r["error"], Value::Null, "{r:#}");
+    assert_eq!(r["switches"], 1, "{r:#}");
+    assert_eq!(r["height"], 360, "ends on the 360p variant: {r:#}");
+    browser.close().await;
 }
 
 /// The pipeline process itself, given four outputs (three files and an
