@@ -4,14 +4,27 @@
 //! `scripts/bench --smoke` (tiny inputs, one run of each, what CI runs).
 //! Options (after `--`, parsed with clap: [`Opts`]; `scripts/bench --help`
 //! lists them): `--smoke`, `--runs N`, `--long-runs N`, `--workers 1,2,4`,
-//! `--scale-jobs N`, `--only SECTION,..`, `--skip-1080p`, `--out FILE`.
+//! `--scale-jobs N`, `--history-jobs N`, `--only SECTION,..`,
+//! `--skip-1080p`, `--skip-garage`, `--worker-env NAME=VALUE,..`,
+//! `--out FILE`.
+//! Sections: overhead, per-job cost, memory, scale-out, renditions
+//! (farm/renditions.rs: a ladder from one decode against separate jobs),
+//! history (the dashboard and `status` with a large history), the
+//! one-core, Garage and 1080p overhead runs.
 //!
-//! It starts its own RabbitMQ node and S3 server (s3-test-server) exactly as the tests
-//! do (tests/common), runs the real worker binary, and asserts no speed.
-//! Every wait has a timeout.
+//! It starts its own RabbitMQ node and S3 server (s3-test-server) exactly as
+//! the tests do (tests/common), and a Garage node for the sections on a
+//! production S3 server when Garage is installed (support/garage.rs); runs
+//! the real worker binary, and asserts no speed. Every wait has a timeout.
+//! Local commands are timed by waiting for their exit (`waitid`), never by
+//! polling.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/garage.rs"]
+mod garage;
+#[path = "farm/renditions.rs"]
+mod renditions;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
@@ -21,7 +34,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::farm::{Farm, WorkerProc, WORKER_BIN};
+use common::farm::{Farm, Rabbit, WorkerProc, WORKER_BIN};
+use common::services::S3Server;
+use garage::Garage;
 use serde_json::json;
 use transcode_worker::job::{Phase, Progress};
 
@@ -35,7 +50,22 @@ const CHEAP_VIDEO: &str =
 const JOB_TIMEOUT: Duration = Duration::from_secs(900);
 
 /// The sections of a run, in the order they run.
-const SECTIONS: [&str; 5] = ["overhead", "perjob", "memory", "scale", "overhead-1080p"];
+const SECTIONS: [&str; 11] = [
+    "overhead",
+    "perjob",
+    "memory",
+    "memory-s3",
+    "memory-garage",
+    "scale",
+    "renditions",
+    "history",
+    "overhead-garage",
+    "overhead-1core",
+    "overhead-1080p",
+];
+
+/// The sections that need Garage.
+const GARAGE_SECTIONS: [&str; 2] = ["memory-garage", "overhead-garage"];
 
 /// Farm benchmarks: what the worker costs on top of the encoder (see
 /// benches/farm.rs). Run through `scripts/bench`.
@@ -48,7 +78,8 @@ struct Opts {
     /// Runs per command in the overhead comparison.
     #[arg(long, value_name = "N", default_value_t = 3)]
     runs: usize,
-    /// Runs per command for the 60 s 1080p input (default: --runs).
+    /// Runs per command for the 60 s 1080p input and the one-core
+    /// comparison (default: --runs).
     #[arg(long, value_name = "N")]
     long_runs: Option<usize>,
     /// Worker counts of the scale-out table.
@@ -62,13 +93,26 @@ struct Opts {
     /// Jobs in the scale-out batch.
     #[arg(long, value_name = "N", default_value_t = 40)]
     scale_jobs: usize,
+    /// Job records written into the history before the dashboard and
+    /// `status` are timed.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    history_jobs: usize,
     /// Run only these sections (in the usual order; the 60 s 1080p overhead
-    /// input is its own section, last).
+    /// input is its own section, last; `history` times the dashboard and
+    /// `status` over a history of --history-jobs records).
     #[arg(long, value_name = "SECTION,..", value_delimiter = ',', value_parser = SECTIONS)]
     only: Option<Vec<String>>,
     /// Leave out the 60 s 1080p MJPEG overhead input.
     #[arg(long = "skip-1080p")]
     skip_1080p: bool,
+    /// Leave out the sections on Garage (a production S3 server; see
+    /// scripts/install-garage). --smoke leaves them out too.
+    #[arg(long)]
+    skip_garage: bool,
+    /// Extra environment of every worker the benchmark starts, e.g.
+    /// `MALLOC_ARENA_MAX=2` (to measure allocator settings).
+    #[arg(long, value_name = "NAME=VALUE,..", value_delimiter = ',')]
+    worker_env: Vec<String>,
     /// Write the report there (full runs default to BENCHMARKS.md).
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
@@ -86,6 +130,7 @@ impl Opts {
             o.runs = 1;
             o.long_runs = None;
             o.scale_jobs = o.scale_jobs.min(4);
+            o.history_jobs = o.history_jobs.min(300);
             o.workers = vec![1, 2];
         } else if o.out.is_none() {
             o.out = Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("BENCHMARKS.md"));
@@ -94,9 +139,24 @@ impl Opts {
     }
 
     fn wants(&self, section: &str) -> bool {
-        self.only
-            .as_ref()
-            .is_none_or(|s| s.iter().any(|x| x == section))
+        let skipped = match section {
+            "overhead-1080p" => self.smoke || self.skip_1080p,
+            _ if GARAGE_SECTIONS.contains(&section) => self.smoke || self.skip_garage,
+            _ => false,
+        };
+        !skipped
+            && self
+                .only
+                .as_ref()
+                .is_none_or(|s| s.iter().any(|x| x == section))
+    }
+
+    /// [`Opts::worker_env`] as pairs.
+    fn worker_env(&self) -> Vec<(&str, &str)> {
+        self.worker_env
+            .iter()
+            .map(|kv| kv.split_once('=').expect("--worker-env takes NAME=VALUE"))
+            .collect()
     }
 }
 
@@ -112,7 +172,27 @@ fn main() {
     let load_before = sh("cut -d' ' -f1-3 /proc/loadavg");
     eprintln!("bench: starting RabbitMQ and s3-test-server");
     common::services::shared_rabbit();
-    common::services::shared_s3();
+    let test_server = S3Target {
+        server: common::services::shared_s3(),
+        name: s3_server_name(),
+    };
+    // Garage, when installed and wanted.
+    let garage = GARAGE_SECTIONS
+        .iter()
+        .any(|s| opts.wants(s))
+        .then(Garage::binary)
+        .flatten()
+        .map(|bin| {
+            eprintln!("bench: starting Garage ({})", bin.display());
+            Garage::start(&bin)
+        });
+    let garage_target = garage.as_ref().map(|g| S3Target {
+        server: &g.server,
+        name: format!(
+            "Garage ({}), one node on loopback, LMDB metadata",
+            g.version
+        ),
+    });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -143,15 +223,47 @@ fn main() {
             eprintln!("bench: wrote {}", out.display());
         }
     };
-    let sections: [(&str, &dyn Fn() -> String); 5] = [
-        ("overhead", &|| rt.block_on(overhead(&opts, false))),
+    let no_garage = |title: &str| {
+        format!(
+            "\n## {title}\n\nNot measured in this run: no `garage` binary was found \
+             (`scripts/install-garage` installs Garage {} from crates.io).\n",
+            garage::VERSION
+        )
+    };
+    let ts = &test_server;
+    let sections: [(&str, &dyn Fn() -> String); 11] = [
+        ("overhead", &|| {
+            rt.block_on(overhead(&opts, Overhead::Main, ts, "1a", ""))
+        }),
         ("perjob", &|| rt.block_on(per_job(&opts))),
         ("memory", &|| rt.block_on(memory(&opts))),
+        ("memory-s3", &|| rt.block_on(memory_s3(&opts, ts, "3b"))),
+        ("memory-garage", &|| match &garage_target {
+            Some(g) => rt.block_on(memory_s3(&opts, g, "3c")),
+            None => no_garage("3c. Memory on Garage"),
+        }),
         ("scale", &|| rt.block_on(scale_out(&opts))),
-        ("overhead-1080p", &|| rt.block_on(overhead(&opts, true))),
+        ("renditions", &|| rt.block_on(renditions::renditions(&opts))),
+        ("history", &|| rt.block_on(history(&opts))),
+        ("overhead-garage", &|| match &garage_target {
+            Some(g) => rt.block_on(overhead(&opts, Overhead::Main, g, "1d", " (on Garage)")),
+            None => no_garage("1d. Overhead on Garage"),
+        }),
+        ("overhead-1core", &|| {
+            rt.block_on(overhead(
+                &opts,
+                Overhead::OneCore,
+                ts,
+                "1c",
+                " (a slower machine: the worker and the encoders on one core)",
+            ))
+        }),
+        ("overhead-1080p", &|| {
+            rt.block_on(overhead(&opts, Overhead::Long, ts, "1b", ""))
+        }),
     ];
     for (name, run) in sections {
-        if !opts.wants(name) || (name == "overhead-1080p" && (opts.smoke || opts.skip_1080p)) {
+        if !opts.wants(name) {
             continue;
         }
         report += &run();
@@ -194,6 +306,7 @@ fn header(opts: &Opts, date: &str, load_before: &str, total: Duration) -> String
          | ffmpeg | {ffmpeg} |\n\
          | source | commit {} |\n\
          | worker binary | `{WORKER_BIN}` |\n\
+         | S3 server | {} (sections 1d and 3c: Garage) |\n\
          | runs per command | {} |\n\
          | whole run | {:.0} s |\n",
         args.join(" "),
@@ -201,9 +314,50 @@ fn header(opts: &Opts, date: &str, load_before: &str, total: Duration) -> String
         sh("cut -d' ' -f1-3 /proc/loadavg"),
         sh("git rev-parse --short HEAD 2>/dev/null && git status --porcelain -- src | grep -q . && echo '(src/ modified)'")
             .replace('\n', " "),
+        s3_server_name(),
         opts.runs,
         total.as_secs_f64(),
     )
+}
+
+/// An S3 server the benchmark's farms use, and its name in the report.
+struct S3Target<'a> {
+    server: &'a S3Server,
+    name: String,
+}
+
+impl S3Target<'_> {
+    /// A farm with a new bucket on this server.
+    async fn farm(&self, extra: &[(&str, &str)]) -> Farm {
+        Farm::s3_on(
+            Rabbit::Shared(common::services::shared_rabbit()),
+            self.server,
+            extra,
+        )
+        .await
+    }
+}
+
+/// Starts a worker of `farm` with `extra` and `--worker-env` in its
+/// environment.
+fn spawn_worker(opts: &Opts, farm: &Farm, extra: &[(&str, &str)]) -> WorkerProc {
+    let mut env = opts.worker_env();
+    env.extend_from_slice(extra);
+    farm.spawn_worker(&env)
+}
+
+/// The S3 server of the benchmark's farms (and of the sections on Garage,
+/// Garage), in words.
+fn s3_server_name() -> String {
+    match std::env::var("TEST_S3_ENDPOINT") {
+        Ok(endpoint) if !endpoint.is_empty() => format!(
+            "{} at {endpoint}",
+            std::env::var("BENCH_S3_SERVER").unwrap_or_else(|_| "an external S3 server".into())
+        ),
+        _ => {
+            "s3-test-server, the s3s-fs library's file-system server (tools/s3-test-server)".into()
+        }
+    }
 }
 
 fn inputs_dir() -> PathBuf {
@@ -270,18 +424,98 @@ fn mjpeg_mov(secs: u32, size: &str) -> PathBuf {
     )
 }
 
-/// Runs a command to completion and returns its wall time; panics on failure.
-fn time_cmd(cmd: &mut Command) -> Duration {
+/// What one run of a command cost.
+#[derive(Debug, Clone, Copy)]
+struct Timed {
+    /// From just before it was started to its exit, as the kernel reports
+    /// the exit to a waiting parent (not polled).
+    wall: Duration,
+    /// CPU time, user and system, of the process and the children it
+    /// waited for (its resource usage as `wait4` returns it).
+    cpu: Duration,
+}
+
+/// Runs a command to completion, timing it: this thread blocks in
+/// `waitid` until the process exits, so the end is exact, not the next
+/// tick of a poll. Panics on failure or after [`JOB_TIMEOUT`].
+fn time_cmd(cmd: &mut Command) -> Timed {
+    time_cmd_exiting(cmd, 0)
+}
+
+/// [`time_cmd`] of a command expected to exit with `code`.
+fn time_cmd_exiting(cmd: &mut Command, code: i32) -> Timed {
+    let mut out = tempfile::tempfile().expect("temp file");
+    let mut err = tempfile::tempfile().expect("temp file");
+    cmd.stdin(Stdio::null())
+        .stdout(out.try_clone().expect("dup"))
+        .stderr(err.try_clone().expect("dup"));
     let start = Instant::now();
-    let out = common::run_with_timeout(cmd, JOB_TIMEOUT).expect("command");
-    let took = start.elapsed();
+    let child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    let pid = child.id() as libc::pid_t;
+    // Kills the process if it runs past the timeout. The exited process
+    // stays a zombie until it is reaped below, after this thread is done,
+    // so its pid cannot be reused while this thread may signal it.
+    let (done, until_done) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        let late =
+            until_done.recv_timeout(JOB_TIMEOUT) == Err(std::sync::mpsc::RecvTimeoutError::Timeout);
+        if late {
+            // SAFETY: kill(2) on our own child, not yet reaped.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        late
+    });
+    loop {
+        // SAFETY: waitid on our own child with a zeroed siginfo_t; WNOWAIT
+        // leaves it to be reaped by wait4 below.
+        let r = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        if r == 0 {
+            break;
+        }
+        let e = std::io::Error::last_os_error();
+        assert_eq!(e.kind(), std::io::ErrorKind::Interrupted, "waitid: {e}");
+    }
+    let wall = start.elapsed();
+    drop(done);
+    let timed_out = watchdog.join().expect("watchdog");
+    let mut status = 0;
+    // SAFETY: reaps our own exited child; `usage` is written by the kernel.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        let r = libc::wait4(pid, &mut status, 0, &mut usage);
+        assert_eq!(r, pid, "wait4: {}", std::io::Error::last_os_error());
+        usage
+    };
+    drop(child);
+    let text = |f: &mut std::fs::File| {
+        use std::io::{Read, Seek};
+        let mut s = String::new();
+        let _ = f.rewind();
+        let _ = f.read_to_string(&mut s);
+        s
+    };
     assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        !timed_out && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == code,
+        "{cmd:?} failed (wait status {status:#x}{}): {}{}",
+        if timed_out { ", timed out" } else { "" },
+        text(&mut out),
+        text(&mut err)
     );
-    took
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    Timed {
+        wall,
+        cpu: tv(usage.ru_utime) + tv(usage.ru_stime),
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -327,8 +561,9 @@ fn ffmpeg_h264(input: &Path, output: &Path) -> Command {
 /// The pipeline process alone, as the worker starts it: spec on stdin.
 fn pipeline_child(input: &Path, output: &Path) -> Command {
     let spec = json!({
-        "input": input, "output": output,
-        "video": PRESET_VIDEO, "audio": PRESET_AUDIO, "muxer": "mp4mux",
+        "input": input,
+        "outputs": [{"key": "out.mp4", "path": output, "target": {"file": {
+            "video": PRESET_VIDEO, "audio": PRESET_AUDIO, "muxer": "mp4mux"}}}],
         "duration_tolerance_ms": 500, "max_input": [7680, 4320, 86_400_000u64],
     });
     let spec_file = output.with_extension("spec.json");
@@ -437,10 +672,129 @@ fn table(head: &[&str], rows: &[Vec<String>]) -> String {
 // 1. Overhead against gst-launch-1.0 and ffmpeg
 // ---------------------------------------------------------------------------
 
-/// `long`: the 60 s 1080p input only (its own section, run last, as it
-/// takes the longest); otherwise the 20 s 720p one (smoke: both, tiny).
-async fn overhead(opts: &Opts, long: bool) -> String {
-    eprintln!("bench: overhead");
+/// Which overhead comparison to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Overhead {
+    /// The 20 s 720p WMV (smoke: two tiny inputs).
+    Main,
+    /// The 60 s 1080p MJPEG input (its own section, run last, as it takes
+    /// the longest).
+    Long,
+    /// The 20 s 720p WMV with the worker, its pipeline processes and the
+    /// other encoders on one core: a slower machine.
+    OneCore,
+}
+
+/// The pipeline's stage timings of one job and when the worker received
+/// them, from its `outputs verified` log line (`LOG_FORMAT=json`).
+#[derive(Debug, Clone)]
+struct Verified {
+    at: SystemTime,
+    ms: BTreeMap<String, f64>,
+}
+
+impl Verified {
+    fn get(&self, field: &str) -> f64 {
+        self.ms.get(field).copied().unwrap_or(0.0)
+    }
+}
+
+/// The `outputs verified` line of `job_id` in `worker`'s JSON log.
+fn verified_line(worker: &WorkerProc, job_id: &str) -> Verified {
+    let logs = worker.logs();
+    for line in logs.lines().filter(|l| l.contains(job_id)) {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if v["message"] != "outputs verified" {
+            continue;
+        }
+        let at = humantime::parse_rfc3339(v["timestamp"].as_str().expect("timestamp"))
+            .expect("RFC 3339 log timestamp");
+        let ms = v
+            .as_object()
+            .expect("object")
+            .iter()
+            .filter(|(k, _)| k.ends_with("_ms"))
+            .filter_map(|(k, v)| Some((k.clone(), v.as_f64()?)))
+            .collect();
+        return Verified { at, ms };
+    }
+    panic!("no `outputs verified` line for {job_id} in the worker's log:\n{logs}");
+}
+
+/// The pipeline stages of phase 3 (transcode), as the worker logs them:
+/// (log field, label).
+const STAGES: [(&str, &str); 6] = [
+    ("probe_ms", "3a probe of the input (GStreamer's Discoverer)"),
+    (
+        "stream_ms",
+        "3b pipeline start -> the end of the input's video enters the video branch",
+    ),
+    (
+        "encoder_flush_ms",
+        "3c -> the end leaves the video branch (the encoder flushes the frames it holds)",
+    ),
+    (
+        "muxer_finish_ms",
+        "3d -> end of stream at the file sink (other branches, the muxer finishing the file)",
+    ),
+    ("stop_ms", "3e pipeline stopped"),
+    ("verify_ms", "3f output verified (its container headers)"),
+];
+
+/// The end of one job, from the end of its input's video entering the
+/// encoder to the `uploading` event, in ms: (label, ms) rows that add up
+/// to the last, and the gap from the last `transcoding` event.
+fn job_end(events: &[Progress], verified: &Verified) -> Vec<(&'static str, f64)> {
+    let uploading = events
+        .iter()
+        .find(|e| e.state == Phase::Uploading)
+        .map(ts)
+        .expect("uploading event");
+    let last_transcoding = events
+        .iter()
+        .filter(|e| e.state == Phase::Transcoding)
+        .map(ts)
+        .max()
+        .expect("transcoding event");
+    let ms = |a, b| secs_between(a, b) * 1000.0;
+    let worker = ms(verified.at, uploading);
+    let parts = [
+        ("encoder_flush_ms", "a encoder flush: the end of the input's video enters the video branch -> leaves the encoder"),
+        ("muxer_finish_ms", "b muxer finishes the file (end of stream at the file sink)"),
+        ("stop_ms", "c pipeline stopped"),
+        ("verify_ms", "d output verified (its container headers)"),
+    ];
+    let mut rows: Vec<(&str, f64)> = parts
+        .iter()
+        .map(|(field, label)| (*label, verified.get(field)))
+        .collect();
+    rows.push((
+        "e result at the worker (its `outputs verified` log line) -> `uploading` event (cancel check: one HEAD; the event)",
+        worker,
+    ));
+    let total: f64 = rows.iter().map(|(_, v)| v).sum();
+    rows.push((
+        "a-e: the end of the input's video enters the encoder -> `uploading` event",
+        total,
+    ));
+    rows.push((
+        "for comparison: last `transcoding` event -> `uploading` event",
+        ms(last_transcoding, uploading),
+    ));
+    rows
+}
+
+/// Overhead section `part` (`1a`...) with `title` added to its heading.
+async fn overhead(
+    opts: &Opts,
+    which: Overhead,
+    s3: &S3Target<'_>,
+    part: &str,
+    title: &str,
+) -> String {
+    eprintln!("bench: overhead ({which:?})");
     let inputs = if opts.smoke {
         vec![
             ("1 s 320x240 WMV2+WMA", wmv(1, "320x240"), opts.runs),
@@ -450,18 +804,26 @@ async fn overhead(opts: &Opts, long: bool) -> String {
                 opts.runs,
             ),
         ]
-    } else if long {
+    } else if which == Overhead::Long {
         let runs = opts.long_runs.unwrap_or(opts.runs);
         vec![(
             "60 s 1920x1080 MJPEG+PCM MOV",
             mjpeg_mov(60, "1920x1080"),
             runs,
         )]
+    } else if which == Overhead::OneCore {
+        let runs = opts.long_runs.unwrap_or(opts.runs);
+        vec![("20 s 1280x720 WMV2+WMA", wmv(20, "1280x720"), runs)]
     } else {
         vec![("20 s 1280x720 WMV2+WMA", wmv(20, "1280x720"), opts.runs)]
     };
-    let farm = Farm::s3(&[]).await;
-    let worker = farm.spawn_worker(&[]);
+    // One core: this thread's CPU mask, inherited by the worker (and so by
+    // its pipeline processes) and by each command started from here.
+    let one_core = which == Overhead::OneCore;
+    let farm = s3.farm(&[]).await;
+    let worker = on_cpus(one_core, || {
+        spawn_worker(opts, &farm, &[("LOG_FORMAT", "json")])
+    });
     wait_ready(&worker).await;
     let work = farm.dir.path().join("local");
     std::fs::create_dir_all(&work).unwrap();
@@ -476,11 +838,14 @@ async fn overhead(opts: &Opts, long: bool) -> String {
     let mut rows = Vec::new();
     let mut raw = Vec::new();
     let mut phases: BTreeMap<(String, &str), Vec<f64>> = BTreeMap::new();
+    // Keyed by input, then by the order of the parts.
+    let mut ends: BTreeMap<(String, usize, &str), Vec<f64>> = BTreeMap::new();
     for (label, input, runs) in &inputs {
         let key = format!("in/{}", input.file_name().unwrap().to_string_lossy());
         farm.put_input(&key, input).await;
         let size = std::fs::metadata(input).unwrap().len();
         let (mut w, mut g, mut f, mut c) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let timed = |cmd: &mut Command| on_cpus(one_core, || time_cmd(cmd)).wall.as_secs_f64();
         for run in 0..*runs {
             // Alternate the order of the four commands from run to run.
             for which in 0..4 {
@@ -490,28 +855,33 @@ async fn overhead(opts: &Opts, long: bool) -> String {
                         let job = json!({"job_id": id, "input_key": key, "output_key": format!("out/{id}.mp4")});
                         let (took, events, published) = run_job(&farm, job).await;
                         w.push(took.as_secs_f64());
-                        for (phase, ms) in job_phases(&events, published, took) {
+                        let verified = verified_line(&worker, &id);
+                        let mut split = job_phases(&events, published, took);
+                        split.extend(
+                            STAGES
+                                .iter()
+                                .map(|(field, label)| (*label, verified.get(field))),
+                        );
+                        for (phase, ms) in split {
                             phases
                                 .entry((label.to_string(), phase))
                                 .or_default()
                                 .push(ms);
                         }
+                        for (i, (part, ms)) in job_end(&events, &verified).into_iter().enumerate() {
+                            ends.entry((label.to_string(), i, part))
+                                .or_default()
+                                .push(ms);
+                        }
                     }
-                    3 => c.push(
-                        time_cmd(&mut pipeline_child(input, &work.join("child.mp4"))).as_secs_f64(),
-                    ),
-                    1 => g.push(
-                        time_cmd(&mut gst_launch(
-                            input,
-                            &work.join("gst.mp4"),
-                            PRESET_VIDEO,
-                            PRESET_AUDIO,
-                        ))
-                        .as_secs_f64(),
-                    ),
-                    _ => f.push(
-                        time_cmd(&mut ffmpeg_h264(input, &work.join("ffmpeg.mp4"))).as_secs_f64(),
-                    ),
+                    3 => c.push(timed(&mut pipeline_child(input, &work.join("child.mp4")))),
+                    1 => g.push(timed(&mut gst_launch(
+                        input,
+                        &work.join("gst.mp4"),
+                        PRESET_VIDEO,
+                        PRESET_AUDIO,
+                    ))),
+                    _ => f.push(timed(&mut ffmpeg_h264(input, &work.join("ffmpeg.mp4")))),
                 }
             }
             eprintln!(
@@ -598,19 +968,28 @@ async fn overhead(opts: &Opts, long: bool) -> String {
     }
     drop(worker);
     let raw = raw.join("\n");
+    let median_row = |label: &str, what: &str, v: &[f64]| {
+        vec![
+            label.to_string(),
+            what.to_string(),
+            format!("{:.0}", median(v.to_vec())),
+        ]
+    };
     let phase_rows: Vec<Vec<String>> = phases
         .iter()
-        .map(|((label, phase), v)| {
-            vec![
-                label.clone(),
-                phase.to_string(),
-                format!("{:.0}", median(v.clone())),
-            ]
-        })
+        .map(|((label, phase), v)| median_row(label, phase, v))
         .collect();
     let split = table(
         &["input", "phase of the worker's job", "median ms"],
         &phase_rows,
+    );
+    let end_rows: Vec<Vec<String>> = ends
+        .iter()
+        .map(|((label, _, part), v)| median_row(label, part, v))
+        .collect();
+    let end = table(
+        &["input", "the end of the worker's job", "median ms"],
+        &end_rows,
     );
     let t = table(
         &[
@@ -630,31 +1009,67 @@ async fn overhead(opts: &Opts, long: bool) -> String {
     );
     let example_in = Path::new("IN");
     let example_out = Path::new("OUT.mp4");
+    let where_ = if one_core {
+        "The worker (and so its pipeline processes, which inherit its CPU affinity), gst-launch-1.0, \
+         ffmpeg and the pipeline process alone each ran on one core only (CPU 0, `sched_setaffinity`), \
+         so the encoders have half this machine; RabbitMQ and the S3 server were not pinned. "
+    } else {
+        ""
+    };
     format!(
-        "\n## 1{part}. Overhead: a job through the farm against the same encode on a local file\n\n{t}\n\
+        "\n## {part}. Overhead: a job through the farm against the same encode on a local file{title}\n\n{t}\n\
          Median of the given number of runs of each command, the four commands (worker, gst-launch-1.0, ffmpeg, the worker's pipeline process alone) alternating (their order rotates \
-         each run), after one warm-up job; all on this machine, one after another, nothing else of the benchmark running.\n\n\
-         * **worker**: one `transcode-worker run` (release build, default settings: preset `h264-mp4`) on a queue of \
-         the benchmark's RabbitMQ node, input and output in an s3-test-server bucket on loopback. Timed from just before the \
+         each run), after one warm-up job; all on this machine, one after another, nothing else of the benchmark running. \
+         {where_}Each command is timed from just before it starts to its exit, which this process waits for \
+         (`waitid`), so the times are exact to the microsecond, not to a polling interval.\n\n\
+         * **worker**: one `transcode-worker run` (default settings: preset `h264-mp4`) on a queue of \
+         the benchmark's RabbitMQ node, input and output in a bucket of {server}. Timed from just before the \
          job is published (default exchange, as the original service's pika example) to the receipt of its \
          `completed` event on a queue bound to the progress exchange. The worker publishes `completed`, waits for \
          the broker's confirm, then acks; the ack is not observable from outside and follows the confirm directly. \
-         The input is uploaded before timing starts; the worker's time includes its download, its two Discoverer \
-         probes (before and after the encode), the upload and every broker round trip.\n\
+         The input is uploaded before timing starts; the worker's time includes its download, its probe of the \
+         input (GStreamer's Discoverer, which decodes the first frames), the verification of the output (its \
+         container headers, read without decoding), the upload and every broker round trip.\n\
          * **gst-launch-1.0**, the identical pipeline on local files:\n  `{gst}`\n\
          * **ffmpeg**, the closest equivalent (CRF 23 = x264enc `pass=qual quantizer=23`):\n  `{ff}`\n\n\
          Every run:\n\n{raw}\n\n\
-         Where the worker's time goes (progress event timestamps, as in section 2; the last three rows, for \
-         comparison, are the worker's pipeline process run alone on the local file, timed alternately with the \
-         others, gst-launch-1.0, and the input's download alone, without the worker, timed after the runs). The \
-         download and upload are what the farm adds to a local encode by design (the input is in S3); when the \
-         bare GET takes as long as the worker's fetch, the time is the S3 server's (the one here, s3s-fs's \
-         file-system server, reads and sends objects in 4 KiB pieces):\n\n{split}\n\
+         Where the worker's time goes (progress event timestamps, as in section 2; rows 3a-3f are the stages of \
+         phase 3 as the pipeline process measures them and the worker logs them with the verified output; the last \
+         three rows, for comparison, are the worker's pipeline process run alone on the local file, timed \
+         alternately with the others, gst-launch-1.0, and the input's download alone, without the worker, timed \
+         after the runs). The download and upload are what the farm adds to a local encode by design (the input is \
+         in S3); when the bare GET takes as long as the worker's fetch, the time is the S3 server's:\n\n{split}\n\
+         The end of the job, taken apart (medians of each part; a-e add up to their total, from the worker's log \
+         and events). The last `transcoding` event is not where the encode ends: the position those events carry \
+         is that of the frames entering the video branch, which stops when the input's video has all gone in, while \
+         the encoder still encodes the frames it holds (x264's lookahead); after that the events go out once a second. \
+         gst-launch-1.0 spends the same flush, muxer finish and stop at its own end; the worker adds d and e:\n\n{end}\n\
          Target: worker / gst-launch <= 1.05.\n",
-        part = if long { "b" } else { "a" },
         gst = format!("{:?}", gst_launch(example_in, example_out, PRESET_VIDEO, PRESET_AUDIO)).replace('"', ""),
         ff = format!("{:?}", ffmpeg_h264(example_in, example_out)).replace('"', ""),
+        server = s3.name,
     )
+}
+
+/// Runs `f` with this thread's CPU affinity set to CPU 0 when `one` (and
+/// restores it after): processes started in `f` inherit the mask.
+fn on_cpus<T>(one: bool, f: impl FnOnce() -> T) -> T {
+    if !one {
+        return f();
+    }
+    // SAFETY: sched_{get,set}affinity on this thread (pid 0) with a
+    // cpu_set_t of the right size.
+    unsafe {
+        let mut old: libc::cpu_set_t = std::mem::zeroed();
+        let size = std::mem::size_of::<libc::cpu_set_t>();
+        assert_eq!(libc::sched_getaffinity(0, size, &mut old), 0);
+        let mut only: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut only);
+        assert_eq!(libc::sched_setaffinity(0, size, &only), 0);
+        let out = f();
+        assert_eq!(libc::sched_setaffinity(0, size, &old), 0);
+        out
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -665,7 +1080,7 @@ async fn per_job(opts: &Opts) -> String {
     eprintln!("bench: per-job cost");
     let tiny = wmv(1, "64x64");
     let farm = Farm::s3(&[]).await;
-    let worker = farm.spawn_worker(&[]);
+    let worker = spawn_worker(opts, &farm, &[("LOG_FORMAT", "json")]);
     wait_ready(&worker).await;
     farm.put_input("tiny.wmv", &tiny).await;
     let job = |id: &str| json!({"job_id": id, "input_key": "tiny.wmv", "output_key": format!("out/{id}.mp4")});
@@ -676,8 +1091,16 @@ async fn per_job(opts: &Opts) -> String {
     let sequential = if opts.smoke { 2 } else { 10 };
     let mut phases: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     for _ in 0..sequential {
-        let (took, events, published) = run_job(&farm, job(&common::random_name("seq"))).await;
-        for (phase, ms) in job_phases(&events, published, took) {
+        let id = common::random_name("seq");
+        let (took, events, published) = run_job(&farm, job(&id)).await;
+        let verified = verified_line(&worker, &id);
+        let mut split = job_phases(&events, published, took);
+        split.extend(
+            STAGES
+                .iter()
+                .map(|(field, label)| (*label, verified.get(field))),
+        );
+        for (phase, ms) in split {
             phases.entry(phase).or_default().push(ms / 1000.0);
         }
     }
@@ -692,17 +1115,22 @@ async fn per_job(opts: &Opts) -> String {
     std::fs::create_dir_all(&work).unwrap();
     let reps = if opts.smoke { 1 } else { 10 };
     let measure = |label: &str, mk: &dyn Fn() -> Command| {
-        let v: Vec<f64> = (0..reps)
-            .map(|_| time_cmd(&mut mk()).as_secs_f64())
-            .collect();
-        vec![label.to_string(), format!("{:.1}", median(v) * 1000.0)]
+        let runs: Vec<Timed> = (0..reps).map(|_| time_cmd(&mut mk())).collect();
+        let ms = |f: fn(&Timed) -> Duration| {
+            median(runs.iter().map(|t| f(t).as_secs_f64() * 1000.0).collect())
+        };
+        vec![
+            label.to_string(),
+            format!("{:.1}", ms(|t| t.wall)),
+            format!("{:.1}", ms(|t| t.cpu)),
+        ]
     };
     let child_out = work.join("child.mp4");
     let gst_out = work.join("gst.mp4");
     let tiny2 = tiny.clone();
     let mut rows = vec![
         measure(
-            "`transcode-worker pipeline` (probe + encode + verify), tiny input",
+            "`transcode-worker pipeline` (process start, probe, transcode, verification), tiny input",
             &|| pipeline_child(&tiny2, &child_out),
         ),
         measure("`gst-launch-1.0` same pipeline, tiny input", &|| {
@@ -756,7 +1184,14 @@ async fn per_job(opts: &Opts) -> String {
             },
         ));
     }
-    let child = table(&["process alone (median of repeated runs)", "ms"], &rows);
+    let child = table(
+        &[
+            "process alone (median of repeated runs)",
+            "wall ms",
+            "CPU ms (user + system)",
+        ],
+        &rows,
+    );
 
     // CPU time of one pipeline process (perf stat software counters; the
     // hardware ones are often missing in VMs).
@@ -823,11 +1258,15 @@ async fn per_job(opts: &Opts) -> String {
          Target: >= 20 jobs/s per worker (<= 50 ms per job).\n\n\
          Where the time of one job goes ({sequential} jobs one at a time, after a warm-up job; from the progress \
          events' timestamps, which the worker sets when it publishes each event, and this process's clock at \
-         publish and receipt; same machine, same clock):\n\n{split}\n\
+         publish and receipt; same machine, same clock; rows 3a-3f are the stages of phase 3 as the pipeline \
+         process measures them, from the worker's log line `outputs verified`; what they leave of phase 3 is the \
+         spec's and the result's trip between the worker and the pipeline process and the worker's progress \
+         events):\n\n{split}\n\
          Phase 3 runs in a pipeline process that was started ahead with GStreamer's plugins loaded and that \
          waits for the next job once its job completed (`standby_pipeline`, default on), so no process starts \
          in it. For comparison, a fresh process per job, taken apart with the same binary and GStreamer on local \
-         files ({reps} run(s) each, median):\n\n{child}\n\
+         files ({reps} run(s) each, median; each timed from just before its start to its exit, which this \
+         process waits for, and its CPU time as `wait4` reports it):\n\n{child}\n\
          `perf stat` of one pipeline process (tiny input): `{perf}`\n\n\
          CPU samples of one pipeline process by shared object (`perf record -e cpu-clock`, `perf report --sort dso`):\n\n\
          ```\n{dso}\n```\n\n\
@@ -837,15 +1276,8 @@ async fn per_job(opts: &Opts) -> String {
 }
 
 // ---------------------------------------------------------------------------
-// 3. Memory: 10 MB input against 1 GB input
+// 3. Memory: small input against big inputs, directory and S3 backends
 // ---------------------------------------------------------------------------
-
-/// Peak resident memory seen for a process tree: the worker and each child.
-#[derive(Default, Debug, Clone)]
-struct Peaks {
-    worker_kb: u64,
-    child_kb: u64,
-}
 
 fn status_kb(pid: i32, field: &str) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -857,33 +1289,162 @@ fn status_kb(pid: i32, field: &str) -> Option<u64> {
         .ok()
 }
 
-/// Samples VmHWM (and VmRSS) of `pid` and its children every 50 ms until stopped.
-fn sample(
-    pid: i32,
-    children: impl Fn() -> Vec<i32> + Send + 'static,
-    stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<Peaks> {
+/// Resident memory of a worker and its child processes during one job.
+#[derive(Default, Debug, Clone)]
+struct TreeMemory {
+    /// The worker's resident memory before the job, KiB.
+    worker_before_kb: u64,
+    /// The worker's peak (`VmHWM`, the kernel's own), KiB.
+    worker_kb: u64,
+    /// The largest peak (`VmHWM`) of a child process, KiB.
+    child_kb: u64,
+    /// The largest sum of the resident memory (`VmRSS`) of the worker and
+    /// its children seen by the sampler, KiB.
+    sampled_sum_kb: u64,
+    /// Samples taken.
+    samples: u64,
+}
+
+impl TreeMemory {
+    /// The whole tree's peak as the sum of each process's own peak: never
+    /// below the real peak of the sum (the peaks may not coincide).
+    fn peak_kb(&self) -> u64 {
+        self.worker_kb + self.child_kb
+    }
+}
+
+/// The child processes of `pid`, from `/proc/PID/task/*/children` (one
+/// small read per thread of it, where scanning all of `/proc` takes tens
+/// of milliseconds on a busy machine).
+fn children(pid: i32) -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<i32>>()
+        })
+        .collect()
+}
+
+/// How often the sampler reads `/proc`.
+const SAMPLE_EVERY: Duration = Duration::from_millis(20);
+
+/// Samples the memory of `pid` and its children every [`SAMPLE_EVERY`]
+/// until stopped; reads each process's `VmHWM` once more at the end (the
+/// worker and its pipeline process, which waits for the next job, are
+/// still alive then, so those peaks are exact).
+fn sample(pid: i32, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<TreeMemory> {
     std::thread::spawn(move || {
-        let mut p = Peaks::default();
-        while !stop.load(Ordering::Relaxed) {
-            let w = status_kb(pid, "VmHWM:")
-                .max(status_kb(pid, "VmRSS:"))
-                .unwrap_or(0);
-            p.worker_kb = p.worker_kb.max(w);
-            for c in children() {
-                let k = status_kb(c, "VmHWM:")
-                    .max(status_kb(c, "VmRSS:"))
-                    .unwrap_or(0);
-                p.child_kb = p.child_kb.max(k);
+        let mut m = TreeMemory {
+            worker_before_kb: status_kb(pid, "VmRSS:").unwrap_or(0),
+            ..TreeMemory::default()
+        };
+        let mut child_peaks: BTreeMap<i32, u64> = BTreeMap::new();
+        let mut read = |m: &mut TreeMemory| {
+            let mut sum = status_kb(pid, "VmRSS:").unwrap_or(0);
+            m.worker_kb = m.worker_kb.max(status_kb(pid, "VmHWM:").unwrap_or(0));
+            for c in children(pid) {
+                sum += status_kb(c, "VmRSS:").unwrap_or(0);
+                let peak = child_peaks.entry(c).or_default();
+                *peak = (*peak).max(status_kb(c, "VmHWM:").unwrap_or(0));
             }
-            std::thread::sleep(Duration::from_millis(50));
+            m.sampled_sum_kb = m.sampled_sum_kb.max(sum);
+            m.samples += 1;
+        };
+        while !stop.load(Ordering::Relaxed) {
+            read(&mut m);
+            std::thread::sleep(SAMPLE_EVERY);
         }
-        p
+        read(&mut m);
+        m.child_kb = child_peaks.values().copied().max().unwrap_or(0);
+        m
     })
 }
 
+/// Runs one job on a fresh worker of `farm` and measures its memory.
+async fn job_memory(opts: &Opts, farm: &Farm, key: &str) -> (Duration, TreeMemory) {
+    let worker = spawn_worker(opts, farm, &[]);
+    wait_ready(&worker).await;
+    // The standby pipeline process is started with the worker; wait until
+    // it has loaded its plugins, so the small and the big job start alike.
+    common::wait_for(
+        Duration::from_secs(60),
+        "the standby pipeline process",
+        || {
+            let ready = !worker.standbys().is_empty();
+            async move { ready }
+        },
+    )
+    .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = sample(worker.pid(), stop.clone());
+    let id = common::random_name("mem");
+    let job = json!({"job_id": id, "input_key": key, "output_key": format!("out/{id}.mp4"),
+                     "transcode_options": CHEAP_VIDEO});
+    let (took, _, _) = run_job(farm, job).await;
+    stop.store(true, Ordering::Relaxed);
+    let m = sampler.join().unwrap();
+    drop(worker);
+    (took, m)
+}
+
+/// The table of a memory section and the ratio of the biggest input's
+/// peak to the smallest's.
+fn memory_table(runs: &[(String, u64, Duration, TreeMemory)]) -> (String, f64) {
+    let mib = |kb: u64| format!("{:.0}", kb as f64 / 1024.0);
+    let rows: Vec<Vec<String>> = runs
+        .iter()
+        .map(|(label, size, took, m)| {
+            vec![
+                label.clone(),
+                format!("{:.0} MB", *size as f64 / 1e6),
+                format!("{:.1}", took.as_secs_f64()),
+                mib(m.worker_before_kb),
+                mib(m.worker_kb),
+                mib(m.child_kb),
+                format!("**{}**", mib(m.peak_kb())),
+                mib(m.sampled_sum_kb),
+                format!("{:.2}", m.peak_kb() as f64 / runs[0].3.peak_kb() as f64),
+            ]
+        })
+        .collect();
+    let t = table(
+        &[
+            "input",
+            "size",
+            "job s",
+            "worker before the job MiB",
+            "worker peak MiB",
+            "pipeline process peak MiB",
+            "whole tree: sum of the peaks MiB",
+            "whole tree: largest sampled sum MiB",
+            "whole tree / smallest input's",
+        ],
+        &rows,
+    );
+    let ratio = runs
+        .iter()
+        .map(|r| r.3.peak_kb() as f64 / runs[0].3.peak_kb() as f64)
+        .fold(0.0, f64::max);
+    (t, ratio)
+}
+
+const MEMORY_METHOD: &str = "One fresh worker per input (default settings), started and \
+    waited for until its standby pipeline process is up; job `transcode_options` = `CHEAP` into MP4 \
+    with the default AAC audio branch. A thread of this process read `/proc/PID/status` of the \
+    worker and of each of its child processes every 20 ms during the job: the *largest sampled \
+    sum* is the largest sum of their `VmRSS` it saw; the *peaks* are `VmHWM`, the kernel's own \
+    high-water mark of each process, read once more after the job (the worker and its pipeline \
+    process, which then waits for the next job, are still alive, so no peak is missed). The whole \
+    tree's figure is the sum of the two peaks, which is never below the real peak of the sum.";
+
 async fn memory(opts: &Opts) -> String {
-    eprintln!("bench: memory");
+    eprintln!("bench: memory (directory backend)");
     // 1080p MJPEG with film-grain noise, so the file is large for its length;
     // the big input is sized from the small one to about 1 GB (100x).
     let recipe = |secs: u32| {
@@ -910,58 +1471,85 @@ async fn memory(opts: &Opts) -> String {
     // The big file is made straight into the storage folder and deleted after.
     make_ffmpeg(&store.join("big.mov"), &recipe(big_secs));
     let big_size = std::fs::metadata(store.join("big.mov")).unwrap().len();
-    let mut rows = Vec::new();
-    let mut totals = Vec::new();
+    let mut runs = Vec::new();
     for (key, size, secs) in [
         ("small.mov", small_size, small_secs),
         ("big.mov", big_size, big_secs),
     ] {
-        let worker = farm.spawn_worker(&[]);
-        wait_ready(&worker).await;
-        let pid = worker.pid();
-        let stop = Arc::new(AtomicBool::new(false));
-        let sampler = sample(pid, move || common::children_of(pid), stop.clone());
-        let id = common::random_name("mem");
-        let job = json!({"job_id": id, "input_key": key, "output_key": format!("out/{id}.mp4"),
-                         "transcode_options": CHEAP_VIDEO});
-        let (took, _, _) = run_job(&farm, job).await;
-        stop.store(true, Ordering::Relaxed);
-        let p = sampler.join().unwrap();
-        drop(worker);
-        let total = p.worker_kb + p.child_kb;
-        totals.push(total as f64);
-        rows.push(vec![
-            format!("{secs} s 1920x1080 MJPEG+PCM"),
-            format!("{:.0} MB", size as f64 / 1e6),
-            format!("{:.1}", took.as_secs_f64()),
-            format!("{:.0}", p.worker_kb as f64 / 1024.0),
-            format!("{:.0}", p.child_kb as f64 / 1024.0),
-            format!("{:.0}", total as f64 / 1024.0),
-        ]);
+        let (took, m) = job_memory(opts, &farm, key).await;
+        runs.push((format!("{secs} s 1920x1080 MJPEG+PCM MOV"), size, took, m));
     }
     let _ = std::fs::remove_file(store.join("big.mov"));
-    let ratio = totals[1] / totals[0];
-    let t = table(
-        &[
-            "input",
-            "size",
-            "job s",
-            "worker peak MiB",
-            "pipeline process peak MiB",
-            "sum MiB",
-        ],
-        &rows,
-    );
+    let (t, ratio) = memory_table(&runs);
     format!(
-        "\n## 3. Memory: peak resident memory against input size\n\n{t}\n\
-         Ratio big / small (sum of peaks): **{ratio:.2}** (target <= 1.3).\n\n\
-         Directory backend (read in place, no copy through S3); one fresh worker per input, job \
-         `transcode_options` = `{CHEAP_VIDEO}` into MP4 with the default AAC audio branch. Every 50 ms this \
-         process read `VmHWM` (the kernel's own peak) and `VmRSS` from `/proc/PID/status` of the worker and of \
-         each of its child processes; the figure is the largest value seen (the pipeline process's peak is \
-         the last sample before it exits, at most 50 ms early). Inputs made with `ffmpeg {small_recipe} FILE` \
-         (the big one with duration={big_secs}); the big file is deleted afterwards.\n",
+        "\n## 3a. Memory: peak resident memory against input size, directory backend\n\n{t}\n\
+         Whole tree, biggest / smallest input: **{ratio:.2}** (target <= 1.3).\n\n\
+         Directory backend: the worker reads the input in place, no copy. {method} Inputs made with \
+         `ffmpeg {small_recipe} FILE` (the big one with duration={big_secs}); the big file is deleted \
+         afterwards.\n",
+        method = MEMORY_METHOD.replace("CHEAP", CHEAP_VIDEO),
         small_recipe = recipe(small_secs),
+    )
+}
+
+/// Uploads the file `path` to `key` of the farm's bucket, streamed.
+async fn put_streamed(farm: &Farm, key: &str, path: &Path) {
+    let bucket = farm.bucket.as_ref().expect("S3 farm");
+    let mut file = tokio::fs::File::open(path).await.expect("open input");
+    bucket
+        .put_object_stream(&mut file, key)
+        .await
+        .expect("put input");
+}
+
+/// Memory section `part` on the S3 server `s3`.
+async fn memory_s3(opts: &Opts, s3: &S3Target<'_>, part: &str) -> String {
+    eprintln!("bench: memory (S3 backend: {})", s3.name);
+    // Raw video, as large a file as a few seconds can make: 640x360 I420
+    // frames of 345,600 bytes, 25 a second (8.6 MB/s), with PCM audio.
+    let recipe = |secs: f64| {
+        format!(
+            "-f lavfi -i testsrc2=size=640x360:rate=25:duration={secs} \
+             -f lavfi -i sine=frequency=440:sample_rate=44100:duration={secs} \
+             -c:v rawvideo -pix_fmt yuv420p -c:a pcm_s16le -f avi"
+        )
+    };
+    let bytes_per_sec = 640.0 * 360.0 * 1.5 * 25.0 + 44_100.0 * 2.0;
+    let sizes: &[u64] = if opts.smoke {
+        &[10_000_000, 30_000_000]
+    } else {
+        &[10_000_000, 600_000_000, 1_200_000_000]
+    };
+    let farm = s3.farm(&[]).await;
+    let mut runs = Vec::new();
+    for &target in sizes {
+        let secs = (target as f64 / bytes_per_sec * 10.0).round() / 10.0;
+        let path = farm.dir.path().join("raw.avi");
+        make_ffmpeg(&path, &recipe(secs));
+        let size = std::fs::metadata(&path).unwrap().len();
+        let key = format!("raw-{target}.avi");
+        put_streamed(&farm, &key, &path).await;
+        std::fs::remove_file(&path).unwrap();
+        let (took, m) = job_memory(opts, &farm, &key).await;
+        farm.bucket
+            .as_ref()
+            .unwrap()
+            .delete_object(&key)
+            .await
+            .expect("delete input");
+        runs.push((format!("{secs} s 640x360 raw video+PCM AVI"), size, took, m));
+    }
+    let (t, ratio) = memory_table(&runs);
+    format!(
+        "\n## {part}. Memory: peak resident memory against input size, S3 backend{on}\n\n{t}\n\
+         Whole tree, biggest / smallest input: **{ratio:.2}** (target <= 1.3).\n\n\
+         S3 backend: the worker downloads the input from a bucket of the benchmark's S3 server \
+         ({server}) into its scratch folder, then transcodes it. {method} Inputs made with \
+         `ffmpeg {recipe} FILE` with the durations in the table, uploaded and deleted after their job.\n",
+        server = s3.name,
+        method = MEMORY_METHOD.replace("CHEAP", CHEAP_VIDEO),
+        recipe = recipe(1.0).replace("duration=1", "duration=SECS"),
+        on = if part == "3c" { " on Garage" } else { "" },
     )
 }
 
@@ -979,7 +1567,9 @@ async fn scale_out(opts: &Opts) -> String {
         let threads = (cores() / workers).max(1);
         let farm = Farm::s3(&[]).await;
         farm.put_input("in.wmv", &input).await;
-        let procs: Vec<WorkerProc> = (0..workers).map(|_| farm.spawn_worker(&[])).collect();
+        let procs: Vec<WorkerProc> = (0..workers)
+            .map(|_| spawn_worker(opts, &farm, &[]))
+            .collect();
         for w in &procs {
             wait_ready(w).await;
         }
@@ -1034,6 +1624,256 @@ async fn scale_out(opts: &Opts) -> String {
          instead of each starting one encoder thread per core. Worker counts: `--workers 1,2,4` \
          (any list, e.g. `--workers 1,2,4,8,16` on a 16-core machine).\n",
         cores()
+    )
+}
+
+// ---------------------------------------------------------------------------
+// 5. The job history: the dashboard's first page and `status` among N jobs
+// ---------------------------------------------------------------------------
+
+/// Writes `n` job records through [`History::update`] (as workers do: most
+/// completed, one in ten dead), named `hist-00000` up.
+async fn fill_history(history: &transcode_worker::history::History, n: usize) {
+    use futures_util::StreamExt;
+    use transcode_worker::error::ErrorKind;
+    use transcode_worker::history::JobState;
+    let written = futures_util::stream::iter(0..n)
+        .map(|i| async move {
+            let id = format!("hist-{i:05}");
+            history
+                .update(&id, |r| {
+                    r.input_key = format!("uploads/batch-{}/tape-{i:05}.mov", i / 100);
+                    r.output_keys = vec![format!("out/tape-{i:05}.mp4")];
+                    r.mark(JobState::Queued, None, None, "submitted".into());
+                    r.attempt_started(1, "bench-worker");
+                    if i % 10 == 9 {
+                        let why = format!("there is no input \"{}\" in bucket videos", r.input_key);
+                        r.attempt_ended(1, "failed", Some((&ErrorKind::InputNotFound, &why)));
+                        r.mark(JobState::Dead, Some(1), Some("bench-worker"), why);
+                    } else {
+                        r.attempt_ended(1, "completed", None);
+                        r.output_size_bytes = Some(1_234_567 + i as u64);
+                        r.duration_seconds = Some(20.0);
+                        r.mark(
+                            JobState::Completed,
+                            Some(1),
+                            Some("bench-worker"),
+                            "completed".into(),
+                        );
+                    }
+                })
+                .await
+                .map(|_| ())
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+    let failed = written.iter().filter(|w| w.is_err()).count();
+    assert_eq!(failed, 0, "{failed} record(s) not written");
+}
+
+/// The address a `transcode-worker dashboard` logs that it listens on.
+async fn dashboard_addr(process: &WorkerProc) -> String {
+    common::wait_for_value(Duration::from_secs(60), "the dashboard to listen", || {
+        let found = process
+            .logs()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find_map(|l| l["addr"].as_str().map(str::to_string));
+        async move { found }
+    })
+    .await
+}
+
+/// Times `runs` GETs of each path (after one untimed), in ms; asserts 200.
+async fn time_gets(
+    http: &reqwest::Client,
+    base: &str,
+    paths: &[&str],
+    runs: usize,
+    pause: Duration,
+) -> Vec<f64> {
+    for path in paths {
+        let _ = http.get(format!("{base}{path}")).send().await;
+    }
+    let mut times = Vec::new();
+    for _ in 0..runs {
+        tokio::time::sleep(pause).await;
+        let start = Instant::now();
+        for path in paths {
+            let response = http
+                .get(format!("{base}{path}"))
+                .timeout(JOB_TIMEOUT)
+                .send()
+                .await
+                .expect("the dashboard answers");
+            assert_eq!(response.status().as_u16(), 200, "GET {path}");
+            let _ = response.bytes().await.expect("a body");
+        }
+        times.push(start.elapsed().as_secs_f64() * 1000.0);
+    }
+    times
+}
+
+fn slowest(v: &[f64]) -> f64 {
+    v.iter().copied().fold(0.0, f64::max)
+}
+
+async fn history(opts: &Opts) -> String {
+    let n = opts.history_jobs;
+    let runs = if opts.smoke { 3 } else { 20 };
+    let mut parts = String::new();
+    for backend in ["S3", "directory"] {
+        eprintln!("bench: history ({n} jobs, {backend} backend)");
+        let farm = if backend == "S3" {
+            Farm::s3(&[]).await
+        } else {
+            Farm::directory(&[]).await
+        };
+        parts += &history_on(&farm, backend, n, runs).await;
+    }
+    format!(
+        "\n## 6. Job history: the dashboard and `status` with {n} jobs of history\n{parts}\n\
+         Each backend: {n} job records (nine in ten completed, one in ten dead) written through \
+         `History::update`, as workers write them (16 at once), one worker running; then \
+         `transcode-worker dashboard` is asked over HTTP from this process, each row after one untimed \
+         request, and `status` is run as an operator runs it, a new process each time (settings, one GET \
+         of the record; a completed job, so no worker is asked). The S3 backend is s3-test-server on \
+         loopback: its listing (the s3s-fs library's) reads the metadata of every object under the \
+         prefix before it sorts them and returns a page, so a listing of the index costs in proportion \
+         to the whole history there (the row \"bare listing\" times that request alone, from this \
+         process); AWS S3 and MinIO return a page from their own index. The directory backend reads the \
+         index folder's names.\n\n\
+         Targets: first page <= 500 ms; `status` of one job <= 200 ms.\n"
+    )
+}
+
+/// Section 5 on one farm: writes `n` records, times the dashboard and
+/// `status`, and returns the backend's table and figures.
+async fn history_on(farm: &Farm, backend: &str, n: usize, runs: usize) -> String {
+    let history =
+        transcode_worker::history::History::from_settings(&farm.settings).expect("a history");
+    let started = Instant::now();
+    fill_history(&history, n).await;
+    let wrote = started.elapsed().as_secs_f64();
+    eprintln!("bench:   {n} records written in {wrote:.1} s");
+    let worker = farm.spawn_worker(&[]);
+    wait_ready(&worker).await;
+    let dashboard = farm.spawn_command(&["dashboard", "--listen", "127.0.0.1:0"], &[]);
+    let base = format!("http://{}", dashboard_addr(&dashboard).await);
+    let http = reqwest::Client::new();
+    let middle = format!("hist-{:05}", n / 2);
+    let prefix = format!("hist-{:04}", n / 20);
+    let none = Duration::ZERO;
+    // Each /api/workers call asks the workers again (answers are reused for 1 s).
+    let apart = Duration::from_millis(1100);
+    let mut measured: Vec<(String, Vec<f64>)> = Vec::new();
+    if let Some(bucket) = &farm.bucket {
+        let index = format!("{}index/", farm.settings.history.prefix);
+        let mut times = Vec::new();
+        for _ in 0..=runs {
+            let start = Instant::now();
+            let (page, _) = bucket
+                .list_page(index.clone(), None, None, None, Some(50))
+                .await
+                .expect("list the index");
+            assert_eq!(page.contents.len(), 50.min(n));
+            times.push(start.elapsed().as_secs_f64() * 1000.0);
+        }
+        times.remove(0);
+        measured.push((
+            "bare listing: ListObjectsV2 of the 50 newest index entries (rust-s3, this process)"
+                .into(),
+            times,
+        ));
+    }
+    measured.extend([
+        ("`GET /` (the page)".into(), time_gets(&http, &base, &["/"], runs, none).await),
+        (
+            "`GET /api/jobs` (the 50 newest: 50 index entries listed, 50 records read)".into(),
+            time_gets(&http, &base, &["/api/jobs"], runs, none).await,
+        ),
+        (
+            "**first page**: `/`, `/app.js`, `/style.css`, `/api/about`, `/api/jobs`, one after another".into(),
+            time_gets(
+                &http,
+                &base,
+                &["/", "/app.js", "/style.css", "/api/about", "/api/jobs?limit=50"],
+                runs,
+                none,
+            )
+            .await,
+        ),
+        (
+            "`GET /api/jobs?state=dead` (the 50 newest dead: about 500 records read)".into(),
+            time_gets(&http, &base, &["/api/jobs?state=dead"], runs, none).await,
+        ),
+        (
+            format!("`GET /api/jobs?q={prefix}` (ids starting so: the whole index listed, 10 records read)"),
+            time_gets(&http, &base, &[&format!("/api/jobs?q={prefix}")], runs, none).await,
+        ),
+        (
+            format!("`GET /api/jobs/{middle}` (one record)"),
+            time_gets(&http, &base, &[&format!("/api/jobs/{middle}")], runs, none).await,
+        ),
+        (
+            "`GET /api/queues` (passive declares, the requirements stream)".into(),
+            time_gets(&http, &base, &["/api/queues"], runs, none).await,
+        ),
+        (
+            "`GET /api/workers` (one worker; calls 1.1 s apart, so each asks it)".into(),
+            time_gets(&http, &base, &["/api/workers"], runs.min(10), apart).await,
+        ),
+    ]);
+    let peak_kb = status_kb(dashboard.pid(), "VmHWM:").unwrap_or(0);
+    drop(dashboard);
+    // `status` as an operator runs it: a new process, one GET of the record.
+    let mut status_times = Vec::new();
+    let mut unknown_times = Vec::new();
+    for _ in 0..runs {
+        status_times.push(
+            time_cmd(&mut farm.command(&["status", &middle, "--json"]))
+                .wall
+                .as_secs_f64()
+                * 1000.0,
+        );
+        // Exit 3: no such job.
+        let unknown = time_cmd_exiting(
+            &mut farm.command(&["status", "never-submitted", "--json"]),
+            3,
+        );
+        unknown_times.push(unknown.wall.as_secs_f64() * 1000.0);
+    }
+    drop(worker);
+    measured.push((
+        format!("**`transcode-worker status {middle} --json`** (a new process)"),
+        status_times,
+    ));
+    measured.push((
+        "`transcode-worker status never-submitted --json` (exit 3)".into(),
+        unknown_times,
+    ));
+    let rows: Vec<Vec<String>> = measured
+        .into_iter()
+        .map(|(what, v)| {
+            vec![
+                what,
+                format!("{:.1}", median(v.clone())),
+                format!("{:.1}", slowest(&v)),
+                v.len().to_string(),
+            ]
+        })
+        .collect();
+    let t = table(&["request", "median ms", "slowest ms", "runs"], &rows);
+    let store = if backend == "S3" {
+        "an s3-test-server bucket"
+    } else {
+        "a storage folder"
+    };
+    format!(
+        "\n### {backend} backend\n\n{t}\n{n} records written into {store} in {wrote:.0} s. \
+         Peak resident memory of the dashboard after all its requests: {:.1} MiB (VmHWM).\n",
+        peak_kb as f64 / 1024.0
     )
 }
 

@@ -23,11 +23,19 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::job::Job;
-use crate::plan::{factories_in, Plan};
+use crate::plan::{factories_in, Plan, HLS_ELEMENTS, SCALE_ELEMENTS};
+use crate::rendition::Target;
 
 /// Elements every worker has (it refuses to start without them): they are
 /// never a job's requirement.
-pub const BASE_ELEMENTS: &[&str] = &["filesrc", "decodebin", "filesink", "queue", "fakesink"];
+pub const BASE_ELEMENTS: &[&str] = &[
+    "filesrc",
+    "decodebin",
+    "filesink",
+    "queue",
+    "tee",
+    "fakesink",
+];
 
 /// What a worker reports about itself (`inspect`, `ping`, the dashboard).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -163,13 +171,43 @@ pub struct Needs {
     pub labels: BTreeSet<String>,
 }
 
-/// What `job`, to be run with `plan`, needs.
+/// The video branch this worker uses for a preset: the first of its
+/// `alternatives` (each checked against `allow`) whose elements it has all
+/// of, else its `video`.
+pub fn preferred_video(
+    preset: &crate::config::Preset,
+    capabilities: &Capabilities,
+    allow: &crate::fragment::Allowlist,
+) -> Option<String> {
+    preset.alternatives.iter().find_map(|text| {
+        let fragment = crate::fragment::Fragment::parse(text, allow).ok()?;
+        let canonical = fragment.to_string();
+        let elements = factories_in(&canonical);
+        elements
+            .iter()
+            .all(|e| capabilities.elements.contains(e))
+            .then_some(canonical)
+    })
+}
+
+/// What `job`, to be run with `plan`, needs: the union of what every
+/// output's encodings need (their branches and muxer, the scaler of those
+/// that scale, the HLS sink and demuxer of packages).
 pub fn needs(plan: &Plan, job: &Job) -> Needs {
-    let mut elements: BTreeSet<String> = factories_in(&plan.video)
-        .into_iter()
-        .chain(factories_in(&plan.audio))
-        .chain([plan.muxer.to_string()])
-        .collect();
+    let mut elements = BTreeSet::new();
+    for output in &plan.outputs {
+        if matches!(output.target, Target::Hls(_)) {
+            elements.extend(HLS_ELEMENTS.iter().map(|e| e.to_string()));
+        }
+        for encoding in output.target.encodings() {
+            elements.extend(factories_in(&encoding.video));
+            elements.extend(factories_in(&encoding.audio));
+            elements.insert(encoding.muxer.clone());
+            if encoding.max_height.is_some() {
+                elements.extend(SCALE_ELEMENTS.iter().map(|e| e.to_string()));
+            }
+        }
+    }
     elements.retain(|e| !BASE_ELEMENTS.contains(&e.as_str()));
     Needs {
         elements,
@@ -255,6 +293,8 @@ pub struct WaitingQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plan::OutputPlan;
+    use crate::rendition::{Encoding, HlsPackage, Variant};
 
     fn caps(installed: &[(&str, &str)], hidden: &[&str], labels: &[&str]) -> Capabilities {
         Capabilities::new(
@@ -323,16 +363,81 @@ mod tests {
     }
 
     #[test]
+    fn a_preset_with_alternatives_uses_the_first_the_worker_has_else_its_video() {
+        let preset: crate::config::Preset = toml::from_str(
+            r#"
+video = "videoconvert ! x264enc speed-preset=veryfast"
+alternatives = ["videoconvert ! nvh264enc ! h264parse", "videoconvert ! vaapih264enc ! h264parse"]
+"#,
+        )
+        .unwrap();
+        let allow = crate::fragment::Allowlist::new(Vec::<String>::new());
+        let with = |names: &[&str]| {
+            let installed: Vec<(&str, &str)> =
+                names.iter().map(|n| (*n, "Codec/Encoder/Video")).collect();
+            caps(&installed, &[], &[])
+        };
+        let nvidia = with(&[
+            "videoconvert",
+            "h264parse",
+            "nvh264enc",
+            "vaapih264enc",
+            "x264enc",
+        ]);
+        assert_eq!(
+            preferred_video(&preset, &nvidia, &allow).as_deref(),
+            Some("videoconvert ! nvh264enc ! h264parse")
+        );
+        let intel = with(&["videoconvert", "h264parse", "vaapih264enc", "x264enc"]);
+        assert_eq!(
+            preferred_video(&preset, &intel, &allow).as_deref(),
+            Some("videoconvert ! vaapih264enc ! h264parse")
+        );
+        let plain = with(&["videoconvert", "h264parse", "x264enc"]);
+        assert_eq!(
+            preferred_video(&preset, &plain, &allow),
+            None,
+            "its video then"
+        );
+        let hidden = caps(
+            &[
+                ("videoconvert", ""),
+                ("h264parse", ""),
+                ("nvh264enc", "Codec/Encoder/Video/Hardware"),
+            ],
+            &["nvh264enc"],
+            &[],
+        );
+        assert_eq!(preferred_video(&preset, &hidden, &allow), None);
+    }
+
+    #[test]
     fn a_job_needs_its_pipeline_beyond_the_base_and_its_labels() {
         let job: Job = serde_json::from_str(
             r#"{"job_id":"a","input_key":"i","output_key":"o.mp4","requires":["gpu"]}"#,
         )
         .unwrap();
-        let plan = Plan {
-            video: "videoconvert ! x265enc ! h265parse".into(),
+        let encoding = |video: &str, muxer: &str, max_height: Option<u32>| Encoding {
+            video: video.into(),
             audio: "audioconvert ! avenc_aac".into(),
-            muxer: "mp4mux",
+            muxer: muxer.into(),
+            max_height,
+            upscale: false,
+        };
+        let output = |key: &str, target: Target| OutputPlan {
+            key: key.into(),
             preset: None,
+            target,
+        };
+        let mut plan = Plan {
+            outputs: vec![output(
+                "o.mp4",
+                Target::File(encoding(
+                    "videoconvert ! x265enc ! h265parse",
+                    "mp4mux",
+                    None,
+                )),
+            )],
         };
         let n = needs(&plan, &job);
         let names: Vec<&str> = n.elements.iter().map(String::as_str).collect();
@@ -348,5 +453,29 @@ mod tests {
             ]
         );
         assert_eq!(n.labels.iter().collect::<Vec<_>>(), ["gpu"]);
+        // Renditions: the union of every output's needs.
+        plan.outputs.push(output(
+            "v/m.m3u8",
+            Target::Hls(HlsPackage {
+                segment_seconds: 6,
+                variants: vec![Variant {
+                    name: "720p".into(),
+                    encoding: encoding("videoconvert ! x264enc", "hlssink2", Some(720)),
+                    optional: true,
+                }],
+            }),
+        ));
+        let n = needs(&plan, &job);
+        for element in [
+            "x265enc",
+            "x264enc",
+            "mp4mux",
+            "hlssink2",
+            "mpegtsmux",
+            "tsdemux",
+            "videoscale",
+        ] {
+            assert!(n.elements.contains(element), "{element}: {n:?}");
+        }
     }
 }

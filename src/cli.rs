@@ -1,10 +1,10 @@
 //! The command line of the `transcode-worker` binary, as clap definitions:
 //! the worker itself (`run`), the operator commands (`inspect`, `ping`,
-//! `watch`, `check-config`, `setup`), `ingest` (jobs made by uploads) and
-//! the hidden `pipeline` command the worker
-//! runs as its child process. Each command is one function in
-//! [`crate::commands`] that returns its exit code: 0 success, 1 failure,
-//! 2 bad settings or arguments.
+//! `watch`, `check-config`, `setup`, `submit`, `status`, `jobs`, `cancel`,
+//! `dashboard`), `ingest` (jobs made by uploads) and the hidden `pipeline`
+//! command the worker runs as its child process. Each command is one
+//! function in [`crate::commands`] that returns its exit code: 0 success,
+//! 1 failure, 2 bad settings or arguments.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -162,6 +162,15 @@ enum Command {
         #[arg(long, value_name = "SECONDS", value_parser = commands::ingest::parse_interval)]
         poll: Option<std::time::Duration>,
     },
+    /// Serve the farm's live page and JSON API (workers, queues, recent
+    /// jobs, dead letters; with dashboard.token set, cancel, requeue and
+    /// submit) until SIGTERM or SIGINT.
+    Dashboard {
+        /// Address to listen on (IP:port; default dashboard.listen,
+        /// 127.0.0.1:3000).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<std::net::SocketAddr>,
+    },
     /// Internal: run one pipeline, reading its spec from standard input.
     #[command(hide = true)]
     Pipeline {
@@ -223,7 +232,7 @@ async fn dispatch(command: Command, config: Option<&Path>) -> ExitCode {
             requires,
             wait,
         } => {
-            let submission = commands::submit::Submission {
+            let submission = crate::operations::Submission {
                 input,
                 output,
                 preset,
@@ -231,9 +240,9 @@ async fn dispatch(command: Command, config: Option<&Path>) -> ExitCode {
                 job_id,
                 priority,
                 requires,
-                wait,
+                webhook: None,
             };
-            commands::submit::submit(&settings, &submission).await
+            commands::submit::submit(&settings, &submission, wait).await
         }
         Command::Status { job_id, json } => commands::jobs::status(&settings, &job_id, json).await,
         Command::Jobs { state, limit, json } => {
@@ -270,6 +279,7 @@ async fn dispatch(command: Command, config: Option<&Path>) -> ExitCode {
             commands::ingest::ingest(settings, &rules, poll, &crate::signals::interrupt_token())
                 .await
         }
+        Command::Dashboard { listen } => commands::dashboard::dashboard(settings, listen).await,
         Command::Pipeline { .. } => ExitCode::from(2),
     }
 }

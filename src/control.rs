@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use lapin::options::BasicPublishOptions;
-use lapin::{BasicProperties, Connection};
+use lapin::{BasicProperties, Channel, Connection};
 use serde::{Deserialize, Serialize};
 
 use crate::broker::{private_queue, Broker};
@@ -221,17 +221,20 @@ pub async fn ask_one(
         requires: None,
         job_id: None,
     };
-    let answers = ask_until(settings, &request, wait, |a| a.info.worker == worker).await?;
+    let answers = ask_until(settings, &request, wait, |all| {
+        all.iter().any(|a| a.info.worker == worker)
+    })
+    .await?;
     Ok(answers.into_iter().find(|a| a.info.worker == worker))
 }
 
 /// Sends `request` to every worker and collects the answers for `wait`,
-/// or until an answer for which `enough` is true.
+/// or until `enough` is true of the answers so far.
 pub async fn ask_until(
     settings: &BrokerSettings,
     request: &Request,
     wait: Duration,
-    enough: impl Fn(&Answer) -> bool,
+    enough: impl Fn(&[Answer]) -> bool,
 ) -> Result<Vec<Answer>, ObserverError> {
     let url = redact_url(&settings.url);
     let fail = |e: lapin::Error| ObserverError {
@@ -239,13 +242,30 @@ pub async fn ask_until(
         detail: e.to_string(),
     };
     let connection = observer_connection(settings, "transcode-worker inspect").await?;
-    let channel = connection.create_channel().await.map_err(fail)?;
+    let asked = match connection.create_channel().await {
+        Ok(channel) => ask_on(&channel, settings, request, wait, enough, Duration::ZERO).await,
+        Err(e) => Err(e),
+    };
+    let _ = connection.close(200, "done".into()).await;
+    asked.map_err(fail)
+}
+
+/// Sends `request` to every worker on `channel` (a caller that asks often
+/// keeps one connection and opens a channel per request, closing it after)
+/// and collects the answers for `wait`, or until `enough` is true of the
+/// answers so far and `grace` more has passed; sorted by worker name.
+pub async fn ask_on(
+    channel: &Channel,
+    settings: &BrokerSettings,
+    request: &Request,
+    wait: Duration,
+    enough: impl Fn(&[Answer]) -> bool,
+    grace: Duration,
+) -> Result<Vec<Answer>, lapin::Error> {
     let exchange = settings.control_exchange();
-    crate::broker::declare_fanout(&channel, &exchange)
-        .await
-        .map_err(fail)?;
+    crate::broker::declare_fanout(channel, &exchange).await?;
     let tag = format!("inspect-{}", std::process::id());
-    let (reply_queue, mut replies) = private_queue(&channel, None, &tag).await.map_err(fail)?;
+    let (reply_queue, mut replies) = private_queue(channel, None, &tag).await?;
     let correlation = uuid::Uuid::new_v4().simple().to_string();
     let body = serde_json::to_vec(request).expect("request serializes");
     let properties = BasicProperties::default()
@@ -262,15 +282,15 @@ pub async fn ask_until(
             &body,
             properties,
         )
-        .await
-        .map_err(fail)?;
-    let deadline = tokio::time::Instant::now() + wait;
+        .await?;
+    let mut deadline = tokio::time::Instant::now() + wait;
     let mut answers: Vec<Answer> = Vec::new();
+    let mut satisfied = false;
     loop {
         let next = tokio::time::timeout_at(deadline, replies.next()).await;
         let delivery = match next {
             Err(_) | Ok(None) => break,
-            Ok(Some(Err(e))) => return Err(fail(e)),
+            Ok(Some(Err(e))) => return Err(e),
             Ok(Some(Ok(delivery))) => delivery,
         };
         let ours = delivery
@@ -283,21 +303,22 @@ pub async fn ask_until(
         }
         match serde_json::from_slice::<WorkerInfo>(&delivery.data) {
             Ok(info) if !answers.iter().any(|a| a.info.worker == info.worker) => {
-                let answer = Answer {
+                answers.push(Answer {
                     info,
                     round_trip: sent.elapsed(),
-                };
-                let done = enough(&answer);
-                answers.push(answer);
-                if done {
-                    break;
+                });
+                if !satisfied && enough(&answers) {
+                    satisfied = true;
+                    if grace.is_zero() {
+                        break;
+                    }
+                    deadline = deadline.min(tokio::time::Instant::now() + grace);
                 }
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "an answer that is not a worker's"),
         }
     }
-    let _ = connection.close(200, "done".into()).await;
     answers.sort_by(|a, b| a.info.worker.cmp(&b.info.worker));
     Ok(answers)
 }

@@ -99,7 +99,7 @@ impl fmt::Display for ErrorKind {
 }
 
 /// A failed job attempt: a kind for programs and a sentence for people.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error("{message}")]
 pub struct JobError {
     /// The classification that decides retry or dead-letter.

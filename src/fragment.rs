@@ -53,6 +53,16 @@ pub const DEFAULT_ALLOWED_ELEMENTS: &[&str] = &[
     "avenc_h263",
     "avenc_prores",
     "avenc_dnxhd",
+    // hardware encoders (a worker without them sends such jobs to one
+    // that has them): NVIDIA NVENC, VA-API (old and new plugin), Intel QSV
+    "nvh264enc",
+    "nvh265enc",
+    "vaapih264enc",
+    "vaapih265enc",
+    "vah264enc",
+    "vah265enc",
+    "qsvh264enc",
+    "qsvh265enc",
     // parsers
     "h264parse",
     "h265parse",
@@ -244,7 +254,20 @@ pub struct Limits {
 }
 
 /// Encoders whose `bitrate` properties are in kbit/s (the others use bit/s).
-const KBPS_ENCODERS: &[&str] = &["x264enc", "x265enc", "theoraenc", "av1enc"];
+const KBPS_ENCODERS: &[&str] = &[
+    "x264enc",
+    "x265enc",
+    "theoraenc",
+    "av1enc",
+    "nvh264enc",
+    "nvh265enc",
+    "vaapih264enc",
+    "vaapih265enc",
+    "vah264enc",
+    "vah265enc",
+    "qsvh264enc",
+    "qsvh265enc",
+];
 
 fn reject(message: String) -> JobError {
     JobError::new(ErrorKind::InvalidPipeline, message)

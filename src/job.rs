@@ -56,9 +56,9 @@ pub struct Job {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub requires: Vec<String>,
     /// Several outputs (renditions) of the one input, each with its own key
-    /// and preset or fragment, instead of (or besides) `output_key`. Parsed
-    /// and checked here; the worker refuses such jobs until it can make
-    /// renditions (see [`crate::plan::plan`]).
+    /// and preset or fragment, instead of (or besides) `output_key`: the
+    /// input is downloaded and decoded once, and every output is encoded
+    /// from that one decode (see [`Job::all_outputs`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outputs: Option<Vec<OutputSpec>>,
     /// Encode the input in segments of about this many seconds (at least
@@ -342,6 +342,28 @@ impl Job {
         Ok(job)
     }
 
+    /// Every output the job asks for, in order: `output_key` with the
+    /// job's own `preset` or `transcode_options` first (when given), then
+    /// each of `outputs`.
+    pub fn all_outputs(&self) -> Vec<OutputSpec> {
+        let own = (!self.output_key.is_empty()).then(|| OutputSpec {
+            output_key: self.output_key.clone(),
+            transcode_options: self.transcode_options.clone(),
+            preset: self.preset.clone(),
+        });
+        own.into_iter()
+            .chain(self.outputs.iter().flatten().cloned())
+            .collect()
+    }
+
+    /// The keys of [`Job::all_outputs`], in order.
+    pub fn output_keys(&self) -> Vec<String> {
+        self.all_outputs()
+            .into_iter()
+            .map(|o| o.output_key)
+            .collect()
+    }
+
     /// Best effort to find a `job_id` in a message that is not a valid job,
     /// so that its failure can still be reported under that id.
     pub fn salvage_id(body: &[u8]) -> Option<String> {
@@ -459,6 +481,17 @@ impl Job {
         }
         if !self.output_key.is_empty() {
             check_key("output_key", &self.output_key)?;
+            if let Some(i) = self
+                .outputs
+                .iter()
+                .flatten()
+                .position(|o| o.output_key == self.output_key)
+            {
+                return Err(invalid(format!(
+                    "outputs[{i}].output_key {:?} is the job's output_key too",
+                    self.output_key
+                )));
+            }
         }
         Ok(())
     }
@@ -516,7 +549,9 @@ fn invalid(message: String) -> JobError {
     JobError::new(ErrorKind::InvalidJob, message)
 }
 
-pub(crate) fn check_job_id(id: &str) -> Result<(), JobError> {
+/// Checks a job id: 1 to [`MAX_JOB_ID_LEN`] letters, digits and `._:-`
+/// (so it is safe in a storage key, a header and a URL path).
+pub fn check_job_id(id: &str) -> Result<(), JobError> {
     if id.is_empty() || id.len() > MAX_JOB_ID_LEN {
         return Err(invalid(format!(
             "job_id must be 1 to {MAX_JOB_ID_LEN} characters long"
@@ -642,9 +677,13 @@ pub struct Progress {
     /// On failure: whether the job will be attempted again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub will_retry: Option<bool>,
-    /// The output key, on completion.
+    /// The output key, on completion: the job's first (or only) one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_key: Option<String>,
+    /// Every output key of the job, on completion, in the job's order
+    /// (`output_key` first): each is stored and verified.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub output_keys: Vec<String>,
     /// While transcoding: seconds of media transcoded per second of work
     /// since the phase began (2.0 is twice real time).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -701,6 +740,7 @@ impl Progress {
             error_kind: None,
             will_retry: None,
             output_key: None,
+            output_keys: Vec::new(),
             speed: None,
             position_secs: None,
             duration_secs: None,
@@ -915,6 +955,29 @@ mod tests {
         let body = serde_json::json!({"job_id": "a", "input_key": "i", "outputs": many});
         let err = Job::parse(body.to_string().as_bytes()).unwrap_err();
         assert!(err.message.contains("limit"), "{}", err.message);
+    }
+
+    #[test]
+    fn output_key_comes_first_with_the_jobs_own_preset_then_the_outputs() {
+        let job = Job::parse(
+            br#"{"job_id":"a","input_key":"i.mov","output_key":"o/main.mp4","preset":"h264-mp4",
+                 "outputs":[{"output_key":"o/720.mp4","preset":"h264-720p"}]}"#,
+        )
+        .unwrap();
+        let all = job.all_outputs();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0].output_key, "o/main.mp4");
+        assert_eq!(all[0].preset.as_deref(), Some("h264-mp4"));
+        assert_eq!(job.output_keys(), ["o/main.mp4", "o/720.mp4"]);
+        let err = Job::parse(
+            br#"{"job_id":"a","input_key":"i.mov","output_key":"o.mp4","outputs":[{"output_key":"o.mp4"}]}"#,
+        )
+        .unwrap_err();
+        assert!(
+            err.message.contains("the job's output_key too"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]

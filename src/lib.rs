@@ -15,6 +15,10 @@
 //!    [`job`] (the job and progress messages, the phases of an attempt),
 //!    [`fragment`] (checking untrusted pipeline fragments),
 //!    [`config`] (settings from defaults, a file and the environment),
+//!    [`rendition`] (what a job makes: its outputs, files or HLS packages,
+//!    the encodings of one decode, frame sizes without upscaling),
+//!    [`hls`] (HLS playlists as text, the codec names and bandwidths they
+//!    give),
 //!    [`plan`] (what pipeline a job gets, which elements a worker needs),
 //!    [`capability`] (what a worker can run, what a job needs, where a job
 //!    waits for a worker that can);
@@ -37,8 +41,10 @@
 //!    signed, delivered).
 //! 4. **The worker and the operator commands**:
 //!    [`worker`] (session, attempt, settling), [`ingest`] (jobs made by
-//!    uploads: rules, S3 events, listings, markers), [`commands`] (one
-//!    function per command), [`cli`] (the command line).
+//!    uploads: rules, S3 events, listings, markers), [`operations`]
+//!    (submitting and cancelling jobs, shared by the commands and the
+//!    dashboard), [`dashboard`] (the live page and JSON API),
+//!    [`commands`] (one function per command), [`cli`] (the command line).
 //!
 //! The workspace's other members: `queue-files/` (the CLI that scans a
 //! library, uploads and publishes jobs; it uses this library) and
@@ -52,18 +58,23 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod control;
+pub mod dashboard;
 pub mod error;
 pub mod follow;
 pub mod fragment;
 pub mod history;
+pub mod hls;
 pub mod http;
 pub mod ingest;
 pub mod job;
 pub mod metrics;
+pub mod operations;
 pub mod pipeline;
 pub mod plan;
 pub mod progress;
+pub mod rendition;
 pub mod scratch;
+pub mod segment;
 pub mod signals;
 pub mod status;
 pub mod storage;

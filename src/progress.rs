@@ -146,10 +146,13 @@ impl Reporter {
         }
     }
 
-    /// Publishes the `completed` event (100 %) and waits for the broker's confirm.
-    pub async fn completed(&self, output_key: &str) -> Result<(), BrokerError> {
+    /// Publishes the `completed` event (100 %) of a job that stored
+    /// `output_keys` (`output_key`: the first) and waits for the broker's
+    /// confirm.
+    pub async fn completed(&self, output_keys: &[String]) -> Result<(), BrokerError> {
         let mut event = self.event(Phase::Completed, 100.0);
-        event.output_key = Some(output_key.to_string());
+        event.output_key = output_keys.first().cloned();
+        event.output_keys = output_keys.to_vec();
         event.tracks_left_out = self
             .tracks_left_out
             .lock()

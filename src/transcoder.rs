@@ -56,7 +56,8 @@ pub enum ChildEvent {
         /// Total milliseconds, when known.
         duration_ms: Option<u64>,
     },
-    /// The output is complete and verified.
+    /// Every output is complete and verified; says how many decoders the
+    /// run created (one per decoded input stream, however many outputs).
     Finished(Outcome),
     /// A part of a segmented job is done (see [`pipeline::PartRequest`]).
     PartFinished(pipeline::PartOutcome),
@@ -147,23 +148,42 @@ fn set_process_name(name: &str) {
 fn run_child(line: &str, emit: &dyn Fn(&ChildEvent)) -> Result<Outcome, JobError> {
     let spec: TranscodeSpec = serde_json::from_str(line)
         .map_err(|e| JobError::new(ErrorKind::Internal, format!("bad spec: {e}")))?;
+    let started = std::time::Instant::now();
     let input = pipeline::probe(&spec.input, Duration::from_secs(60))?;
+    let probe_ms = started.elapsed().as_millis() as u64;
     pipeline::check_input_limits(&spec, &input)?;
     emit(&ChildEvent::Probed {
         input: input.clone(),
     });
-    let written = pipeline::transcode(&spec, &input, |position, duration| {
+    let transcoded = pipeline::transcode(&spec, &input, |position, duration| {
         emit(&ChildEvent::Position {
             position_ms: position.as_millis() as u64,
             duration_ms: duration.map(|d| d.as_millis() as u64),
         })
     })?;
     let started = std::time::Instant::now();
-    let output = pipeline::verify(&spec, &input, &written)?;
+    let outputs = spec
+        .outputs
+        .iter()
+        .zip(transcoded.outputs)
+        .map(|(output, (rendered, left_out))| {
+            pipeline::finish(
+                output,
+                &input,
+                spec.duration_tolerance_ms,
+                rendered,
+                left_out,
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(Outcome {
-        output,
-        tracks_left_out: written.left_out,
-        verify_ms: started.elapsed().as_millis() as u64,
+        outputs,
+        decoders: transcoded.decoders,
+        timings: pipeline::Timings {
+            probe_ms,
+            verify_ms: started.elapsed().as_millis() as u64,
+            ..transcoded.timings
+        },
     })
 }
 

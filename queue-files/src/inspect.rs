@@ -225,6 +225,7 @@ mod tests {
                 height: 240,
                 frame_rate: 25.0,
                 bitrate: 0,
+                pixel_aspect_ratio: None,
             }),
             audio: vec![AudioStream {
                 codec: "audio/mpeg".into(),

@@ -13,7 +13,7 @@
 //! - `x-transcode-history`: one line per earlier failed attempt;
 //! - on a dead letter: `x-error`, `x-error-kind`, `x-job-id`,
 //!   `x-attempts`, `x-attempt-history`, `x-worker`, `x-failed-at`,
-//!   `x-original-queue`.
+//!   `x-original-queue` (read back by [`super::dead_letters`]).
 
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
@@ -23,11 +23,31 @@ use super::{until_taken, Broker};
 use crate::error::JobError;
 
 /// Delivery property `x-delivery-count` set by quorum queues on redelivery.
-const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
+pub(super) const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
 /// Header of a retried job: how many attempts were settled before this copy.
-const SETTLED_ATTEMPTS_HEADER: &str = "x-transcode-attempts";
+pub(super) const SETTLED_ATTEMPTS_HEADER: &str = "x-transcode-attempts";
 /// Header of a retried job: one line per earlier failed attempt.
-const HISTORY_HEADER: &str = "x-transcode-history";
+pub(super) const HISTORY_HEADER: &str = "x-transcode-history";
+
+/// The headers of a dead letter (see [`Delivery::dead_letter`]).
+pub(super) mod dead {
+    /// Why it failed, for people.
+    pub const ERROR: &str = "x-error";
+    /// Why it failed, for programs ([`crate::error::ErrorKind`]).
+    pub const ERROR_KIND: &str = "x-error-kind";
+    /// The job's id (`unknown` when the message names none).
+    pub const JOB_ID: &str = "x-job-id";
+    /// How many attempts it had.
+    pub const ATTEMPTS: &str = "x-attempts";
+    /// One line per failed attempt, the last one included.
+    pub const ATTEMPT_HISTORY: &str = "x-attempt-history";
+    /// The worker that gave up on it.
+    pub const WORKER: &str = "x-worker";
+    /// When, RFC 3339.
+    pub const FAILED_AT: &str = "x-failed-at";
+    /// The queue it came from.
+    pub const ORIGINAL_QUEUE: &str = "x-original-queue";
+}
 
 /// A delivered job message: its body, its attempt number, and the means
 /// to settle it.
@@ -167,11 +187,7 @@ impl Delivery {
 
     /// The text value of the header `name`, if it has one.
     pub fn header_text(&self, name: &str) -> Option<String> {
-        match header(&self.inner.properties, name)? {
-            AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-            AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
-            _ => None,
-        }
+        header_string(&self.inner.properties, name)
     }
 
     /// Sends its retried and released copies to `queue` instead of the
@@ -246,14 +262,14 @@ impl Delivery {
         let mut history = self.history();
         history.push(history_line(self.attempt, why.worker, error));
         let headers = string_headers([
-            ("x-error", reason),
-            ("x-error-kind", error.kind.to_string()),
-            ("x-job-id", why.job_id.to_string()),
-            ("x-attempts", self.attempt.to_string()),
-            ("x-attempt-history", history.join("\n")),
-            ("x-worker", why.worker.to_string()),
-            ("x-failed-at", crate::job::now_rfc3339()),
-            ("x-original-queue", self.queue.clone()),
+            (dead::ERROR, reason),
+            (dead::ERROR_KIND, error.kind.to_string()),
+            (dead::JOB_ID, why.job_id.to_string()),
+            (dead::ATTEMPTS, self.attempt.to_string()),
+            (dead::ATTEMPT_HISTORY, history.join("\n")),
+            (dead::WORKER, why.worker.to_string()),
+            (dead::FAILED_AT, crate::job::now_rfc3339()),
+            (dead::ORIGINAL_QUEUE, self.queue.clone()),
         ]);
         let dead_letter = || broker.dead_letter(self.body(), headers.clone());
         match until_taken("the dead letter", dead_letter).await {
@@ -281,11 +297,11 @@ fn history_line(attempt: u32, worker: &str, error: &JobError) -> String {
     )
 }
 
-fn header<'a>(properties: &'a BasicProperties, name: &str) -> Option<&'a AMQPValue> {
+pub(super) fn header<'a>(properties: &'a BasicProperties, name: &str) -> Option<&'a AMQPValue> {
     properties.headers().as_ref()?.inner().get(name)
 }
 
-fn header_u32(properties: &BasicProperties, name: &str) -> u32 {
+pub(super) fn header_u32(properties: &BasicProperties, name: &str) -> u32 {
     match header(properties, name) {
         Some(AMQPValue::LongLongInt(n)) => u32::try_from(*n).unwrap_or(0),
         Some(AMQPValue::LongInt(n)) => u32::try_from(*n).unwrap_or(0),
@@ -309,8 +325,17 @@ fn attempt_of(properties: &BasicProperties) -> u32 {
         .saturating_add(1)
 }
 
+/// The text of the header `name`, if it is a string.
+pub(super) fn header_string(properties: &BasicProperties, name: &str) -> Option<String> {
+    match header(properties, name)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
+        _ => None,
+    }
+}
+
 /// The failed attempts recorded in a delivery's history header, oldest first.
-fn history_of(properties: &BasicProperties) -> Vec<String> {
+pub(super) fn history_of(properties: &BasicProperties) -> Vec<String> {
     match header(properties, HISTORY_HEADER) {
         Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes())
             .lines()

@@ -23,9 +23,11 @@
 //! reconnect.
 //!
 //! Parts: the connection and publishing (here), the topology
-//! ([`topology`]), and a delivered job with its header protocol
-//! ([`Delivery`]).
+//! ([`topology`]), a delivered job with its header protocol
+//! ([`Delivery`]), and the dead-letter queue read back
+//! ([`Broker::peek_dead_letters`], [`Broker::requeue_dead_letter`]).
 
+mod dead_letters;
 mod delivery;
 mod topology;
 
@@ -40,9 +42,11 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
 use secrecy::ExposeSecret;
 
+pub use dead_letters::{DeadLetterMessage, DeadLetters, RequeueError, Requeued, REFRESH_AT};
 pub use delivery::{string_headers, DeadLetter, Delivery};
 pub use topology::{jobs_queue_arguments, Argument, QueueSpec, Topology};
 
+use crate::capability::WaitingQueue;
 use crate::config::{redact_url, BrokerSettings, Settings};
 use crate::job::Progress;
 
@@ -103,8 +107,15 @@ pub struct Broker {
 impl Broker {
     /// Connects and declares the topology of `settings` ([`Topology::of`]).
     pub async fn connect(settings: &Settings, name: &str) -> Result<Broker, BrokerError> {
-        let topology = Topology::of(settings);
-        let settings = &settings.broker;
+        let broker = Broker::open(&settings.broker, name).await?;
+        broker.declare(&Topology::of(settings)).await?;
+        Ok(broker)
+    }
+
+    /// Connects without declaring anything, for a client that only looks
+    /// and publishes to queues the workers (or `setup`) declared: its
+    /// settings then need not match theirs in every queue argument.
+    pub async fn open(settings: &BrokerSettings, name: &str) -> Result<Broker, BrokerError> {
         let (connection, url) = open_connection(settings, name).await?;
         let amqp = |source| BrokerError::Amqp {
             url: url.clone(),
@@ -116,15 +127,13 @@ impl Broker {
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(amqp)?;
-        let broker = Broker {
+        Ok(Broker {
             connection,
             consume,
             publish: std::sync::Mutex::new(publish),
             settings: settings.clone(),
-            url: url.clone(),
-        };
-        broker.declare(&topology).await?;
-        Ok(broker)
+            url,
+        })
     }
 
     fn amqp(&self, source: lapin::Error) -> BrokerError {
@@ -434,6 +443,61 @@ pub async fn queue_depths(
         depths.0.push((queue.clone(), declared.message_count()));
     }
     Ok(depths)
+}
+
+/// The queues of jobs waiting for capable workers, as the requirements
+/// stream `stream` records them (read on `channel`, which this closes,
+/// from its first entry until it has given them all, or nothing more for
+/// a moment). Empty when the stream cannot be read.
+pub async fn waiting_queues(channel: Channel, stream: &str) -> Vec<WaitingQueue> {
+    use futures_util::StreamExt;
+    /// How long a read waits for the next entry before it takes the
+    /// stream as read.
+    const QUIET: Duration = Duration::from_millis(300);
+    let mut found = std::collections::BTreeSet::new();
+    // The entries the stream holds now: enough read, no wait at the end.
+    let held = queue_depths(&channel, &[stream.to_string()])
+        .await
+        .ok()
+        .and_then(|d| d.0.first().map(|(_, n)| *n as usize));
+    if held == Some(0) {
+        let _ = channel.close(200, "done".into()).await;
+        return Vec::new();
+    }
+    let _ = channel
+        .basic_qos(500, lapin::options::BasicQosOptions::default())
+        .await;
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-stream-offset".into(),
+        lapin::types::AMQPValue::LongString("first".into()),
+    );
+    let consumer = channel
+        .basic_consume(
+            stream.into(),
+            "read-requirements".into(),
+            BasicConsumeOptions::default(),
+            arguments,
+        )
+        .await;
+    if let Ok(mut consumer) = consumer {
+        let mut read = 0;
+        while let Ok(Some(Ok(delivery))) = tokio::time::timeout(QUIET, consumer.next()).await {
+            read += 1;
+            if let Ok(w) = serde_json::from_slice(&delivery.data) {
+                found.insert(w);
+            }
+            let _ = delivery
+                .acker
+                .ack(lapin::options::BasicAckOptions::default())
+                .await;
+            if held.is_some_and(|n| read >= n) {
+                break;
+            }
+        }
+    }
+    let _ = channel.close(200, "done".into()).await;
+    found.into_iter().collect()
 }
 
 /// Declares a server-named, exclusive, auto-delete queue bound to the

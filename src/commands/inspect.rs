@@ -84,7 +84,10 @@ async fn queues_table(broker: &BrokerSettings) -> Result<String, String> {
     let connection = control::observer_connection(broker, "transcode-worker inspect")
         .await
         .map_err(|e| e.to_string())?;
-    let waiting = waiting_queues(&connection, broker).await;
+    let waiting = match connection.create_channel().await {
+        Ok(channel) => crate::broker::waiting_queues(channel, &broker.requirements_stream()).await,
+        Err(_) => Vec::new(),
+    };
     let channel = connection
         .create_channel()
         .await
@@ -117,51 +120,6 @@ async fn queues_table(broker: &BrokerSettings) -> Result<String, String> {
     }
     let _ = connection.close(200, "done".into()).await;
     Ok(depths_table(&rows))
-}
-
-/// The queues of jobs waiting for capable workers, from the requirements
-/// stream (read from its start until it has nothing more for a moment).
-async fn waiting_queues(
-    connection: &lapin::Connection,
-    broker: &BrokerSettings,
-) -> Vec<crate::capability::WaitingQueue> {
-    use futures_util::StreamExt;
-    let mut found = std::collections::BTreeSet::new();
-    let Ok(channel) = connection.create_channel().await else {
-        return Vec::new();
-    };
-    let _ = channel
-        .basic_qos(500, lapin::options::BasicQosOptions::default())
-        .await;
-    let mut arguments = lapin::types::FieldTable::default();
-    arguments.insert(
-        "x-stream-offset".into(),
-        lapin::types::AMQPValue::LongString("first".into()),
-    );
-    let consumer = channel
-        .basic_consume(
-            broker.requirements_stream().as_str().into(),
-            "inspect-requirements".into(),
-            lapin::options::BasicConsumeOptions::default(),
-            arguments,
-        )
-        .await;
-    let Ok(mut consumer) = consumer else {
-        return Vec::new();
-    };
-    while let Ok(Some(Ok(delivery))) =
-        tokio::time::timeout(Duration::from_millis(300), consumer.next()).await
-    {
-        if let Ok(w) = serde_json::from_slice(&delivery.data) {
-            found.insert(w);
-        }
-        let _ = delivery
-            .acker
-            .ack(lapin::options::BasicAckOptions::default())
-            .await;
-    }
-    let _ = channel.close(200, "done".into()).await;
-    found.into_iter().collect()
 }
 
 fn depths_table(rows: &[(String, u32, String)]) -> String {

@@ -9,12 +9,12 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::config::Settings;
-use crate::control::{self, Command, Request};
+use crate::control;
 use crate::follow::{Follower, Seen};
 use crate::history::{History, JobRecord, JobState};
 use crate::job::Ending;
+use crate::operations::{self, Cancel};
 use crate::status::JobInfo;
-use crate::storage::Storage;
 
 /// Exit code of `status` and `cancel` for a job the farm does not know.
 pub const UNKNOWN_JOB: u8 = 3;
@@ -24,15 +24,6 @@ const LIVE_WAIT: Duration = Duration::from_millis(1500);
 
 /// How long `cancel` waits to see a running job stop.
 const STOP_WAIT: Duration = Duration::from_secs(10);
-
-/// The history of `settings`, or the sentence why there is none.
-fn history(settings: &Settings) -> Result<History, String> {
-    if !settings.history.enabled {
-        return Err("the job history is off (history.enabled = false)".into());
-    }
-    let storage = Storage::from_settings(&settings.storage).map_err(|e| e.to_string())?;
-    Ok(History::new(storage, &settings.history))
-}
 
 /// What `status --json` prints: the record, what the running attempt's
 /// worker says now, and whether a cancel was asked for.
@@ -48,7 +39,7 @@ struct StatusView {
 /// `status JOB_ID`: 0 when the farm knows the job, 3 when it does not, 1
 /// when the history cannot be read.
 pub async fn status(settings: &Settings, job_id: &str, json: bool) -> ExitCode {
-    let history = match history(settings) {
+    let history = match History::from_settings(settings) {
         Ok(h) => h,
         Err(e) => {
             tracing::error!("{e}");
@@ -186,7 +177,7 @@ pub async fn jobs(
     limit: usize,
     json: bool,
 ) -> ExitCode {
-    let history = match history(settings) {
+    let history = match History::from_settings(settings) {
         Ok(h) => h,
         Err(e) => {
             tracing::error!("{e}");
@@ -259,32 +250,13 @@ fn age(at: &str, now: time::OffsetDateTime) -> String {
 /// `cancel JOB_ID`: 0 when the job is (or will be) cancelled, 1 when it
 /// has already ended (nothing changes), 3 when the farm does not know it.
 pub async fn cancel(settings: &Settings, job_id: &str) -> ExitCode {
-    let history = match history(settings) {
+    let history = match History::from_settings(settings) {
         Ok(h) => h,
         Err(e) => {
             tracing::error!("{e}");
             return ExitCode::FAILURE;
         }
     };
-    let record = match history.get(job_id).await {
-        Ok(Some(record)) => record,
-        Ok(None) => {
-            println!("{job_id}: unknown (the farm has no record of it); nothing to cancel");
-            return ExitCode::from(UNKNOWN_JOB);
-        }
-        Err(e) => {
-            tracing::error!("cannot read the record of {job_id}: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    if record.state.is_final() {
-        println!(
-            "{job_id}: already {} ({}); nothing to cancel",
-            record.state,
-            record.ended_at.as_deref().unwrap_or("earlier")
-        );
-        return ExitCode::FAILURE;
-    }
     // Follow before asking, so the `cancelled` event cannot be missed.
     let mut follower = Follower::open(&settings.broker, "transcode-worker cancel")
         .await
@@ -296,23 +268,26 @@ pub async fn cancel(settings: &Settings, job_id: &str) -> ExitCode {
         "transcode-worker cancel on {}",
         gethostname::gethostname().to_string_lossy()
     );
-    if let Err(e) = history.request_cancel(job_id, &by).await {
-        tracing::error!("cannot record the cancel of {job_id}: {e}");
-        return ExitCode::FAILURE;
-    }
-    let request = Request {
-        command: Command::Cancel,
-        requires: None,
-        job_id: Some(job_id.to_string()),
+    let record = match operations::cancel(&settings.broker, &history, job_id, &by).await {
+        Ok(Cancel::Requested(record)) => record,
+        Ok(Cancel::Unknown) => {
+            println!("{job_id}: unknown (the farm has no record of it); nothing to cancel");
+            return ExitCode::from(UNKNOWN_JOB);
+        }
+        Ok(Cancel::Ended(record)) => {
+            println!(
+                "{job_id}: already {} ({}); nothing to cancel",
+                record.state,
+                record.ended_at.as_deref().unwrap_or("earlier")
+            );
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            tracing::error!("cannot cancel {job_id}: {e}");
+            return ExitCode::FAILURE;
+        }
     };
-    let running = record.state == JobState::Running;
-    if let Err(e) = control::ask_with(&settings.broker, &request, Duration::from_millis(300)).await
-    {
-        tracing::warn!(
-            "cannot tell the workers at once ({e}); a worker sees the request when it next looks"
-        );
-    }
-    if !running {
+    if record.state != JobState::Running {
         println!("{job_id}: cancel requested; it is {} and will be settled as cancelled when a worker reaches it", record.state);
         return ExitCode::SUCCESS;
     }

@@ -2,6 +2,7 @@
 //! returning its exit code: 0 success, 1 failure, 2 bad settings or
 //! arguments. [`crate::cli`] parses the command line and calls them.
 
+pub mod dashboard;
 pub mod ingest;
 pub mod inspect;
 pub mod jobs;

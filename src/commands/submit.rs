@@ -5,69 +5,26 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use crate::broker::{string_headers, Broker};
+use crate::broker::Broker;
 use crate::config::Settings;
 use crate::follow::{Follower, Seen};
-use crate::history::{History, JobState};
-use crate::job::{Ending, Job, Phase, Priority};
-use crate::storage::Storage;
+use crate::history::History;
+use crate::job::{Ending, Phase};
+use crate::operations::{self, Submission};
 use crate::terminal::job_bar;
 
-/// What to submit.
-#[derive(Debug, Clone)]
-pub struct Submission {
-    /// The input key.
-    pub input: String,
-    /// The output key.
-    pub output: String,
-    /// A preset name.
-    pub preset: Option<String>,
-    /// A pipeline fragment instead of a preset.
-    pub transcode_options: Option<String>,
-    /// The job id (a new one when absent).
-    pub job_id: Option<String>,
-    /// Its priority.
-    pub priority: Priority,
-    /// Labels a worker must have.
-    pub requires: Vec<String>,
-    /// Follow the job to its end.
-    pub wait: bool,
-}
-
-/// `submit`: 0 once published (with `--wait`: once completed), 1 when it
+/// `submit`: 0 once published (with `wait`: once completed), 1 when it
 /// failed, was cancelled or could not be published, 2 for a job the
 /// workers would refuse.
-pub async fn submit(settings: &Settings, submission: &Submission) -> ExitCode {
-    let job_id = submission
-        .job_id
-        .clone()
-        .unwrap_or_else(|| format!("job-{}", &uuid::Uuid::new_v4().simple().to_string()[..16]));
-    let mut fields = serde_json::json!({
-        "job_id": job_id,
-        "input_key": submission.input,
-        "output_key": submission.output,
-        "priority": submission.priority,
-    });
-    if let Some(preset) = &submission.preset {
-        fields["preset"] = preset.clone().into();
-    }
-    if let Some(options) = &submission.transcode_options {
-        fields["transcode_options"] = options.clone().into();
-    }
-    if !submission.requires.is_empty() {
-        fields["requires"] = submission.requires.clone().into();
-    }
-    let body = fields.to_string();
-    let job = match Job::parse(body.as_bytes()).and_then(|job| {
-        crate::plan::plan(&job, settings)?;
-        Ok(job)
-    }) {
-        Ok(job) => job,
+pub async fn submit(settings: &Settings, submission: &Submission, wait: bool) -> ExitCode {
+    let checked = match submission.check(settings) {
+        Ok(checked) => checked,
         Err(e) => {
             eprintln!("submit: the workers would refuse this job: {}", e.message);
             return ExitCode::from(2);
         }
     };
+    let job_id = checked.job.job_id.clone();
     let broker = match Broker::connect(settings, "transcode-worker submit").await {
         Ok(b) => std::sync::Arc::new(b),
         Err(e) => {
@@ -75,31 +32,12 @@ pub async fn submit(settings: &Settings, submission: &Submission) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let history = settings
-        .history
-        .enabled
-        .then(|| Storage::from_settings(&settings.storage).ok())
-        .flatten()
-        .map(|storage| History::new(storage, &settings.history));
-    if let Some(history) = &history {
-        let recorded = history
-            .update(&job.job_id, |r| {
-                r.input_key = job.input_key.clone();
-                r.output_keys = vec![job.output_key.clone()];
-                r.priority = Some(submission.priority);
-                r.submitted_at = Some(crate::job::now_rfc3339());
-                r.mark(JobState::Queued, None, None, "submitted".into());
-            })
-            .await;
-        if let Err(e) = recorded {
-            tracing::warn!("cannot record the job in the history: {e}");
-        }
-    }
+    let history = History::from_settings(settings).ok();
     let mut follower = None;
-    if submission.wait {
+    if wait {
         match Follower::start(&broker, &format!("submit-{}", std::process::id())).await {
             Ok(f) => {
-                f.expect(&job.job_id);
+                f.expect(&job_id);
                 follower = Some(f);
             }
             Err(e) => {
@@ -108,21 +46,26 @@ pub async fn submit(settings: &Settings, submission: &Submission) -> ExitCode {
             }
         }
     }
-    let queue = settings.broker.jobs_queue_for(submission.priority);
-    let headers = string_headers([("queued-by", "transcode-worker submit".to_string())]);
-    if let Err(e) = broker
-        .publish_confirmed(&queue, body.as_bytes(), headers)
-        .await
+    let queue = match operations::publish(
+        &broker,
+        history.as_ref(),
+        &checked,
+        "transcode-worker submit",
+    )
+    .await
     {
-        eprintln!("submit: the broker did not take the job: {e}");
-        return ExitCode::FAILURE;
-    }
-    println!("{}", job.job_id);
+        Ok(queue) => queue,
+        Err(e) => {
+            eprintln!("submit: the broker did not take the job: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("{job_id}");
     let Some(mut follower) = follower else {
         eprintln!("submitted to {queue}");
         return ExitCode::SUCCESS;
     };
-    let code = follow(&mut follower, &job.job_id).await;
+    let code = follow(&mut follower, &job_id).await;
     follower.close().await;
     broker.close().await;
     code

@@ -5,6 +5,7 @@
 //! operators read is the one the binary uses. Bad settings fail at start with
 //! a message that names the setting; secrets are wrapped so they never print.
 
+mod presets;
 mod sections;
 
 use std::collections::{BTreeMap, HashMap};
@@ -15,11 +16,13 @@ use std::time::Duration;
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 
-use crate::fragment::{Allowlist, Fragment, Limits};
+use crate::fragment::{Allowlist, Limits};
 
+pub use presets::Preset;
 pub use sections::{
-    redact_url, AllowedHost, Backend, BrokerSettings, HistorySettings, MetricsSettings,
-    PipelineSettings, Preset, SegmentSettings, StorageSettings, WebhookSettings, WorkerSettings,
+    redact_url, AllowedHost, Backend, BrokerSettings, DashboardSettings, HistorySettings,
+    MetricsSettings, PipelineSettings, SegmentSettings, StorageSettings, WebhookSettings,
+    WorkerSettings,
 };
 
 /// The built-in defaults, the same text as `config/transcode-worker.toml`.
@@ -59,6 +62,8 @@ pub struct Settings {
     pub webhook: WebhookSettings,
     /// Segmented jobs.
     pub segments: SegmentSettings,
+    /// The dashboard.
+    pub dashboard: DashboardSettings,
 }
 
 /// A setting that is missing or wrong.
@@ -306,6 +311,13 @@ impl Settings {
                 format!("{listen:?} is not an IP:port address (e.g. \"127.0.0.1:9464\"); leave it empty to turn the endpoint off"),
             ));
         }
+        let dashboard = self.dashboard.listen.trim();
+        if dashboard.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid(
+                "dashboard.listen",
+                format!("{dashboard:?} is not an IP:port address (e.g. \"127.0.0.1:3000\")"),
+            ));
+        }
         match self.storage.backend {
             Backend::S3 => {
                 if self.storage.bucket.is_empty() {
@@ -368,17 +380,20 @@ impl Settings {
                 "must be longer than 0",
             ));
         }
-        let allow = self.allowlist();
-        for (name, preset) in &self.presets {
-            Fragment::parse(&preset.video, &allow)
-                .map_err(|e| invalid(&format!("presets.{name}.video"), e.message))?;
-        }
-        for key in ["pipeline.default_preset", "pipeline.default_webm_preset"] {
-            let name = if key == "pipeline.default_preset" {
-                &self.pipeline.default_preset
-            } else {
-                &self.pipeline.default_webm_preset
-            };
+        presets::check(&self.presets, &self.allowlist())
+            .map_err(|(setting, problem)| invalid(&setting, problem))?;
+        let defaults = [
+            ("pipeline.default_preset", &self.pipeline.default_preset),
+            (
+                "pipeline.default_webm_preset",
+                &self.pipeline.default_webm_preset,
+            ),
+            (
+                "pipeline.default_hls_preset",
+                &self.pipeline.default_hls_preset,
+            ),
+        ];
+        for (key, name) in defaults {
             if !self.presets.contains_key(name) {
                 return Err(invalid(key, format!("there is no preset named {name:?}")));
             }
@@ -533,10 +548,16 @@ mod tests {
             "AMQP_URL".into(),
             "amqp://user:hunter2pw@rabbit:5672/%2f".into(),
         );
+        e.insert(
+            "TRANSCODE_DASHBOARD__TOKEN".into(),
+            "dashboard-t0ken-value".into(),
+        );
         let s = Settings::from_env(None, &e).unwrap();
+        assert_eq!(s.dashboard.token(), Some("dashboard-t0ken-value"));
         let debug = format!("{s:?}");
         assert!(!debug.contains("s3cr3t-value"), "{debug}");
         assert!(!debug.contains("hunter2pw"), "{debug}");
+        assert!(!debug.contains("dashboard-t0ken-value"), "{debug}");
         let redacted = redact_url(&s.broker.url);
         assert_eq!(redacted, "amqp://user@rabbit:5672//");
         assert!(!redacted.contains("hunter2pw"));
@@ -591,6 +612,25 @@ mod tests {
         e.insert("TRANSCODE_METRICS__LISTEN".into(), "localhost".into());
         let err = Settings::from_env(None, &e).unwrap_err().to_string();
         assert!(err.contains("TRANSCODE_METRICS__LISTEN"), "{err}");
+    }
+
+    #[test]
+    fn the_dashboard_listens_on_loopback_by_default_and_is_read_only_without_a_token() {
+        let s = Settings::from_env(None, &s3_env()).unwrap();
+        assert_eq!(
+            s.dashboard.listen_addr(),
+            Some("127.0.0.1:3000".parse().unwrap())
+        );
+        assert_eq!(s.dashboard.token(), None);
+        let mut e = s3_env();
+        e.insert("TRANSCODE_DASHBOARD__TOKEN".into(), "  ".into());
+        assert_eq!(
+            Settings::from_env(None, &e).unwrap().dashboard.token(),
+            None
+        );
+        e.insert("TRANSCODE_DASHBOARD__LISTEN".into(), "port 3000".into());
+        let err = Settings::from_env(None, &e).unwrap_err().to_string();
+        assert!(err.contains("TRANSCODE_DASHBOARD__LISTEN"), "{err}");
     }
 
     #[test]

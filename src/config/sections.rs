@@ -25,6 +25,29 @@ impl MetricsSettings {
     }
 }
 
+/// `transcode-worker dashboard`: the live page of the farm and its JSON API.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DashboardSettings {
+    /// `IP:port` to listen on (port 0 picks a free one); `--listen`
+    /// overrides it. Checked when the settings are loaded.
+    pub listen: String,
+    /// The secret the page's actions and the API's POST requests must give;
+    /// empty makes the dashboard read-only.
+    pub token: SecretString,
+}
+
+impl DashboardSettings {
+    /// The address to listen on (checked when the settings are loaded).
+    pub fn listen_addr(&self) -> Option<std::net::SocketAddr> {
+        self.listen.trim().parse().ok()
+    }
+
+    /// The token, when one is set.
+    pub fn token(&self) -> Option<&str> {
+        Some(self.token.expose_secret().trim()).filter(|t| !t.is_empty())
+    }
+}
+
 /// RabbitMQ connection and topology.
 #[derive(Debug, Clone, Deserialize)]
 pub struct BrokerSettings {
@@ -370,6 +393,8 @@ pub struct PipelineSettings {
     pub default_preset: String,
     /// Preset for `.webm` outputs of such jobs.
     pub default_webm_preset: String,
+    /// Preset for `.m3u8` outputs (HLS packages) of such jobs.
+    pub default_hls_preset: String,
     /// Whether jobs may carry raw `transcode_options`.
     pub allow_transcode_options: bool,
     /// Elements allowed in fragments beyond the built-in list.
@@ -389,19 +414,6 @@ pub struct PipelineSettings {
     /// Elements treated as absent although installed: jobs that need them
     /// go to other workers.
     pub hidden_elements: Vec<String>,
-}
-
-/// A named, operator-defined way to transcode.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-pub struct Preset {
-    /// What it makes, for people.
-    #[serde(default)]
-    pub description: String,
-    /// The video branch, e.g. `videoconvert ! x264enc`.
-    pub video: String,
-    /// The audio branch; the container's default when absent.
-    #[serde(default)]
-    pub audio: Option<String>,
 }
 
 impl BrokerSettings {

@@ -37,6 +37,15 @@ const READ_AHEAD: usize = 16;
 /// Index entries one listing request asks for.
 const PAGE: usize = 1000;
 
+/// Which jobs [`History::search`] returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// Only jobs in this state.
+    pub state: Option<JobState>,
+    /// Only jobs whose id starts with this.
+    pub id_prefix: Option<String>,
+}
+
 /// The job history in a storage.
 #[derive(Debug, Clone)]
 pub struct History {
@@ -51,6 +60,16 @@ impl History {
             storage,
             prefix: settings.prefix.clone(),
         }
+    }
+
+    /// The history `settings` name (in their storage), or the sentence why
+    /// there is none.
+    pub fn from_settings(settings: &crate::config::Settings) -> Result<History, String> {
+        if !settings.history.enabled {
+            return Err("the job history is off (history.enabled = false)".into());
+        }
+        let storage = Storage::from_settings(&settings.storage).map_err(|e| e.to_string())?;
+        Ok(History::new(storage, &settings.history))
     }
 
     fn record_key(&self, job_id: &str) -> String {
@@ -116,12 +135,34 @@ impl History {
         state: Option<JobState>,
         scan: usize,
     ) -> Result<Vec<JobRecord>, StorageError> {
+        let filter = Filter {
+            state,
+            id_prefix: None,
+        };
+        self.search(limit, &filter, scan).await
+    }
+
+    /// The most recent jobs that pass `filter`, newest first: at most
+    /// `limit`. Reads at most `scan` index entries, and the records of only
+    /// those whose job id starts with the filter's prefix, so neither a
+    /// search nor a rare state makes it read the whole history.
+    pub async fn search(
+        &self,
+        limit: usize,
+        filter: &Filter,
+        scan: usize,
+    ) -> Result<Vec<JobRecord>, StorageError> {
         let prefix = self.index_prefix();
         let mut found = Vec::new();
         let mut after: Option<String> = None;
         let mut scanned = 0;
+        // Without a filter every entry read is a record returned.
+        let unfiltered = filter.state.is_none() && filter.id_prefix.is_none();
         while found.len() < limit && scanned < scan {
-            let want = PAGE.min(scan - scanned);
+            let mut want = PAGE.min(scan - scanned);
+            if unfiltered {
+                want = want.min(limit - found.len());
+            }
             let keys = self
                 .storage
                 .list_keys(&prefix, after.as_deref(), want)
@@ -134,13 +175,19 @@ impl History {
             let ids: Vec<String> = keys
                 .iter()
                 .filter_map(|k| job_id_of_entry(&prefix, k))
+                .filter(|id| {
+                    filter
+                        .id_prefix
+                        .as_deref()
+                        .is_none_or(|p| id.starts_with(p))
+                })
                 .collect();
             let mut records = stream::iter(ids)
                 .map(|id| async move { self.get(&id).await })
                 .buffered(READ_AHEAD);
             while let Some(record) = records.next().await {
                 if let Ok(Some(record)) = record {
-                    if state.is_none_or(|s| record.state == s) {
+                    if filter.state.is_none_or(|s| record.state == s) {
                         found.push(record);
                         if found.len() == limit {
                             break;
@@ -308,6 +355,14 @@ mod tests {
             .map(|r| r.job_id)
             .collect();
         assert_eq!(recent, ["c", "b", "a"]);
+        let b_only = Filter {
+            state: None,
+            id_prefix: Some("b".into()),
+        };
+        let found = h.search(10, &b_only, 100).await.unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].job_id, "b");
+        assert!(h.search(10, &b_only, 1).await.unwrap().is_empty(), "c only");
         let done = h.recent(10, Some(JobState::Completed), 100).await.unwrap();
         assert_eq!(done.len(), 1);
         assert_eq!(h.recent(1, None, 100).await.unwrap()[0].job_id, "c");

@@ -7,7 +7,6 @@
 //! job, which the worker recognises as already stored; a changed object
 //! makes new ids.
 
-use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::rules::{Output, Rule};
@@ -29,16 +28,6 @@ pub struct Planned {
     pub body: Vec<u8>,
     /// Its priority: the queue it goes to.
     pub priority: crate::job::Priority,
-}
-
-/// A job message: the job, and the rule's fields for features the worker
-/// learns later (unknown fields are ignored by workers that lack them).
-#[derive(Serialize)]
-struct Message<'a> {
-    #[serde(flatten)]
-    job: &'a Job,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    segment_seconds: Option<f64>,
 }
 
 /// The jobs `rule` makes of `key` at `version` in `bucket` (the farm's
@@ -90,7 +79,7 @@ fn planned(
             preset: spec.preset,
             source: None,
             outputs: None,
-            segment_seconds: None,
+            segment_seconds: rule.segment_seconds,
             priority: rule.priority,
             requires: Vec::new(),
             webhook: rule.webhook.clone(),
@@ -104,16 +93,13 @@ fn planned(
             preset: None,
             source: None,
             outputs: Some(specs.clone()),
+            segment_seconds: rule.segment_seconds,
             priority: rule.priority,
             requires: Vec::new(),
             webhook: rule.webhook.clone(),
         }
     };
-    let message = Message {
-        job: &job,
-        segment_seconds: rule.segment_seconds,
-    };
-    let body = serde_json::to_vec(&message).expect("a job serializes");
+    let body = serde_json::to_vec(&job).expect("a job serializes");
     // What a worker reads must be what was meant: a key the job format
     // refuses (too long, a control character) refuses the object.
     Job::parse(&body).map_err(|e| format!("{}: {e}", rule.describe()))?;

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::segment::{discard, run_to_end};
 use super::tracks::{Span, TrackKind, Watch, Written, WrittenTrack};
 use super::verify::demuxer_for;
-use super::{caps_name, internal, make, path_str, MediaInfo, NullOnDrop, TranscodeSpec};
+use super::{caps_name, internal, make, path_str, MediaInfo, NullOnDrop};
 use crate::error::{ErrorKind, JobError};
 
 /// Added to every timestamp pushed into the output, under a segment that
@@ -172,25 +172,24 @@ pub fn join(
             start_ns: first.max(0) as u64,
             end_ns: fed.end.max(first).max(0) as u64,
         }),
+        format: Default::default(),
     }];
     tracks.extend(audio_watches.iter().map(|w| WrittenTrack {
         kind: TrackKind::Audio,
         span: w.span(),
+        format: w.format(),
     }));
     let written = Written {
         tracks,
         left_out: Vec::new(),
     };
-    let check = TranscodeSpec {
-        input: PathBuf::new(),
-        output: spec.output.clone(),
-        video: String::new(),
-        audio: String::new(),
-        muxer: spec.muxer.clone(),
-        duration_tolerance_ms: spec.duration_tolerance_ms,
-        max_input: (0, 0, 0),
-    };
-    let media = super::verify(&check, &spec.input, &written)?;
+    let media = super::verify(
+        &spec.output,
+        &spec.muxer,
+        spec.duration_tolerance_ms,
+        &spec.input,
+        &written,
+    )?;
     Ok(Joined {
         media,
         frames: fed.frames,

@@ -4,14 +4,18 @@
 //! [`probe`] directly.
 //!
 //! - [`probe`] (probe.rs): what an input holds, with GStreamer's Discoverer;
-//! - [`transcode`] (build.rs): `filesrc ! decodebin`, the job's video branch,
-//!   one audio branch per audio track, the subtitle tracks, the muxer and a
-//!   `filesink`;
-//! - tracks.rs: the tracks carried and what reached the muxer; route.rs:
+//! - [`transcode`] (build.rs): `filesrc ! decodebin`, decoded **once**,
+//!   each decoded stream into a `tee` with one branch per rendition
+//!   (outputs.rs: each output's muxer and sink, or an `hlssink2` per
+//!   variant of an HLS package; the scaler; the HLS key frame settings);
+//! - tracks.rs: the tracks carried and what reached each muxer; route.rs:
 //!   which decoded stream goes where; subtitles.rs: what each container
 //!   takes as subtitles;
-//! - [`verify`] (verify.rs): the written file's headers against the input
+//! - [`verify`] (verify.rs): a written file's headers against the input
 //!   and against what the pipeline wrote, without decoding anything;
+//! - [`finish`] (package.rs): each output verified; an HLS package's
+//!   variants checked and aligned, their playlists and the master
+//!   playlist written.
 //! - [`run_part`] (parts.rs): the pipelines of segmented jobs (scan.rs,
 //!   segment.rs, join.rs).
 //!
@@ -21,6 +25,8 @@
 
 mod build;
 mod join;
+mod outputs;
+mod package;
 mod parts;
 mod probe;
 mod route;
@@ -37,9 +43,11 @@ use gstreamer::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ErrorKind, JobError};
+use crate::rendition::Target;
 
-pub use build::transcode;
+pub use build::{transcode, Transcoded};
 pub use join::{JoinSpec, Joined, PartFile};
+pub use package::finish;
 pub use parts::{run_part, PartOutcome, PartRequest};
 pub use scan::Scan;
 pub use segment::{AudioSpec, EncodedAudio, EncodedVideo, VideoSpec};
@@ -77,6 +85,9 @@ pub struct VideoStream {
     pub frame_rate: f64,
     /// Bitrate in bits per second (0 when unknown).
     pub bitrate: u32,
+    /// Pixel aspect ratio (width, height), when not square.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pixel_aspect_ratio: Option<(u32, u32)>,
 }
 
 /// An audio stream.
@@ -108,31 +119,104 @@ pub struct SubtitleStream {
 pub struct TranscodeSpec {
     /// Input file.
     pub input: std::path::PathBuf,
-    /// Output file (in the job's scratch folder).
-    pub output: std::path::PathBuf,
-    /// Checked video branch.
-    pub video: String,
-    /// Audio branch; each audio track of the input gets its own instance.
-    pub audio: String,
-    /// Muxer element.
-    pub muxer: String,
+    /// What to make of its one decode, each output into its own path.
+    pub outputs: Vec<Output>,
     /// Allowed difference between input and output duration, in ms.
     pub duration_tolerance_ms: u64,
     /// Largest input accepted: width, height (pixels) and duration (ms).
     pub max_input: (u32, u32, u64),
 }
 
-/// How a pipeline run ended well: the verified output, the input tracks it
-/// does not carry, and what the verification cost.
+/// One output to make.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Output {
+    /// The key it will be stored under (for messages, and the master
+    /// playlist's file name).
+    pub key: String,
+    /// The file to write (in the job's scratch folder), or for an HLS
+    /// package the folder to write it in.
+    pub path: std::path::PathBuf,
+    /// What it is and how it is encoded.
+    pub target: Target,
+}
+
+/// How a pipeline run ended well: every output verified, and what the run
+/// took to make them.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Outcome {
-    /// What the verification read from the output's headers.
-    pub output: MediaInfo,
-    /// Input tracks the output container cannot hold, one sentence each
-    /// naming the track and the reason (see [`Written::left_out`]).
+    /// Each output of the spec, in order.
+    pub outputs: Vec<Made>,
+    /// The decoders the pipeline created (element factories), one per
+    /// decoded input stream however many outputs it made.
+    pub decoders: Vec<String>,
+    /// Where the time of the run went.
+    #[serde(default)]
+    pub timings: Timings,
+}
+
+/// One verified output.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Made {
+    /// What the verification read from its headers (for an HLS package,
+    /// of its tallest variant, with the package's duration).
+    pub media: MediaInfo,
+    /// Input tracks it does not carry, one sentence each naming the track
+    /// and the reason (see [`Written::left_out`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tracks_left_out: Vec<String>,
-    /// Milliseconds the verification of the output took.
+    /// What was made otherwise than asked: a height kept because the
+    /// source is shorter (no upscaling), variants left out of a ladder.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+    /// For an HLS package: its variants.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub variants: Vec<VariantMade>,
+    /// For an HLS package: every file, relative to the output's folder, in
+    /// the order to store them (each variant's segments, then its
+    /// playlist; the master playlist last).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<String>,
+}
+
+/// One variant of an HLS package, as the master playlist lists it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct VariantMade {
+    /// Its folder.
+    pub name: String,
+    /// Frame width in pixels.
+    pub width: u32,
+    /// Frame height in pixels.
+    pub height: u32,
+    /// Peak segment bit rate, bits per second.
+    pub bandwidth: u64,
+    /// RFC 6381 codec names.
+    pub codecs: Vec<String>,
+    /// Segments.
+    pub segments: usize,
+}
+
+/// Where the time of one pipeline run went, in milliseconds, stage by
+/// stage; together they are the whole run. The worker logs them with the
+/// verified output, and the benchmarks take the end of a job apart with
+/// them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timings {
+    /// Probing the input.
+    pub probe_ms: u64,
+    /// From the start of the transcode to the end of the input's video
+    /// entering the (last) video branch: decoding and encoding as it
+    /// streams.
+    pub stream_ms: u64,
+    /// From then to the end leaving the (last) video branch: its queue
+    /// and encoder passing on the frames they still hold (x264 encodes its
+    /// lookahead at the end of the stream).
+    pub encoder_flush_ms: u64,
+    /// From then to the end of the stream at the file sink: the other
+    /// branches ending and the muxer finishing the file (its index).
+    pub muxer_finish_ms: u64,
+    /// Stopping the pipeline.
+    pub stop_ms: u64,
+    /// Verifying the outputs.
     pub verify_ms: u64,
 }
 
@@ -300,10 +384,7 @@ mod tests {
     fn spec() -> TranscodeSpec {
         TranscodeSpec {
             input: "in".into(),
-            output: "out".into(),
-            video: "x264enc".into(),
-            audio: String::new(),
-            muxer: "mp4mux".into(),
+            outputs: Vec::new(),
             duration_tolerance_ms: 500,
             max_input: (1920, 1080, 60_000),
         }

@@ -64,6 +64,11 @@ pub fn probe(path: &Path, timeout: Duration) -> Result<MediaInfo, JobError> {
                     0.0
                 },
                 bitrate: v.bitrate(),
+                pixel_aspect_ratio: {
+                    let par = v.par();
+                    let (n, d) = (par.numer(), par.denom());
+                    (n > 0 && d > 0 && n != d).then_some((n as u32, d as u32))
+                },
             }
         });
     let audio = info

@@ -25,16 +25,17 @@
 //! is `output_invalid`, see [`super::verify`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use gstreamer as gst;
 use gstreamer::prelude::*;
 
 /// The kind of a track.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum TrackKind {
     /// Video.
+    #[default]
     Video,
     /// Audio.
     Audio,
@@ -71,17 +72,31 @@ impl Span {
 }
 
 /// A track the pipeline linked into the muxer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct WrittenTrack {
     /// What it is.
     pub kind: TrackKind,
     /// The media time that reached the muxer; `None` when nothing did.
     pub span: Option<Span>,
+    /// What its first buffer was, as the caps said.
+    pub format: Format,
+}
+
+/// What the caps (and the first bytes) of a track that reached the muxer
+/// say about it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Format {
+    /// Frame size in pixels (video).
+    pub size: Option<(u32, u32)>,
+    /// Frames per second (video), when the caps give it.
+    pub frame_rate: Option<f64>,
+    /// The RFC 6381 codec name (`avc1.64001f`, `mp4a.40.2`), when known.
+    pub codec: Option<String>,
 }
 
 /// What the writing pipeline knows about the file it wrote: the promise
 /// [`super::verify`] holds the file to.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Written {
     /// The tracks linked into the muxer, in the order they were linked.
     pub tracks: Vec<WrittenTrack>,
@@ -98,20 +113,30 @@ impl Written {
 
     /// The media time of the video that reached the muxer.
     pub fn video_out(&self) -> Option<Span> {
-        self.tracks
-            .iter()
-            .find(|t| t.kind == TrackKind::Video)
-            .and_then(|t| t.span)
+        self.first(TrackKind::Video).and_then(|t| t.span)
+    }
+
+    /// The first track of `kind`.
+    pub fn first(&self, kind: TrackKind) -> Option<&WrittenTrack> {
+        self.tracks.iter().find(|t| t.kind == kind)
     }
 }
 
-/// Counts the buffers passing a pad and the media time they cover.
+/// How many bytes of a track's first buffer are kept: enough for the
+/// parameter sets at the head of an H.264 key frame.
+const FIRST_BYTES: usize = 1024;
+
+/// Counts the buffers passing a pad and the media time they cover, keeps
+/// the caps and the first bytes of the first buffer, and notes when the
+/// end of the stream passed it.
 #[derive(Debug)]
 pub(super) struct Watch {
     buffers: AtomicU64,
     first_pts: AtomicU64,
     last_pts: AtomicU64,
     end: AtomicU64,
+    eos_at: Mutex<Option<Instant>>,
+    first: Mutex<Option<(gst::Caps, Vec<u8>)>>,
 }
 
 impl Watch {
@@ -122,10 +147,27 @@ impl Watch {
             first_pts: AtomicU64::new(u64::MAX),
             last_pts: AtomicU64::new(0),
             end: AtomicU64::new(0),
+            eos_at: Mutex::new(None),
+            first: Mutex::new(None),
         });
         let w = watch.clone();
-        pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
-            w.buffers.fetch_add(1, Ordering::Relaxed);
+        let types = gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_DOWNSTREAM;
+        pad.add_probe(types, move |pad, info| {
+            if let Some(event) = info.event() {
+                if event.type_() == gst::EventType::Eos {
+                    *w.eos_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+                }
+                return gst::PadProbeReturn::Ok;
+            }
+            if w.buffers.fetch_add(1, Ordering::Relaxed) == 0 {
+                if let (Some(caps), Some(buffer)) = (pad.current_caps(), info.buffer()) {
+                    let bytes = buffer
+                        .map_readable()
+                        .map(|m| m.as_slice()[..m.size().min(FIRST_BYTES)].to_vec())
+                        .unwrap_or_default();
+                    *w.first.lock().unwrap_or_else(|e| e.into_inner()) = Some((caps, bytes));
+                }
+            }
             if let Some(buffer) = info.buffer() {
                 if let Some(pts) = buffer.pts() {
                     let pts = pts.nseconds();
@@ -151,6 +193,49 @@ impl Watch {
         let first = self.first_pts.load(Ordering::Relaxed);
         let last = self.last_pts.load(Ordering::Relaxed);
         (first != u64::MAX).then(|| Duration::from_nanos(last.saturating_sub(first)))
+    }
+
+    /// When the end of the stream passed the pad, if it has.
+    pub(super) fn eos_at(&self) -> Option<Instant> {
+        *self.eos_at.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What the first buffer's caps and bytes say.
+    pub(super) fn format(&self) -> Format {
+        let first = self.first.lock().unwrap_or_else(|e| e.into_inner());
+        let Some((caps, bytes)) = first.as_ref() else {
+            return Format::default();
+        };
+        let Some(s) = caps.structure(0) else {
+            return Format::default();
+        };
+        let int = |field: &str| s.get::<i32>(field).ok().and_then(|v| u32::try_from(v).ok());
+        let size = int("width").zip(int("height"));
+        let frame_rate = s
+            .get::<gst::Fraction>("framerate")
+            .ok()
+            .filter(|f| f.denom() > 0 && f.numer() > 0)
+            .map(|f| f64::from(f.numer()) / f64::from(f.denom()));
+        let codec_data = s
+            .get::<gst::Buffer>("codec_data")
+            .ok()
+            .and_then(|b| b.map_readable().ok().map(|m| m.as_slice().to_vec()));
+        let codec = match s.name().as_str() {
+            "video/x-h264" => crate::hls::avc1_codec(codec_data.as_deref().unwrap_or(bytes)),
+            "audio/mpeg" => match (int("mpegversion"), int("layer")) {
+                (Some(2 | 4), _) => Some(crate::hls::aac_codec(codec_data.as_deref())),
+                (Some(1), Some(3)) => Some("mp4a.40.34".into()),
+                _ => None,
+            },
+            "audio/x-ac3" => Some("ac-3".into()),
+            "audio/x-eac3" => Some("ec-3".into()),
+            _ => None,
+        };
+        Format {
+            size,
+            frame_rate,
+            codec,
+        }
     }
 
     /// The media time the buffers covered.

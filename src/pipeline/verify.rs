@@ -28,7 +28,7 @@ use gstreamer::prelude::*;
 use super::tracks::{TrackKind, Written};
 use super::{
     caps_name, init, make, path_str, AudioStream, MediaInfo, NullOnDrop, SubtitleStream,
-    TranscodeSpec, VideoStream,
+    VideoStream,
 };
 use crate::error::{ErrorKind, JobError};
 
@@ -38,24 +38,26 @@ const HEADERS_TIMEOUT: Duration = Duration::from_secs(30);
 /// The application message the demuxer's `no-more-pads` posts.
 const HEADERS_READ: &str = "transcode-worker/headers-read";
 
-/// Checks that `spec.output` is a well-formed file with the tracks and
-/// durations the input (`input`) and the writing pipeline (`written`)
-/// promise; returns what its headers say. Every failure is
-/// [`ErrorKind::OutputInvalid`].
+/// Checks that the file at `path`, written by `muxer`, is well formed with
+/// the tracks and durations the input (`input`) and the writing pipeline
+/// (`written`) promise, within `tolerance_ms`; returns what its headers
+/// say. Every failure is [`ErrorKind::OutputInvalid`].
 pub fn verify(
-    spec: &TranscodeSpec,
+    path: &Path,
+    muxer: &str,
+    tolerance_ms: u64,
     input: &MediaInfo,
     written: &Written,
 ) -> Result<MediaInfo, JobError> {
     let bad = |why: String| JobError::new(ErrorKind::OutputInvalid, format!("the output {why}"));
-    let size = std::fs::metadata(&spec.output)
+    let size = std::fs::metadata(path)
         .map_err(|e| bad(format!("cannot be read: {e}")))?
         .len();
     if size == 0 {
         return Err(bad("is empty".into()));
     }
-    let out = read_headers(&spec.output, demuxer_for(&spec.muxer)?)
-        .map_err(|e| bad(format!("does not parse: {e}")))?;
+    let out =
+        read_headers(path, demuxer_for(muxer)?).map_err(|e| bad(format!("does not parse: {e}")))?;
     if out.video.is_none() {
         return Err(bad("has no video stream".into()));
     }
@@ -81,9 +83,8 @@ pub fn verify(
             tracks(out.subtitles.len(), "subtitle")
         )));
     }
-    let secs = |ms: u64| ms as f64 / 1000.0;
     if let (Some(want), Some(got)) = (input.duration_ms, out.duration_ms) {
-        if want.abs_diff(got) > spec.duration_tolerance_ms {
+        if want.abs_diff(got) > tolerance_ms {
             return Err(bad(format!(
                 "lasts {:.2} s but the input lasts {:.2} s",
                 secs(got),
@@ -91,23 +92,37 @@ pub fn verify(
             )));
         }
     }
+    check_video(written, input, tolerance_ms, "the output")?;
+    Ok(out)
+}
+
+fn secs(ms: u64) -> f64 {
+    ms as f64 / 1000.0
+}
+
+/// Checks that video reached the muxer for as long as the input lasts
+/// (within `tolerance_ms`); `what` names the output in the message.
+pub(super) fn check_video(
+    written: &Written,
+    input: &MediaInfo,
+    tolerance_ms: u64,
+    what: &str,
+) -> Result<(), JobError> {
+    let bad = |why: String| JobError::new(ErrorKind::OutputInvalid, why);
     let Some(video_out) = written.video_out() else {
-        return Err(bad("has no video frames".into()));
+        return Err(bad(format!("{what} has no video frames")));
     };
     if let Some(want) = input.duration_ms {
         let got = video_out.duration().as_millis() as u64;
-        if want.abs_diff(got) > spec.duration_tolerance_ms {
-            return Err(JobError::new(
-                ErrorKind::OutputInvalid,
-                format!(
-                    "the output's video lasts {:.2} s but the input lasts {:.2} s",
-                    secs(got),
-                    secs(want)
-                ),
-            ));
+        if want.abs_diff(got) > tolerance_ms {
+            return Err(bad(format!(
+                "{what}'s video lasts {:.2} s but the input lasts {:.2} s",
+                secs(got),
+                secs(want)
+            )));
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// "no audio track", "1 audio track", "2 audio tracks".
@@ -147,7 +162,7 @@ fn container_of(path: &Path) -> Option<String> {
 /// the duration, and the caps of each track. The demuxer's pads are
 /// blocked at their first buffer, so nothing past the headers is read
 /// (but the index a demuxer may need to know the duration).
-fn read_headers(path: &Path, demuxer: &str) -> Result<MediaInfo, String> {
+pub(super) fn read_headers(path: &Path, demuxer: &str) -> Result<MediaInfo, String> {
     init().map_err(|e| e.message)?;
     let pipeline = gst::Pipeline::new();
     let _guard = NullOnDrop(pipeline.clone());
@@ -245,6 +260,7 @@ fn read_headers(path: &Path, demuxer: &str) -> Result<MediaInfo, String> {
                 height: int("height").unwrap_or(0),
                 frame_rate: fps,
                 bitrate: 0,
+                pixel_aspect_ratio: None,
             };
             info.video.get_or_insert(video);
         } else if codec.starts_with("audio/") {
@@ -284,16 +300,14 @@ mod tests {
     const VIDEO: &str = "-f lavfi -i testsrc=size=160x120:rate=25:duration=2";
     const AUDIO: &str = "-f lavfi -i sine=frequency=440:sample_rate=48000:duration=2";
 
-    fn spec(output: &Path, muxer: &str) -> TranscodeSpec {
-        TranscodeSpec {
-            input: "unused".into(),
-            output: output.to_path_buf(),
-            video: String::new(),
-            audio: String::new(),
-            muxer: muxer.into(),
-            duration_tolerance_ms: 500,
-            max_input: (4096, 4096, 3_600_000),
-        }
+    /// Verifies `path`, written by `muxer`, with a tolerance of 500 ms.
+    fn check_file(
+        path: &Path,
+        muxer: &str,
+        input: &MediaInfo,
+        written: &Written,
+    ) -> Result<MediaInfo, JobError> {
+        verify(path, muxer, 500, input, written)
     }
 
     /// What a pipeline that carried a 2 s video and `audio` audio tracks
@@ -308,14 +322,16 @@ mod tests {
         let mut tracks = vec![WrittenTrack {
             kind: TrackKind::Video,
             span: span(video_out_ms),
+            ..Default::default()
         }];
         tracks.extend((0..audio).map(|_| WrittenTrack {
             kind: TrackKind::Audio,
             span: span(2000),
+            ..Default::default()
         }));
         Written {
             tracks,
-            left_out: Vec::new(),
+            ..Written::default()
         }
     }
 
@@ -334,7 +350,7 @@ mod tests {
 
         let silent = dir.path().join("silent.mp4");
         ffmpeg(&format!("{VIDEO} -c:v mpeg4"), &silent);
-        let err = verify(&spec(&silent, "mp4mux"), &input, &written(0, 2000)).unwrap_err();
+        let err = check_file(&silent, "mp4mux", &input, &written(0, 2000)).unwrap_err();
         assert_eq!(err.kind, ErrorKind::OutputInvalid);
         assert_eq!(
             err.message,
@@ -344,9 +360,9 @@ mod tests {
         // The same check passes the output that has it.
         let whole = dir.path().join("whole.mp4");
         ffmpeg(&format!("{VIDEO} {AUDIO} -c:v mpeg4 -c:a aac"), &whole);
-        let out = verify(&spec(&whole, "mp4mux"), &input, &written(1, 2000)).unwrap();
+        let out = check_file(&whole, "mp4mux", &input, &written(1, 2000)).unwrap();
         // And holds the pipeline to the input too.
-        let err = verify(&spec(&whole, "mp4mux"), &input, &written(0, 2000)).unwrap_err();
+        let err = check_file(&whole, "mp4mux", &input, &written(0, 2000)).unwrap_err();
         assert_eq!(
             err.message,
             "the output was written with no audio track but the input has 1"
@@ -365,7 +381,7 @@ mod tests {
         let short = dir.path().join("short.mkv");
         let one_frame = VIDEO.replace("duration=2", "duration=0.04");
         ffmpeg(&format!("{one_frame} {AUDIO} -c:v mpeg4 -c:a aac"), &short);
-        let err = verify(&spec(&short, "matroskamux"), &input, &written(1, 40)).unwrap_err();
+        let err = check_file(&short, "matroskamux", &input, &written(1, 40)).unwrap_err();
         assert_eq!(err.kind, ErrorKind::OutputInvalid);
         assert!(
             err.message
@@ -384,7 +400,7 @@ mod tests {
         let check = |name: &str, bytes: &[u8], written: &Written| {
             let path = dir.path().join(name);
             std::fs::write(&path, bytes).unwrap();
-            let err = verify(&spec(&path, "mp4mux"), &input, written).unwrap_err();
+            let err = check_file(&path, "mp4mux", &input, written).unwrap_err();
             assert_eq!(err.kind, ErrorKind::OutputInvalid);
             err.message
         };
@@ -408,6 +424,7 @@ mod tests {
         promised.tracks.push(WrittenTrack {
             kind: TrackKind::Subtitle,
             span: None,
+            ..Default::default()
         });
         assert_eq!(
             check("whole2.mp4", &bytes, &promised),

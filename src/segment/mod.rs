@@ -35,12 +35,12 @@
 //! and per plan `<job>/<plan>/<part>.<ext>`, `<job>/<plan>/done/<part>.json`,
 //! `<job>/<plan>/end.json`.
 
-pub mod encode;
+
 pub mod input;
-pub mod merge;
+
 pub mod objects;
 pub mod plan;
-pub mod split;
+
 
 use serde::{Deserialize, Serialize};
 

@@ -345,6 +345,8 @@ pub fn content_type_for(key: &str) -> &'static str {
         Some("mov") => "video/quicktime",
         Some("mkv") => "video/x-matroska",
         Some("webm") => "video/webm",
+        Some("m3u8") => "application/vnd.apple.mpegurl",
+        Some("ts") => "video/mp2t",
         _ => "application/octet-stream",
     }
 }

@@ -41,7 +41,7 @@ pub use sender::Sender;
 use crate::broker::{string_headers, until_taken, Broker};
 use crate::error::{ErrorKind, JobError};
 use crate::job::{Job, WebhookEvent};
-use crate::pipeline::MediaInfo;
+use crate::pipeline::{Made, MediaInfo, VariantMade};
 
 /// Header: where the notice goes.
 const URL_HEADER: &str = "x-webhook-url";
@@ -64,7 +64,9 @@ const LAST_STATUS_HEADER: &str = "x-webhook-last-status";
 /// Header: what went wrong last, for people.
 const ERROR_HEADER: &str = "x-error";
 
-/// What a completed job made, as its webhook reports it (`result`).
+/// What a completed job made, as its webhook reports it (`result`): the
+/// figures of its first (or only) output, and for a job with several
+/// outputs (renditions) the figures of each.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct JobResult {
     /// The key the output is stored under.
@@ -77,9 +79,66 @@ pub struct JobResult {
     /// The output's video frames: its duration times its frame rate, from
     /// the verified output (`null` when either is unknown).
     pub frames_encoded: Option<u64>,
+    /// Every output of a job with several, in the job's order (absent for
+    /// a job with one).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<OutputResult>,
+}
+
+/// One output of a job with several, as its webhook reports it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OutputResult {
+    /// The key it is stored under.
+    pub output_key: String,
+    /// The bytes stored (every file of an HLS package).
+    pub output_size_bytes: u64,
+    /// Its duration in seconds, when this attempt made it.
+    pub duration_seconds: Option<f64>,
+    /// Its frame height in lines, when this attempt made it.
+    pub height: Option<u32>,
+    /// For an HLS package: its variants.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub variants: Vec<VariantMade>,
+    /// What was made otherwise than asked (a height kept because the
+    /// source is shorter, variants of a ladder left out).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+impl OutputResult {
+    /// The result of storing `size` bytes under `output_key`, with what
+    /// this attempt made there, if it made it.
+    pub fn new(output_key: &str, size: u64, made: Option<&Made>) -> OutputResult {
+        let media = made.map(|m| &m.media);
+        OutputResult {
+            output_key: output_key.to_string(),
+            output_size_bytes: size,
+            duration_seconds: media
+                .and_then(|m| m.duration_ms)
+                .map(|ms| ms as f64 / 1000.0),
+            height: media.and_then(|m| m.video.as_ref()).map(|v| v.height),
+            variants: made.map(|m| m.variants.clone()).unwrap_or_default(),
+            notes: made.map(|m| m.notes.clone()).unwrap_or_default(),
+        }
+    }
 }
 
 impl JobResult {
+    /// The result of a job whose outputs are `outputs` (key, bytes stored,
+    /// what this attempt made there): the first one's figures, and every
+    /// one when there are several.
+    pub fn of_outputs(outputs: &[(&str, u64, Option<&Made>)]) -> JobResult {
+        let (key, size, made) = outputs.first().copied().unwrap_or(("", 0, None));
+        let mut result = JobResult::new(key, size, made.map(|m| &m.media));
+        if outputs.len() > 1 {
+            result.outputs = outputs
+                .iter()
+                .map(|(key, size, made)| OutputResult::new(key, *size, *made))
+                .collect();
+        }
+        result
+    }
+
     /// The result of storing `size` bytes under `output_key`, with the
     /// verified output's `media` when this attempt made it.
     pub fn new(output_key: &str, size: u64, media: Option<&MediaInfo>) -> JobResult {
@@ -95,6 +154,7 @@ impl JobResult {
             output_size_bytes: size,
             duration_seconds: seconds,
             frames_encoded: seconds.zip(rate).map(|(s, r)| (s * r).round() as u64),
+            outputs: Vec::new(),
         }
     }
 }
@@ -288,6 +348,7 @@ mod tests {
                 height: 360,
                 frame_rate: 30.0,
                 bitrate: 0,
+                pixel_aspect_ratio: None,
             }),
             audio: Vec::new(),
             subtitles: Vec::new(),
@@ -317,6 +378,38 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&body("j", Ended::Cancelled)).unwrap();
         assert_eq!(v["event"], "cancelled");
         assert!(v.get("result").is_none() && v.get("error").is_none());
+    }
+
+    #[test]
+    fn a_job_with_several_outputs_lists_each_beside_the_first_ones_figures() {
+        let made = Made {
+            media: MediaInfo {
+                duration_ms: Some(2000),
+                video: Some(VideoStream {
+                    height: 480,
+                    frame_rate: 25.0,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            notes: vec!["made at the source's 480 lines".into()],
+            ..Default::default()
+        };
+        let result =
+            JobResult::of_outputs(&[("r/720.mp4", 10, Some(&made)), ("r/360.mp4", 5, None)]);
+        let v = serde_json::to_value(&result).unwrap();
+        assert_eq!(v["output_key"], "r/720.mp4");
+        assert_eq!(v["frames_encoded"], 50);
+        assert_eq!(v["outputs"][0]["height"], 480);
+        assert_eq!(
+            v["outputs"][0]["notes"][0],
+            "made at the source's 480 lines"
+        );
+        assert_eq!(v["outputs"][1]["output_key"], "r/360.mp4");
+        assert!(v["outputs"][1]["duration_seconds"].is_null());
+        // One output: the seed's shape, no list.
+        let one = JobResult::of_outputs(&[("o.mp4", 10, Some(&made))]);
+        assert!(serde_json::to_value(&one).unwrap().get("outputs").is_none());
     }
 
     #[test]

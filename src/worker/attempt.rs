@@ -1,17 +1,18 @@
 //! One attempt of one job, as a sequence of named steps:
 //!
-//! 1. **plan**: what pipeline the job gets and whether its keys are
-//!    allowed; nothing is downloaded for a job that cannot run;
-//! 2. **fetch**: look the input up, recognise an output an earlier attempt
-//!    already stored, check the attempt budget and the free space, and
-//!    copy the input into the attempt's scratch folder;
-//! 3. **transcode**: run the pipeline process, which also verifies its
-//!    output (so a crash while verifying is isolated too), turning its
-//!    positions into progress and aborting it when it stalls;
-//! 4. **store**: upload the verified output with metadata naming the job
-//!    and the settings it was made with.
+//! 1. **plan**: what each output gets (see [`crate::plan`]) and whether
+//!    the keys are allowed; nothing is downloaded for a job that cannot run;
+//! 2. **fetch**: look the input up, recognise the outputs an earlier
+//!    attempt already stored, check the attempt budget and the free space,
+//!    and copy the input into the attempt's scratch folder;
+//! 3. **transcode**: run the pipeline process on the outputs not stored
+//!    yet, all from one decode; it also verifies them (so a crash while
+//!    verifying is isolated too); its positions become progress, and it is
+//!    aborted when it stalls;
+//! 4. **store**: upload the verified outputs (see [`super::store`]).
 //!
-//! The scratch folder is removed however the attempt ends.
+//! A redelivered job makes only the outputs its earlier attempts did not
+//! store. The scratch folder is removed however the attempt ends.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -19,50 +20,52 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use super::store::ToStore;
 use super::Worker;
 use crate::error::{ErrorKind, JobError};
 use crate::job::{Job, Phase};
-use crate::pipeline::{MediaInfo, Outcome, TranscodeSpec};
+use crate::pipeline::{Made, Outcome, Output, TranscodeSpec};
 use crate::plan::Plan;
 use crate::progress::Reporter;
 use crate::storage::{Storage, Transferred};
 use crate::transcoder::ChildEvent;
 
-/// Object metadata naming the job that made an output.
-const META_JOB_ID: &str = "transcode-job-id";
-/// Object metadata identifying the settings an output was made with.
-const META_FINGERPRINT: &str = "transcode-fingerprint";
-
 /// One attempt of a job on this worker.
 pub(super) struct Attempt<'a> {
-    worker: &'a Worker,
-    job: &'a Job,
+    pub(super) worker: &'a Worker,
+    pub(super) job: &'a Job,
     number: u32,
-    reporter: &'a Reporter,
+    pub(super) reporter: &'a Reporter,
 }
 
-/// What a successful attempt stored.
+/// What a successful attempt stored: every output of the job, in order.
 #[derive(Debug)]
 pub(super) struct Produced {
-    /// The stored output's size in bytes.
+    /// Each output.
+    pub(super) outputs: Vec<Stored>,
+}
+
+/// One stored output.
+#[derive(Debug)]
+pub(super) struct Stored {
+    /// Its key.
+    pub(super) key: String,
+    /// The bytes stored (every file of an HLS package).
     pub(super) size: u64,
     /// The verified output, when this attempt made it (not when an earlier
     /// attempt had stored it).
-    pub(super) media: Option<MediaInfo>,
+    pub(super) made: Option<Made>,
 }
 
 /// What the fetch step found.
-enum Fetched {
-    /// An earlier attempt stored the verified output (of this size):
-    /// nothing to do.
-    AlreadyStored(u64),
-    /// The input is in the scratch folder (or readable in place).
-    Input {
-        /// Where the pipeline reads it.
-        path: PathBuf,
-        /// What the output will depend on, stored with it.
-        fingerprint: String,
-    },
+struct Fetched {
+    /// Each output's fingerprint.
+    fingerprints: Vec<String>,
+    /// The bytes of each output an earlier attempt stored.
+    stored: Vec<Option<u64>>,
+    /// Where the pipeline reads the input; `None` when every output is
+    /// stored already.
+    input: Option<PathBuf>,
 }
 
 impl<'a> Attempt<'a> {
@@ -85,29 +88,59 @@ impl<'a> Attempt<'a> {
     pub(super) async fn run(&self) -> Result<Produced, JobError> {
         let plan = self.plan()?;
         let folder = self.worker.scratch.attempt_folder()?;
-        let (input, fingerprint) = match self.fetch(&plan, folder.path()).await? {
-            Fetched::AlreadyStored(size) => return Ok(Produced { size, media: None }),
-            Fetched::Input { path, fingerprint } => (path, fingerprint),
+        let fetched = self.fetch(&plan, folder.path()).await?;
+        let mut outputs: Vec<Stored> = plan
+            .outputs
+            .iter()
+            .zip(&fetched.stored)
+            .map(|(o, stored)| Stored {
+                key: o.key.clone(),
+                size: stored.unwrap_or(0),
+                made: None,
+            })
+            .collect();
+        let Some(input) = fetched.input else {
+            return Ok(Produced { outputs });
         };
-        let output = folder.path().join("output");
-        let outcome = self.transcode(&plan, input, &output).await?;
-        let size = self.store(&plan, &output, fingerprint).await?;
+        let missing: Vec<usize> = (0..plan.outputs.len())
+            .filter(|&i| fetched.stored[i].is_none())
+            .collect();
+        let paths: Vec<PathBuf> = missing
+            .iter()
+            .map(|i| folder.path().join(format!("output-{i}")))
+            .collect();
+        let outcome = self.transcode(&plan, &missing, &paths, input).await?;
+        let to_store: Vec<ToStore<'_>> = missing
+            .iter()
+            .zip(&paths)
+            .zip(&outcome.outputs)
+            .map(|((&i, path), made)| ToStore {
+                plan: &plan.outputs[i],
+                path,
+                made,
+                fingerprint: &fetched.fingerprints[i],
+            })
+            .collect();
+        let sizes = self.store(&to_store).await?;
+        for ((i, size), made) in missing.into_iter().zip(sizes).zip(outcome.outputs) {
+            outputs[i].size = size;
+            outputs[i].made = Some(made);
+        }
         drop(folder);
-        Ok(Produced {
-            size,
-            media: Some(outcome.output),
-        })
+        Ok(Produced { outputs })
     }
 
     /// Step 1: the pipeline, and the keys checked against the storage.
     fn plan(&self) -> Result<Plan, JobError> {
-        let plan = crate::plan::plan(self.job, &self.worker.settings)?;
+        let plan = self.worker.plan_for(self.job)?;
         self.worker.storage.check_key(&self.job.input_key)?;
-        self.worker.storage.check_key(&self.job.output_key)?;
+        for output in &plan.outputs {
+            self.worker.storage.check_key(&output.key)?;
+        }
         Ok(plan)
     }
 
-    /// Step 2: the input, unless the output is already stored.
+    /// Step 2: the input, unless every output is already stored.
     async fn fetch(&self, plan: &Plan, folder: &Path) -> Result<Fetched, JobError> {
         let (w, job, storage) = (&self.worker.settings.worker, self.job, &self.worker.storage);
         self.reporter.update(Phase::Downloading, 0.0, None).await;
@@ -121,14 +154,29 @@ impl<'a> Attempt<'a> {
                 ),
             ));
         };
-        let fingerprint = plan.fingerprint(job, expected.size);
-        if let Some(size) = self.already_stored(&fingerprint).await? {
-            tracing::info!(key = %job.output_key, "the verified output of this job is already stored; not transcoding again");
-            return Ok(Fetched::AlreadyStored(size));
+        let fingerprints: Vec<String> = plan
+            .outputs
+            .iter()
+            .map(|o| o.fingerprint(&job.input_key, expected.size))
+            .collect();
+        let mut stored = Vec::new();
+        for (output, fingerprint) in plan.outputs.iter().zip(&fingerprints) {
+            let found = self.already_stored(&output.key, fingerprint).await?;
+            if found.is_some() {
+                tracing::info!(key = %output.key, "the verified output is already stored (an earlier attempt made it); not making it again");
+            }
+            stored.push(found);
         }
-        // Checked only now: a job whose earlier attempt stored its output but
-        // whose ack was lost (a crash, a broker failover) is done, whatever
-        // its delivery count says.
+        if stored.iter().all(Option::is_some) {
+            return Ok(Fetched {
+                fingerprints,
+                stored,
+                input: None,
+            });
+        }
+        // Checked only now: a job whose earlier attempt stored its outputs
+        // but whose ack was lost (a crash, a broker failover) is done,
+        // whatever its delivery count says.
         let max = w.max_attempts;
         if self.number > max {
             return Err(JobError::new(
@@ -145,57 +193,41 @@ impl<'a> Attempt<'a> {
         let input = watch_transfer(
             storage.fetch_known(&job.input_key, &expected, folder, &counter),
             &counter,
-            expected.size,
+            (0, expected.size),
             self.reporter,
             Phase::Downloading,
             w.download_stall_timeout,
         )
         .await?;
         self.worker.fault_point(Phase::Downloading);
-        Ok(Fetched::Input {
-            path: input.path,
-            fingerprint,
+        Ok(Fetched {
+            fingerprints,
+            stored,
+            input: Some(input.path),
         })
     }
 
-    /// The size of the output an earlier attempt of the same job with the
-    /// same settings stored (it was verified before it was stored), if any.
-    async fn already_stored(&self, fingerprint: &str) -> Result<Option<u64>, JobError> {
-        let Some(info) = self
-            .worker
-            .storage
-            .head(&self.job.output_key)
-            .await
-            .map_err(JobError::from)?
-        else {
-            return Ok(None);
-        };
-        let meta = |name: &str| {
-            info.metadata
-                .iter()
-                .find(|(k, _)| k == name || k.ends_with(&format!("-{name}")))
-                .map(|(_, v)| v.as_str())
-        };
-        let stored = info.size > 0
-            && meta(META_JOB_ID) == Some(self.job.job_id.as_str())
-            && meta(META_FINGERPRINT) == Some(fingerprint);
-        Ok(stored.then_some(info.size))
-    }
-
-    /// Step 3: the pipeline process makes and verifies `output`.
+    /// Step 3: the pipeline process makes and verifies the outputs
+    /// `missing` (indexes into the plan) at `paths`, from one decode.
     async fn transcode(
         &self,
         plan: &Plan,
+        missing: &[usize],
+        paths: &[PathBuf],
         input: PathBuf,
-        output: &Path,
     ) -> Result<Outcome, JobError> {
         let settings = &self.worker.settings;
         let spec = TranscodeSpec {
             input,
-            output: output.to_path_buf(),
-            video: plan.video.clone(),
-            audio: plan.audio.clone(),
-            muxer: plan.muxer.to_string(),
+            outputs: missing
+                .iter()
+                .zip(paths)
+                .map(|(&i, path)| Output {
+                    key: plan.outputs[i].key.clone(),
+                    path: path.clone(),
+                    target: plan.outputs[i].target.clone(),
+                })
+                .collect(),
             duration_tolerance_ms: settings.pipeline.duration_tolerance.as_millis() as u64,
             max_input: (
                 settings.pipeline.max_width,
@@ -203,24 +235,57 @@ impl<'a> Attempt<'a> {
                 settings.pipeline.max_duration.as_millis() as u64,
             ),
         };
-        tracing::info!(video = %plan.video, muxer = plan.muxer, preset = ?plan.preset, "transcoding");
+        for &i in missing {
+            let output = &plan.outputs[i];
+            let encodings: Vec<&str> = output
+                .target
+                .encodings()
+                .iter()
+                .map(|e| e.video.as_str())
+                .collect();
+            tracing::info!(key = %output.key, preset = ?output.preset, video = ?encodings, "transcoding");
+        }
         self.reporter.update(Phase::Transcoding, 0.0, None).await;
         let outcome = self
             .run_pipeline(&spec, settings.worker.transcode_stall_timeout)
             .await?;
-        let out = &outcome.output;
         tracing::info!(
-            duration_ms = ?out.duration_ms,
-            audio_tracks = out.audio.len(),
-            subtitle_tracks = out.subtitles.len(),
-            verify_ms = outcome.verify_ms,
-            "output verified"
+            outputs = outcome.outputs.len(),
+            decoders = ?outcome.decoders,
+            probe_ms = outcome.timings.probe_ms,
+            stream_ms = outcome.timings.stream_ms,
+            encoder_flush_ms = outcome.timings.encoder_flush_ms,
+            muxer_finish_ms = outcome.timings.muxer_finish_ms,
+            stop_ms = outcome.timings.stop_ms,
+            verify_ms = outcome.timings.verify_ms,
+            "outputs verified"
         );
-        for track in &outcome.tracks_left_out {
-            tracing::warn!(track = %track, "input track not carried");
+        let several = plan.outputs.len() > 1;
+        let mut left_out = Vec::new();
+        for (output, made) in spec.outputs.iter().zip(&outcome.outputs) {
+            let m = &made.media;
+            tracing::info!(
+                key = %output.key,
+                duration_ms = ?m.duration_ms,
+                height = ?m.video.as_ref().map(|v| v.height),
+                audio_tracks = m.audio.len(),
+                subtitle_tracks = m.subtitles.len(),
+                variants = made.variants.len(),
+                "output verified"
+            );
+            for note in &made.notes {
+                tracing::info!(key = %output.key, "{note}");
+            }
+            for track in &made.tracks_left_out {
+                tracing::warn!(key = %output.key, track = %track, "input track not carried");
+                left_out.push(if several {
+                    format!("{}: {track}", output.key)
+                } else {
+                    track.clone()
+                });
+            }
         }
-        self.reporter
-            .tracks_left_out(outcome.tracks_left_out.clone());
+        self.reporter.tracks_left_out(left_out);
         self.worker.fault_point(Phase::Transcoding);
         Ok(outcome)
     }
@@ -272,57 +337,13 @@ impl<'a> Attempt<'a> {
             }
         }
     }
-
-    /// Step 4: uploads the verified output under the job's output key;
-    /// returns its size.
-    async fn store(
-        &self,
-        plan: &Plan,
-        output: &Path,
-        fingerprint: String,
-    ) -> Result<u64, JobError> {
-        let (w, job) = (&self.worker.settings.worker, self.job);
-        // A cancel that came while the transcode ran stops the attempt
-        // here at the latest: nothing is stored.
-        if self.worker.cancel_requested(&job.job_id).await {
-            return Err(JobError::new(
-                ErrorKind::Cancelled,
-                "cancelled on request before its output was stored",
-            ));
-        }
-        let size = std::fs::metadata(output).map(|m| m.len()).unwrap_or(0);
-        self.reporter.update(Phase::Uploading, 0.0, None).await;
-        let mut metadata = vec![
-            (META_JOB_ID.to_string(), job.job_id.clone()),
-            (META_FINGERPRINT.to_string(), fingerprint),
-            ("transcode-worker".to_string(), self.worker.id.clone()),
-        ];
-        if let Some(preset) = &plan.preset {
-            metadata.push(("transcode-preset".to_string(), preset.clone()));
-        }
-        let counter = Transferred::default();
-        watch_transfer(
-            self.worker
-                .storage
-                .store(output, &job.output_key, &metadata, &counter),
-            &counter,
-            size,
-            self.reporter,
-            Phase::Uploading,
-            w.upload_stall_timeout,
-        )
-        .await?;
-        tracing::info!(bytes = size, key = %job.output_key, "output stored");
-        self.worker.fault_point(Phase::Uploading);
-        Ok(size)
-    }
 }
 
 impl Worker {
     /// Aborts the process after `phase` when fault injection asks for it
     /// (only in builds with the `fault-injection` feature).
     #[cfg(feature = "fault-injection")]
-    fn fault_point(&self, phase: Phase) {
+    pub(super) fn fault_point(&self, phase: Phase) {
         if self.settings.worker.crash_after == Some(phase) {
             tracing::error!(%phase, "fault injection: aborting the worker");
             std::process::abort();
@@ -331,15 +352,16 @@ impl Worker {
 
     /// Fault injection is not built in.
     #[cfg(not(feature = "fault-injection"))]
-    fn fault_point(&self, _phase: Phase) {}
+    pub(super) fn fault_point(&self, _phase: Phase) {}
 }
 
-/// Awaits a transfer while reporting its bytes as progress of `phase`;
-/// fails it as stalled when no byte moves for `stall`.
-async fn watch_transfer<T>(
+/// Awaits a transfer while reporting its bytes as progress of `phase`:
+/// `base` bytes of `total` were moved before it (by earlier transfers of
+/// the same phase). Fails it as stalled when no byte moves for `stall`.
+pub(super) async fn watch_transfer<T>(
     transfer: impl Future<Output = Result<T, crate::storage::StorageError>>,
     counter: &Transferred,
-    total: u64,
+    (base, total): (u64, u64),
     reporter: &Reporter,
     phase: Phase,
     stall: Duration,
@@ -351,12 +373,12 @@ async fn watch_transfer<T>(
     loop {
         tokio::select! {
             result = &mut transfer => {
-                reporter.transferred(phase, counter.get(), total);
+                reporter.transferred(phase, base + counter.get(), total);
                 return result.map_err(JobError::from);
             }
             _ = tick.tick() => {
                 let now = counter.get();
-                reporter.transferred(phase, now, total);
+                reporter.transferred(phase, base + now, total);
                 if now != last {
                     last = now;
                     moved_at = Instant::now();
@@ -366,7 +388,7 @@ async fn watch_transfer<T>(
                         if phase == Phase::Uploading { "the upload" } else { "the download" },
                         humantime::format_duration(stall))));
                 }
-                let fraction = if total > 0 { now as f64 / total as f64 } else { 0.0 };
+                let fraction = if total > 0 { (base + now) as f64 / total as f64 } else { 0.0 };
                 reporter.update(phase, fraction, None).await;
             }
         }

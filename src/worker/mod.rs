@@ -4,20 +4,23 @@
 //! - [`session`]: connect (and reconnect) to the broker, consume, drain on
 //!   shutdown;
 //! - [`attempt`]: one attempt of a job as a sequence of named steps: plan,
-//!   fetch, transcode (the pipeline process also verifies its output),
-//!   store;
+//!   fetch, transcode (every output from one decode; the pipeline process
+//!   also verifies them), store;
+//! - [`store`]: storing the outputs (an HLS package file by file, its
+//!   playlists last) and recognising those an earlier attempt stored;
 //! - [`placement`]: whether this worker can run a job, and where a job goes
 //!   that it cannot run (the queue of workers that can);
 //! - [`settle`]: the one place that turns an attempt's outcome into an
 //!   ack, a retried copy, a give-back or a dead letter.
 //!
-//! A job is acked only after its output is stored and its `completed`
+//! A job is acked only after every output is stored and its `completed`
 //! event is confirmed by the broker.
 
 mod attempt;
 mod placement;
 mod session;
 mod settle;
+mod store;
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard};

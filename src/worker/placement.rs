@@ -51,7 +51,7 @@ impl Worker {
         let priority_queue = delivery
             .header_text(PRIORITY_QUEUE_HEADER)
             .unwrap_or_else(|| delivery.queue().to_string());
-        let Ok(plan) = crate::plan::plan(job, &self.settings) else {
+        let Ok(plan) = self.plan_for(job) else {
             return Placement::Run;
         };
         let missing = self.capabilities.missing(&capability::needs(&plan, job));
@@ -100,6 +100,16 @@ impl Worker {
                 Placement::Wait(waiting)
             }
         }
+    }
+
+    /// The plan of `job` on this worker ([`crate::plan::plan_on`]): each
+    /// preset with the preferred video branch whose elements this worker
+    /// has (a hardware encoder, say).
+    pub(super) fn plan_for(&self, job: &Job) -> Result<crate::plan::Plan, JobError> {
+        let allow = self.settings.allowlist();
+        crate::plan::plan_on(job, &self.settings, &|preset| {
+            capability::preferred_video(preset, &self.capabilities, &allow)
+        })
     }
 
     /// Whether a live worker answers that it could run a job that needs

@@ -22,7 +22,7 @@ use crate::progress::Reporter;
 
 /// The shortest wait before looking at the queues again after they were
 /// all empty.
-const POLL_MIN: Duration = Duration::from_millis(50);
+const POLL_MIN: Duration = Duration::from_millis(10);
 /// The longest such wait: an idle worker looks for a job at least this often.
 const POLL_MAX: Duration = Duration::from_secs(1);
 
@@ -353,11 +353,12 @@ impl Worker {
                     .settle(&broker, &delivery, &reporter, &job.job_id, Some(&job), Err(why))
                     .await;
             }
-            tracing::info!(input = %job.input_key, output = %job.output_key, "job started");
+            let keys = job.output_keys();
+            tracing::info!(input = %job.input_key, outputs = %keys.join(", "), "job started");
             self.record(&job.job_id, |r| {
                 if r.input_key.is_empty() {
                     r.input_key = job.input_key.clone();
-                    r.output_keys = vec![job.output_key.clone()];
+                    r.output_keys = keys.clone();
                     r.priority = job.priority;
                 }
                 r.attempt_started(attempt, &self.id);
@@ -377,7 +378,6 @@ impl Worker {
                     "cancelled on request while it ran",
                 )),
             };
-            let result = result.map(|produced| (job.output_key.as_str(), produced));
             self.settle(&broker, &delivery, &reporter, &job.job_id, Some(&job), result)
                 .await
         }

@@ -15,12 +15,12 @@ use crate::broker::{until_taken, Broker, DeadLetter, Delivery};
 use crate::error::{Disposition, JobError};
 use crate::history::{JobRecord, JobState};
 use crate::job::Job;
+use crate::pipeline::Made;
 use crate::progress::Reporter;
 use crate::webhook::{self, Ended, JobResult};
 
-/// What an attempt came to: the key of the stored output and what was
-/// stored there, or the error.
-pub(super) type Outcome<'a> = Result<(&'a str, Produced), JobError>;
+/// What an attempt came to: the outputs stored, or the error.
+pub(super) type Outcome = Result<Produced, JobError>;
 
 impl Worker {
     /// Settles `delivery` of job `job_id` (`job`, when the message is a
@@ -34,34 +34,42 @@ impl Worker {
         reporter: &Reporter,
         job_id: &str,
         job: Option<&Job>,
-        outcome: Outcome<'_>,
+        outcome: Outcome,
     ) {
         let attempt = delivery.attempt();
         let error = match outcome {
-            Ok((output_key, produced)) => {
-                match until_taken("the completed event", || reporter.completed(output_key)).await {
+            Ok(produced) => {
+                let keys: Vec<String> = produced.outputs.iter().map(|o| o.key.clone()).collect();
+                match until_taken("the completed event", || reporter.completed(&keys)).await {
                     Ok(()) => {
-                        tracing::info!("job completed");
+                        tracing::info!(outputs = keys.len(), "job completed");
                         let duration = produced
-                            .media
-                            .as_ref()
-                            .and_then(|m| m.duration_ms)
+                            .outputs
+                            .first()
+                            .and_then(|o| o.made.as_ref())
+                            .and_then(|m| m.media.duration_ms)
                             .map(|ms| ms as f64 / 1000.0);
+                        let size: u64 = produced.outputs.iter().map(|o| o.size).sum();
                         self.record(job_id, |r| {
                             r.attempt_ended(attempt, "completed", None);
-                            r.output_size_bytes = Some(produced.size);
+                            r.output_keys = keys.clone();
+                            r.output_size_bytes = Some(size);
                             r.duration_seconds = duration;
                             r.mark(
                                 JobState::Completed,
                                 Some(attempt),
                                 Some(&self.id),
-                                format!("completed: {output_key} stored"),
+                                format!("completed: {} stored", keys.join(", ")),
                             );
                         })
                         .await;
                         if let Some(job) = job {
-                            let result =
-                                JobResult::new(output_key, produced.size, produced.media.as_ref());
+                            let outputs: Vec<(&str, u64, Option<&Made>)> = produced
+                                .outputs
+                                .iter()
+                                .map(|o| (o.key.as_str(), o.size, o.made.as_ref()))
+                                .collect();
+                            let result = JobResult::of_outputs(&outputs);
                             webhook::notify(broker, job, Ended::Completed(&result)).await;
                         }
                         delivery.ack().await;
@@ -156,7 +164,9 @@ impl Worker {
             tracing::warn!(error = %e, "could not publish the cancelled event");
         }
         if let Some(job) = job {
-            self.storage.abort_uploads(&job.output_key).await;
+            for key in job.output_keys() {
+                self.storage.abort_uploads(&key).await;
+            }
         }
         let attempt = delivery.attempt();
         self.record(job_id, |r| {

@@ -37,6 +37,25 @@ pub fn wmv_with_audio(secs: u32) -> PathBuf {
     make_with(Tool::Ffmpeg, "wmv_with_audio", secs, "wmv", args)
 }
 
+/// WMV2 video of `width`x`height` (testsrc2: moving, so encoders work) +
+/// WMA v2 audio (44.1 kHz mono) in ASF: `.wmv`, made with ffmpeg; two
+/// compressed streams, so a transcode needs one video and one audio
+/// decoder.
+pub fn wmv_sized_with_audio(secs: u32, width: u32, height: u32) -> PathBuf {
+    let args = tokens(&format!(
+        "-f lavfi -i testsrc2=size={width}x{height}:rate={FPS}:duration={secs} \
+         -f lavfi -i sine=frequency=440:sample_rate=44100:duration={secs} \
+         -c:v wmv2 -b:v 2M -c:a wmav2 -b:a 128k -f asf"
+    ));
+    make_with(
+        Tool::Ffmpeg,
+        &format!("wmv_{height}p_with_audio"),
+        secs,
+        "wmv",
+        args,
+    )
+}
+
 /// A "VHS capture": MPEG-2 video (352x288) + MPEG-1 Layer II audio (48 kHz
 /// stereo) in an MPEG program stream: `.mpg`.
 pub fn mpeg2_ps_with_mp2(secs: u32) -> PathBuf {

@@ -5,10 +5,12 @@
 //!
 //! * [`services`]: real RabbitMQ nodes and S3 servers as child processes;
 //! * [`fixtures`]: small test videos made with `gst-launch-1.0`;
+//! * [`browser`]: headless Chromium driven through WebDriver;
 //! * waiting helpers: every wait in a test has a timeout and says what it
 //!   waited for when it gives up.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod farm;
 pub mod fixtures;
 pub mod relay;

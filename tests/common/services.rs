@@ -765,13 +765,24 @@ impl S3Server {
             std::env::var(name)
                 .unwrap_or_else(|_| panic!("TEST_S3_ENDPOINT is set, so {name} must be too"))
         };
-        Some(S3Server {
+        Some(S3Server::external(
+            &endpoint,
+            &var("TEST_S3_ACCESS_KEY"),
+            &var("TEST_S3_SECRET_KEY"),
+            &std::env::var("TEST_S3_REGION").unwrap_or_else(|_| "us-east-1".into()),
+        ))
+    }
+
+    /// An S3 server someone else runs, at `endpoint` (path-style), with
+    /// these keys and region.
+    pub fn external(endpoint: &str, access_key: &str, secret_key: &str, region: &str) -> S3Server {
+        S3Server {
             endpoint: endpoint.trim_end_matches('/').to_string(),
-            access_key: var("TEST_S3_ACCESS_KEY"),
-            secret_key: var("TEST_S3_SECRET_KEY"),
-            region: std::env::var("TEST_S3_REGION").unwrap_or_else(|_| "us-east-1".into()),
+            access_key: access_key.to_string(),
+            secret_key: secret_key.to_string(),
+            region: region.to_string(),
             local: None,
-        })
+        }
     }
 
     fn local(&self) -> &LocalS3 {

@@ -176,13 +176,11 @@ async fn poll_mode_makes_each_rendition_once_across_restarts_and_again_for_new_c
         let done = final_event(&mut watch, id).await;
         assert_eq!(done.state, Phase::Completed, "{done:#?}");
     }
-    for (output, height) in [
-        ("renditions/720p/a b.mp4", 720),
-        ("renditions/1080p/a b.mp4", 1080),
-    ] {
+    for output in ["renditions/720p/a b.mp4", "renditions/1080p/a b.mp4"] {
         let got = farm.get_output(output).await.expect(output);
         let info = fixtures::probe(&got);
-        assert_eq!(info.video[0].height, height, "{output}: {info:#?}");
+        // The clip has 240 lines: the presets do not upscale it.
+        assert_eq!(info.video[0].height, 240, "{output}: {info:#?}");
         // The renditions are under the second rule's prefix, but the farm
         // wrote them: they make no job.
         until_skipped(&ingest, output, 1, "the farm wrote it").await;
@@ -697,7 +695,7 @@ outputs = [{ output_key = "renditions/{stem}.mp4", preset = "h264-720p" }]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_fan_out_one_job_lists_every_output_and_workers_refuse_it_cleanly_for_now() {
+async fn without_fan_out_one_job_lists_every_output_and_a_worker_makes_them_all() {
     let farm = Farm::s3(&[]).await;
     let rules = write_rules(
         &farm,
@@ -726,32 +724,15 @@ outputs = [
     let job_id = &made[0].0;
     let mut watch = farm.watch_progress().await;
     let worker = farm.spawn_worker(&[]);
-    let failed = watch.until_final(job_id, JOB_TIMEOUT).await;
-    assert_eq!(failed.state, Phase::Failed, "{failed:#?}");
-    assert_eq!(
-        failed.error_kind,
-        Some(transcode_worker::error::ErrorKind::InvalidJob)
-    );
-    assert_eq!(
-        failed.error.as_deref(),
-        Some("outputs (renditions) are not supported by this worker yet")
-    );
-    // The failed event goes out first, then the dead letter.
-    let dead = wait_for_value(DEFAULT_TIMEOUT, "the job dead-lettered", || async {
-        let dead = farm.dead_letters().await;
-        (!dead.is_empty()).then_some(dead)
-    })
-    .await;
-    assert_eq!(dead.len(), 1);
-    let job: Value = serde_json::from_slice(&dead[0].0).unwrap();
-    assert_eq!(
-        job,
-        json!({"job_id": job_id, "input_key": key, "outputs": [
-            {"output_key": "renditions/720p/a.mp4", "preset": "h264-720p"},
-            {"output_key": "renditions/1080p/a.mp4", "preset": "h264-1080p"}],
-            "priority": "normal", "segment_seconds": 6.0})
-    );
-    assert!(!farm.output_exists("renditions/720p/a.mp4").await);
+    let done = watch.until_final(job_id, JOB_TIMEOUT).await;
+    assert_eq!(done.state, Phase::Completed, "{done:#?}");
+    let keys = ["renditions/720p/a.mp4", "renditions/1080p/a.mp4"];
+    assert_eq!(done.output_keys, keys);
+    for output in keys {
+        let file = farm.get_output(output).await.expect(output);
+        // A 240-line source: neither preset upscales it.
+        assert_eq!(fixtures::probe(&file).video[0].height, 240, "{output}");
+    }
     farm.assert_all_acked(vec![worker]).await;
 }
 

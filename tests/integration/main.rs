@@ -6,12 +6,14 @@
 mod common;
 
 mod chaos;
+mod dashboard;
 mod deploy;
 mod ingest;
 mod lifecycle;
 mod operate;
 mod queue_files;
 mod reliability;
+mod renditions;
 mod routing;
 mod security;
 mod smoke;

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::json;
+use transcode_worker::error::ErrorKind;
 use transcode_worker::job::Phase;
 
 use crate::common::farm::Farm;
@@ -359,16 +360,45 @@ async fn hostile_messages_are_refused_with_specific_reasons_and_write_nothing() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_shipped_preset_makes_what_it_promises() {
-    let farm = Farm::directory(&[]).await;
+    // The hardware presets: no GPU here, so a job using one waits for a
+    // worker with that encoder, and with none ends as no_capable_worker.
+    const HARDWARE: &[(&str, &str)] = &[
+        ("h264-nvenc", "nvh264enc"),
+        ("hevc-nvenc", "nvh265enc"),
+        ("h264-vaapi", "vaapih264enc"),
+        ("hevc-vaapi", "vaapih265enc"),
+        ("h264-qsv", "qsvh264enc"),
+        ("hevc-qsv", "qsvh265enc"),
+    ];
+    let nobody = ("TRANSCODE_WORKER__NO_CAPABLE_WORKER_TIMEOUT", "3s");
+    let farm = Farm::directory(&[nobody]).await;
     let input = fixtures::mjpeg_mov(1);
     farm.put_input("in/a.mov", &input).await;
     let mut watch = farm.watch_progress().await;
-    let _worker = farm.spawn_worker(&[]);
+    let _worker = farm.spawn_worker(&[nobody]);
     // (preset, output key, container, video codec, audio codec, height)
     let cases = [
         (
+            "h264-fast",
+            "out/afast.mp4",
+            "video/quicktime",
+            "video/x-h264",
+            "audio/mpeg",
+            240,
+        ),
+        (
             "h264-mp4",
             "out/a.mp4",
+            "video/quicktime",
+            "video/x-h264",
+            "audio/mpeg",
+            240,
+        ),
+        // The height presets scale down only: on this 240-line input they
+        // keep its 240 lines (tests/integration/renditions.rs scales down).
+        (
+            "h264-1080p",
+            "out/a1080.mp4",
             "video/quicktime",
             "video/x-h264",
             "audio/mpeg",
@@ -380,15 +410,23 @@ async fn every_shipped_preset_makes_what_it_promises() {
             "video/quicktime",
             "video/x-h264",
             "audio/mpeg",
-            720,
+            240,
         ),
         (
-            "h264-1080p",
-            "out/a1080.mp4",
+            "h264-480p",
+            "out/a480.mp4",
             "video/quicktime",
             "video/x-h264",
             "audio/mpeg",
-            1080,
+            240,
+        ),
+        (
+            "h264-360p",
+            "out/a360.mp4",
+            "video/quicktime",
+            "video/x-h264",
+            "audio/mpeg",
+            240,
         ),
         (
             "hevc-mp4",
@@ -414,6 +452,7 @@ async fn every_shipped_preset_makes_what_it_promises() {
         .await;
     }
     let inp = fixtures::probe(&input);
+    let mut checked: Vec<&str> = cases.iter().map(|c| c.0).collect();
     for (preset, key, container, video, audio, height) in cases {
         let last = watch.until_final(preset, TIMEOUT).await;
         assert_eq!(last.state, Phase::Completed, "{preset}: {last:#?}");
@@ -425,19 +464,66 @@ async fn every_shipped_preset_makes_what_it_promises() {
         );
         assert_eq!(out.video[0].media_type, video, "{preset}: {out:#?}");
         assert_eq!(out.video[0].height, height, "{preset}: {out:#?}");
-        if height == 240 {
-            assert_eq!(
-                out.video[0].width, inp.video[0].width,
-                "{preset} keeps the size"
-            );
-        } else {
-            // 4:3 input scaled to the preset's height keeps its shape.
-            assert_eq!(out.video[0].width, height * 4 / 3, "{preset}: {out:#?}");
-        }
+        assert_eq!(
+            out.video[0].width, inp.video[0].width,
+            "{preset} keeps the size"
+        );
         assert_eq!(out.audio.len(), 1, "{preset}: {out:#?}");
         assert_eq!(out.audio[0].media_type, audio, "{preset}: {out:#?}");
         let diff = out.duration.unwrap().abs_diff(inp.duration.unwrap());
         assert!(diff <= Duration::from_millis(500), "{preset}: {diff:?}");
+    }
+    // The ladder: on this 240-line input every rung is taller than the
+    // source, so the package holds the shortest (360p) at 240 lines.
+    farm.publish_job(json!({"job_id": "hls-ladder", "input_key": "in/a.mov",
+        "output_key": "out/ladder/a.m3u8", "preset": "hls-ladder"}))
+        .await;
+    let last = watch.until_final("hls-ladder", TIMEOUT).await;
+    assert_eq!(last.state, Phase::Completed, "hls-ladder: {last:#?}");
+    let master = farm.get_output("out/ladder/a.m3u8").await.expect("master");
+    let master = std::fs::read_to_string(master).unwrap();
+    assert_eq!(
+        master.matches("#EXT-X-STREAM-INF").count(),
+        1,
+        "one variant: {master}"
+    );
+    let resolution = format!("RESOLUTION={}x240", inp.video[0].width);
+    assert!(master.contains(&resolution), "{master}");
+    assert!(master.contains("360p/index.m3u8"), "{master}");
+    let segment = farm
+        .get_output("out/ladder/360p/seg00000.ts")
+        .await
+        .expect("the first segment");
+    let seg = fixtures::probe(&segment);
+    assert_eq!(seg.video[0].media_type, "video/x-h264", "{seg:#?}");
+    assert_eq!(seg.video[0].height, 240, "{seg:#?}");
+    assert_eq!(seg.audio.len(), 1, "{seg:#?}");
+    checked.push("hls-ladder");
+    for (preset, element) in HARDWARE {
+        let key = format!("out/{preset}.mp4");
+        farm.publish_job(
+            json!({"job_id": preset, "input_key": "in/a.mov", "output_key": key, "preset": preset}),
+        )
+        .await;
+        let last = watch.until_final(preset, TIMEOUT).await;
+        assert_eq!(
+            last.error_kind,
+            Some(ErrorKind::NoCapableWorker),
+            "{preset}: {last:#?}"
+        );
+        let error = last.error.clone().unwrap_or_default();
+        assert!(error.contains(element), "{preset}: {error}");
+        assert!(!farm.output_exists(&key).await);
+        let waited = watch.of(preset).iter().any(|e| e.state == Phase::Waiting);
+        assert!(waited, "{preset} waited for a capable worker first");
+    }
+    // Every preset the worker ships is one of the above.
+    checked.extend(HARDWARE.iter().map(|h| h.0));
+    for shipped in farm.settings.presets.keys() {
+        assert!(
+            checked.contains(&shipped.as_str()),
+            "preset {shipped} is not checked here"
+        );
     }
 }
 

@@ -31,11 +31,12 @@ async fn a_large_file_round_trips_through_multipart_upload_with_metadata() {
     let bucket = s3.random_bucket().await;
     let storage = Storage::from_settings(&settings_for(s3, &bucket.name(), "5s").storage).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    // 20 MiB plus a bit: three 8 MiB parts, the last one short.
+    // 40 MiB plus a bit: three 16 MiB parts, the last one short, each
+    // streamed from the file.
     let src = dir.path().join("big.bin");
     let mut file = std::fs::File::create(&src).unwrap();
     let mut block = vec![0u8; 1 << 20];
-    for i in 0..20u8 {
+    for i in 0..40u8 {
         block
             .iter_mut()
             .enumerate()
