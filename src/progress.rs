@@ -45,6 +45,25 @@ pub struct Reporter {
     last: Arc<Mutex<Last>>,
     status: Arc<AttemptStatus>,
     tracks_left_out: Arc<Mutex<Vec<String>>>,
+    share: Option<Arc<PartShare>>,
+}
+
+/// The part of a segmented job a reporter reports on, and its share of
+/// the job: its events carry the part (and the segment's index), their
+/// `progress` is the job's (the parts stored before it started, plus
+/// its own share so far) and `segment_progress` its own.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PartShare {
+    /// The part's name (`v0003`, `audio`).
+    pub part: String,
+    /// The video segment's index, for a video segment.
+    pub segment: Option<u32>,
+    /// How many video segments the job has.
+    pub segments: u32,
+    /// The share of the job (0 to 1) stored before this part started.
+    pub base: f64,
+    /// This part's share of the job (0 to 1).
+    pub weight: f64,
 }
 
 impl Reporter {
@@ -69,7 +88,14 @@ impl Reporter {
                 sent_at: None,
             })),
             tracks_left_out: Arc::default(),
+            share: None,
         }
+    }
+
+    /// This reporter, reporting on one part of a segmented job.
+    pub fn for_part(mut self, share: PartShare) -> Reporter {
+        self.share = Some(Arc::new(share));
+        self
     }
 
     /// The job it reports on.
@@ -87,13 +113,19 @@ impl Reporter {
     }
 
     fn event(&self, state: Phase, percent: f64) -> Progress {
-        Progress::new(
+        let mut event = Progress::new(
             &self.job_id,
             &self.worker,
             self.attempt,
             state,
             (percent * 10.0).round() / 10.0,
-        )
+        );
+        if let Some(share) = &self.share {
+            event.part = Some(share.part.clone());
+            event.segment = share.segment;
+            event.segments = Some(share.segments);
+        }
+        event
     }
 
     /// While transcoding: the pipeline reached `position_ms` of
@@ -113,7 +145,14 @@ impl Reporter {
     /// intermediate event is logged and forgotten.
     pub async fn update(&self, state: Phase, fraction: f64, eta: Option<Duration>) {
         let (start, end) = state.span();
-        let percent = start + (end - start) * fraction.clamp(0.0, 1.0);
+        let mut percent = start + (end - start) * fraction.clamp(0.0, 1.0);
+        let own = percent;
+        if let Some(share) = &self.share {
+            // The parts run between the job's download and upload spans.
+            let (first, last) = Phase::Transcoding.span();
+            let done = (share.base + share.weight * own / 100.0).clamp(0.0, 1.0);
+            percent = first + (last - first) * done;
+        }
         self.status.update(state, percent, eta);
         let now = Instant::now();
         let percent = {
@@ -133,6 +172,9 @@ impl Reporter {
             percent
         };
         let mut event = self.event(state, percent);
+        if self.share.is_some() {
+            event.segment_progress = Some((own * 10.0).round() / 10.0);
+        }
         event.eta_secs = eta.map(|d| (d.as_secs_f64() * 10.0).round() / 10.0);
         let figures = self.status.figures();
         event.speed = figures.speed;

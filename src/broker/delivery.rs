@@ -251,6 +251,21 @@ impl Delivery {
     /// and list every attempt, then acks it. If the broker does not take
     /// the dead letter, gives the job back.
     pub async fn dead_letter(&self, broker: &Broker, why: &DeadLetter<'_>) {
+        self.dead_letter_instead(broker, why, self.body(), &self.queue)
+            .await
+    }
+
+    /// [`Delivery::dead_letter`] with another message in its place: `body`,
+    /// which came from `queue` (a segmented job's own message, when one of
+    /// its part tasks fails for good); this delivery is acked once the
+    /// broker has taken it.
+    pub async fn dead_letter_instead(
+        &self,
+        broker: &Broker,
+        why: &DeadLetter<'_>,
+        body: &[u8],
+        queue: &str,
+    ) {
         let error = why.error;
         let mut reason = error.message.clone();
         if !error.kind.is_permanent() {
@@ -269,9 +284,9 @@ impl Delivery {
             (dead::ATTEMPT_HISTORY, history.join("\n")),
             (dead::WORKER, why.worker.to_string()),
             (dead::FAILED_AT, crate::job::now_rfc3339()),
-            (dead::ORIGINAL_QUEUE, self.queue.clone()),
+            (dead::ORIGINAL_QUEUE, queue.to_string()),
         ]);
-        let dead_letter = || broker.dead_letter(self.body(), headers.clone());
+        let dead_letter = || broker.dead_letter(body, headers.clone());
         match until_taken("the dead letter", dead_letter).await {
             Ok(()) => self.ack().await,
             Err(e) => {

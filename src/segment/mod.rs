@@ -3,21 +3,23 @@
 //!
 //! Nothing waits unacknowledged for the length of the whole file:
 //!
-//! 1. **Split** ([`split`]): the worker that takes the job fetches and
+//! The worker's side of these steps is `worker/segments.rs`.
+//!
+//! 1. **Split**: the worker that takes the job fetches and
 //!    scans the input (its video packets, without decoding), cuts it on
 //!    frame boundaries every `segment_seconds` (moved to a source key frame
 //!    when one is near; a short tail joins the segment before it), writes
 //!    the [`SegmentPlan`] (with the job's message as it was published) to
 //!    the storage, publishes one [`PartTask`] per part to the jobs queue the
 //!    job came from (confirmed), and acks the job.
-//! 2. **Parts** ([`encode`]): every worker takes part tasks like jobs, one
+//! 2. **Parts**: every worker takes part tasks like jobs, one
 //!    at a time: a video segment (the frames of its stream times, the first
 //!    one a key frame, in a part file of the output's container), or the
 //!    audio part (every audio track of the whole input, encoded once, so no
 //!    encoder priming falls between segments). A part already stored is
 //!    not encoded again; a worker killed mid-part costs that part only
 //!    (the broker gives its task to another worker).
-//! 3. **Join** ([`merge`]): the task that stores the last part claims the
+//! 3. **Join**: the task that stores the last part claims the
 //!    job's end (an object created only if absent: one claim wins) and
 //!    joins the parts with demuxers and the muxer (nothing is encoded
 //!    again), verifies the output like any output, stores it (an output
@@ -82,7 +84,8 @@ impl PartTask {
     pub fn recognise(body: &[u8]) -> Option<Result<(PartTask, Part), JobError>> {
         #[derive(Deserialize)]
         struct Marker {
-            segment_of: serde_json::Value,
+            #[serde(rename = "segment_of")]
+            _segment_of: serde::de::IgnoredAny,
         }
         serde_json::from_slice::<Marker>(body).ok()?;
         let invalid = |why: String| JobError::new(ErrorKind::InvalidJob, why);

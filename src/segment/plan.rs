@@ -241,7 +241,17 @@ pub fn cut(scan: &Scan, seconds: f64) -> Vec<Cut> {
         cuts.push(Cut {
             from_ns: from.map(|(s, _)| s - half),
             until_ns: next.map(|(s, _)| s - half),
-            seek_ns: from.map(|(s, key)| if key { s } else { s - half }),
+            // The source key frame at or before its first frame: decoding
+            // starts there, and every frame keeps its own time (a seek
+            // between frames would clip the frame before it to the seek
+            // position, into this segment).
+            seek_ns: from.and_then(|(s, _)| {
+                scan.keyframes
+                    .iter()
+                    .copied()
+                    .filter(|k| *k <= s && *k > scan.first_ns)
+                    .max()
+            }),
             on_key_frame: from.is_none_or(|(_, key)| key),
         });
         from = next;
@@ -309,8 +319,11 @@ mod tests {
         assert_eq!(cuts[0].from_ns, None);
         assert_eq!(cuts[2].until_ns, None);
         assert!(!cuts[1].on_key_frame);
-        // A cut off a key frame seeks to the boundary (the key frame before it).
-        assert_eq!(cuts[1].seek_ns, cuts[1].from_ns);
+        // A cut off a key frame seeks to the key frame before it (none
+        // after the first here: decoding starts at the beginning).
+        assert_eq!(cuts[1].seek_ns, None);
+        let cuts = cut(&scan(30, &[0.0, 4.0]), 10.0);
+        assert_eq!(cuts[1].seek_ns, Some(4 * S));
     }
 
     #[test]

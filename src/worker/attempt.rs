@@ -34,7 +34,7 @@ use crate::transcoder::ChildEvent;
 pub(super) struct Attempt<'a> {
     pub(super) worker: &'a Worker,
     pub(super) job: &'a Job,
-    number: u32,
+    pub(super) number: u32,
     pub(super) reporter: &'a Reporter,
 }
 
@@ -131,7 +131,7 @@ impl<'a> Attempt<'a> {
     }
 
     /// Step 1: the pipeline, and the keys checked against the storage.
-    fn plan(&self) -> Result<Plan, JobError> {
+    pub(super) fn plan(&self) -> Result<Plan, JobError> {
         let plan = self.worker.plan_for(self.job)?;
         self.worker.storage.check_key(&self.job.input_key)?;
         for output in &plan.outputs {
@@ -297,43 +297,53 @@ impl<'a> Attempt<'a> {
         spec: &TranscodeSpec,
         stall: Duration,
     ) -> Result<Outcome, JobError> {
-        let reporter = self.reporter;
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let run = self.worker.transcoder.run(spec, tx);
-        tokio::pin!(run);
-        let started = Instant::now();
-        let mut moved_at = Instant::now();
-        let mut position = 0u64;
-        let mut fraction = 0.0;
-        let mut eta = None;
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
-        loop {
-            tokio::select! {
-                result = &mut run => return result,
-                Some(event) = rx.recv() => {
-                    if let ChildEvent::Position { position_ms, duration_ms } = event {
-                        if position_ms > position {
-                            position = position_ms;
-                            moved_at = Instant::now();
-                        }
-                        reporter.media_position(position, duration_ms);
-                        if let Some(total) = duration_ms.filter(|d| *d > 0) {
-                            fraction = (position as f64 / total as f64).min(1.0);
-                            if fraction > 0.0 {
-                                let elapsed = started.elapsed().as_secs_f64();
-                                eta = Some(Duration::from_secs_f64(elapsed / fraction * (1.0 - fraction)));
-                            }
-                        }
-                        reporter.update(Phase::Transcoding, fraction, eta).await;
+        let (tx, rx) = mpsc::unbounded_channel();
+        drive(self.worker.transcoder.run(spec, tx), rx, self.reporter, stall).await
+    }
+}
+
+/// Awaits `run`, a pipeline process's work, turning the positions it sends
+/// on `events` into transcoding progress, and fails it as stalled when its
+/// position stops moving for `stall`.
+pub(super) async fn drive<T>(
+    run: impl Future<Output = Result<T, JobError>>,
+    mut events: mpsc::UnboundedReceiver<ChildEvent>,
+    reporter: &Reporter,
+    stall: Duration,
+) -> Result<T, JobError> {
+    tokio::pin!(run);
+    let started = Instant::now();
+    let mut moved_at = Instant::now();
+    let mut position = 0u64;
+    let mut fraction = 0.0;
+    let mut eta = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            result = &mut run => return result,
+            Some(event) = events.recv() => {
+                if let ChildEvent::Position { position_ms, duration_ms } = event {
+                    if position_ms > position {
+                        position = position_ms;
+                        moved_at = Instant::now();
                     }
-                }
-                _ = tick.tick() => {
-                    if moved_at.elapsed() >= stall {
-                        return Err(JobError::new(ErrorKind::Stalled, format!(
-                            "the transcode made no progress for {}", humantime::format_duration(stall))));
+                    reporter.media_position(position, duration_ms);
+                    if let Some(total) = duration_ms.filter(|d| *d > 0) {
+                        fraction = (position as f64 / total as f64).min(1.0);
+                        if fraction > 0.0 {
+                            let elapsed = started.elapsed().as_secs_f64();
+                            eta = Some(Duration::from_secs_f64(elapsed / fraction * (1.0 - fraction)));
+                        }
                     }
                     reporter.update(Phase::Transcoding, fraction, eta).await;
                 }
+            }
+            _ = tick.tick() => {
+                if moved_at.elapsed() >= stall {
+                    return Err(JobError::new(ErrorKind::Stalled, format!(
+                        "the transcode made no progress for {}", humantime::format_duration(stall))));
+                }
+                reporter.update(Phase::Transcoding, fraction, eta).await;
             }
         }
     }

@@ -10,6 +10,8 @@
 //!   playlists last) and recognising those an earlier attempt stored;
 //! - [`placement`]: whether this worker can run a job, and where a job goes
 //!   that it cannot run (the queue of workers that can);
+//! - [`segments`]: segmented jobs: the split, the part tasks and the join
+//!   (see [`crate::segment`]);
 //! - [`settle`]: the one place that turns an attempt's outcome into an
 //!   ack, a retried copy, a give-back or a dead letter.
 //!
@@ -18,6 +20,7 @@
 
 mod attempt;
 mod placement;
+mod segments;
 mod session;
 mod settle;
 mod store;
@@ -68,6 +71,8 @@ pub struct Worker {
     capabilities: Capabilities,
     /// The job history, when kept.
     history: Option<crate::history::History>,
+    /// The inputs kept for the parts of segmented jobs.
+    inputs: crate::segment::InputCache,
     /// The queues of jobs waiting for capable workers that this worker has
     /// learnt of (from the requirements stream or its own moves).
     waiting: Mutex<BTreeSet<WaitingQueue>>,
@@ -137,6 +142,7 @@ impl Worker {
             .history
             .enabled
             .then(|| crate::history::History::new(storage.clone(), &settings.history));
+        let settings_concurrency = settings.worker.concurrency;
         Ok(Arc::new(Worker {
             id: settings.worker_id(),
             status,
@@ -146,6 +152,7 @@ impl Worker {
             scratch,
             capabilities,
             history,
+            inputs: crate::segment::InputCache::new(usize::from(settings_concurrency)),
             waiting: Mutex::new(BTreeSet::new()),
             exit_when_idle,
         }))

@@ -13,6 +13,7 @@ use tracing::Instrument;
 
 use super::attempt::Attempt;
 use super::placement::Placement;
+use super::segments::Split;
 use super::{jitter, Worker, WorkerError};
 use crate::broker::{Broker, BrokerError, Delivery};
 use crate::config::Backend;
@@ -31,7 +32,7 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// Aborts the running attempts of a session, with the reason they get.
 #[derive(Debug, Clone, Default)]
-struct Abort {
+pub(super) struct Abort {
     token: CancellationToken,
     reason: Arc<std::sync::OnceLock<JobError>>,
 }
@@ -44,7 +45,7 @@ impl Abort {
     }
 
     /// Resolves with the reason once fired.
-    async fn fired(&self) -> JobError {
+    pub(super) async fn fired(&self) -> JobError {
         self.token.cancelled().await;
         self.reason
             .get()
@@ -303,6 +304,17 @@ impl Worker {
 
     /// Processes one delivery to the end and settles it.
     async fn handle(self: Arc<Self>, broker: Arc<Broker>, mut delivery: Delivery, abort: Abort) {
+        if let Some(task) = crate::segment::PartTask::recognise(delivery.body()) {
+            return match task {
+                Ok((task, part)) => self.handle_part(broker, delivery, abort, task, part).await,
+                Err(error) => {
+                    let reporter =
+                        Reporter::new(broker.clone(), "unknown", delivery.attempt(), &self.id, &self.status);
+                    self.settle(&broker, &delivery, &reporter, "unknown", None, Err(error))
+                        .await
+                }
+            };
+        }
         let attempt = delivery.attempt();
         let limit = self.settings.worker.max_message_bytes;
         let storage = &self.settings.storage;
@@ -366,7 +378,17 @@ impl Worker {
             .await;
             let limit = self.settings.worker.job_timeout;
             let attempt = Attempt::new(&self, &job, attempt, &reporter);
-            let run = attempt.run();
+            // A segmented job is split here; its parts are queued and its
+            // message acked (`None`); it runs whole when it cannot be.
+            let run = async {
+                if let Some(seconds) = self.segmenting(&job) {
+                    match self.split(&broker, &delivery, &attempt, seconds).await? {
+                        Split::Queued => return Ok(None),
+                        Split::Whole(why) => tracing::info!("running the job whole: {why}"),
+                    }
+                }
+                attempt.run().await.map(Some)
+            };
             let result = tokio::select! {
                 r = tokio::time::timeout(limit, run) => r.unwrap_or_else(|_| Err(JobError::new(
                     ErrorKind::Stalled,
@@ -377,6 +399,17 @@ impl Worker {
                     ErrorKind::Cancelled,
                     "cancelled on request while it ran",
                 )),
+            };
+            let result = match result {
+                Ok(None) => {
+                    self.record(&job.job_id, |r| {
+                        r.attempt_ended(delivery.attempt(), "split", None);
+                    })
+                    .await;
+                    return delivery.ack().await;
+                }
+                Ok(Some(produced)) => Ok(produced),
+                Err(e) => Err(e),
             };
             self.settle(&broker, &delivery, &reporter, &job.job_id, Some(&job), result)
                 .await

@@ -36,6 +36,24 @@ impl Worker {
         job: Option<&Job>,
         outcome: Outcome,
     ) {
+        self.settle_as(broker, delivery, reporter, job_id, job, outcome, None)
+            .await
+    }
+
+    /// [`Worker::settle`] of a delivery that stands for the job message
+    /// `origin` (its body and queue): a part task of a segmented job. A
+    /// dead letter is then the job's message, not the task.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn settle_as(
+        &self,
+        broker: &Broker,
+        delivery: &Delivery,
+        reporter: &Reporter,
+        job_id: &str,
+        job: Option<&Job>,
+        outcome: Outcome,
+        origin: Option<(&[u8], &str)>,
+    ) {
         let attempt = delivery.attempt();
         let error = match outcome {
             Ok(produced) => {
@@ -133,7 +151,14 @@ impl Worker {
                     error: &error,
                     worker: &self.id,
                 };
-                delivery.dead_letter(broker, &why).await;
+                match origin {
+                    Some((body, queue)) => {
+                        delivery
+                            .dead_letter_instead(broker, &why, body, queue)
+                            .await
+                    }
+                    None => delivery.dead_letter(broker, &why).await,
+                }
             }
             Disposition::Retry => {
                 let delay = retry_delay(w.retry_delay, w.retry_max_delay, attempt);

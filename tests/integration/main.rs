@@ -16,6 +16,7 @@ mod reliability;
 mod renditions;
 mod routing;
 mod security;
+mod segments;
 mod smoke;
 mod storage;
 mod topology;

@@ -1,0 +1,389 @@
+//! Segmented jobs: one input encoded in segments by several workers and
+//! joined without encoding again. The output is checked frame by frame
+//! with ffprobe against the input (count, timestamps, duration, audio
+//! length, a key frame where each segment starts); a worker that dies
+//! mid-part costs that part only; a part that cannot be decoded fails the
+//! job with the reason and its message is dead-lettered; no segment
+//! object is left behind; the directory backend too.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use transcode_worker::job::{Phase, Progress};
+
+use crate::common::farm::{Farm, WorkerProc};
+use crate::common::{fixtures, run_with_timeout, wait_for_value, DEFAULT_TIMEOUT};
+
+/// Long enough for a 20 s input in a few parts on a loaded 2-core machine.
+const JOB_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Where the worker keeps the objects of segmented jobs (the default).
+const SEGMENTS_PREFIX: &str = "_transcode/segments/";
+
+/// The video branch of the jobs here: quick, and one thread per encoder.
+const FAST: &str = "videoconvert ! x264enc speed-preset=veryfast threads=1";
+
+/// One frame of the fixtures, in seconds.
+const FRAME: f64 = 1.0 / fixtures::FPS as f64;
+
+/// `ffprobe -of json ARGS PATH`.
+fn ffprobe(path: &Path, args: &[&str]) -> Value {
+    let mut cmd = Command::new("ffprobe");
+    cmd.args(["-v", "error", "-of", "json"])
+        .args(args)
+        .arg(path);
+    let out = run_with_timeout(&mut cmd, Duration::from_secs(60)).expect("ffprobe runs");
+    assert!(
+        out.status.success(),
+        "ffprobe {args:?} {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("ffprobe JSON")
+}
+
+fn seconds(v: &Value) -> f64 {
+    v.as_str().and_then(|t| t.parse().ok()).unwrap_or(f64::NAN)
+}
+
+/// The packets of the first stream of `kind` (`v`, `a`) in file order:
+/// (pts, duration, key frame), in seconds.
+fn packets(path: &Path, kind: &str) -> Vec<(f64, f64, bool)> {
+    let v = ffprobe(
+        path,
+        &[
+            "-select_streams",
+            &format!("{kind}:0"),
+            "-show_entries",
+            "packet=pts_time,duration_time,flags",
+        ],
+    );
+    v["packets"]
+        .as_array()
+        .expect("packets")
+        .iter()
+        .map(|p| {
+            (
+                seconds(&p["pts_time"]),
+                seconds(&p["duration_time"]),
+                p["flags"].as_str().unwrap_or_default().contains('K'),
+            )
+        })
+        .collect()
+}
+
+/// How long the first stream of `kind` lasts, from its packets: from the
+/// earliest pts to the end of the latest packet.
+fn stream_length(packets: &[(f64, f64, bool)]) -> f64 {
+    let first = packets.iter().map(|p| p.0).fold(f64::INFINITY, f64::min);
+    let end = packets
+        .iter()
+        .map(|p| p.0 + p.1)
+        .fold(f64::NEG_INFINITY, f64::max);
+    end - first
+}
+
+/// Frames decoded from the video of `path` (every frame decoded, not
+/// counted from the headers).
+fn decoded_frames(path: &Path) -> u64 {
+    let v = ffprobe(
+        path,
+        &[
+            "-count_frames",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=nb_read_frames",
+        ],
+    );
+    v["streams"][0]["nb_read_frames"]
+        .as_str()
+        .and_then(|n| n.parse().ok())
+        .expect("a frame count")
+}
+
+/// The objects of segmented jobs left in the farm's storage.
+async fn segment_objects(farm: &Farm) -> Vec<String> {
+    if let Some(bucket) = &farm.bucket {
+        return bucket
+            .list(SEGMENTS_PREFIX.to_string(), None)
+            .await
+            .expect("list")
+            .into_iter()
+            .flat_map(|page| page.contents.into_iter().map(|o| o.key))
+            .collect();
+    }
+    let root = farm.store_dir.as_ref().expect("a store").path();
+    let mut found = Vec::new();
+    let mut folders = vec![root.join(SEGMENTS_PREFIX)];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder).into_iter().flatten().flatten() {
+            if entry.path().is_dir() {
+                folders.push(entry.path());
+            } else {
+                found.push(entry.path().display().to_string());
+            }
+        }
+    }
+    found
+}
+
+/// Waits until no object of a segmented job is left.
+async fn assert_no_segment_objects(farm: &Farm) {
+    wait_for_value(DEFAULT_TIMEOUT, "the segment objects removed", || async {
+        segment_objects(farm).await.is_empty().then_some(())
+    })
+    .await;
+}
+
+/// The start (in seconds of the input) of each video segment, as the
+/// workers logged each one they stored (`part stored`, JSON logs).
+fn segment_starts(workers: &[&WorkerProc]) -> BTreeMap<String, f64> {
+    let mut starts = BTreeMap::new();
+    for worker in workers {
+        for line in worker.logs().lines() {
+            let Ok(v) = serde_json::from_str::<Value>(line) else {
+                continue;
+            };
+            if v["message"] != "part stored" {
+                continue;
+            }
+            let part = v["part"].as_str().unwrap_or_default().to_string();
+            if part.starts_with('v') {
+                starts.insert(part, v["first_s"].as_f64().expect("first_s"));
+            }
+        }
+    }
+    starts
+}
+
+/// Who encoded which video segment, from the progress events of `job`
+/// (each part's events carry its index and the worker): segment ->
+/// (worker, attempt) pairs.
+fn encoders(events: &[Progress]) -> BTreeMap<u32, BTreeSet<(String, u32)>> {
+    let mut by_segment: BTreeMap<u32, BTreeSet<(String, u32)>> = BTreeMap::new();
+    for e in events {
+        if let (Some(segment), Phase::Transcoding) = (e.segment, e.state) {
+            by_segment
+                .entry(segment)
+                .or_default()
+                .insert((e.worker.clone(), e.attempt));
+        }
+    }
+    by_segment
+}
+
+/// Checks the output of a segmented job against its input: the same
+/// number of frames (decoded), video timestamps strictly increasing one
+/// frame apart with no gap or repeat, the same video and audio length
+/// within one frame, and a key frame at the start of every segment
+/// (`starts`, in seconds of the input).
+fn assert_joined_like_the_input(input: &Path, output: &Path, starts: &[f64]) {
+    let frames_in = decoded_frames(input);
+    assert_eq!(decoded_frames(output), frames_in, "frame count");
+    let video = packets(output, "v");
+    assert_eq!(video.len() as u64, frames_in, "video packets");
+    let mut pts: Vec<f64> = video.iter().map(|p| p.0).collect();
+    pts.sort_by(|a, b| a.total_cmp(b));
+    for (i, w) in pts.windows(2).enumerate() {
+        assert!(
+            (w[1] - w[0] - FRAME).abs() < 0.002,
+            "frames {i} and {} are {:.4} s apart",
+            i + 1,
+            w[1] - w[0]
+        );
+    }
+    let first = pts[0];
+    let length_in = stream_length(&packets(input, "v"));
+    let length_out = stream_length(&video);
+    assert!(
+        (length_out - length_in).abs() <= FRAME + 0.001,
+        "video lasts {length_out} s, the input's {length_in} s"
+    );
+    let audio_in = stream_length(&packets(input, "a"));
+    let audio_out = stream_length(&packets(output, "a"));
+    assert!(
+        (audio_out - audio_in).abs() <= FRAME + 0.001,
+        "audio lasts {audio_out} s, the input's {audio_in} s"
+    );
+    let keys: Vec<f64> = video.iter().filter(|p| p.2).map(|p| p.0 - first).collect();
+    for start in starts {
+        assert!(
+            keys.iter().any(|k| (k - start).abs() < 0.002),
+            "no key frame where the segment at {start} s starts; key frames at {keys:?}"
+        );
+    }
+}
+
+/// Two workers, a 20 s input in segments of 4 s: the job completes with
+/// one output; both workers encoded segments (their progress events say
+/// which); the output matches the input frame for frame, with a key frame
+/// where each segment starts; no segment object is left; every message
+/// (the job and its part tasks) is acked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_encode_the_segments_of_one_job_joined_frame_for_frame() {
+    let farm = Farm::s3(&[]).await;
+    let input = fixtures::h264_mp4(20);
+    farm.put_input("in/long.mp4", &input).await;
+    let mut watch = farm.watch_progress().await;
+    let json_log = [("LOG_FORMAT", "json")];
+    let workers = vec![farm.spawn_worker(&json_log), farm.spawn_worker(&json_log)];
+    farm.publish_job(json!({"job_id": "seg", "input_key": "in/long.mp4",
+        "output_key": "out/long.mp4", "transcode_options": FAST, "segment_seconds": 4}))
+        .await;
+    let last = watch.until_final("seg", JOB_TIMEOUT).await;
+    let logs = || format!("{}\n{}", workers[0].logs(), workers[1].logs());
+    assert_eq!(last.state, Phase::Completed, "{last:#?}\n{}", logs());
+    assert_eq!(last.output_keys, ["out/long.mp4"]);
+
+    let events = watch.of("seg");
+    let segments = events.iter().find_map(|e| e.segments).expect("part events");
+    assert_eq!(segments, 5, "20 s in segments of 4 s");
+    let by_segment = encoders(&events);
+    assert_eq!(
+        by_segment.keys().copied().collect::<Vec<_>>(),
+        (0..segments).collect::<Vec<_>>(),
+        "{by_segment:?}"
+    );
+    let names: BTreeSet<String> = by_segment
+        .values()
+        .flatten()
+        .map(|(w, _)| w.clone())
+        .collect();
+    let expected: BTreeSet<String> = workers.iter().map(|w| w.name.clone()).collect();
+    assert_eq!(names, expected, "both workers encode segments: {by_segment:?}");
+    assert!(
+        by_segment.values().all(|w| w.len() == 1),
+        "each segment encoded once: {by_segment:?}"
+    );
+
+    let starts = segment_starts(&[&workers[0], &workers[1]]);
+    assert_eq!(starts.len(), segments as usize, "{starts:?}");
+    let output = farm.get_output("out/long.mp4").await.expect("the output");
+    let starts: Vec<f64> = starts.values().copied().collect();
+    assert_eq!(starts[0], 0.0);
+    assert_joined_like_the_input(&input, &output, &starts);
+    assert_no_segment_objects(&farm).await;
+    farm.assert_all_acked(workers).await;
+}
+
+/// A worker that dies while it has a part (the crash hook aborts it once
+/// the part is encoded, before it is stored): another worker redoes that
+/// part once, reuses the parts stored, and the job completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_dies_mid_part_costs_that_part_only() {
+    let farm = Farm::s3(&[]).await;
+    let input = fixtures::h264_mp4(12);
+    farm.put_input("in/crash.mp4", &input).await;
+    let mut watch = farm.watch_progress().await;
+    farm.publish_job(json!({"job_id": "seg-crash", "input_key": "in/crash.mp4",
+        "output_key": "out/crash.mkv", "transcode_options": FAST, "segment_seconds": 4}))
+        .await;
+    // Alone, it splits the job, then dies on the first part it encodes.
+    let mut first = farm.spawn_worker(&[("TRANSCODE_WORKER__CRASH_AFTER", "transcoding")]);
+    let status = first.wait_exit(JOB_TIMEOUT).await;
+    assert!(!status.success(), "the worker crashed on purpose");
+    let lost = watch
+        .until(DEFAULT_TIMEOUT, |e| e.worker == first.name && e.part.is_some())
+        .await
+        .part
+        .expect("a part");
+    let second = farm.spawn_worker(&[]);
+    let last = watch.until_final("seg-crash", JOB_TIMEOUT).await;
+    assert_eq!(last.state, Phase::Completed, "{last:#?}\n{}", second.logs());
+
+    let events = watch.of("seg-crash");
+    let by_part = |part: &str| -> BTreeSet<(String, u32)> {
+        events
+            .iter()
+            .filter(|e| e.part.as_deref() == Some(part) && e.state == Phase::Transcoding)
+            .map(|e| (e.worker.clone(), e.attempt))
+            .collect()
+    };
+    assert_eq!(
+        by_part(&lost),
+        [(first.name.clone(), 1), (second.name.clone(), 2)].into(),
+        "the lost part is redone once, by the other worker, as its second attempt"
+    );
+    let parts: BTreeSet<String> = events.iter().filter_map(|e| e.part.clone()).collect();
+    for part in parts.iter().filter(|p| **p != lost) {
+        assert_eq!(
+            by_part(part),
+            [(second.name.clone(), 1)].into(),
+            "{part} is encoded once"
+        );
+    }
+    let output = farm.get_output("out/crash.mkv").await.expect("the output");
+    assert_eq!(decoded_frames(&output), decoded_frames(&input));
+    assert_no_segment_objects(&farm).await;
+    farm.assert_all_acked(vec![second]).await;
+}
+
+/// An input whose middle (in the third of five segments) is overwritten
+/// with zeros: that segment's frames cannot all be decoded, so the job
+/// fails for good with the reason (a `failed` event for the job), its own
+/// message (not a part task) is dead-lettered with the reason, nothing is
+/// stored under its output key and no segment object is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_that_cannot_be_decoded_fails_the_job_with_the_reason() {
+    let farm = Farm::s3(&[]).await;
+    let mut bytes = std::fs::read(fixtures::h264_mp4(20)).expect("the fixture");
+    let (from, to) = (bytes.len() * 45 / 100, bytes.len() * 55 / 100);
+    bytes[from..to].fill(0);
+    let corrupt = farm.dir.path().join("corrupt.mp4");
+    std::fs::write(&corrupt, &bytes).unwrap();
+    farm.put_input("in/bad.mp4", &corrupt).await;
+    let mut watch = farm.watch_progress().await;
+    let workers = vec![farm.spawn_worker(&[]), farm.spawn_worker(&[])];
+    let job = json!({"job_id": "seg-bad", "input_key": "in/bad.mp4",
+        "output_key": "out/bad.mp4", "transcode_options": FAST, "segment_seconds": 4});
+    farm.publish_job(job.clone()).await;
+    let last = watch.until_final("seg-bad", JOB_TIMEOUT).await;
+    assert_eq!(last.state, Phase::Failed, "{last:#?}");
+    assert_eq!(last.will_retry, Some(false));
+    let error = last.error.clone().unwrap_or_default();
+    assert!(error.contains("could not be decoded"), "{error}");
+    assert!(error.contains("segment 2"), "names the segment: {error}");
+
+    let dead = wait_for_value(DEFAULT_TIMEOUT, "the dead letter", || async {
+        let dead = farm.dead_letters().await;
+        (!dead.is_empty()).then_some(dead)
+    })
+    .await;
+    assert_eq!(dead.len(), 1);
+    let (body, headers) = &dead[0];
+    let body: Value = serde_json::from_slice(body).expect("a JSON body");
+    assert_eq!(body, job, "the job's own message is dead-lettered");
+    assert_eq!(headers["x-job-id"], "seg-bad");
+    assert!(headers["x-error"].contains("could not be decoded"), "{headers:?}");
+    assert!(!farm.output_exists("out/bad.mp4").await);
+    assert_no_segment_objects(&farm).await;
+    farm.assert_all_acked(workers).await;
+}
+
+/// The directory backend: one worker encodes every segment of a Matroska
+/// job, the output matches the input frame for frame, and no segment file
+/// is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segmented_jobs_run_on_the_directory_backend() {
+    let farm = Farm::directory(&[]).await;
+    let input = fixtures::h264_mp4(8);
+    farm.put_input("in/dir.mp4", &input).await;
+    let mut watch = farm.watch_progress().await;
+    let worker = farm.spawn_worker(&[("LOG_FORMAT", "json")]);
+    farm.publish_job(json!({"job_id": "seg-dir", "input_key": "in/dir.mp4",
+        "output_key": "out/dir.mkv", "transcode_options": FAST, "segment_seconds": 3}))
+        .await;
+    let last = watch.until_final("seg-dir", JOB_TIMEOUT).await;
+    assert_eq!(last.state, Phase::Completed, "{last:#?}\n{}", worker.logs());
+    let events = watch.of("seg-dir");
+    assert_eq!(events.iter().find_map(|e| e.segments), Some(3), "8 s in 3 s segments");
+    let starts: Vec<f64> = segment_starts(&[&worker]).values().copied().collect();
+    let output = farm.get_output("out/dir.mkv").await.expect("the output");
+    assert_joined_like_the_input(&input, &output, &starts);
+    assert_no_segment_objects(&farm).await;
+    farm.assert_all_acked(vec![worker]).await;
+}
