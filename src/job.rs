@@ -1015,7 +1015,11 @@ mod tests {
             let err = Job::parse(body.as_bytes()).unwrap_err();
             assert_eq!(err.kind, ErrorKind::InvalidJob, "{bad}");
             if !bad.starts_with('"') {
-                assert!(err.message.contains("segment_seconds"), "{bad}: {}", err.message);
+                assert!(
+                    err.message.contains("segment_seconds"),
+                    "{bad}: {}",
+                    err.message
+                );
             }
         }
     }

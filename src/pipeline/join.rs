@@ -121,6 +121,7 @@ pub fn join(
     pipeline
         .set_state(gst::State::Playing)
         .map_err(|_| internal("cannot start the join"))?;
+    let demuxer = demuxer_for(&spec.muxer)?;
     let feeder = {
         let (appsrc, fed, parts, weak) = (
             appsrc.clone(),
@@ -129,7 +130,7 @@ pub fn join(
             pipeline.downgrade(),
         );
         std::thread::spawn(move || {
-            let result = feed(&appsrc, &parts, &fed);
+            let result = feed(&appsrc, &parts, demuxer, &fed);
             let _ = appsrc.emit_by_name::<gst::FlowReturn>("end-of-stream", &[]);
             if let Err(e) = result {
                 lock(&fed).error.get_or_insert(e);
@@ -277,13 +278,18 @@ fn link_audio(
 
 /// Pushes every frame of `parts`, in order, into `appsrc` at its stream
 /// time, checking each part against what its encode reported.
-fn feed(appsrc: &gst::Element, parts: &[PartFile], fed: &Mutex<Fed>) -> Result<(), JobError> {
+fn feed(
+    appsrc: &gst::Element,
+    parts: &[PartFile],
+    demuxer: &str,
+    fed: &Mutex<Fed>,
+) -> Result<(), JobError> {
     let mut segment = gst::FormattedSegment::<gst::ClockTime>::new();
     segment.set_start(gst::ClockTime::from_nseconds(OFFSET_NS));
     let mut caps: Option<gst::Caps> = None;
     let mut last_dts: Option<i64> = None;
     for (index, part) in parts.iter().enumerate() {
-        let reader = Reader::open(part, demuxer_for_path(&part.path))?;
+        let reader = Reader::open(part, demuxer)?;
         let mut frames = 0u64;
         let mut first_pts: Option<i64> = None;
         while let Some(sample) = reader.next()? {
@@ -307,7 +313,9 @@ fn feed(appsrc: &gst::Element, parts: &[PartFile], fed: &Mutex<Fed>) -> Result<(
                 + shift;
             let dts = running(seg, buffer.dts()).map(|d| d + shift);
             if frames == 0 && buffer.flags().contains(gst::BufferFlags::DELTA_UNIT) {
-                return Err(bad(format!("segment {index} does not begin with a key frame")));
+                return Err(bad(format!(
+                    "segment {index} does not begin with a key frame"
+                )));
             }
             if let (Some(dts), Some(last)) = (dts, last_dts) {
                 if dts <= last {
@@ -341,7 +349,9 @@ fn feed(appsrc: &gst::Element, parts: &[PartFile], fed: &Mutex<Fed>) -> Result<(
                 .build();
             let flow = appsrc.emit_by_name::<gst::FlowReturn>("push-sample", &[&sample]);
             if flow != gst::FlowReturn::Ok {
-                return Err(internal(format!("the output took no more frames ({flow:?})")));
+                return Err(internal(format!(
+                    "the output took no more frames ({flow:?})"
+                )));
             }
         }
         if frames != part.frames {
@@ -362,7 +372,10 @@ fn feed(appsrc: &gst::Element, parts: &[PartFile], fed: &Mutex<Fed>) -> Result<(
 }
 
 /// The running time of `ts` in `segment`, ns (negative before its start).
-fn running(segment: &gst::FormattedSegment<gst::ClockTime>, ts: Option<gst::ClockTime>) -> Option<i64> {
+fn running(
+    segment: &gst::FormattedSegment<gst::ClockTime>,
+    ts: Option<gst::ClockTime>,
+) -> Option<i64> {
     match segment.to_running_time_full(ts)? {
         gst::Signed::Positive(t) => Some(t.nseconds() as i64),
         gst::Signed::Negative(t) => Some(-(t.nseconds() as i64)),
@@ -372,14 +385,6 @@ fn running(segment: &gst::FormattedSegment<gst::ClockTime>, ts: Option<gst::Cloc
 /// A stream time as a timestamp under the output's segment.
 fn at(ns: i64) -> gst::ClockTime {
     gst::ClockTime::from_nseconds((OFFSET_NS as i64 + ns).max(0) as u64)
-}
-
-/// The demuxer of a part file, from its extension.
-fn demuxer_for_path(path: &std::path::Path) -> &'static str {
-    match path.extension().and_then(|e| e.to_str()) {
-        Some("mkv") | Some("webm") => "matroskademux",
-        _ => "qtdemux",
-    }
 }
 
 /// One part file read packet by packet: `filesrc ! demuxer ! appsink`.
@@ -397,9 +402,7 @@ impl Reader {
         let sink = make("appsink")?;
         sink.set_property("sync", false);
         sink.set_property("max-buffers", 64u32);
-        pipeline
-            .add_many([&src, &demux, &sink])
-            .map_err(internal)?;
+        pipeline.add_many([&src, &demux, &sink]).map_err(internal)?;
         src.link(&demux).map_err(internal)?;
         let (s, weak) = (sink.clone(), pipeline.downgrade());
         demux.connect_pad_added(move |_, pad| {
@@ -435,7 +438,10 @@ impl Reader {
             }
             if let Some(msg) = bus.pop_filtered(&[gst::MessageType::Error]) {
                 if let gst::MessageView::Error(err) = msg.view() {
-                    return Err(bad(format!("a segment does not read back: {}", err.error())));
+                    return Err(bad(format!(
+                        "a segment does not read back: {}",
+                        err.error()
+                    )));
                 }
             }
             if Instant::now() > deadline {

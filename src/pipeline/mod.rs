@@ -49,9 +49,9 @@ pub use build::{transcode, Transcoded};
 pub use join::{JoinSpec, Joined, PartFile};
 pub use package::finish;
 pub use parts::{run_part, PartOutcome, PartRequest};
+pub use probe::probe;
 pub use scan::Scan;
 pub use segment::{AudioSpec, EncodedAudio, EncodedVideo, VideoSpec};
-pub use probe::probe;
 pub use tracks::{Span, TrackKind, Written, WrittenTrack};
 pub use verify::verify;
 

@@ -92,7 +92,16 @@ mod tests {
     /// `ffprobe` of the video packets of `path`: (pts, dts, key) in seconds.
     fn packets(path: &Path) -> Vec<(f64, Option<f64>, bool)> {
         let out = Command::new("ffprobe")
-            .args(["-v", "error", "-select_streams", "v:0", "-show_entries", "packet=pts_time,dts_time,flags", "-of", "csv=p=0"])
+            .args([
+                "-v",
+                "error",
+                "-select_streams",
+                "v:0",
+                "-show_entries",
+                "packet=pts_time,dts_time,flags",
+                "-of",
+                "csv=p=0",
+            ])
             .arg(path)
             .output()
             .expect("ffprobe runs");
@@ -116,12 +125,22 @@ mod tests {
             "-f lavfi -i testsrc=size=320x240:rate=25:duration=6 -f lavfi -i sine=frequency=440:sample_rate=48000:duration=6 -c:v libx264 -pix_fmt yuv420p -g 25 -bf 3 -c:a aac",
             &input,
         );
-        let PartOutcome::Scanned(scan) = run(&PartRequest::Scan { input: input.clone(), max_input: (4096, 4096, 3_600_000) }) else { panic!() };
+        let PartOutcome::Scanned(scan) = run(&PartRequest::Scan {
+            input: input.clone(),
+            max_input: (4096, 4096, 3_600_000),
+        }) else {
+            panic!()
+        };
         assert_eq!(scan.frames, 150);
         assert_eq!(scan.keyframes.len(), 6, "{scan:?}");
         // Cuts at a key frame (2 s) and in the middle of a GOP (4.2 s).
         let half = scan.frame_ns / 2;
-        let cuts = [None, Some(2_000_000_000 - half), Some(4_200_000_000 - half), None];
+        let cuts = [
+            None,
+            Some(2_000_000_000 - half),
+            Some(4_200_000_000 - half),
+            None,
+        ];
         let seeks = [None, Some(2_000_000_000), Some(4_000_000_000)];
         let mut parts = Vec::new();
         for i in 0..3 {
@@ -135,25 +154,47 @@ mod tests {
                 until_ns: cuts[i + 1],
                 seek_ns: seeks[i],
             };
-            let PartOutcome::Video(v) = run(&PartRequest::Video(spec)) else { panic!() };
+            let PartOutcome::Video(v) = run(&PartRequest::Video(spec)) else {
+                panic!()
+            };
             eprintln!("part {i}: {v:?}");
-            parts.push(PartFile { path: output, first_ns: v.first_ns, frames: v.frames, end_ns: v.end_ns });
+            parts.push(PartFile {
+                path: output,
+                first_ns: v.first_ns,
+                frames: v.frames,
+                end_ns: v.end_ns,
+            });
         }
         assert_eq!(parts.iter().map(|p| p.frames).sum::<u64>(), 150);
         let audio_out = dir.path().join(format!("a.{ext}"));
-        let PartOutcome::Audio(a) = run(&PartRequest::Audio(AudioSpec { input: input.clone(), output: audio_out.clone(), audio: audio.into(), muxer: muxer.into(), tracks: 1 })) else { panic!() };
+        let PartOutcome::Audio(a) = run(&PartRequest::Audio(AudioSpec {
+            input: input.clone(),
+            output: audio_out.clone(),
+            audio: audio.into(),
+            muxer: muxer.into(),
+            tracks: 1,
+        })) else {
+            panic!()
+        };
         eprintln!("audio: {a:?}");
         let output = dir.path().join(format!("out.{ext}"));
         let PartOutcome::Joined(j) = run(&PartRequest::Join(JoinSpec {
             video: parts,
-            audio: Some(PartFile { path: audio_out, first_ns: a.first_ns, frames: 0, end_ns: a.end_ns }),
+            audio: Some(PartFile {
+                path: audio_out,
+                first_ns: a.first_ns,
+                frames: 0,
+                end_ns: a.end_ns,
+            }),
             audio_tracks: 1,
             output: output.clone(),
             muxer: muxer.into(),
             input: scan.media.clone(),
             frame_ns: scan.frame_ns,
             duration_tolerance_ms: 500,
-        })) else { panic!() };
+        })) else {
+            panic!()
+        };
         eprintln!("joined: {j:?}");
         let pk = packets(&output);
         assert_eq!(pk.len(), 150);
@@ -170,21 +211,41 @@ mod tests {
 
     #[test]
     fn three_segments_join_into_mp4() {
-        join_three("mp4mux", "mp4", "videoconvert ! x264enc speed-preset=ultrafast", crate::plan::DEFAULT_AAC);
+        join_three(
+            "mp4mux",
+            "mp4",
+            "videoconvert ! x264enc speed-preset=ultrafast",
+            crate::plan::DEFAULT_AAC,
+        );
     }
 
     #[test]
     fn three_segments_with_b_frames_join_into_mp4() {
-        join_three("mp4mux", "mp4", "videoconvert ! x264enc speed-preset=medium", crate::plan::DEFAULT_AAC);
+        join_three(
+            "mp4mux",
+            "mp4",
+            "videoconvert ! x264enc speed-preset=medium",
+            crate::plan::DEFAULT_AAC,
+        );
     }
 
     #[test]
     fn three_segments_join_into_mkv() {
-        join_three("matroskamux", "mkv", "videoconvert ! x264enc speed-preset=medium", crate::plan::DEFAULT_AAC);
+        join_three(
+            "matroskamux",
+            "mkv",
+            "videoconvert ! x264enc speed-preset=medium",
+            crate::plan::DEFAULT_AAC,
+        );
     }
 
     #[test]
     fn three_segments_join_into_webm() {
-        join_three("webmmux", "webm", "videoconvert ! vp9enc deadline=1 cpu-used=8", crate::plan::DEFAULT_OPUS);
+        join_three(
+            "webmmux",
+            "webm",
+            "videoconvert ! vp9enc deadline=1 cpu-used=8",
+            crate::plan::DEFAULT_OPUS,
+        );
     }
 }

@@ -74,9 +74,8 @@ pub fn scan(
             if let Some(s) = caps.structure(0) {
                 if let Ok(rate) = s.get::<gst::Fraction>("framerate") {
                     if rate.numer() > 0 && rate.denom() > 0 {
-                        lock(&g).frame_ns = Some(
-                            1_000_000_000u64 * rate.denom() as u64 / rate.numer() as u64,
-                        );
+                        lock(&g).frame_ns =
+                            Some(1_000_000_000u64 * rate.denom() as u64 / rate.numer() as u64);
                     }
                 }
             }
@@ -96,7 +95,12 @@ pub fn scan(
         .set_state(gst::State::Playing)
         .map_err(|_| internal("cannot start the scan"))?;
     let duration = media.duration_ms.map(Duration::from_millis);
-    let position = || lock(&gathered).times.last().map(|t| Duration::from_nanos(*t));
+    let position = || {
+        lock(&gathered)
+            .times
+            .last()
+            .map(|t| Duration::from_nanos(*t))
+    };
     super::segment::run_to_end(&pipeline, &bus, duration, on_position, position, || None)?;
     let _ = pipeline.set_state(gst::State::Null);
     let mut g = lock(&gathered);

@@ -178,11 +178,14 @@ pub fn encode_video(
         }
     }
     let from = spec.from_ns.unwrap_or(0);
-    let length = spec.until_ns.map(|u| Duration::from_nanos(u.saturating_sub(from)));
+    let length = spec
+        .until_ns
+        .map(|u| Duration::from_nanos(u.saturating_sub(from)));
     let t = timeline.clone();
     let position = move || {
         let t = lock(&t);
-        t.last.map(|last| Duration::from_nanos(last.saturating_sub(from)))
+        t.last
+            .map(|last| Duration::from_nanos(last.saturating_sub(from)))
     };
     let t = timeline.clone();
     run_to_end(&pipeline, &bus, length, on_position, position, || {
@@ -204,8 +207,10 @@ pub fn encode_video(
             format!(
                 "no frame of the input could be decoded between {:.3} s and {}",
                 from as f64 / 1e9,
-                spec.until_ns
-                    .map_or("its end".to_string(), |u| format!("{:.3} s", u as f64 / 1e9))
+                spec.until_ns.map_or("its end".to_string(), |u| format!(
+                    "{:.3} s",
+                    u as f64 / 1e9
+                ))
             ),
         )),
     }
@@ -228,7 +233,9 @@ pub fn encode_audio(
         link_branch(&bin, &mux, &spec.muxer, "audio")?;
         let sink = bin.static_pad("sink").expect("a branch has a sink");
         keep_segment(&sink, timeline.clone(), &pipeline);
-        watches.push(Watch::on(&bin.static_pad("src").expect("a branch has a src")));
+        watches.push(Watch::on(
+            &bin.static_pad("src").expect("a branch has a src"),
+        ));
         ready.push_back(sink);
     }
     let ready = Arc::new(Mutex::new(ready));
@@ -306,7 +313,10 @@ fn start_part(
         let elementary = pad
             .and_then(|p| p.parent_element())
             .and_then(|e| e.factory())
-            .and_then(|f| f.metadata(gst::ELEMENT_METADATA_KLASS).map(|k| k.to_string()))
+            .and_then(|f| {
+                f.metadata(gst::ELEMENT_METADATA_KLASS)
+                    .map(|k| k.to_string())
+            })
             .is_some_and(|klass| klass.contains("Demux") || klass.contains("Parse"));
         Some((kind == keep || !elementary).to_value())
     });
@@ -323,7 +333,10 @@ fn start_part(
     sink.static_pad("sink")
         .expect("a sink has a sink pad")
         .add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {
-            if info.event().is_some_and(|e| e.type_() == gst::EventType::Eos) {
+            if info
+                .event()
+                .is_some_and(|e| e.type_() == gst::EventType::Eos)
+            {
                 if let Some(p) = weak.upgrade() {
                     let _ = p.post_message(app(WRITTEN));
                 }
@@ -377,7 +390,9 @@ fn keep_segment(sink: &gst::Pad, timeline: Shared, pipeline: &gst::Pipeline) {
                 return consume(info);
             }
             let segment = t.segments.iter().find(|(p, _)| p == pad).map(|(_, s)| s);
-            let Some(time) = segment.and_then(|s| s.to_stream_time(pts)).map(|t| t.nseconds())
+            let Some(time) = segment
+                .and_then(|s| s.to_stream_time(pts))
+                .map(|t| t.nseconds())
             else {
                 t.error = Some(JobError::new(
                     ErrorKind::UndecodableInput,
@@ -444,9 +459,7 @@ fn wait_for(bus: &gst::Bus, name: &str, timeout: Duration) -> Result<(), JobErro
         };
         match msg.view() {
             gst::MessageView::Error(err) => return Err(classify(err)),
-            gst::MessageView::Application(a)
-                if a.structure().is_some_and(|s| s.name() == name) =>
-            {
+            gst::MessageView::Application(a) if a.structure().is_some_and(|s| s.name() == name) => {
                 return Ok(())
             }
             _ => {}

@@ -37,12 +37,10 @@
 //! and per plan `<job>/<plan>/<part>.<ext>`, `<job>/<plan>/done/<part>.json`,
 //! `<job>/<plan>/end.json`.
 
-
 pub mod input;
 
 pub mod objects;
 pub mod plan;
-
 
 use serde::{Deserialize, Serialize};
 
@@ -144,7 +142,9 @@ mod tests {
 
     #[test]
     fn part_tasks_are_told_apart_from_jobs() {
-        assert!(PartTask::recognise(br#"{"job_id":"a","input_key":"i","output_key":"o"}"#).is_none());
+        assert!(
+            PartTask::recognise(br#"{"job_id":"a","input_key":"i","output_key":"o"}"#).is_none()
+        );
         assert!(PartTask::recognise(b"not json").is_none());
         let (task, part) =
             PartTask::recognise(br#"{"segment_of":"job-1","plan":"ab12","part":"v0003"}"#)

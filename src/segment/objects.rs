@@ -276,8 +276,7 @@ impl<'a> Objects<'a> {
     /// plan never ended (their tasks were lost); those without are the
     /// leftovers of an ended job.
     pub async fn abandoned(&self, after: Duration) -> Result<Vec<Abandoned>, StorageError> {
-        let mut newest: std::collections::BTreeMap<String, Option<SystemTime>> =
-            Default::default();
+        let mut newest: std::collections::BTreeMap<String, Option<SystemTime>> = Default::default();
         for listed in self.storage.list(self.prefix).await? {
             let Some((job, _)) = listed
                 .key
@@ -368,7 +367,10 @@ mod tests {
             encode_ms: 3,
             at: "t".into(),
         };
-        objects.write_done(&plan, Part::Video(2), &done).await.unwrap();
+        objects
+            .write_done(&plan, Part::Video(2), &done)
+            .await
+            .unwrap();
         objects.write_done(&plan, Part::Audio, &done).await.unwrap();
         assert_eq!(
             objects.stored_parts(&plan).await.unwrap(),
@@ -378,7 +380,11 @@ mod tests {
         let second = End::new(Part::Audio, Ending::Join, None, "w2");
         assert_eq!(objects.claim_end(&plan, &first).await.unwrap(), first);
         assert_eq!(objects.claim_end(&plan, &second).await.unwrap(), first);
-        assert!(objects.abandoned(Duration::from_secs(3600)).await.unwrap().is_empty());
+        assert!(objects
+            .abandoned(Duration::from_secs(3600))
+            .await
+            .unwrap()
+            .is_empty());
         let old = objects.abandoned(Duration::ZERO).await.unwrap();
         assert_eq!(old.len(), 1);
         assert_eq!(old[0].plan.as_ref(), Some(&plan));

@@ -182,7 +182,11 @@ impl SegmentPlan {
     /// their length; the audio part counts as a twentieth of the video.
     pub fn weight(&self, part: Part) -> f64 {
         let video = self.end_ns.saturating_sub(self.first_ns).max(1) as f64;
-        let audio = if self.media.audio.is_empty() { 0.0 } else { video / 20.0 };
+        let audio = if self.media.audio.is_empty() {
+            0.0
+        } else {
+            video / 20.0
+        };
         let own = match part {
             Part::Audio => audio,
             Part::Video(i) => self
@@ -370,7 +374,12 @@ mod tests {
 
     #[test]
     fn parts_are_named_and_queued_longest_first_after_the_audio() {
-        for part in [Part::Video(0), Part::Video(12), Part::Video(12345), Part::Audio] {
+        for part in [
+            Part::Video(0),
+            Part::Video(12),
+            Part::Video(12345),
+            Part::Audio,
+        ] {
             assert_eq!(Part::from_name(&part.name()), Some(part));
         }
         assert_eq!(Part::from_name("v12"), None);
@@ -400,7 +409,10 @@ mod tests {
             created_at: "t".into(),
         };
         // Segments of 11, 10 and 5 s.
-        assert_eq!(plan.queue_order(), [Part::Video(0), Part::Video(1), Part::Video(2)]);
+        assert_eq!(
+            plan.queue_order(),
+            [Part::Video(0), Part::Video(1), Part::Video(2)]
+        );
         plan.media.audio.push(Default::default());
         assert_eq!(plan.queue_order()[0], Part::Audio);
         assert_eq!(plan.parts().last(), Some(&Part::Audio));
@@ -411,7 +423,9 @@ mod tests {
     #[test]
     fn branches_that_change_the_frame_count_cannot_be_segmented() {
         assert!(unsegmentable("videoconvert ! x264enc").is_none());
-        assert!(unsegmentable("videorate ! x264enc").unwrap().contains("videorate"));
+        assert!(unsegmentable("videorate ! x264enc")
+            .unwrap()
+            .contains("videorate"));
         assert!(unsegmentable("videoconvert ! video/x-raw,framerate=30/1 ! x264enc").is_some());
         assert!(unsegmentable("deinterlace ! x264enc").is_some());
     }

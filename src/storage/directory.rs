@@ -203,13 +203,22 @@ impl DirStore {
     /// Stores `bytes` under `key` unless a file is there (it is written
     /// beside it, then hard-linked into place, which fails when the name is
     /// taken); `true` when this call made it.
-    pub(super) async fn put_small_new(&self, key: &str, bytes: &[u8]) -> Result<bool, StorageError> {
+    pub(super) async fn put_small_new(
+        &self,
+        key: &str,
+        bytes: &[u8],
+    ) -> Result<bool, StorageError> {
         self.put_small_as(key, bytes, true).await
     }
 
     /// Writes `bytes` beside `key`, then renames it into place, or with
     /// `only_new` links it into place unless the name is taken.
-    async fn put_small_as(&self, key: &str, bytes: &[u8], only_new: bool) -> Result<bool, StorageError> {
+    async fn put_small_as(
+        &self,
+        key: &str,
+        bytes: &[u8],
+        only_new: bool,
+    ) -> Result<bool, StorageError> {
         let dest = self.join(key)?;
         let parent = dest
             .parent()
@@ -299,14 +308,17 @@ impl DirStore {
         Ok(keys)
     }
 
-    /// Deletes `key` (no error when there is none).
+    /// Deletes `key` and its metadata sidecar (no error when there is none).
     pub(super) async fn delete(&self, key: &str) -> Result<(), StorageError> {
         let path = self.join(key)?;
-        match tokio::fs::remove_file(&path).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(local(&path, e)),
+        for file in [sidecar(&path), path] {
+            match tokio::fs::remove_file(&file).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(local(&file, e)),
+            }
         }
+        Ok(())
     }
 
     /// Whether the root is (still) an existing directory.

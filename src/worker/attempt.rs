@@ -298,7 +298,13 @@ impl<'a> Attempt<'a> {
         stall: Duration,
     ) -> Result<Outcome, JobError> {
         let (tx, rx) = mpsc::unbounded_channel();
-        drive(self.worker.transcoder.run(spec, tx), rx, self.reporter, stall).await
+        drive(
+            self.worker.transcoder.run(spec, tx),
+            rx,
+            self.reporter,
+            stall,
+        )
+        .await
     }
 }
 

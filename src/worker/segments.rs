@@ -32,9 +32,7 @@ use super::Worker;
 use crate::broker::{Broker, Delivery};
 use crate::error::{Disposition, ErrorKind, JobError};
 use crate::job::{Job, Phase};
-use crate::pipeline::{
-    AudioSpec, JoinSpec, Made, PartFile, PartOutcome, PartRequest, VideoSpec,
-};
+use crate::pipeline::{AudioSpec, JoinSpec, Made, PartFile, PartOutcome, PartRequest, VideoSpec};
 use crate::plan::OutputPlan;
 use crate::progress::{PartShare, Reporter};
 use crate::rendition::{sizing, Encoding, Target};
@@ -177,8 +175,15 @@ impl Worker {
             input: input.path.clone(),
             max_input: (p.max_width, p.max_height, p.max_duration.as_millis() as u64),
         };
-        let PartOutcome::Scanned(scan) = self.run_part_pipeline(&request, reporter).await? else {
-            return Err(unexpected("scan"));
+        let scan = match self.run_part_pipeline(&request, reporter).await {
+            Ok(PartOutcome::Scanned(scan)) => scan,
+            Ok(_) => return Err(unexpected("scan")),
+            // Whole, it meets the same problem, or decodes with timestamps
+            // its container lacks (AVI gives most packets none).
+            Err(e) if e.kind == ErrorKind::UndecodableInput => {
+                return Ok(Split::Whole(format!("the input cannot be cut: {e}")))
+            }
+            Err(e) => return Err(e),
         };
         let cuts = cut(&scan, seconds);
         if cuts.len() < 2 {
@@ -410,7 +415,10 @@ impl Worker {
         match objects.end(plan).await? {
             Some(end) if own_join(&end) => {
                 tracing::info!("this part claimed the job's join before; joining again");
-                return self.join(plan, job, attempt, reporter).await.map(PartEnd::Joined);
+                return self
+                    .join(plan, job, attempt, reporter)
+                    .await
+                    .map(PartEnd::Joined);
             }
             Some(end) => {
                 tracing::info!(by = %end.by, ending = ?end.ending, "the job has ended");
@@ -426,7 +434,9 @@ impl Worker {
         }
         let stored = objects.stored_parts(plan).await?;
         if stored.contains(&part) {
-            tracing::info!("{part} is stored already (an earlier attempt made it); not encoding it again");
+            tracing::info!(
+                "{part} is stored already (an earlier attempt made it); not encoding it again"
+            );
         } else {
             let base: f64 = stored.iter().map(|p| plan.weight(*p)).sum();
             let share = PartShare {
@@ -609,11 +619,15 @@ impl Worker {
         let mut video = Vec::new();
         let mut audio = None;
         for part in plan.parts() {
-            let done = objects
-                .done(plan, part)
-                .await?
-                .ok_or_else(|| JobError::new(ErrorKind::Internal, format!("{part} has no done record")))?;
-            let path = self.fetch_part(&objects.part_key(plan, part), folder.path().join(part.name())).await?;
+            let done = objects.done(plan, part).await?.ok_or_else(|| {
+                JobError::new(ErrorKind::Internal, format!("{part} has no done record"))
+            })?;
+            let path = self
+                .fetch_part(
+                    &objects.part_key(plan, part),
+                    folder.path().join(part.name()),
+                )
+                .await?;
             let file = PartFile {
                 path,
                 first_ns: done.first_ns,
@@ -655,7 +669,11 @@ impl Worker {
         else {
             return Err(unexpected("join"));
         };
-        tracing::info!(frames = joined.frames, join_ms = joined.join_ms, "joined and verified");
+        tracing::info!(
+            frames = joined.frames,
+            join_ms = joined.join_ms,
+            "joined and verified"
+        );
         reporter.tracks_left_out(plan.left_out.clone());
         let made = Made {
             media: joined.media,
@@ -682,11 +700,17 @@ impl Worker {
     /// Makes the stored part `key` a local file, in `folder` (made here).
     async fn fetch_part(&self, key: &str, folder: PathBuf) -> Result<PathBuf, JobError> {
         let info = self.storage.head(key).await?.ok_or_else(|| {
-            JobError::new(ErrorKind::Internal, format!("the stored part {key:?} is gone"))
+            JobError::new(
+                ErrorKind::Internal,
+                format!("the stored part {key:?} is gone"),
+            )
         })?;
         if matches!(self.storage, Storage::S3(_)) {
             std::fs::create_dir_all(&folder).map_err(|e| {
-                JobError::new(ErrorKind::Internal, format!("cannot make {}: {e}", folder.display()))
+                JobError::new(
+                    ErrorKind::Internal,
+                    format!("cannot make {}: {e}", folder.display()),
+                )
             })?;
         }
         let local = self
@@ -740,9 +764,8 @@ fn short_segments(plan: &SegmentPlan, video: &[PartFile]) -> String {
         .filter_map(|(i, (cut, file))| {
             let length = cut.length_ns(plan.first_ns, plan.end_ns);
             let about = (length + frame / 2) / frame;
-            (file.frames < about).then(|| {
-                format!("segment {i} holds {} of about {about} frames", file.frames)
-            })
+            (file.frames < about)
+                .then(|| format!("segment {i} holds {} of about {about} frames", file.frames))
         })
         .collect();
     if short.is_empty() {

@@ -308,8 +308,13 @@ impl Worker {
             return match task {
                 Ok((task, part)) => self.handle_part(broker, delivery, abort, task, part).await,
                 Err(error) => {
-                    let reporter =
-                        Reporter::new(broker.clone(), "unknown", delivery.attempt(), &self.id, &self.status);
+                    let reporter = Reporter::new(
+                        broker.clone(),
+                        "unknown",
+                        delivery.attempt(),
+                        &self.id,
+                        &self.status,
+                    );
                     self.settle(&broker, &delivery, &reporter, "unknown", None, Err(error))
                         .await
                 }

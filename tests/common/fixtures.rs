@@ -113,6 +113,15 @@ pub fn h264_mp4(secs: u32) -> PathBuf {
     make("h264_mp4", secs, "mp4", p)
 }
 
+/// H.264 (x264, 320x240) in MP4 without audio: `.mp4`.
+pub fn h264_mp4_video_only(secs: u32) -> PathBuf {
+    let mut p = video_src(secs * FPS, 320, 240, "smpte");
+    p.extend(tokens(
+        "! x264enc speed-preset=ultrafast threads=1 ! h264parse ! mp4mux ! filesink",
+    ));
+    make("h264_mp4_video_only", secs, "mp4", p)
+}
+
 /// MPEG-4 Part 2 video (320x240), two audio tracks, MPEG-1 Layer II at
 /// 440 Hz in English (`eng`) and AAC at 660 Hz in French (`fre`), and an
 /// SRT text subtitle track in German (`ger`) with one cue a second
