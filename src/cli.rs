@@ -114,6 +114,10 @@ enum Command {
         /// A label the worker must have (repeat for more).
         #[arg(long = "requires", value_name = "LABEL")]
         requires: Vec<String>,
+        /// Encode the input in segments of about N seconds (at least 2),
+        /// each by any free worker, joined into the one output.
+        #[arg(long, value_name = "N")]
+        segment_seconds: Option<f64>,
         /// Follow the job to its end: exit 0 when it completed, 1 otherwise.
         #[arg(long)]
         wait: bool,
@@ -230,6 +234,7 @@ async fn dispatch(command: Command, config: Option<&Path>) -> ExitCode {
             job_id,
             priority,
             requires,
+            segment_seconds,
             wait,
         } => {
             let submission = crate::operations::Submission {
@@ -241,6 +246,7 @@ async fn dispatch(command: Command, config: Option<&Path>) -> ExitCode {
                 priority,
                 requires,
                 webhook: None,
+                segment_seconds,
             };
             commands::submit::submit(&settings, &submission, wait).await
         }

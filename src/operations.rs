@@ -37,6 +37,9 @@ pub struct Submission {
     pub requires: Vec<String>,
     /// Where to be told when it ends.
     pub webhook: Option<Webhook>,
+    /// Encode it in segments of about this many seconds, by any free
+    /// workers (see [`crate::segment`]).
+    pub segment_seconds: Option<f64>,
 }
 
 /// A job made from a [`Submission`], checked as a worker would.
@@ -72,6 +75,9 @@ impl Submission {
         }
         if !self.requires.is_empty() {
             fields["requires"] = self.requires.clone().into();
+        }
+        if let Some(seconds) = self.segment_seconds {
+            fields["segment_seconds"] = seconds.into();
         }
         if let Some(webhook) = &self.webhook {
             fields["webhook"] = serde_json::to_value(webhook).expect("a webhook serializes");

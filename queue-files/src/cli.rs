@@ -58,6 +58,11 @@ pub struct Cli {
     #[arg(long, value_name = "PRIORITY", default_value = "normal")]
     pub priority: transcode_worker::job::Priority,
 
+    /// Encode every input in segments of about N seconds (at least 2),
+    /// each by any free worker, joined into its one output.
+    #[arg(long, value_name = "N")]
+    pub segment_seconds: Option<f64>,
+
     /// S3 bucket (overrides S3_BUCKET_NAME and the configuration).
     #[arg(long, value_name = "NAME")]
     pub bucket: Option<String>,

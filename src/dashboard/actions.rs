@@ -161,6 +161,7 @@ pub async fn submit(d: &Dashboard, body: &[u8]) -> Answer {
         priority: request.priority.unwrap_or(Priority::Normal),
         requires: request.requires,
         webhook: request.webhook,
+        segment_seconds: None,
     };
     let checked = submission.check(d.settings()).map_err(|e| {
         ApiError::bad_request(format!("the workers would refuse this job: {}", e.message))

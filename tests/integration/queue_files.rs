@@ -520,6 +520,27 @@ async fn dry_run_prints_the_jobs_and_touches_nothing() {
     assert!(!archive.exists(), "a dry run made the archive folder");
 }
 
+/// `--segment-seconds N` puts `segment_seconds` in every job; a value the
+/// workers refuse (under 2) fails each file with the reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn segment_seconds_is_passed_on_in_every_job() {
+    let world = World::s3().await;
+    let lib = world.cwd.path().join("seg");
+    copy(&fixtures::wmv_with_audio(2), &lib.join("a.wmv"));
+    let run = world.run(&with_path(&["--dry-run", "--segment-seconds", "30"], &lib));
+    run.assert_code(0);
+    let printed: Vec<Job> = run
+        .stdout()
+        .lines()
+        .map(|l| Job::parse(l.as_bytes()).expect("a job per line"))
+        .collect();
+    assert_eq!(printed.len(), 1, "{}", run.stdout());
+    assert_eq!(printed[0].segment_seconds, Some(30.0));
+    let run = world.run(&with_path(&["--dry-run", "--segment-seconds", "1"], &lib));
+    assert_ne!(run.code(), Some(0));
+    assert!(run.stderr().contains("segment_seconds"), "{}", run.stderr());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn unreachable_broker_or_storage_is_a_one_line_error() {
     let world = World::s3().await;

@@ -402,3 +402,116 @@ async fn segmented_jobs_run_on_the_directory_backend() {
     assert_no_segment_objects(&farm).await;
     farm.assert_all_acked(vec![worker]).await;
 }
+
+/// `submit --segment-seconds 4 --wait`: the job goes out with
+/// `segment_seconds`, is split (its events name 3 segments) and completes;
+/// `--segment-seconds 1` is refused before anything is published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_segment_seconds_splits_the_job() {
+    let farm = Farm::s3(&[]).await;
+    farm.put_input("in/sub.mp4", &fixtures::h264_mp4(12)).await;
+    let mut watch = farm.watch_progress().await;
+    let worker = farm.spawn_worker(&[]);
+    let refused = farm
+        .cli(
+            &[
+                "submit",
+                "--input",
+                "in/sub.mp4",
+                "--output",
+                "out/sub.mp4",
+                "--transcode-options",
+                FAST,
+                "--segment-seconds",
+                "1",
+            ],
+            DEFAULT_TIMEOUT,
+        )
+        .await;
+    assert_eq!(refused.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("segment_seconds"), "{stderr}");
+    let run = farm
+        .cli(
+            &[
+                "submit",
+                "--input",
+                "in/sub.mp4",
+                "--output",
+                "out/sub.mp4",
+                "--job-id",
+                "sub",
+                "--transcode-options",
+                FAST,
+                "--segment-seconds",
+                "4",
+                "--wait",
+            ],
+            JOB_TIMEOUT,
+        )
+        .await;
+    assert!(
+        run.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&run.stderr),
+        worker.logs()
+    );
+    let last = watch.until_final("sub", DEFAULT_TIMEOUT).await;
+    assert_eq!(last.state, Phase::Completed);
+    assert_eq!(watch.of("sub").iter().find_map(|e| e.segments), Some(3));
+    assert_no_segment_objects(&farm).await;
+    farm.assert_all_acked(vec![worker]).await;
+}
+
+/// A worker configured to split inputs longer than 10 s
+/// (`segments.auto_above`) in segments of 4 s (`segments.seconds`) splits
+/// a job whose `source.duration_secs` says 12 s, and runs a 6 s one whole;
+/// a job without `source` runs whole too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_splits_long_inputs_above_its_threshold() {
+    let farm = Farm::s3(&[]).await;
+    farm.put_input("in/auto.mp4", &fixtures::h264_mp4(12)).await;
+    farm.put_input("in/short.mp4", &fixtures::h264_mp4(6)).await;
+    let mut watch = farm.watch_progress().await;
+    let worker = farm.spawn_worker(&[
+        ("TRANSCODE_SEGMENTS__AUTO_ABOVE", "10s"),
+        ("TRANSCODE_SEGMENTS__SECONDS", "4"),
+    ]);
+    let jobs = [
+        ("auto-long", "in/auto.mp4", Some(12.0)),
+        ("auto-short", "in/short.mp4", Some(6.0)),
+        ("auto-unknown", "in/auto.mp4", None),
+    ];
+    for (id, input, duration) in jobs {
+        let mut job = json!({"job_id": id, "input_key": input,
+            "output_key": format!("out/{id}.mp4"), "transcode_options": FAST});
+        if let Some(d) = duration {
+            job["source"] = json!({"duration_secs": d});
+        }
+        farm.publish_job(job).await;
+    }
+    let mut running: BTreeSet<&str> = jobs.iter().map(|j| j.0).collect();
+    watch
+        .until(JOB_TIMEOUT, |e| {
+            if e.ending().is_some() {
+                running.remove(e.job_id.as_str());
+            }
+            running.is_empty()
+        })
+        .await;
+    for (id, _, _) in jobs {
+        let last = watch.of(id).pop().expect("events");
+        assert_eq!(
+            last.state,
+            Phase::Completed,
+            "{id}: {last:#?}\n{}",
+            worker.logs()
+        );
+    }
+    let segments = |id: &str| watch.of(id).iter().find_map(|e| e.segments);
+    assert_eq!(segments("auto-long"), Some(3));
+    assert_eq!(segments("auto-short"), None);
+    assert_eq!(segments("auto-unknown"), None);
+    assert_no_segment_objects(&farm).await;
+    farm.assert_all_acked(vec![worker]).await;
+}

@@ -199,7 +199,7 @@ impl Run {
             requires: Vec::new(),
             webhook: None,
             outputs: None,
-            segment_seconds: None,
+            segment_seconds: self.options.cli.segment_seconds,
         };
         let body = serde_json::to_vec(&job).expect("a job serializes");
         Job::parse(&body).map_err(|e| {
