@@ -266,26 +266,7 @@ impl Delivery {
         body: &[u8],
         queue: &str,
     ) {
-        let error = why.error;
-        let mut reason = error.message.clone();
-        if !error.kind.is_permanent() {
-            reason = format!(
-                "gave up after {} attempts; last error: {reason}",
-                self.attempt
-            );
-        }
-        let mut history = self.history();
-        history.push(history_line(self.attempt, why.worker, error));
-        let headers = string_headers([
-            (dead::ERROR, reason),
-            (dead::ERROR_KIND, error.kind.to_string()),
-            (dead::JOB_ID, why.job_id.to_string()),
-            (dead::ATTEMPTS, self.attempt.to_string()),
-            (dead::ATTEMPT_HISTORY, history.join("\n")),
-            (dead::WORKER, why.worker.to_string()),
-            (dead::FAILED_AT, crate::job::now_rfc3339()),
-            (dead::ORIGINAL_QUEUE, queue.to_string()),
-        ]);
+        let headers = dead_letter_headers(why, self.attempt, self.history(), queue);
         let dead_letter = || broker.dead_letter(body, headers.clone());
         match until_taken("the dead letter", dead_letter).await {
             Ok(()) => self.ack().await,
@@ -295,6 +276,33 @@ impl Delivery {
             }
         }
     }
+}
+
+/// The headers of a dead letter of job `why.job_id` after `attempt`
+/// attempts (the earlier ones failed as `history` says), taken from
+/// `queue`.
+pub fn dead_letter_headers(
+    why: &DeadLetter<'_>,
+    attempt: u32,
+    mut history: Vec<String>,
+    queue: &str,
+) -> FieldTable {
+    let error = why.error;
+    let mut reason = error.message.clone();
+    if !error.kind.is_permanent() {
+        reason = format!("gave up after {attempt} attempts; last error: {reason}");
+    }
+    history.push(history_line(attempt, why.worker, error));
+    string_headers([
+        (dead::ERROR, reason),
+        (dead::ERROR_KIND, error.kind.to_string()),
+        (dead::JOB_ID, why.job_id.to_string()),
+        (dead::ATTEMPTS, attempt.to_string()),
+        (dead::ATTEMPT_HISTORY, history.join("\n")),
+        (dead::WORKER, why.worker.to_string()),
+        (dead::FAILED_AT, crate::job::now_rfc3339()),
+        (dead::ORIGINAL_QUEUE, queue.to_string()),
+    ])
 }
 
 /// One line of a job's attempt history.

@@ -43,7 +43,7 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer
 use secrecy::ExposeSecret;
 
 pub use dead_letters::{DeadLetterMessage, DeadLetters, RequeueError, Requeued, REFRESH_AT};
-pub use delivery::{string_headers, DeadLetter, Delivery};
+pub use delivery::{dead_letter_headers, string_headers, DeadLetter, Delivery};
 pub use topology::{jobs_queue_arguments, Argument, QueueSpec, Topology};
 
 use crate::capability::WaitingQueue;

@@ -166,7 +166,7 @@ impl Worker {
         };
         let _control = crate::control::Responder::start(broker.clone(), self.status.clone());
         let requirements = tokio::spawn(self.clone().read_requirements(broker.clone()));
-        let pruning = tokio::spawn(self.clone().prune_history());
+        let pruning = tokio::spawn(self.clone().prune_history(broker.clone()));
         let _webhooks = crate::webhook::Sender::start(broker.clone(), &self.settings, &self.id);
         let abort = Abort::default();
         let mut jobs = JoinSet::new();
@@ -239,25 +239,32 @@ impl Worker {
     }
 
     /// Removes old job records about once an hour for the whole farm (one
-    /// worker does it; see [`crate::history::History::prune_if_due`]), for as long as the
+    /// worker does it; see [`crate::history::History::prune_if_due`]), and
+    /// ends the segmented jobs whose part tasks were lost (see
+    /// [`Worker::clean_abandoned`]) when the session starts and with each
+    /// pruning (every pass when the history is off), for as long as the
     /// session lasts.
-    async fn prune_history(self: Arc<Self>) {
-        let Some(history) = self.history.clone() else {
-            return;
-        };
+    async fn prune_history(self: Arc<Self>, broker: Arc<Broker>) {
+        self.clean_abandoned(&broker).await;
         let h = &self.settings.history;
         loop {
             // A random few minutes first, so the workers of a farm that
             // start together do not all look at once.
             tokio::time::sleep(jitter(PRUNE_EVERY / 6)).await;
+            let Some(history) = self.history.clone() else {
+                self.clean_abandoned(&broker).await;
+                continue;
+            };
             match history
                 .prune_if_due(PRUNE_EVERY, h.max_age, h.max_jobs)
                 .await
             {
-                Ok(None | Some(0)) => {}
+                Ok(None) => continue,
+                Ok(Some(0)) => {}
                 Ok(Some(n)) => tracing::info!(removed = n, "removed old job records"),
                 Err(e) => tracing::warn!(error = %e, "cannot remove old job records"),
             }
+            self.clean_abandoned(&broker).await;
         }
     }
 

@@ -515,3 +515,70 @@ async fn the_worker_splits_long_inputs_above_its_threshold() {
     assert_no_segment_objects(&farm).await;
     farm.assert_all_acked(vec![worker]).await;
 }
+
+/// Everything died: the worker that split the job crashed in its first
+/// part and the part tasks are gone from the queue. A worker started once
+/// the job's objects are older than `segments.abandon_after` (1 minute
+/// here) fails the job as `stalled` (a `failed` event, its own message
+/// dead-lettered) and removes its objects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_objects_of_a_job_whose_tasks_were_lost_are_found_and_removed() {
+    let abandon = [("TRANSCODE_SEGMENTS__ABANDON_AFTER", "1m")];
+    let farm = Farm::s3(&abandon).await;
+    farm.put_input("in/lost.mp4", &fixtures::h264_mp4(12)).await;
+    let mut watch = farm.watch_progress().await;
+    let job = json!({"job_id": "seg-lost", "input_key": "in/lost.mp4",
+        "output_key": "out/lost.mp4", "transcode_options": FAST, "segment_seconds": 4});
+    farm.publish_job(job.clone()).await;
+    let mut first = farm.spawn_worker(&[("TRANSCODE_WORKER__CRASH_AFTER", "transcoding")]);
+    assert!(!first.wait_exit(JOB_TIMEOUT).await.success());
+    farm.wait_connections_gone(&[format!("transcode-worker {}", first.name)])
+        .await;
+    let lost = farm.drain_queue(farm.jobs_queue()).await;
+    assert_eq!(lost.len(), 4, "the part tasks (audio and 3 segments)");
+    assert!(!segment_objects(&farm).await.is_empty());
+    // Until the newest object is older than abandon_after.
+    let bucket = farm.bucket.as_ref().expect("an S3 farm");
+    wait_for_value(
+        Duration::from_secs(120),
+        "the objects a minute old",
+        || async {
+            let newest = bucket
+                .list(SEGMENTS_PREFIX.to_string(), None)
+                .await
+                .ok()?
+                .into_iter()
+                .flat_map(|page| page.contents)
+                .filter_map(|o| {
+                    time::OffsetDateTime::parse(
+                        &o.last_modified,
+                        &time::format_description::well_known::Rfc3339,
+                    )
+                    .ok()
+                })
+                .max()?;
+            let age = time::OffsetDateTime::now_utc() - newest;
+            (age > time::Duration::seconds(62)).then_some(())
+        },
+    )
+    .await;
+    let second = farm.spawn_worker(&[]);
+    let last = watch.until_final("seg-lost", DEFAULT_TIMEOUT).await;
+    assert_eq!(last.state, Phase::Failed, "{last:#?}\n{}", second.logs());
+    assert_eq!(
+        last.error_kind,
+        Some(transcode_worker::error::ErrorKind::Stalled)
+    );
+    let error = last.error.unwrap_or_default();
+    assert!(error.contains("part tasks were lost"), "{error}");
+    let dead = wait_for_value(DEFAULT_TIMEOUT, "the dead letter", || async {
+        let dead = farm.dead_letters().await;
+        (!dead.is_empty()).then_some(dead)
+    })
+    .await;
+    let body: Value = serde_json::from_slice(&dead[0].0).expect("a JSON body");
+    assert_eq!(body, job);
+    assert_eq!(dead[0].1["x-error-kind"], "stalled");
+    assert_no_segment_objects(&farm).await;
+    farm.assert_all_acked(vec![second]).await;
+}
