@@ -582,3 +582,35 @@ async fn the_objects_of_a_job_whose_tasks_were_lost_are_found_and_removed() {
     assert_no_segment_objects(&farm).await;
     farm.assert_all_acked(vec![second]).await;
 }
+
+/// `transcode-worker cancel` while two workers encode segments of a job:
+/// the job ends `cancelled`, nothing is stored under its output key
+/// or dead-lettered, the segment objects are removed, and the part tasks
+/// still queued are dropped (every message acked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_segmented_job_stops_and_leaves_nothing_behind() {
+    let slow = [("TRANSCODE_PIPELINE__EXTRA_ALLOWED_ELEMENTS", "identity")];
+    let farm = Farm::s3(&slow).await;
+    farm.put_input("in/cancel.mp4", &fixtures::h264_mp4(12))
+        .await;
+    let mut watch = farm.watch_progress().await;
+    let workers = vec![farm.spawn_worker(&slow), farm.spawn_worker(&slow)];
+    farm.publish_job(json!({"job_id": "seg-cancel", "input_key": "in/cancel.mp4",
+        "output_key": "out/cancel.mp4", "segment_seconds": 4,
+        // 100 ms a frame: each segment takes 10 s.
+        "transcode_options": "identity sleep-time=100000 ! videoconvert ! x264enc speed-preset=ultrafast threads=1"}))
+        .await;
+    watch
+        .until(JOB_TIMEOUT, |e| {
+            e.job_id == "seg-cancel" && e.segment.is_some() && e.state == Phase::Transcoding
+        })
+        .await;
+    let out = farm.cli(&["cancel", "seg-cancel"], JOB_TIMEOUT).await;
+    assert!(out.status.success(), "{out:?}");
+    let last = watch.until_final("seg-cancel", JOB_TIMEOUT).await;
+    assert_eq!(last.state, Phase::Cancelled, "{last:#?}");
+    assert_no_segment_objects(&farm).await;
+    assert!(!farm.output_exists("out/cancel.mp4").await);
+    farm.assert_all_acked(workers).await;
+    assert!(farm.dead_letters().await.is_empty());
+}
