@@ -668,3 +668,47 @@ async fn a_segmented_encode_is_as_good_as_a_whole_file_encode() {
     );
     farm.assert_all_acked(vec![worker]).await;
 }
+
+/// The other containers the worker writes: QuickTime (H.264 + AAC) and
+/// WebM (VP8 + Opus), each in segments of 3 s and checked frame by frame
+/// against the input like the MP4 and Matroska outputs above.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mov_and_webm_outputs_are_joined_frame_for_frame() {
+    let farm = Farm::s3(&[]).await;
+    let input = fixtures::h264_mp4(8);
+    farm.put_input("in/c.mp4", &input).await;
+    let mut watch = farm.watch_progress().await;
+    let worker = farm.spawn_worker(&[("LOG_FORMAT", "json")]);
+    let jobs = [
+        ("c-mov", "out/c.mov", FAST),
+        (
+            "c-webm",
+            "out/c.webm",
+            "videoconvert ! vp8enc deadline=1 cpu-used=8 threads=1",
+        ),
+    ];
+    for (id, key, video) in jobs {
+        farm.publish_job(
+            json!({"job_id": id, "input_key": "in/c.mp4", "output_key": key,
+            "transcode_options": video, "segment_seconds": 3}),
+        )
+        .await;
+        let last = watch.until_final(id, JOB_TIMEOUT).await;
+        assert_eq!(
+            last.state,
+            Phase::Completed,
+            "{id}: {last:#?}\n{}",
+            worker.logs()
+        );
+        assert_eq!(
+            watch.of(id).iter().find_map(|e| e.segments),
+            Some(3),
+            "{id}"
+        );
+        let starts: Vec<f64> = segment_starts(&[&worker]).values().copied().collect();
+        let output = farm.get_output(key).await.expect("the output");
+        assert_joined_like_the_input(&input, &output, &starts[starts.len() - 3..]);
+    }
+    assert_no_segment_objects(&farm).await;
+    farm.assert_all_acked(vec![worker]).await;
+}
