@@ -25,6 +25,8 @@ mod common;
 mod garage;
 #[path = "farm/renditions.rs"]
 mod renditions;
+#[path = "farm/segments.rs"]
+mod segments;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
@@ -50,7 +52,7 @@ const CHEAP_VIDEO: &str =
 const JOB_TIMEOUT: Duration = Duration::from_secs(900);
 
 /// The sections of a run, in the order they run.
-const SECTIONS: [&str; 11] = [
+const SECTIONS: [&str; 12] = [
     "overhead",
     "perjob",
     "memory",
@@ -58,6 +60,7 @@ const SECTIONS: [&str; 11] = [
     "memory-garage",
     "scale",
     "renditions",
+    "segments",
     "history",
     "overhead-garage",
     "overhead-1core",
@@ -231,7 +234,7 @@ fn main() {
         )
     };
     let ts = &test_server;
-    let sections: [(&str, &dyn Fn() -> String); 11] = [
+    let sections: [(&str, &dyn Fn() -> String); 12] = [
         ("overhead", &|| {
             rt.block_on(overhead(&opts, Overhead::Main, ts, "1a", ""))
         }),
@@ -244,6 +247,7 @@ fn main() {
         }),
         ("scale", &|| rt.block_on(scale_out(&opts))),
         ("renditions", &|| rt.block_on(renditions::renditions(&opts))),
+        ("segments", &|| rt.block_on(segments::segments(&opts))),
         ("history", &|| rt.block_on(history(&opts))),
         ("overhead-garage", &|| match &garage_target {
             Some(g) => rt.block_on(overhead(&opts, Overhead::Main, g, "1d", " (on Garage)")),

@@ -186,13 +186,26 @@ pub fn final_line(event: &Progress) -> String {
     }
 }
 
-/// A plain progress line, e.g. `job1 transcoding 47% 1.8x ETA 6s on host-a:4242 (attempt 1)`.
+/// Which part of a segmented job an event is about: `segment 3 of 12`
+/// (counted from 0, as events count them), `audio part`.
+fn part_text(event: &Progress) -> Option<String> {
+    match (event.segment, event.segments, event.part.as_deref()) {
+        (Some(i), Some(n), _) => Some(format!("segment {i} of {n}")),
+        (None, _, Some("audio")) => Some("audio part".into()),
+        (None, _, Some(part)) => Some(part.to_string()),
+        _ => None,
+    }
+}
+
+/// A plain progress line, e.g. `job1 transcoding 47% 1.8x ETA 6s on host-a:4242 (attempt 1)`,
+/// or for a part of a segmented job `job1 transcoding 47% segment 3 of 12 ... on host-a:4242 (attempt 1)`.
 pub fn progress_line(event: &Progress) -> String {
     let mut parts = vec![
         event.job_id.clone(),
         event.state.to_string(),
         format!("{:.0}%", event.progress),
     ];
+    parts.extend(part_text(event));
     parts.extend(speed_text(event));
     parts.extend(eta_text(event));
     parts.push(format!("on {} (attempt {})", event.worker, event.attempt));
@@ -241,8 +254,12 @@ fn show(
     }
     match &view.bar {
         Some(bar) => {
-            bar.set_position((event.progress.clamp(0.0, 100.0) * 10.0) as u64);
+            // The highest: the parts of a segmented job report from
+            // several workers at once.
+            let position = (event.progress.clamp(0.0, 100.0) * 10.0) as u64;
+            bar.set_position(position.max(bar.position()));
             let mut parts = vec![format!("{:>5.1}%", event.progress), event.state.to_string()];
+            parts.extend(part_text(event));
             parts.extend(speed_text(event));
             parts.extend(eta_text(event));
             parts.push(format!("on {}", event.worker));
@@ -285,6 +302,20 @@ mod tests {
         assert_eq!(
             progress_line(&e),
             "job1 transcoding 48% 1.8x ETA 6s on host-a:1 (attempt 1)"
+        );
+        e.segment = Some(3);
+        e.segments = Some(12);
+        e.part = Some("v0003".into());
+        assert_eq!(
+            progress_line(&e),
+            "job1 transcoding 48% segment 3 of 12 1.8x ETA 6s on host-a:1 (attempt 1)"
+        );
+        e.segment = None;
+        e.part = Some("audio".into());
+        assert!(
+            progress_line(&e).contains(" 48% audio part "),
+            "{}",
+            progress_line(&e)
         );
         let mut done = event(Phase::Completed, 100.0);
         done.output_key = Some("out/a.mp4".into());
