@@ -714,13 +714,28 @@ impl Worker {
             });
         }
         let objects = self.objects();
-        let folder = self.scratch.attempt_folder()?;
-        let mut video = Vec::new();
-        let mut audio = None;
+        let mut records = Vec::new();
         for part in plan.parts() {
             let done = objects.done(plan, part).await?.ok_or_else(|| {
                 JobError::new(ErrorKind::Internal, format!("{part} has no done record"))
             })?;
+            records.push((part, done));
+        }
+        // The parts (downloaded from S3), then the output, about as large.
+        let parts_size: u64 = records.iter().map(|(_, d)| d.size).sum();
+        let downloaded = matches!(self.storage, Storage::S3(_));
+        self.scratch.check_free_space(
+            if downloaded {
+                parts_size * 2
+            } else {
+                parts_size
+            },
+            self.settings.worker.min_free_space_mb,
+        )?;
+        let folder = self.scratch.attempt_folder()?;
+        let mut video = Vec::new();
+        let mut audio = None;
+        for (part, done) in records {
             let path = self
                 .fetch_part(
                     &objects.part_key(plan, part),

@@ -712,3 +712,60 @@ async fn mov_and_webm_outputs_are_joined_frame_for_frame() {
     assert_no_segment_objects(&farm).await;
     farm.assert_all_acked(vec![worker]).await;
 }
+
+/// Jobs that cannot be segmented run whole, with `segment_seconds` set:
+/// one with two `outputs`, one HLS package, one whose video branch
+/// changes the frame rate (`videorate`), and one whose AVI input gives
+/// its packets no timestamps. Each completes without a part event; the
+/// worker logs why it ran each whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_that_cannot_be_segmented_run_whole() {
+    let farm = Farm::s3(&[]).await;
+    farm.put_input("in/w.mp4", &fixtures::h264_mp4(8)).await;
+    farm.put_input("in/w.avi", &fixtures::video_only(8)).await;
+    let mut watch = farm.watch_progress().await;
+    let worker = farm.spawn_worker(&[]);
+    let rate =
+        "videorate ! video/x-raw,framerate=25/1 ! videoconvert ! x264enc speed-preset=veryfast";
+    let jobs = [
+        (
+            json!({"job_id": "w-outputs", "input_key": "in/w.mp4", "segment_seconds": 3,
+                "outputs": [{"output_key": "out/w1.mp4", "transcode_options": FAST},
+                            {"output_key": "out/w2.mkv", "transcode_options": FAST}]}),
+            "segment_seconds applies to jobs with one output; this one has 2",
+        ),
+        (
+            json!({"job_id": "w-hls", "input_key": "in/w.mp4", "segment_seconds": 3,
+                "output_key": "out/hls/master.m3u8", "transcode_options": FAST}),
+            "segment_seconds does not apply to HLS packages",
+        ),
+        (
+            json!({"job_id": "w-rate", "input_key": "in/w.mp4", "segment_seconds": 3,
+                "output_key": "out/w-rate.mp4", "transcode_options": rate}),
+            "uses videorate, which changes the frame rate",
+        ),
+        (
+            json!({"job_id": "w-avi", "input_key": "in/w.avi", "segment_seconds": 3,
+                "output_key": "out/w-avi.mp4", "transcode_options": FAST}),
+            "the input cannot be cut",
+        ),
+    ];
+    for (job, why) in &jobs {
+        let id = job["job_id"].as_str().unwrap();
+        farm.publish_job(job.clone()).await;
+        let last = watch.until_final(id, JOB_TIMEOUT).await;
+        assert_eq!(
+            last.state,
+            Phase::Completed,
+            "{id}: {last:#?}\n{}",
+            worker.logs()
+        );
+        assert!(
+            watch.of(id).iter().all(|e| e.part.is_none()),
+            "{id} ran in parts"
+        );
+        assert!(worker.logs().contains(why), "{id}: no {why:?} in the log");
+    }
+    assert_no_segment_objects(&farm).await;
+    farm.assert_all_acked(vec![worker]).await;
+}
