@@ -715,8 +715,8 @@ async fn mov_and_webm_outputs_are_joined_frame_for_frame() {
 
 /// Jobs that cannot be segmented run whole, with `segment_seconds` set:
 /// one with two `outputs`, one HLS package, one whose video branch
-/// changes the frame rate (`videorate`), and one whose AVI input gives
-/// its packets no timestamps. Each completes without a part event; the
+/// changes the frame rate (`videorate`), one whose AVI input gives its
+/// packets no timestamps, and an 8 s input in segments of 6 s. Each completes without a part event; the
 /// worker logs why it ran each whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_that_cannot_be_segmented_run_whole() {
@@ -748,6 +748,11 @@ async fn jobs_that_cannot_be_segmented_run_whole() {
             json!({"job_id": "w-avi", "input_key": "in/w.avi", "segment_seconds": 3,
                 "output_key": "out/w-avi.mp4", "transcode_options": FAST}),
             "the input cannot be cut",
+        ),
+        (
+            json!({"job_id": "w-short", "input_key": "in/w.mp4", "segment_seconds": 6,
+                "output_key": "out/w-short.mp4", "transcode_options": FAST}),
+            "is too short for two segments of 6 s",
         ),
     ];
     for (job, why) in &jobs {
