@@ -311,7 +311,11 @@ impl Worker {
 
     /// Processes one delivery to the end and settles it.
     async fn handle(self: Arc<Self>, broker: Arc<Broker>, mut delivery: Delivery, abort: Abort) {
-        if let Some(task) = crate::segment::PartTask::recognise(delivery.body()) {
+        let small = delivery.body().len() <= self.settings.worker.max_message_bytes;
+        let task = small
+            .then(|| crate::segment::PartTask::recognise(delivery.body()))
+            .flatten();
+        if let Some(task) = task {
             return match task {
                 Ok((task, part)) => self.handle_part(broker, delivery, abort, task, part).await,
                 Err(error) => {
