@@ -1,9 +1,10 @@
 //! Segmented jobs: one long input encoded in segments by every free
 //! worker, then joined into the job's one output.
 //!
-//! Nothing waits unacknowledged for the length of the whole file:
-//!
-//! The worker's side of these steps is `worker/segments.rs`.
+//! This module holds what the steps share (the plan, the part tasks, the
+//! storage objects, the inputs a worker keeps); the worker runs the steps
+//! (`worker/segments.rs`). Nothing waits unacknowledged for the length of
+//! the whole file:
 //!
 //! 1. **Split**: the worker that takes the job fetches and
 //!    scans the input (its video packets, without decoding), cuts it on
@@ -30,15 +31,15 @@
 //! A part that fails for good fails the job: its task claims the end, a
 //! `failed` event goes out for the job, the job's message (from the plan)
 //! goes to the dead-letter queue with the reason, and the objects are
-//! removed. The objects of a job whose tasks were lost are found by the
-//! hourly history pruning pass ([`objects::Objects::abandoned`]).
+//! removed. The objects of a job whose tasks were lost are found when a
+//! worker starts and by the hourly history pruning pass
+//! ([`objects::Objects::abandoned`]): the job fails as stalled.
 //!
 //! Storage layout under `segments.prefix` (see [`objects`]): `<job>/plan.json`,
 //! and per plan `<job>/<plan>/<part>.<ext>`, `<job>/<plan>/done/<part>.json`,
 //! `<job>/<plan>/end.json`.
 
 pub mod input;
-
 pub mod objects;
 pub mod plan;
 
@@ -48,12 +49,7 @@ pub use input::InputCache;
 pub use objects::{Done, End, Ending, Objects};
 pub use plan::{Cut, Part, SegmentPlan};
 
-use crate::broker::Broker;
-use crate::config::Settings;
 use crate::error::{ErrorKind, JobError};
-use crate::scratch::Scratch;
-use crate::storage::Storage;
-use crate::transcoder::Transcoder;
 
 /// The message of one part of a segmented job, queued beside jobs:
 /// `{"segment_of": "<job id>", "plan": "<plan id>", "part": "v0003"}`.
@@ -107,32 +103,6 @@ impl PartTask {
     /// The message body.
     pub fn body(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("a part task serializes")
-    }
-}
-
-/// What the segment steps use of the worker running them.
-#[derive(Clone, Copy)]
-pub struct Context<'a> {
-    /// The worker's settings.
-    pub settings: &'a Settings,
-    /// The farm's storage.
-    pub storage: &'a Storage,
-    /// The pipeline processes.
-    pub transcoder: &'a Transcoder,
-    /// The scratch folder.
-    pub scratch: &'a Scratch,
-    /// The inputs this worker keeps for the parts of a job.
-    pub inputs: &'a InputCache,
-    /// The worker's name.
-    pub worker: &'a str,
-    /// The broker connection.
-    pub broker: &'a Broker,
-}
-
-impl Context<'_> {
-    /// The storage objects of segmented jobs.
-    pub fn objects(&self) -> Objects<'_> {
-        Objects::new(self.storage, &self.settings.segments.prefix)
     }
 }
 
