@@ -774,3 +774,49 @@ async fn jobs_that_cannot_be_segmented_run_whole() {
     assert_no_segment_objects(&farm).await;
     farm.assert_all_acked(vec![worker]).await;
 }
+
+/// A broker whose `consumer_timeout` (5 s) is shorter than the whole job
+/// (an 8 s input at 60 ms a frame: 12 s of encoding on one worker) but
+/// longer than each part (2 s segments: 3 s each): the segmented job
+/// completes with no attempt cut by the broker, where a whole-file job
+/// that long is taken back (see
+/// `reliability::a_job_longer_than_the_consumer_timeout_is_never_lost_nor_run_twice_at_once`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segmented_job_longer_than_the_consumer_timeout_completes() {
+    use std::sync::Arc;
+
+    use crate::common::farm::Rabbit;
+    use crate::common::services::{shared_s3, RabbitNode, RabbitOptions};
+
+    let node = Arc::new(RabbitNode::start(
+        RabbitOptions::default()
+            .conf("consumer_timeout = 5000")
+            .advanced_config("[{rabbit, [{channel_tick_interval, 1000}]}]."),
+    ));
+    let extra = [
+        ("TRANSCODE_PIPELINE__EXTRA_ALLOWED_ELEMENTS", "identity"),
+        ("TRANSCODE_BROKER__LIVENESS_INTERVAL", "1s"),
+    ];
+    let farm = Farm::s3_on(Rabbit::Own(node.clone()), shared_s3(), &extra).await;
+    farm.put_input("in/t.mp4", &fixtures::h264_mp4(8)).await;
+    let mut watch = farm.watch_progress().await;
+    let worker = farm.spawn_worker(&extra);
+    let started = std::time::Instant::now();
+    farm.publish_job(json!({"job_id": "seg-long", "input_key": "in/t.mp4",
+        "output_key": "out/t.mp4", "segment_seconds": 2,
+        "transcode_options": "identity sleep-time=60000 ! videoconvert ! x264enc speed-preset=ultrafast threads=1"}))
+        .await;
+    let last = watch.until_final("seg-long", JOB_TIMEOUT).await;
+    let took = started.elapsed();
+    assert_eq!(last.state, Phase::Completed, "{last:#?}\n{}", worker.logs());
+    assert!(took > Duration::from_secs(10), "the job took {took:?}");
+    let events = watch.of("seg-long");
+    assert!(
+        events
+            .iter()
+            .all(|e| e.state != Phase::Failed && e.attempt == 1),
+        "an attempt was cut: {events:#?}"
+    );
+    assert_eq!(events.iter().find_map(|e| e.segments), Some(4));
+    farm.assert_all_acked(vec![worker]).await;
+}
