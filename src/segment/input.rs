@@ -4,8 +4,10 @@
 //! parts of the same job it takes, which are likely: a job's parts are
 //! queued together. It keeps as many inputs as it runs jobs at once
 //! (`worker.concurrency`); the least recently used goes first, and a
-//! folder in use stays until its part is done. On the directory backend
-//! the input is read in place and nothing is kept.
+//! folder in use stays until its part is done. A worker forgets a job's
+//! input once it has ended the job, and every input no part uses before a
+//! whole-file attempt. On the directory backend the input is read in place
+//! and nothing is kept.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -52,6 +54,22 @@ impl InputCache {
             kept: Mutex::default(),
             capacity: capacity.max(1),
         }
+    }
+
+    /// Removes the kept inputs no part is using (before a whole-file
+    /// attempt, which does not use them, needs the space); returns how
+    /// many.
+    pub fn drop_idle(&self) -> usize {
+        let mut kept = self.kept();
+        let before = kept.len();
+        kept.retain(|k| Arc::strong_count(&k.folder) > 1);
+        before - kept.len()
+    }
+
+    /// Removes the kept copy of the input `key` (its job has ended here),
+    /// once no part is using it.
+    pub fn forget(&self, key: &str) {
+        self.kept().retain(|k| k.key != key);
     }
 
     fn kept(&self) -> std::sync::MutexGuard<'_, Vec<Kept>> {
@@ -166,5 +184,39 @@ async fn watch<T>(
                 reporter.update(Phase::Downloading, fraction, None).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kept(key: &str, folder: Arc<TempDir>) -> Kept {
+        Kept {
+            key: key.into(),
+            version: "1:".into(),
+            path: folder.path().join("input"),
+            folder,
+            used: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn idle_inputs_are_dropped_and_those_in_use_stay_until_released() {
+        let cache = InputCache::new(2);
+        let in_use = Arc::new(tempfile::tempdir().unwrap());
+        let idle = Arc::new(tempfile::tempdir().unwrap());
+        let idle_path = idle.path().to_path_buf();
+        cache.kept().push(kept("a", in_use.clone()));
+        cache.kept().push(kept("b", idle));
+        assert_eq!(cache.drop_idle(), 1);
+        assert!(!idle_path.exists(), "the idle copy is removed");
+        assert_eq!(cache.kept().len(), 1);
+        let in_use_path = in_use.path().to_path_buf();
+        cache.forget("a");
+        assert!(cache.kept().is_empty());
+        assert!(in_use_path.exists(), "a copy in use stays while it is used");
+        drop(in_use);
+        assert!(!in_use_path.exists());
     }
 }

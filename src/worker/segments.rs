@@ -491,8 +491,14 @@ impl Worker {
     }
 
     /// Removes a job's segment objects (logged when it cannot: the
-    /// pruning pass finds them later).
+    /// pruning pass finds them later), and the copy of its input this
+    /// worker kept.
     async fn remove_objects(&self, job_id: &str) {
+        if let Ok(Some(plan)) = self.objects().plan(job_id).await {
+            if let Ok(job) = plan.job() {
+                self.inputs.forget(&job.input_key);
+            }
+        }
         match self.objects().remove(job_id).await {
             Ok(n) => tracing::info!(objects = n, "removed the job's segment objects"),
             Err(e) => tracing::warn!(error = %e, "cannot remove the job's segment objects"),

@@ -393,6 +393,10 @@ impl Worker {
             })
             .await;
             let limit = self.settings.worker.job_timeout;
+            let dropped = self.inputs.drop_idle();
+            if dropped > 0 {
+                tracing::debug!(inputs = dropped, "removed the inputs kept for segmented jobs");
+            }
             let attempt = Attempt::new(&self, &job, attempt, &reporter);
             // A segmented job is split here; its parts are queued and its
             // message acked (`None`); it runs whole when it cannot be.
