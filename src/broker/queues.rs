@@ -47,8 +47,12 @@ pub async fn queue_depths(
 pub async fn waiting_queues(channel: Channel, stream: &str) -> Vec<WaitingQueue> {
     use futures_util::StreamExt;
     /// How long a read waits for the next entry before it takes the
-    /// stream as read.
+    /// stream as read, when the stream did not say how many it holds.
     const QUIET: Duration = Duration::from_millis(300);
+    /// How long a read waits for the next of the entries the stream said
+    /// it holds (a loaded broker may take more than [`QUIET`] to deliver
+    /// the first).
+    const HELD: Duration = Duration::from_secs(3);
     let mut found = std::collections::BTreeSet::new();
     // The entries the stream holds now: enough read, no wait at the end.
     let held = queue_depths(&channel, &[stream.to_string()])
@@ -77,7 +81,8 @@ pub async fn waiting_queues(channel: Channel, stream: &str) -> Vec<WaitingQueue>
         .await;
     if let Ok(mut consumer) = consumer {
         let mut read = 0;
-        while let Ok(Some(Ok(delivery))) = tokio::time::timeout(QUIET, consumer.next()).await {
+        let wait = if held.is_some() { HELD } else { QUIET };
+        while let Ok(Some(Ok(delivery))) = tokio::time::timeout(wait, consumer.next()).await {
             read += 1;
             if let Ok(w) = serde_json::from_slice(&delivery.data) {
                 found.insert(w);
