@@ -42,7 +42,9 @@ pub const BASE_ELEMENTS: &[&str] = &[
 pub struct CapabilityReport {
     /// Encoders it can use (software and hardware), e.g. `x264enc`.
     pub encoders: Vec<String>,
-    /// Hardware-accelerated elements among them and the other elements.
+    /// Hardware-accelerated encoders, decoders and converters (capture
+    /// and playout cards, hardware sources and sinks, are left out: a job
+    /// cannot use them).
     pub hardware: Vec<String>,
     /// Muxers, e.g. `mp4mux`.
     pub muxers: Vec<String>,
@@ -97,7 +99,7 @@ impl Capabilities {
             if klass.contains("Decoder") {
                 report.decoders += 1;
             }
-            if klass.contains("Hardware") {
+            if klass.contains("Hardware") && !klass.contains("Source") && !klass.contains("Sink") {
                 report.hardware.push(name.clone());
             }
             elements.insert(name);
@@ -315,6 +317,7 @@ mod tests {
         ("mp4mux", "Codec/Muxer"),
         ("avdec_h264", "Codec/Decoder/Video"),
         ("videoconvert", "Filter/Converter/Video"),
+        ("decklinkvideosink", "Video/Sink/Hardware"),
     ];
 
     fn needs_of(elements: &[&str], labels: &[&str]) -> Needs {
