@@ -14,24 +14,9 @@ use crate::dashboard::{json_reply, Answer, ApiError, Dashboard};
 /// secret, no webhook URL query).
 #[derive(Debug, Serialize)]
 pub struct DeadLetterView {
-    /// The id to requeue it by.
-    pub id: String,
-    /// Its job's id.
-    pub job_id: Option<String>,
-    /// Why it failed, for people.
-    pub error: Option<String>,
-    /// Why it failed, for programs.
-    pub error_kind: Option<String>,
-    /// How many attempts it had.
-    pub attempts: Option<u32>,
-    /// One line per failed attempt.
-    pub attempt_history: Vec<String>,
-    /// The worker that gave up on it.
-    pub worker: Option<String>,
-    /// When.
-    pub failed_at: Option<String>,
-    /// The queue it came from.
-    pub original_queue: Option<String>,
+    /// Its reasons, from its headers (without the message).
+    #[serde(flatten)]
+    pub letter: DeadLetterMessage,
     /// The jobs queue a requeue puts it in.
     pub requeue_to: String,
     /// The job message's fields that are safe to show, when it is JSON.
@@ -103,15 +88,7 @@ impl DeadLetterView {
             requeue_to: m.requeue_queue(settings),
             job: safe_job_fields(&m.body),
             message_bytes: m.body.len(),
-            id: m.id,
-            job_id: m.job_id,
-            error: m.error,
-            error_kind: m.error_kind,
-            attempts: m.attempts,
-            attempt_history: m.attempt_history,
-            worker: m.worker,
-            failed_at: m.failed_at,
-            original_queue: m.original_queue,
+            letter: m,
         }
     }
 }
@@ -145,6 +122,36 @@ pub async fn dead_letters(d: &Dashboard, query: &str) -> Answer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dead_letter_view_carries_its_reasons_and_never_the_message() {
+        let letter = DeadLetterMessage {
+            id: "j".into(),
+            job_id: Some("j".into()),
+            error: Some("there is no input".into()),
+            error_kind: Some("input_not_found".into()),
+            attempts: Some(2),
+            attempt_history: vec!["attempt 1 failed".into()],
+            worker: Some("w".into()),
+            failed_at: None,
+            original_queue: Some("transcoding_jobs".into()),
+            body: br#"{"job_id":"j","webhook":{"url":"https://h/","secret":"s3cret"}}"#.to_vec(),
+        };
+        let view = DeadLetterView {
+            requeue_to: "transcoding_jobs".into(),
+            job: safe_job_fields(&letter.body),
+            message_bytes: letter.body.len(),
+            letter,
+        };
+        let json = serde_json::to_value(&view).unwrap();
+        assert_eq!(json["job_id"], "j");
+        assert_eq!(json["error_kind"], "input_not_found");
+        assert_eq!(json["attempts"], 2);
+        assert_eq!(json["attempt_history"][0], "attempt 1 failed");
+        assert_eq!(json["requeue_to"], "transcoding_jobs");
+        assert_eq!(json.get("body"), None);
+        assert!(!json.to_string().contains("s3cret"), "{json}");
+    }
 
     #[test]
     fn a_dead_letter_shows_no_webhook_secret_nor_url_query() {
