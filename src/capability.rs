@@ -5,7 +5,7 @@
 //! machine (less `pipeline.hidden_elements`), its labels
 //! (`worker.labels`), its cores and its free scratch space. A job
 //! [`Needs`] the elements of its pipeline (beyond the few every worker
-//! has: [`BASE_ELEMENTS`]) and the labels in its `requires`.
+//! has: [`crate::plan::BASE_ELEMENTS`]) and the labels in its `requires`.
 //!
 //! A worker that lacks something a job needs does not fail it: it moves the
 //! job, its attempts untouched, to a queue of its own, named after the
@@ -23,19 +23,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::job::Job;
-use crate::plan::{factories_in, Plan, HLS_ELEMENTS, SCALE_ELEMENTS};
+use crate::plan::{factories_in, Plan, BASE_ELEMENTS, HLS_ELEMENTS, SCALE_ELEMENTS};
 use crate::rendition::Target;
-
-/// Elements every worker has (it refuses to start without them): they are
-/// never a job's requirement.
-pub const BASE_ELEMENTS: &[&str] = &[
-    "filesrc",
-    "decodebin",
-    "filesink",
-    "queue",
-    "tee",
-    "fakesink",
-];
 
 /// What a worker reports about itself (`inspect`, `ping`, the dashboard).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -85,29 +85,31 @@ pub fn check_container(output_key: &str) -> Result<(), JobError> {
     container_for(output_key).map(|_| ())
 }
 
+/// Elements every worker has (it refuses to start without them): they are
+/// never a job's requirement.
+pub const BASE_ELEMENTS: &[&str] = &[
+    "filesrc",
+    "decodebin",
+    "filesink",
+    "queue",
+    "tee",
+    "fakesink",
+];
+
 /// Every GStreamer element a worker with `settings` may need: its own
 /// source, decoder, tees, queues and sinks, the scaler, the subtitle text
 /// converter, the demuxers that verify outputs, every muxer and the HLS
 /// sink, the default audio branches, and each preset's elements. The
 /// worker loads the plugins of those it has ahead of the jobs.
 pub fn required_elements(settings: &Settings) -> Vec<String> {
-    let mut needed: Vec<String> = [
-        "filesrc",
-        "decodebin",
-        "filesink",
-        "queue",
-        "tee",
-        "fakesink",
-        "capssetter",
-        "qtdemux",
-        "matroskademux",
-    ]
-    .iter()
-    .chain(MUXERS)
-    .chain(HLS_ELEMENTS)
-    .chain(SCALE_ELEMENTS)
-    .map(|s| s.to_string())
-    .collect();
+    let mut needed: Vec<String> = BASE_ELEMENTS
+        .iter()
+        .chain(&["capssetter", "qtdemux", "matroskademux"])
+        .chain(MUXERS)
+        .chain(HLS_ELEMENTS)
+        .chain(SCALE_ELEMENTS)
+        .map(|s| s.to_string())
+        .collect();
     for text in [DEFAULT_AAC, DEFAULT_OPUS] {
         needed.extend(factories_in(text));
     }
