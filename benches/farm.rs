@@ -9,8 +9,8 @@
 //! `--out FILE`.
 //! Sections: overhead, per-job cost, memory, scale-out, renditions
 //! (farm/renditions.rs: a ladder from one decode against separate jobs),
-//! history (the dashboard and `status` with a large history), the
-//! one-core, Garage and 1080p overhead runs.
+//! history (the dashboard and `status` with a large history; also on
+//! Garage), the one-core, Garage and 1080p overhead runs.
 //!
 //! It starts its own RabbitMQ node and S3 server (s3-test-server) exactly as
 //! the tests do (tests/common), and a Garage node for the sections on a
@@ -52,7 +52,7 @@ const CHEAP_VIDEO: &str =
 const JOB_TIMEOUT: Duration = Duration::from_secs(900);
 
 /// The sections of a run, in the order they run.
-const SECTIONS: [&str; 12] = [
+const SECTIONS: [&str; 13] = [
     "overhead",
     "perjob",
     "memory",
@@ -62,13 +62,14 @@ const SECTIONS: [&str; 12] = [
     "renditions",
     "segments",
     "history",
+    "history-garage",
     "overhead-garage",
     "overhead-1core",
     "overhead-1080p",
 ];
 
 /// The sections that need Garage.
-const GARAGE_SECTIONS: [&str; 2] = ["memory-garage", "overhead-garage"];
+const GARAGE_SECTIONS: [&str; 3] = ["memory-garage", "history-garage", "overhead-garage"];
 
 /// Farm benchmarks: what the worker costs on top of the encoder (see
 /// benches/farm.rs). Run through `scripts/bench`.
@@ -102,7 +103,8 @@ struct Opts {
     history_jobs: usize,
     /// Run only these sections (in the usual order; the 60 s 1080p overhead
     /// input is its own section, last; `history` times the dashboard and
-    /// `status` over a history of --history-jobs records).
+    /// `status` over a history of --history-jobs records, `history-garage`
+    /// the same on Garage).
     #[arg(long, value_name = "SECTION,..", value_delimiter = ',', value_parser = SECTIONS)]
     only: Option<Vec<String>>,
     /// Leave out the 60 s 1080p MJPEG overhead input.
@@ -234,7 +236,7 @@ fn main() {
         )
     };
     let ts = &test_server;
-    let sections: [(&str, &dyn Fn() -> String); 12] = [
+    let sections: [(&str, &dyn Fn() -> String); 13] = [
         ("overhead", &|| {
             rt.block_on(overhead(&opts, Overhead::Main, ts, "1a", ""))
         }),
@@ -248,7 +250,11 @@ fn main() {
         ("scale", &|| rt.block_on(scale_out(&opts))),
         ("renditions", &|| rt.block_on(renditions::renditions(&opts))),
         ("segments", &|| rt.block_on(segments::segments(&opts))),
-        ("history", &|| rt.block_on(history(&opts))),
+        ("history", &|| rt.block_on(history(&opts, ts))),
+        ("history-garage", &|| match &garage_target {
+            Some(g) => rt.block_on(history_garage(&opts, g)),
+            None => no_garage("6b. Job history on Garage"),
+        }),
         ("overhead-garage", &|| match &garage_target {
             Some(g) => rt.block_on(overhead(&opts, Overhead::Main, g, "1d", " (on Garage)")),
             None => no_garage("1d. Overhead on Garage"),
@@ -310,7 +316,7 @@ fn header(opts: &Opts, date: &str, load_before: &str, total: Duration) -> String
          | ffmpeg | {ffmpeg} |\n\
          | source | commit {} |\n\
          | worker binary | `{WORKER_BIN}` |\n\
-         | S3 server | {} (sections 1d and 3c: Garage) |\n\
+         | S3 server | {} (sections 1d, 3c and 6b: Garage) |\n\
          | runs per command | {} |\n\
          | whole run | {:.0} s |\n",
         args.join(" "),
@@ -1723,18 +1729,27 @@ fn slowest(v: &[f64]) -> f64 {
     v.iter().copied().fold(0.0, f64::max)
 }
 
-async fn history(opts: &Opts) -> String {
-    let n = opts.history_jobs;
-    let runs = if opts.smoke { 3 } else { 20 };
+/// Records and timed runs of each request of the history sections.
+fn history_size(opts: &Opts) -> (usize, usize) {
+    (opts.history_jobs, if opts.smoke { 3 } else { 20 })
+}
+
+/// Section 6: the history on the S3 server `s3` (s3-test-server) and on
+/// the directory backend.
+async fn history(opts: &Opts, s3: &S3Target<'_>) -> String {
+    let (n, runs) = history_size(opts);
     let mut parts = String::new();
     for backend in ["S3", "directory"] {
         eprintln!("bench: history ({n} jobs, {backend} backend)");
-        let farm = if backend == "S3" {
-            Farm::s3(&[]).await
+        let (farm, store) = if backend == "S3" {
+            (s3.farm(&[]).await, "an s3-test-server bucket")
         } else {
-            Farm::directory(&[]).await
+            (Farm::directory(&[]).await, "a storage folder")
         };
-        parts += &history_on(&farm, backend, n, runs).await;
+        parts += &format!(
+            "\n### {backend} backend\n\n{}",
+            history_on(&farm, store, n, runs).await
+        );
     }
     format!(
         "\n## 6. Job history: the dashboard and `status` with {n} jobs of history\n{parts}\n\
@@ -1752,9 +1767,31 @@ async fn history(opts: &Opts) -> String {
     )
 }
 
-/// Section 5 on one farm: writes `n` records, times the dashboard and
-/// `status`, and returns the backend's table and figures.
-async fn history_on(farm: &Farm, backend: &str, n: usize, runs: usize) -> String {
+/// Section 6b: section 6's S3 backend on Garage, a production S3 server.
+async fn history_garage(opts: &Opts, garage: &S3Target<'_>) -> String {
+    let (n, runs) = history_size(opts);
+    eprintln!("bench: history ({n} jobs, S3 backend on Garage)");
+    let farm = garage.farm(&[]).await;
+    let part = history_on(&farm, "a Garage bucket", n, runs).await;
+    format!(
+        "\n## 6b. Job history on Garage: the dashboard and `status` with {n} jobs of history\n\n\
+         {part}\n\
+         Section 6's S3 backend, measured the same way, on a bucket of {server}. Garage keeps a \
+         bucket's keys in order in its metadata database and answers ListObjectsV2 by reading one \
+         range of them, as many as the page holds, as production S3 servers answer from their own \
+         index; so the row \"bare listing\" is the cost of a page of the index that does not grow \
+         with the history, and \"first page\" is that listing, the 50 reads of records (16 at once) \
+         and the page's other requests. A search by job id still lists the whole index, in pages \
+         of 1,000.\n\n\
+         Targets: first page <= 500 ms; `status` of one job <= 200 ms.\n",
+        server = garage.name,
+    )
+}
+
+/// Section 6 or 6b on one farm, whose history is in `store` (in words):
+/// writes `n` records, times the dashboard and `status`, and returns the
+/// table and figures.
+async fn history_on(farm: &Farm, store: &str, n: usize, runs: usize) -> String {
     let history =
         transcode_worker::history::History::from_settings(&farm.settings).expect("a history");
     let started = Instant::now();
@@ -1869,13 +1906,8 @@ async fn history_on(farm: &Farm, backend: &str, n: usize, runs: usize) -> String
         })
         .collect();
     let t = table(&["request", "median ms", "slowest ms", "runs"], &rows);
-    let store = if backend == "S3" {
-        "an s3-test-server bucket"
-    } else {
-        "a storage folder"
-    };
     format!(
-        "\n### {backend} backend\n\n{t}\n{n} records written into {store} in {wrote:.0} s. \
+        "{t}\n{n} records written into {store} in {wrote:.0} s. \
          Peak resident memory of the dashboard after all its requests: {:.1} MiB (VmHWM).\n",
         peak_kb as f64 / 1024.0
     )

@@ -299,6 +299,18 @@ def catalog_files(state):
     return files
 
 
+def catalog_subscriptions(state):
+    """{"Type[title]": [the resources it subscribes to]} of a compiled catalogue."""
+    path = glob.glob(f"{state}/var/client_data/catalog/*.json")[0]
+    with open(path) as f:
+        resources = json.load(f)["resources"]
+    subs = {}
+    for r in resources:
+        sub = r.get("parameters", {}).get("subscribe", [])
+        subs[f"{r['type']}[{r['title']}]"] = [sub] if isinstance(sub, str) else sub
+    return subs
+
+
 def ini_value(text, key):
     m = re.search(rf"^{key}=(.*)$", text, re.M)
     return m.group(1) if m else None
@@ -327,7 +339,7 @@ def check_rendered(report, tmp, binary, state, kind):
         section = files["/etc/supervisor/conf.d/transcode-worker.conf"][0]
         expect = {"numprocs": "4", "process_name": "%(program_name)s_%(process_num)02d", "stopsignal": "TERM",
                   "autorestart": "true", "killasgroup": "true", "stopasgroup": "false",
-                  "command": "/usr/local/libexec/transcode-worker-run"}
+                  "command": "/usr/local/libexec/transcode-worker-run run"}
         for key, value in expect.items():
             if ini_value(section, key) != value:
                 fail(f"puppet (supervisord): {key}={ini_value(section, key)}, expected {value}")
@@ -348,6 +360,8 @@ def check_rendered(report, tmp, binary, state, kind):
         stop = int(ini_value(unit, "TimeoutStopSec") or 0)
     if stop <= drain:
         fail(f"puppet ({kind}): stop timeout {stop}s must be above drain_timeout {drain:g}s")
+    check_commands(report, tmp, files, kind, env_text)
+    check_restarts(report, catalog_subscriptions(state), kind)
     # The worker itself accepts the rendered configuration and environment.
     d = f"{tmp}/{kind}-files"
     os.makedirs(d, exist_ok=True)
@@ -366,6 +380,88 @@ def check_rendered(report, tmp, binary, state, kind):
     if len(report.failures) == failed_before:
         report.ok(f"puppet ({kind}): rendered files (stop timeout {stop}s > drain {drain:g}s, "
                   "accepted by transcode-worker check-config)")
+
+
+# The test data's dashboard (puppet/tests/data/common.yaml, systemd.pp) and ingest.
+DASHBOARD_TOKEN = "da$hboard 'token'"
+DASHBOARD_LISTEN = {"supervisord": "0.0.0.0:3000", "systemd": "[::1]:3000"}
+RULES_FILE = "/etc/transcode-worker/ingest.toml"
+
+
+def check_commands(report, tmp, files, kind, env_text):
+    """The dashboard and ingest of the test data: one process each, started
+    by the workers' start script with their arguments; the dashboard's token
+    only in the environment file (and read back verbatim from it); the rules
+    file is TOML with rules."""
+    fail = report.fail
+    if kind == "supervisord":
+        paths = {name: f"/etc/supervisor/conf.d/transcode-worker-{name}.conf" for name in ("dashboard", "ingest")}
+        key = "command"
+    else:
+        paths = {name: f"/etc/systemd/system/transcode-worker-{name}.service" for name in ("dashboard", "ingest")}
+        key = "ExecStart"
+    wrapper = "/usr/local/libexec/transcode-worker-run"
+    expect = {"dashboard": f"{wrapper} dashboard --listen {DASHBOARD_LISTEN[kind]}",
+              "ingest": f"{wrapper} ingest --rules {RULES_FILE} --poll 30"}
+    for name, path in paths.items():
+        if path not in files:
+            fail(f"puppet ({kind}): no {path} for {name}")
+            continue
+        text = files[path][0]
+        if ini_value(text, key) != expect[name]:
+            fail(f"puppet ({kind}): {name}: {key}={ini_value(text, key)}, expected {expect[name]}")
+        if kind == "supervisord":
+            for k, v in {"numprocs": None, "stopsignal": "TERM", "autorestart": "true",
+                         "user": "transcode", "directory": "/var/lib/transcode-worker"}.items():
+                if ini_value(text, k) != v:
+                    fail(f"puppet (supervisord): {name}: {k}={ini_value(text, k)}, expected {v}")
+        else:
+            for k, v in {"User": "transcode", "KillSignal": "SIGTERM", "Restart": "always"}.items():
+                if ini_value(text, k) != v:
+                    fail(f"puppet (systemd): {name}: {k}={ini_value(text, k)}, expected {v}")
+    leaks = [p for p, (content, _) in files.items()
+             if p != "/etc/transcode-worker/environment" and DASHBOARD_TOKEN.split()[0] in content]
+    if leaks:
+        fail(f"puppet ({kind}): the dashboard's token is in {leaks}, not only in the environment file")
+    write(f"{tmp}/env-{kind}.sh", env_text)
+    got = subprocess.run(["sh", "-c", f". '{tmp}/env-{kind}.sh' && printf %s \"$TRANSCODE_DASHBOARD__TOKEN\""],
+                         capture_output=True, text=True).stdout
+    if got != DASHBOARD_TOKEN:
+        fail(f"puppet ({kind}): TRANSCODE_DASHBOARD__TOKEN from the environment file: got {got!r}")
+    rules, mode = files.get(RULES_FILE, ("", None))
+    if mode != "0640":
+        fail(f"puppet ({kind}): {RULES_FILE} mode {mode}, not 0640")
+    try:
+        if not tomllib.loads(rules).get("rule"):
+            fail(f"puppet ({kind}): {RULES_FILE} has no [[rule]]")
+    except tomllib.TOMLDecodeError as e:
+        fail(f"puppet ({kind}): {RULES_FILE} is not TOML: {e}")
+
+
+def check_restarts(report, subs, kind):
+    """What restarts what: the workers, the dashboard and ingest follow the
+    binary, the configuration, the environment file and the start script;
+    only ingest follows its rules file."""
+    shared = {"File[/usr/local/bin/transcode-worker]", "File[/etc/transcode-worker/config.toml]",
+              "File[/etc/transcode-worker/environment]", "File[/usr/local/libexec/transcode-worker-run]"}
+    rules = f"File[{RULES_FILE}]"
+    if kind == "supervisord":
+        restarts = {"workers": "Exec[supervisorctl restart transcode-worker]",
+                    "dashboard": "Exec[supervisorctl restart transcode-worker-dashboard]",
+                    "ingest": "Exec[supervisorctl restart transcode-worker-ingest]"}
+    else:
+        restarts = {"workers": "Service[transcode-worker@01]",
+                    "dashboard": "Service[transcode-worker-dashboard]",
+                    "ingest": "Service[transcode-worker-ingest]"}
+    for name, resource in restarts.items():
+        if resource not in subs:
+            report.fail(f"puppet ({kind}): no {resource} restarting the {name}")
+            continue
+        got = set(subs[resource])
+        if not shared <= got:
+            report.fail(f"puppet ({kind}): {resource} does not follow {sorted(shared - got)}")
+        if (rules in got) != (name == "ingest"):
+            report.fail(f"puppet ({kind}): {resource} {'ignores' if name == 'ingest' else 'follows'} {rules}")
 
 
 def main(tmp, binary):

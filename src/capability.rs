@@ -5,7 +5,7 @@
 //! machine (less `pipeline.hidden_elements`), its labels
 //! (`worker.labels`), its cores and its free scratch space. A job
 //! [`Needs`] the elements of its pipeline (beyond the few every worker
-//! has: [`BASE_ELEMENTS`]) and the labels in its `requires`.
+//! has: [`crate::plan::BASE_ELEMENTS`]) and the labels in its `requires`.
 //!
 //! A worker that lacks something a job needs does not fail it: it moves the
 //! job, its attempts untouched, to a queue of its own, named after the
@@ -23,26 +23,17 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::job::Job;
-use crate::plan::{factories_in, Plan, HLS_ELEMENTS, SCALE_ELEMENTS};
+use crate::plan::{factories_in, Plan, BASE_ELEMENTS, HLS_ELEMENTS, SCALE_ELEMENTS};
 use crate::rendition::Target;
-
-/// Elements every worker has (it refuses to start without them): they are
-/// never a job's requirement.
-pub const BASE_ELEMENTS: &[&str] = &[
-    "filesrc",
-    "decodebin",
-    "filesink",
-    "queue",
-    "tee",
-    "fakesink",
-];
 
 /// What a worker reports about itself (`inspect`, `ping`, the dashboard).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CapabilityReport {
     /// Encoders it can use (software and hardware), e.g. `x264enc`.
     pub encoders: Vec<String>,
-    /// Hardware-accelerated elements among them and the other elements.
+    /// Hardware-accelerated encoders, decoders and converters (capture
+    /// and playout cards, hardware sources and sinks, are left out: a job
+    /// cannot use them).
     pub hardware: Vec<String>,
     /// Muxers, e.g. `mp4mux`.
     pub muxers: Vec<String>,
@@ -97,7 +88,7 @@ impl Capabilities {
             if klass.contains("Decoder") {
                 report.decoders += 1;
             }
-            if klass.contains("Hardware") {
+            if klass.contains("Hardware") && !klass.contains("Source") && !klass.contains("Sink") {
                 report.hardware.push(name.clone());
             }
             elements.insert(name);
@@ -315,6 +306,7 @@ mod tests {
         ("mp4mux", "Codec/Muxer"),
         ("avdec_h264", "Codec/Decoder/Video"),
         ("videoconvert", "Filter/Converter/Video"),
+        ("decklinkvideosink", "Video/Sink/Hardware"),
     ];
 
     fn needs_of(elements: &[&str], labels: &[&str]) -> Needs {

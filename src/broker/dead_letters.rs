@@ -53,7 +53,8 @@ const REQUEUE_TRIES: u32 = 3;
 const RETURN_WAIT: std::time::Duration = std::time::Duration::from_millis(300);
 
 /// One message of the dead-letter queue, as its headers and body tell it.
-#[derive(Debug, Clone, PartialEq)]
+/// It serializes without its body (the reasons only).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct DeadLetterMessage {
     /// A stable id to requeue it by: its job's id, or `message-` and 16
     /// hex digits of its body's SHA-256 when the body names no valid one.
@@ -76,6 +77,7 @@ pub struct DeadLetterMessage {
     pub original_queue: Option<String>,
     /// The job message (it may hold secrets, such as a webhook's: whoever
     /// shows it must leave them out).
+    #[serde(skip)]
     pub body: Vec<u8>,
 }
 

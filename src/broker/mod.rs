@@ -24,11 +24,13 @@
 //!
 //! Parts: the connection and publishing (here), the topology
 //! ([`topology`]), a delivered job with its header protocol
-//! ([`Delivery`]), and the dead-letter queue read back
+//! ([`Delivery`]), queues read or made on a channel ([`queue_depths`],
+//! [`private_queue`], [`waiting_queues`]), and the dead-letter queue read back
 //! ([`Broker::peek_dead_letters`], [`Broker::requeue_dead_letter`]).
 
 mod dead_letters;
 mod delivery;
+mod queues;
 mod topology;
 
 use std::future::Future;
@@ -36,23 +38,18 @@ use std::time::Duration;
 
 use lapin::options::{
     BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
-    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
 use secrecy::ExposeSecret;
 
 pub use dead_letters::{DeadLetterMessage, DeadLetters, RequeueError, Requeued, REFRESH_AT};
 pub use delivery::{dead_letter_headers, string_headers, DeadLetter, Delivery};
+pub use queues::{declare_fanout, private_queue, queue_depths, waiting_queues, QueueDepths};
 pub use topology::{jobs_queue_arguments, Argument, QueueSpec, Topology};
 
-use crate::capability::WaitingQueue;
 use crate::config::{redact_url, BrokerSettings, Settings};
 use crate::job::Progress;
-
-/// How many messages wait in each queue, by name.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct QueueDepths(pub Vec<(String, u32)>);
 
 /// A broker failure.
 #[derive(Debug, thiserror::Error)]
@@ -422,129 +419,6 @@ impl Broker {
     }
 }
 
-/// How many messages wait in each of `queues` (passive declares on
-/// `channel`; a missing queue closes the channel with an error).
-pub async fn queue_depths(
-    channel: &Channel,
-    queues: &[String],
-) -> Result<QueueDepths, lapin::Error> {
-    let mut depths = QueueDepths::default();
-    for queue in queues {
-        let declared = channel
-            .queue_declare(
-                queue.as_str().into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        depths.0.push((queue.clone(), declared.message_count()));
-    }
-    Ok(depths)
-}
-
-/// The queues of jobs waiting for capable workers, as the requirements
-/// stream `stream` records them (read on `channel`, which this closes,
-/// from its first entry until it has given them all, or nothing more for
-/// a moment). Empty when the stream cannot be read.
-pub async fn waiting_queues(channel: Channel, stream: &str) -> Vec<WaitingQueue> {
-    use futures_util::StreamExt;
-    /// How long a read waits for the next entry before it takes the
-    /// stream as read.
-    const QUIET: Duration = Duration::from_millis(300);
-    let mut found = std::collections::BTreeSet::new();
-    // The entries the stream holds now: enough read, no wait at the end.
-    let held = queue_depths(&channel, &[stream.to_string()])
-        .await
-        .ok()
-        .and_then(|d| d.0.first().map(|(_, n)| *n as usize));
-    if held == Some(0) {
-        let _ = channel.close(200, "done".into()).await;
-        return Vec::new();
-    }
-    let _ = channel
-        .basic_qos(500, lapin::options::BasicQosOptions::default())
-        .await;
-    let mut arguments = FieldTable::default();
-    arguments.insert(
-        "x-stream-offset".into(),
-        lapin::types::AMQPValue::LongString("first".into()),
-    );
-    let consumer = channel
-        .basic_consume(
-            stream.into(),
-            "read-requirements".into(),
-            BasicConsumeOptions::default(),
-            arguments,
-        )
-        .await;
-    if let Ok(mut consumer) = consumer {
-        let mut read = 0;
-        while let Ok(Some(Ok(delivery))) = tokio::time::timeout(QUIET, consumer.next()).await {
-            read += 1;
-            if let Ok(w) = serde_json::from_slice(&delivery.data) {
-                found.insert(w);
-            }
-            let _ = delivery
-                .acker
-                .ack(lapin::options::BasicAckOptions::default())
-                .await;
-            if held.is_some_and(|n| read >= n) {
-                break;
-            }
-        }
-    }
-    let _ = channel.close(200, "done".into()).await;
-    found.into_iter().collect()
-}
-
-/// Declares a server-named, exclusive, auto-delete queue bound to the
-/// fanout `exchange`, and consumes it without acks.
-pub async fn private_queue(
-    channel: &Channel,
-    exchange: Option<&str>,
-    consumer_tag: &str,
-) -> Result<(String, lapin::Consumer), lapin::Error> {
-    let queue = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    let name = queue.name().to_string();
-    if let Some(exchange) = exchange {
-        channel
-            .queue_bind(
-                name.as_str().into(),
-                exchange.into(),
-                "".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-    }
-    let consumer = channel
-        .basic_consume(
-            name.as_str().into(),
-            consumer_tag.into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                exclusive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    Ok((name, consumer))
-}
-
 /// Opens a connection to the first broker URL that answers (the URLs of a
 /// cluster's nodes are tried in order, each within `connect_timeout`).
 /// Returns it with its redacted URL.
@@ -584,22 +458,6 @@ pub async fn open_connection(
         url: redact_url(&settings.url),
         after: settings.connect_timeout,
     }))
-}
-
-/// Declares `name` as a durable fanout exchange (the progress exchange and
-/// the control exchange are both one).
-pub async fn declare_fanout(channel: &Channel, name: &str) -> Result<(), lapin::Error> {
-    channel
-        .exchange_declare(
-            name.into(),
-            ExchangeKind::Fanout,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
 }
 
 /// Publishes with `publish` until the broker takes the message. A broker

@@ -230,13 +230,6 @@ pub fn capabilities_table(answers: &[Answer]) -> String {
         if libav > 0 {
             encoders.push(format!("+{libav} avenc_*"));
         }
-        let or_dash = |v: &[String]| {
-            if v.is_empty() {
-                "-".to_string()
-            } else {
-                v.join(",")
-            }
-        };
         t.add_row(vec![
             a.info.worker.clone(),
             c.cores.to_string(),
@@ -305,13 +298,6 @@ pub fn ping_table(answers: &[Answer]) -> String {
         "WORKER", "HOST", "PID", "VERSION", "REPLY", "LABELS", "HARDWARE",
     ]);
     for p in pongs(answers) {
-        let or_dash = |v: &[String]| {
-            if v.is_empty() {
-                "-".to_string()
-            } else {
-                v.join(",")
-            }
-        };
         t.add_row(vec![
             p.worker,
             p.host,
@@ -328,6 +314,15 @@ pub fn ping_table(answers: &[Answer]) -> String {
 /// The `ping --json` output: a JSON array of [`Pong`].
 pub fn ping_json(answers: &[Answer]) -> String {
     serde_json::to_string_pretty(&pongs(answers)).expect("pongs serialize")
+}
+
+/// The items of `v` joined by commas, or `-` when there are none.
+fn or_dash(v: &[String]) -> String {
+    if v.is_empty() {
+        "-".to_string()
+    } else {
+        v.join(",")
+    }
 }
 
 #[cfg(test)]

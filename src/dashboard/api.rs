@@ -10,11 +10,14 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use super::{json_reply, path_id, Answer, ApiError, Dashboard};
-use crate::broker::DeadLetterMessage;
+
+mod dead_letters;
+
 use crate::capability::CapabilityReport;
 use crate::history::{Filter, JobRecord, JobState};
 use crate::job::{Phase, Priority};
 use crate::status::{JobInfo, WorkerInfo};
+pub use dead_letters::{dead_letters, safe_job_fields, DeadLetterView};
 
 /// Jobs listed when the request names no limit.
 pub const DEFAULT_JOBS: usize = 50;
@@ -458,139 +461,6 @@ pub async fn job(d: &Dashboard, id: &str) -> Answer {
     Ok(json_reply(StatusCode::OK, &view))
 }
 
-/// A dead letter as the dashboard shows it: the reasons from its headers,
-/// and from its job message only what is safe to show (no webhook
-/// secret, no webhook URL query).
-#[derive(Debug, Serialize)]
-pub struct DeadLetterView {
-    /// The id to requeue it by.
-    pub id: String,
-    /// Its job's id.
-    pub job_id: Option<String>,
-    /// Why it failed, for people.
-    pub error: Option<String>,
-    /// Why it failed, for programs.
-    pub error_kind: Option<String>,
-    /// How many attempts it had.
-    pub attempts: Option<u32>,
-    /// One line per failed attempt.
-    pub attempt_history: Vec<String>,
-    /// The worker that gave up on it.
-    pub worker: Option<String>,
-    /// When.
-    pub failed_at: Option<String>,
-    /// The queue it came from.
-    pub original_queue: Option<String>,
-    /// The jobs queue a requeue puts it in.
-    pub requeue_to: String,
-    /// The job message's fields that are safe to show, when it is JSON.
-    pub job: Option<serde_json::Value>,
-    /// Size of the job message, bytes.
-    pub message_bytes: usize,
-}
-
-/// The fields of a job message that may be shown: no webhook secret, and
-/// the webhook's URL without its query or fragment (which may carry a
-/// token).
-pub fn safe_job_fields(body: &[u8]) -> Option<serde_json::Value> {
-    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let object = value.as_object()?;
-    let mut shown = serde_json::Map::new();
-    for key in [
-        "job_id",
-        "input_key",
-        "input_s3_path",
-        "output_key",
-        "output_s3_path",
-        "preset",
-        "transcode_options",
-        "priority",
-        "requires",
-    ] {
-        if let Some(v) = object.get(key) {
-            shown.insert(key.to_string(), v.clone());
-        }
-    }
-    if let Some(outputs) = object.get("outputs").and_then(|o| o.as_array()) {
-        let keys: Vec<serde_json::Value> = outputs
-            .iter()
-            .filter_map(|o| {
-                o.get("output_key")
-                    .or_else(|| o.get("output_s3_path"))
-                    .cloned()
-            })
-            .collect();
-        shown.insert("outputs".into(), keys.into());
-    }
-    if let Some(hook) = object.get("webhook").and_then(|w| w.as_object()) {
-        let url = hook
-            .get("url")
-            .and_then(|u| u.as_str())
-            .and_then(|u| url::Url::parse(u).ok())
-            .map(|mut u| {
-                u.set_query(None);
-                u.set_fragment(None);
-                let _ = u.set_password(None);
-                let _ = u.set_username("");
-                u.to_string()
-            });
-        shown.insert(
-            "webhook".into(),
-            serde_json::json!({
-                "url": url,
-                "events": hook.get("events"),
-                "signed": hook.get("secret").is_some_and(|s| !s.is_null()),
-            }),
-        );
-    }
-    Some(shown.into())
-}
-
-impl DeadLetterView {
-    fn of(m: DeadLetterMessage, settings: &crate::config::BrokerSettings) -> DeadLetterView {
-        DeadLetterView {
-            requeue_to: m.requeue_queue(settings),
-            job: safe_job_fields(&m.body),
-            message_bytes: m.body.len(),
-            id: m.id,
-            job_id: m.job_id,
-            error: m.error,
-            error_kind: m.error_kind,
-            attempts: m.attempts,
-            attempt_history: m.attempt_history,
-            worker: m.worker,
-            failed_at: m.failed_at,
-            original_queue: m.original_queue,
-        }
-    }
-}
-
-/// `GET /api/dead-letters?limit=`: the oldest dead letters with their
-/// reasons (left in the queue), and how many there are.
-pub async fn dead_letters(d: &Dashboard, query: &str) -> Answer {
-    let params = params(query, &["limit"])?;
-    let limit = limit(&params, DEFAULT_DEAD_LETTERS, MAX_DEAD_LETTERS)?;
-    let broker = d.broker().await?;
-    let peeked = broker
-        .peek_dead_letters(limit)
-        .await
-        .map_err(|e| ApiError::unavailable(e.to_string()))?;
-    let settings = &d.settings().broker;
-    let views: Vec<DeadLetterView> = peeked
-        .messages
-        .into_iter()
-        .map(|m| DeadLetterView::of(m, settings))
-        .collect();
-    Ok(json_reply(
-        StatusCode::OK,
-        &serde_json::json!({
-            "queue": settings.dead_letter_queue,
-            "total": peeked.total,
-            "dead_letters": views,
-        }),
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -610,23 +480,6 @@ mod tests {
         }
         let e = params("colour=red", &["limit"]).unwrap_err();
         assert!(e.message.contains("colour"), "{}", e.message);
-    }
-
-    #[test]
-    fn a_dead_letter_shows_no_webhook_secret_nor_url_query() {
-        let body = br#"{"job_id":"j","input_key":"in/a.mov","output_key":"o.mp4",
-            "webhook":{"url":"https://hooks.example/t?token=abc#x","secret":"s3cret-hook",
-            "events":["failed"]},"outputs":[{"output_key":"a.mp4"}],"surprise":"field"}"#;
-        let shown = safe_job_fields(body).unwrap();
-        let text = shown.to_string();
-        assert!(!text.contains("s3cret-hook"), "{text}");
-        assert!(!text.contains("token=abc"), "{text}");
-        assert!(!text.contains("surprise"), "{text}");
-        assert_eq!(shown["webhook"]["url"], "https://hooks.example/t");
-        assert_eq!(shown["webhook"]["signed"], true);
-        assert_eq!(shown["outputs"], serde_json::json!(["a.mp4"]));
-        assert_eq!(shown["input_key"], "in/a.mov");
-        assert_eq!(safe_job_fields(b"not json"), None);
     }
 
     #[test]

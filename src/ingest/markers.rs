@@ -10,7 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::INTERNAL_PREFIX;
-use crate::storage::{Storage, StorageError, Transferred};
+use crate::storage::{Storage, StorageError};
 
 /// The folder of the markers.
 pub fn prefix() -> String {
@@ -50,20 +50,8 @@ pub async fn is_made(storage: &Storage, job_id: &str) -> Result<bool, StorageErr
 
 /// Stores `marker`.
 pub async fn write(storage: &Storage, marker: &Marker) -> Result<(), StorageError> {
-    let scratch = tempfile::tempdir().map_err(|e| StorageError::Local(e.to_string()))?;
-    let path = scratch.path().join("marker.json");
     let body = serde_json::to_vec_pretty(marker).expect("a marker serializes");
-    tokio::fs::write(&path, body)
-        .await
-        .map_err(|e| StorageError::Local(format!("{}: {e}", path.display())))?;
-    storage
-        .store(
-            &path,
-            &marker_key(&marker.job_id),
-            &[],
-            &Transferred::default(),
-        )
-        .await
+    storage.put_small(&marker_key(&marker.job_id), &body).await
 }
 
 #[cfg(test)]

@@ -249,54 +249,6 @@ fn end_timings(
     }
 }
 
-/// Builds a branch bin from checked launch text and refuses any source or
-/// sink in it (a second line of defence behind the fragment allowlist).
-pub(super) fn branch(text: &str, what: &str) -> Result<gst::Bin, JobError> {
-    let bin = gst::parse::bin_from_description(&format!("queue ! {text}"), true).map_err(|e| {
-        let message = format!("the {what} branch {text:?} does not parse: {e}");
-        // A missing element is this machine's installation, not the job's fault.
-        let kind = if e.matches(gst::ParseError::NoSuchElement) {
-            ErrorKind::Internal
-        } else {
-            ErrorKind::InvalidPipeline
-        };
-        JobError::new(kind, message)
-    })?;
-    let invalid = |why: String| JobError::new(ErrorKind::InvalidPipeline, why);
-    for element in bin.iterate_recurse().into_iter().flatten() {
-        let klass = element
-            .factory()
-            .map(|f| {
-                f.metadata(gst::ELEMENT_METADATA_KLASS)
-                    .unwrap_or_default()
-                    .to_string()
-            })
-            .unwrap_or_default();
-        if klass.contains("Source") || klass.contains("Sink") {
-            return Err(invalid(format!(
-                "the {what} branch may not contain a source or sink ({})",
-                element.name()
-            )));
-        }
-    }
-    Ok(bin)
-}
-
-/// Links a branch's output into a new pad of the muxer.
-pub(super) fn link_branch(
-    bin: &gst::Bin,
-    mux: &gst::Element,
-    muxer: &str,
-    what: &str,
-) -> Result<(), JobError> {
-    bin.link(mux).map_err(|_| {
-        JobError::new(
-            ErrorKind::InvalidPipeline,
-            format!("the {what} branch's output cannot go into {muxer} (wrong codec for this container?)"),
-        )
-    })
-}
-
 fn bus_error(pipeline: &gst::Pipeline) -> Option<JobError> {
     let bus = pipeline.bus()?;
     let msg =

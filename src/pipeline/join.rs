@@ -7,7 +7,7 @@
 //! its first frame is a key frame and sits where the segment starts, the
 //! decoding timestamps only grow, and every segment begins where the one
 //! before it ends, so the output has no gap and no repeated frame. The
-//! output is then verified like any output ([`super::verify`]).
+//! output is then verified like any output ([`super::verify()`]).
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};

@@ -15,7 +15,7 @@
 //!   and against what the pipeline wrote, without decoding anything;
 //! - [`finish`] (package.rs): each output verified; an HLS package's
 //!   variants checked and aligned, their playlists and the master
-//!   playlist written.
+//!   playlist written;
 //! - [`run_part`] (parts.rs): the pipelines of segmented jobs (scan.rs,
 //!   segment.rs, join.rs).
 //!

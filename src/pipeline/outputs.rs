@@ -3,7 +3,9 @@
 //! variant of an HLS package an `hlssink2` writing its segments and
 //! playlist; and in front of each, the video branch (with the worker's
 //! scaler when the encoding scales, see [`crate::rendition::sizing`]) and
-//! one audio branch per audio track it carries.
+//! one audio branch per audio track it carries. A branch is the checked
+//! launch text of a preset or fragment, built as a bin that may hold no
+//! source or sink ([`branch`]).
 //!
 //! Every branch starts with a `queue` after the `tee` of its stream, so a
 //! slow encoder holds the others back (the tee waits for the fullest
@@ -27,9 +29,8 @@
 use gstreamer as gst;
 use gstreamer::prelude::*;
 
-use super::build::{branch, link_branch};
 use super::{internal, make, path_str, MediaInfo, TranscodeSpec};
-use crate::error::JobError;
+use crate::error::{ErrorKind, JobError};
 use crate::hls::{SEGMENT_PATTERN, VARIANT_PLAYLIST};
 use crate::rendition::{chosen_variants, sizing, Encoding, Target};
 
@@ -275,4 +276,52 @@ fn fixed_key_frames(video: &gst::Bin, segment_seconds: u32, frame_rate: f64) {
             element.set_property("option-string", "scenecut=0");
         }
     }
+}
+
+/// Builds a branch bin from checked launch text and refuses any source or
+/// sink in it (a second line of defence behind the fragment allowlist).
+pub(super) fn branch(text: &str, what: &str) -> Result<gst::Bin, JobError> {
+    let bin = gst::parse::bin_from_description(&format!("queue ! {text}"), true).map_err(|e| {
+        let message = format!("the {what} branch {text:?} does not parse: {e}");
+        // A missing element is this machine's installation, not the job's fault.
+        let kind = if e.matches(gst::ParseError::NoSuchElement) {
+            ErrorKind::Internal
+        } else {
+            ErrorKind::InvalidPipeline
+        };
+        JobError::new(kind, message)
+    })?;
+    let invalid = |why: String| JobError::new(ErrorKind::InvalidPipeline, why);
+    for element in bin.iterate_recurse().into_iter().flatten() {
+        let klass = element
+            .factory()
+            .map(|f| {
+                f.metadata(gst::ELEMENT_METADATA_KLASS)
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .unwrap_or_default();
+        if klass.contains("Source") || klass.contains("Sink") {
+            return Err(invalid(format!(
+                "the {what} branch may not contain a source or sink ({})",
+                element.name()
+            )));
+        }
+    }
+    Ok(bin)
+}
+
+/// Links a branch's output into a new pad of the muxer.
+pub(super) fn link_branch(
+    bin: &gst::Bin,
+    mux: &gst::Element,
+    muxer: &str,
+    what: &str,
+) -> Result<(), JobError> {
+    bin.link(mux).map_err(|_| {
+        JobError::new(
+            ErrorKind::InvalidPipeline,
+            format!("the {what} branch's output cannot go into {muxer} (wrong codec for this container?)"),
+        )
+    })
 }

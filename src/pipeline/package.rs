@@ -1,5 +1,5 @@
 //! Finishing the outputs of a run before they are stored: a file is
-//! verified from its headers ([`super::verify`]); an HLS package has each
+//! verified from its headers ([`super::verify()`]); an HLS package has each
 //! variant checked (its playlist, every segment present and not empty,
 //! the first segment's tracks read by `tsdemux`, its length against the
 //! input's), the variants' segments checked to start at the same times,

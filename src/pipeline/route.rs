@@ -15,8 +15,7 @@ use std::time::Duration;
 use gstreamer as gst;
 use gstreamer::prelude::*;
 
-use super::build::link_branch;
-use super::outputs::Rendition;
+use super::outputs::{link_branch, Rendition};
 use super::subtitles::{is_quicktime, rewrite_text, subtitle_route, SubtitleRoute};
 use super::tracks::{TrackKind, Watch, Written, WrittenTrack};
 use super::{caps_name, make};

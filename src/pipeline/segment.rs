@@ -26,7 +26,8 @@ use gstreamer as gst;
 use gstreamer::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::build::{branch, classify, link_branch};
+use super::build::classify;
+use super::outputs::{branch, link_branch};
 use super::tracks::Watch;
 use super::{caps_name, internal, make, path_str, NullOnDrop};
 use crate::error::{ErrorKind, JobError};

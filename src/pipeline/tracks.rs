@@ -22,7 +22,7 @@
 //! track that the container can hold but the pipeline fails to carry is not
 //! left out: it fails the attempt (the audio branch's output not fitting
 //! the muxer is `invalid_pipeline`; a track missing from the written file
-//! is `output_invalid`, see [`super::verify`]).
+//! is `output_invalid`, see [`super::verify()`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -95,7 +95,7 @@ pub struct Format {
 }
 
 /// What the writing pipeline knows about the file it wrote: the promise
-/// [`super::verify`] holds the file to.
+/// [`super::verify()`] holds the file to.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Written {
     /// The tracks linked into the muxer, in the order they were linked.

@@ -112,7 +112,7 @@ pub struct SegmentPlan {
     /// The job's failed attempts before it was split.
     #[serde(default)]
     pub history: Vec<String>,
-    /// What its output depends on (see [`crate::plan::Plan::fingerprint`]).
+    /// What its output depends on (see [`crate::plan::OutputPlan::fingerprint`]).
     pub fingerprint: String,
     /// The checked video branch.
     pub video: String,

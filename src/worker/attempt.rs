@@ -20,12 +20,11 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::store::ToStore;
 use super::Worker;
 use crate::error::{ErrorKind, JobError};
 use crate::job::{Job, Phase};
 use crate::pipeline::{Made, Outcome, Output, TranscodeSpec};
-use crate::plan::Plan;
+use crate::plan::{OutputPlan, Plan};
 use crate::progress::Reporter;
 use crate::storage::{Storage, Transferred};
 use crate::transcoder::ChildEvent;
@@ -408,5 +407,36 @@ pub(super) async fn watch_transfer<T>(
                 reporter.update(phase, fraction, None).await;
             }
         }
+    }
+}
+
+/// One output to store: where it is, what it is, what it depends on.
+pub(super) struct ToStore<'p> {
+    /// Its plan.
+    pub(super) plan: &'p OutputPlan,
+    /// The file, or the folder of the package, in the scratch folder.
+    pub(super) path: &'p Path,
+    /// What the pipeline made and verified.
+    pub(super) made: &'p Made,
+    /// Its fingerprint.
+    pub(super) fingerprint: &'p str,
+}
+
+impl ToStore<'_> {
+    /// Every file to upload, in order: (local path, key).
+    pub(super) fn files(&self) -> Vec<(PathBuf, String)> {
+        if self.made.files.is_empty() {
+            return vec![(self.path.to_path_buf(), self.plan.key.clone())];
+        }
+        let folder = self
+            .plan
+            .key
+            .rsplit_once('/')
+            .map_or(String::new(), |(dir, _)| format!("{dir}/"));
+        self.made
+            .files
+            .iter()
+            .map(|f| (self.path.join(f), format!("{folder}{f}")))
+            .collect()
     }
 }

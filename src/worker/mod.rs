@@ -32,8 +32,9 @@ use std::time::Duration;
 use rand::Rng;
 
 use crate::broker::BrokerError;
-use crate::capability::{Capabilities, Requirement, WaitingQueue, BASE_ELEMENTS};
+use crate::capability::{Capabilities, Requirement, WaitingQueue};
 use crate::config::Settings;
+use crate::plan::BASE_ELEMENTS;
 use crate::scratch::Scratch;
 use crate::status::Status;
 use crate::storage::Storage;

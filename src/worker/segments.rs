@@ -25,9 +25,9 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use super::attempt::{drive, watch_transfer, Attempt, Produced, Stored};
+use super::attempt::{drive, watch_transfer, Attempt, Produced, Stored, ToStore};
 use super::session::Abort;
-use super::store::{ToStore, META_JOB_ID};
+use super::store::META_JOB_ID;
 use super::Worker;
 use crate::broker::{dead_letter_headers, Broker, DeadLetter, Delivery};
 use crate::error::{Disposition, ErrorKind, JobError};

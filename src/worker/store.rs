@@ -17,11 +17,9 @@
 
 use std::path::Path;
 
-use super::attempt::{watch_transfer, Attempt};
+use super::attempt::{watch_transfer, Attempt, ToStore};
 use crate::error::{ErrorKind, JobError};
 use crate::job::Phase;
-use crate::pipeline::Made;
-use crate::plan::OutputPlan;
 use crate::storage::Transferred;
 
 /// Object metadata naming the job that made an output.
@@ -34,37 +32,6 @@ const META_SCALED: &str = "transcode-scaled";
 const META_PACKAGE_BYTES: &str = "transcode-package-bytes";
 /// Object metadata of a master playlist: its variants.
 const META_VARIANTS: &str = "transcode-variants";
-
-/// One output to store: where it is, what it is, what it depends on.
-pub(super) struct ToStore<'p> {
-    /// Its plan.
-    pub(super) plan: &'p OutputPlan,
-    /// The file, or the folder of the package, in the scratch folder.
-    pub(super) path: &'p Path,
-    /// What the pipeline made and verified.
-    pub(super) made: &'p Made,
-    /// Its fingerprint.
-    pub(super) fingerprint: &'p str,
-}
-
-impl ToStore<'_> {
-    /// Every file to upload, in order: (local path, key).
-    fn files(&self) -> Vec<(std::path::PathBuf, String)> {
-        if self.made.files.is_empty() {
-            return vec![(self.path.to_path_buf(), self.plan.key.clone())];
-        }
-        let folder = self
-            .plan
-            .key
-            .rsplit_once('/')
-            .map_or(String::new(), |(dir, _)| format!("{dir}/"));
-        self.made
-            .files
-            .iter()
-            .map(|f| (self.path.join(f), format!("{folder}{f}")))
-            .collect()
-    }
-}
 
 impl Attempt<'_> {
     /// The bytes stored under `key` by an earlier attempt of this job with

@@ -10,6 +10,13 @@
 //! of the program finishes it, and `supervisorctl start` brings the stopped
 //! worker back, able to take jobs again.
 //!
+//! With `dashboard` and ingest's rules, the catalogue's dashboard and
+//! ingest programs run the same way beside a worker: the dashboard answers
+//! on its configured address (actions only with the token of the
+//! environment file), ingest turns an upload into a job the worker
+//! completes, and `supervisorctl stop` ends each with exit status 0. The
+//! rules file of a `source` is copied from there, as `puppet apply` would.
+//!
 //! Needs `puppet` and `supervisor` (Debian packages, installed by
 //! `scripts/install-deps`).
 
@@ -71,12 +78,57 @@ fn current_user() -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
+/// The module's parameters (as Hiera gives them) for `worker_count`
+/// workers of `farm` under a private supervisord, everything inside
+/// `root`: the farm's settings, a 1 s drain, no packages, user or
+/// supervisord managed, the test's user.
+fn module_params(farm: &Farm, root: &Path, worker_count: u32) -> serde_json::Map<String, Value> {
+    let mut extra_env: serde_json::Map<String, Value> = farm
+        .env
+        .iter()
+        .filter(|(k, _)| !CLASS_ENV.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect();
+    extra_env.insert("RUST_LOG".into(), "info,transcode_worker=debug".into());
+    let env = |k: &str| farm.env.get(k).cloned().unwrap_or_default();
+    let params = json!({
+        "transcode_worker::binary_source": WORKER_BIN,
+        "transcode_worker::binary_path": WORKER_BIN,
+        "transcode_worker::amqp_url": env("AMQP_URL"),
+        "transcode_worker::s3_bucket": env("S3_BUCKET_NAME"),
+        "transcode_worker::s3_endpoint": env("AWS_S3_ENDPOINT_URL"),
+        "transcode_worker::s3_region": env("AWS_REGION"),
+        "transcode_worker::aws_access_key_id": env("AWS_ACCESS_KEY_ID"),
+        "transcode_worker::aws_secret_access_key": env("AWS_SECRET_ACCESS_KEY"),
+        "transcode_worker::worker_count": worker_count,
+        "transcode_worker::drain_timeout": DRAIN_SECS,
+        "transcode_worker::extra_env": extra_env,
+        "transcode_worker::log_format": "pretty",
+        "transcode_worker::manage_packages": false,
+        "transcode_worker::manage_user": false,
+        "transcode_worker::manage_supervisor": false,
+        "transcode_worker::user": current_user(),
+        "transcode_worker::wrapper_path": root.join("libexec/transcode-worker-run"),
+        "transcode_worker::config_dir": root.join("etc"),
+        "transcode_worker::state_dir": root.join("state"),
+        "transcode_worker::scratch_dir": root.join("state/scratch"),
+        "transcode_worker::log_dir": root.join("log"),
+        "transcode_worker::supervisor_conf_dir": root.join("conf.d"),
+    });
+    match params {
+        Value::Object(map) => map,
+        _ => unreachable!(),
+    }
+}
+
 /// What the module's catalogue holds: the files it would manage.
 struct Catalogue {
     /// Path -> (content, mode) of every file with content.
     files: HashMap<String, (String, Option<String>)>,
     /// Every directory it would make.
     dirs: Vec<String>,
+    /// Path -> (source, mode) of every file copied from a source.
+    sources: HashMap<String, (String, Option<String>)>,
 }
 
 /// Compiles the module with `hiera` as its parameters (automatic parameter
@@ -151,6 +203,7 @@ fn compile_site(dir: &Path, hiera: &Value, site: &str) -> Catalogue {
     let catalog: Value = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
     let mut files = HashMap::new();
     let mut dirs = Vec::new();
+    let mut sources = HashMap::new();
     for resource in catalog["resources"].as_array().expect("resources") {
         if resource["type"] != "File" {
             continue;
@@ -162,13 +215,21 @@ fn compile_site(dir: &Path, hiera: &Value, site: &str) -> Catalogue {
         } else if let Some(content) = params["content"].as_str() {
             let mode = params["mode"].as_str().map(str::to_string);
             files.insert(title, (content.to_string(), mode));
+        } else if let Some(source) = params["source"].as_str() {
+            let mode = params["mode"].as_str().map(str::to_string);
+            sources.insert(title, (source.to_string(), mode));
         }
     }
-    Catalogue { files, dirs }
+    Catalogue {
+        files,
+        dirs,
+        sources,
+    }
 }
 
 /// Writes the catalogue's directories and files (all inside the test's
-/// folder) as `puppet apply` would.
+/// folder) as `puppet apply` would; files from a source are copied from
+/// that path (the binary, whose source is where it is, stays).
 fn write_catalogue(catalogue: &Catalogue, root: &Path) {
     use std::os::unix::fs::PermissionsExt;
     for dir in &catalogue.dirs {
@@ -178,7 +239,21 @@ fn write_catalogue(catalogue: &Catalogue, root: &Path) {
         );
         std::fs::create_dir_all(dir).unwrap();
     }
-    for (path, (content, mode)) in &catalogue.files {
+    let copied = catalogue
+        .sources
+        .iter()
+        .filter(|(path, (source, _))| path != &source)
+        .map(|(path, (source, mode))| {
+            let content = std::fs::read_to_string(source)
+                .unwrap_or_else(|e| panic!("source {source} of {path}: {e}"));
+            (path, (content, mode.clone()))
+        })
+        .collect::<Vec<_>>();
+    let written = catalogue
+        .files
+        .iter()
+        .map(|(p, (c, m))| (p, (c.clone(), m.clone())));
+    for (path, (content, mode)) in written.chain(copied) {
         assert!(
             Path::new(path).starts_with(root),
             "{path} is outside {root:?}"
@@ -186,7 +261,7 @@ fn write_catalogue(catalogue: &Catalogue, root: &Path) {
         std::fs::create_dir_all(Path::new(path).parent().unwrap()).unwrap();
         std::fs::write(path, content).unwrap();
         if let Some(mode) = mode {
-            let mode = u32::from_str_radix(mode, 8).expect("octal mode");
+            let mode = u32::from_str_radix(&mode, 8).expect("octal mode");
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
         }
     }
@@ -386,40 +461,9 @@ async fn supervisorctl_stop_mid_job_gives_the_job_to_the_other_worker_and_start_
     // The module, with test parameters, compiled into a temporary root.
     let root = TempDir::new().expect("temp dir");
     let root_path = root.path();
-    let mut extra_env: serde_json::Map<String, Value> = farm
-        .env
-        .iter()
-        .filter(|(k, _)| !CLASS_ENV.contains(&k.as_str()))
-        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-        .collect();
-    extra_env.insert("RUST_LOG".into(), "info,transcode_worker=debug".into());
-    let env = |k: &str| farm.env.get(k).cloned().unwrap_or_default();
     let catalogue = compile_module(
         root_path,
-        &json!({
-            "transcode_worker::binary_source": WORKER_BIN,
-            "transcode_worker::binary_path": WORKER_BIN,
-            "transcode_worker::amqp_url": env("AMQP_URL"),
-            "transcode_worker::s3_bucket": env("S3_BUCKET_NAME"),
-            "transcode_worker::s3_endpoint": env("AWS_S3_ENDPOINT_URL"),
-            "transcode_worker::s3_region": env("AWS_REGION"),
-            "transcode_worker::aws_access_key_id": env("AWS_ACCESS_KEY_ID"),
-            "transcode_worker::aws_secret_access_key": env("AWS_SECRET_ACCESS_KEY"),
-            "transcode_worker::worker_count": 2,
-            "transcode_worker::drain_timeout": DRAIN_SECS,
-            "transcode_worker::extra_env": extra_env,
-            "transcode_worker::log_format": "pretty",
-            "transcode_worker::manage_packages": false,
-            "transcode_worker::manage_user": false,
-            "transcode_worker::manage_supervisor": false,
-            "transcode_worker::user": current_user(),
-            "transcode_worker::wrapper_path": root_path.join("libexec/transcode-worker-run"),
-            "transcode_worker::config_dir": root_path.join("etc"),
-            "transcode_worker::state_dir": root_path.join("state"),
-            "transcode_worker::scratch_dir": root_path.join("state/scratch"),
-            "transcode_worker::log_dir": root_path.join("log"),
-            "transcode_worker::supervisor_conf_dir": root_path.join("conf.d"),
-        }),
+        &Value::Object(module_params(&farm, root_path, 2)),
     );
     let section_path = root_path.join("conf.d/transcode-worker.conf");
     let section = &catalogue
@@ -631,4 +675,230 @@ async fn the_puppet_definitions_make_a_fresh_broker_keep_early_jobs() {
     let worker = farm.spawn_worker(&defaults);
     let last = watch.until_final("early", JOB_TIMEOUT).await;
     assert_eq!(last.state, Phase::Completed, "{last:#?}\n{}", worker.logs());
+}
+
+/// The dashboard's token in the test below: a quote and a dollar, which the
+/// environment file must give back verbatim.
+const DASHBOARD_TOKEN: &str = "it's the da$hboard token";
+
+/// Ingest's rules in the test below: each upload under `uploads/` makes one
+/// quick transcode.
+const INGEST_RULES: &str = r#"
+[[rule]]
+prefix = "uploads/"
+outputs = [{ output_key = "renditions/{stem}.mp4", transcode_options = "videoconvert ! x264enc" }]
+"#;
+
+/// A free TCP port on the loopback address (the dashboard's configured
+/// address must be known before it starts).
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().unwrap().port()
+}
+
+/// `supervisorctl stop` of the one-process program `name`: it stops, and
+/// exits 0 by itself (not killed) well within its stopwaitsecs (30 s).
+fn stop_cleanly(sup: &Supervisord, name: &str) {
+    let started = Instant::now();
+    let out = sup
+        .ctl_with_timeout(&["stop", name], Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("supervisorctl stop {name} could not reach supervisord"));
+    let took = started.elapsed();
+    assert!(out.contains("stopped"), "supervisorctl stop {name}: {out}");
+    assert!(
+        took < Duration::from_secs(20),
+        "stopping {name} took {took:?}: it should exit by itself on SIGTERM"
+    );
+    assert_eq!(sup.status(name).0, "STOPPED");
+    let log = sup.log();
+    assert!(
+        log.contains(&format!("stopped: {name} (exit status 0)")),
+        "{name} should exit 0 on SIGTERM, not be killed:\n{log}"
+    );
+}
+
+/// The module's `dashboard` and `ingest_rules_source`/`ingest_poll`, run
+/// for real: the compiled catalogue's programs (one process each, the
+/// workers' start script, configuration and environment file) under a
+/// private supervisord beside a worker. The dashboard answers on its
+/// configured address and takes actions with the token that only the
+/// environment file holds; ingest, listing the bucket every second, turns
+/// an upload into a job that the worker completes; `supervisorctl stop`
+/// ends each with exit status 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_puppet_dashboard_and_ingest_programs_serve_the_farm_and_make_jobs_under_supervisord() {
+    let farm = Farm::s3(&[]).await;
+    farm.put_input("tapes/by-hand.mov", &fixtures::mjpeg_mov(1))
+        .await;
+    let root = TempDir::new().expect("temp dir");
+    let root_path = root.path();
+    // The rules come from a file on the node (the `source` form).
+    let rules_source = root_path.join("site/ingest.toml");
+    std::fs::create_dir_all(rules_source.parent().unwrap()).unwrap();
+    std::fs::write(&rules_source, INGEST_RULES).unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut params = module_params(&farm, root_path, 1);
+    for (key, value) in [
+        ("dashboard", json!(true)),
+        ("dashboard_listen", json!(listen)),
+        ("dashboard_token", json!(DASHBOARD_TOKEN)),
+        ("ingest_rules_source", json!(rules_source)),
+        ("ingest_poll", json!(1)),
+    ] {
+        params.insert(format!("transcode_worker::{key}"), value);
+    }
+    let catalogue = compile_module(root_path, &Value::Object(params));
+
+    // One program each, started by the workers' start script; the token is
+    // in the mode-0600 environment file and in no other file.
+    let wrapper = root_path.join("libexec/transcode-worker-run");
+    let rules_file = root_path.join("etc/ingest.toml");
+    for (program, command) in [
+        (
+            "transcode-worker-dashboard",
+            format!("{} dashboard --listen {listen}", wrapper.display()),
+        ),
+        (
+            "transcode-worker-ingest",
+            format!(
+                "{} ingest --rules {} --poll 1",
+                wrapper.display(),
+                rules_file.display()
+            ),
+        ),
+    ] {
+        let path = root_path.join(format!("conf.d/{program}.conf"));
+        let section = &catalogue
+            .files
+            .get(path.to_str().unwrap())
+            .unwrap_or_else(|| panic!("no {program} section in {:?}", catalogue.files.keys()))
+            .0;
+        for line in [
+            format!("[program:{program}]"),
+            format!("command={command}"),
+            format!("user={}", current_user()),
+            "stopsignal=TERM".to_string(),
+            "autorestart=true".to_string(),
+        ] {
+            assert!(
+                section.lines().any(|l| l == line),
+                "{line:?} missing:\n{section}"
+            );
+        }
+        assert!(!section.contains("numprocs"), "one process:\n{section}");
+    }
+    let env_path = root_path.join("etc/environment");
+    let (env_text, env_mode) = &catalogue.files[env_path.to_str().unwrap()];
+    assert_eq!(env_mode.as_deref(), Some("0600"), "environment file mode");
+    assert!(
+        env_text.contains("TRANSCODE_DASHBOARD__TOKEN="),
+        "{env_text}"
+    );
+    for (path, (content, _)) in &catalogue.files {
+        assert!(
+            path == env_path.to_str().unwrap() || !content.contains("da$hboard"),
+            "the dashboard's token is in {path}:\n{content}"
+        );
+    }
+    write_catalogue(&catalogue, root_path);
+    assert_eq!(std::fs::read_to_string(&rules_file).unwrap(), INGEST_RULES);
+
+    let sup = Supervisord::start(root_path, &root_path.join("conf.d"), &root_path.join("log"));
+    let dashboard = "transcode-worker-dashboard";
+    let ingest = "transcode-worker-ingest";
+    sup.wait_running(dashboard, JOB_TIMEOUT).await;
+    sup.wait_running(ingest, JOB_TIMEOUT).await;
+    sup.wait_running(&format!("{PROGRAM}:{PROGRAM}_01"), JOB_TIMEOUT)
+        .await;
+
+    // The dashboard answers on its configured address ...
+    let url = format!("http://{listen}");
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    // Not listening yet: a refused connection, tried again.
+    let queues = wait_for_value(JOB_TIMEOUT, "the dashboard's /api/queues", || async {
+        let response = http.get(format!("{url}/api/queues")).send().await.ok()?;
+        assert_eq!(response.status(), 200, "GET /api/queues");
+        let text = response.text().await.expect("a body");
+        Some(serde_json::from_str::<Value>(&text).expect("JSON"))
+    })
+    .await;
+    assert!(queues["jobs"].is_array(), "{queues}");
+    assert!(queues["dead_letters"].is_object(), "{queues}");
+    let about = http
+        .get(format!("{url}/api/about"))
+        .send()
+        .await
+        .expect("GET /api/about")
+        .text()
+        .await
+        .expect("a body");
+    let about: Value = serde_json::from_str(&about).expect("JSON");
+    assert_eq!(
+        about["actions"], true,
+        "the token reached the dashboard: {about}"
+    );
+    // ... and takes an action with the token, verbatim from the environment
+    // file, and with no other.
+    let submit = |token: &str| {
+        http.post(format!("{url}/api/jobs"))
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "application/json")
+            .header("origin", &url)
+            .body(
+                json!({
+                    "job_id": "from-dashboard", "input_key": "tapes/by-hand.mov",
+                    "output_key": "mp4/by-hand.mp4", "transcode_options": "videoconvert ! x264enc"
+                })
+                .to_string(),
+            )
+            .send()
+    };
+    let mut watch = farm.watch_progress().await;
+    assert_eq!(
+        submit("it's the dashboard token").await.unwrap().status(),
+        401
+    );
+    let response = submit(DASHBOARD_TOKEN).await.unwrap();
+    assert_eq!(response.status(), 201, "{:?}", response.text().await);
+    let last = watch.until_final("from-dashboard", JOB_TIMEOUT).await;
+    assert_eq!(last.state, Phase::Completed, "{last:#?}");
+
+    // ingest lists the bucket every second: an upload becomes a job, which
+    // the worker completes.
+    farm.put_input("uploads/clip.mov", &fixtures::mjpeg_mov(1))
+        .await;
+    let made = watch
+        .until(JOB_TIMEOUT, |e| e.job_id.starts_with("ingest-"))
+        .await;
+    let last = watch.until_final(&made.job_id, JOB_TIMEOUT).await;
+    assert_eq!(last.state, Phase::Completed, "{last:#?}");
+    let output = farm
+        .get_output("renditions/clip.mp4")
+        .await
+        .expect("the rendition ingest's job made");
+    fixtures::assert_decodes(&output, true, false);
+    let ingest_log =
+        std::fs::read_to_string(root_path.join(format!("log/{ingest}.log"))).unwrap_or_default();
+    assert!(
+        ingest_log.contains(&made.job_id) && ingest_log.contains("uploads/clip.mov"),
+        "ingest logs the job it made:\n{ingest_log}"
+    );
+
+    // supervisorctl stop ends each cleanly; the address no longer answers.
+    stop_cleanly(&sup, dashboard);
+    assert!(
+        std::net::TcpStream::connect(&listen).is_err(),
+        "the dashboard still listens on {listen}"
+    );
+    stop_cleanly(&sup, ingest);
+    // The token is in no log: supervisord's, the programs'.
+    let logs = format!("{}{}", sup.log(), sup.worker_logs());
+    assert!(
+        !logs.contains("da$hboard"),
+        "the dashboard's token is in a log:\n{logs}"
+    );
+    drop(sup);
 }

@@ -138,16 +138,20 @@ async fn a_job_needing_an_element_a_worker_lacks_is_done_by_one_that_has_it_on_a
             "{waiting:#?}"
         );
     }
-    // The inspect table shows where they wait, and why.
-    let out = farm.cli(&["inspect", "--timeout", "2s"], JOB_TIMEOUT).await;
-    let table = String::from_utf8_lossy(&out.stdout).to_string();
+    // The inspect table shows where they wait, and why (the job is moved
+    // to its queue a moment after its waiting event).
     let waiting_queue = format!("{}.requires.x265enc", farm.jobs_queue());
-    assert!(
-        table.lines().any(|l| l.contains(&waiting_queue)
-            && l.contains(" 2 ")
-            && l.contains("needs x265enc")),
-        "{table}"
-    );
+    let shown = |table: &str| {
+        table
+            .lines()
+            .any(|l| l.contains(&waiting_queue) && l.contains(" 2 ") && l.contains("needs x265enc"))
+    };
+    let table = wait_for_value(JOB_TIMEOUT, "inspect showing both jobs waiting", || async {
+        let out = farm.cli(&["inspect", "--timeout", "2s"], JOB_TIMEOUT).await;
+        let table = String::from_utf8_lossy(&out.stdout).to_string();
+        shown(&table).then_some(table)
+    })
+    .await;
     assert!(table.contains("x265enc"), "{table}");
 
     let with = farm.spawn_worker(&[]);

@@ -1,6 +1,7 @@
 # @summary Writes the worker's configuration file, its environment file
-#   (mode 0600: it holds the broker password and the S3 secret key) and the
-#   start script that loads both.
+#   (mode 0600: it holds the broker password, the S3 secret key and the
+#   dashboard's token), the start script that loads both, and ingest's
+#   rules file.
 #
 # @api private
 class transcode_worker::config {
@@ -12,6 +13,11 @@ class transcode_worker::config {
     undef   => undef,
     default => $transcode_worker::aws_secret_access_key.unwrap,
   }
+  # Only where the dashboard runs; the workers and ingest ignore it.
+  $dashboard_token = ($transcode_worker::dashboard and $transcode_worker::dashboard_token != undef) ? {
+    true    => $transcode_worker::dashboard_token.unwrap,
+    default => undef,
+  }
   $extra_env = $transcode_worker::extra_env.reduce({}) |$memo, $pair| {
     $value = $pair[1] ? {
       Sensitive => $pair[1].unwrap,
@@ -21,14 +27,15 @@ class transcode_worker::config {
   }
   # The original service's names (read last by the worker, so they win), then extra_env.
   $environment = {
-    'AMQP_URL'              => $amqp_url,
-    'S3_BUCKET_NAME'        => $transcode_worker::s3_bucket,
-    'AWS_S3_ENDPOINT_URL'   => $transcode_worker::s3_endpoint,
-    'AWS_REGION'            => $transcode_worker::s3_region,
-    'AWS_ACCESS_KEY_ID'     => $transcode_worker::aws_access_key_id,
-    'AWS_SECRET_ACCESS_KEY' => $secret_key,
-    'LOG_FORMAT'            => $transcode_worker::log_format,
-    'RUST_LOG'              => $transcode_worker::rust_log,
+    'AMQP_URL'                   => $amqp_url,
+    'S3_BUCKET_NAME'             => $transcode_worker::s3_bucket,
+    'AWS_S3_ENDPOINT_URL'        => $transcode_worker::s3_endpoint,
+    'AWS_REGION'                 => $transcode_worker::s3_region,
+    'AWS_ACCESS_KEY_ID'          => $transcode_worker::aws_access_key_id,
+    'AWS_SECRET_ACCESS_KEY'      => $secret_key,
+    'LOG_FORMAT'                 => $transcode_worker::log_format,
+    'RUST_LOG'                   => $transcode_worker::rust_log,
+    'TRANSCODE_DASHBOARD__TOKEN' => $dashboard_token,
   }.filter |$pair| { $pair[1] != undef } + $extra_env
 
   $storage = $transcode_worker::storage_directory ? {
@@ -101,5 +108,24 @@ class transcode_worker::config {
         'config_file' => $transcode_worker::config_file,
         'env_file'    => $transcode_worker::env_file,
     }),
+  }
+
+  # ingest reads its rules at start: a change restarts it (service classes).
+  if $transcode_worker::ingest {
+    $rules = $transcode_worker::ingest_rules ? {
+      undef   => { 'source' => $transcode_worker::ingest_rules_source },
+      default => { 'content' => $transcode_worker::ingest_rules },
+    }
+    file { $transcode_worker::ingest_rules_file:
+      ensure => file,
+      owner  => 'root',
+      group  => $transcode_worker::group,
+      mode   => '0640',
+      *      => $rules,
+    }
+  } else {
+    file { $transcode_worker::ingest_rules_file:
+      ensure => absent,
+    }
   }
 }

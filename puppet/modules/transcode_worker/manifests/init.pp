@@ -5,9 +5,16 @@
 # broker URL and S3 credentials), and keeps `worker_count` worker processes
 # running under supervisord (default) or systemd.
 #
+# Optionally also the farm's other long-running commands, each as one more
+# process with the same binary, configuration file, environment file and
+# user: the dashboard (`dashboard => true`; program or unit
+# `<program_name>-dashboard`) and ingest, which turns new uploads into jobs
+# by the rules of `ingest_rules` (program or unit `<program_name>-ingest`).
+#
 # Every parameter can come from Hiera (`transcode_worker::amqp_url: ...`);
-# the module's own Hiera data turns `amqp_url` and `aws_secret_access_key`
-# into Sensitive values, so plain (or eyaml-encrypted) strings work there.
+# the module's own Hiera data turns `amqp_url`, `aws_secret_access_key` and
+# `dashboard_token` into Sensitive values, so plain (or eyaml-encrypted)
+# strings work there.
 #
 # On a stop (supervisorctl stop, systemctl stop, a configuration change) a
 # worker takes no new job, lets its running job finish for up to
@@ -28,6 +35,18 @@
 #     aws_access_key_id     => 'farm',
 #     aws_secret_access_key => Sensitive('secret'),
 #     worker_count          => 4,
+#   }
+#
+# @example A dashboard and ingest beside the workers (listing the bucket every 30 s)
+#   class { 'transcode_worker':
+#     binary_source    => 'https://files.example.com/transcode-worker-0.1.0-x86_64',
+#     amqp_url         => Sensitive('amqp://farm:secret@rabbit.example.com:5672/%2f'),
+#     s3_bucket        => 'videos',
+#     dashboard        => true,
+#     dashboard_listen => '0.0.0.0:3000',
+#     dashboard_token  => Sensitive('a long random string'),
+#     ingest_rules     => file('profile/transcode/ingest.toml'),
+#     ingest_poll      => 30,
 #   }
 #
 # @param binary_source
@@ -75,6 +94,31 @@
 #   Log filter (RUST_LOG).
 # @param service_manager
 #   `supervisord` or `systemd`.
+# @param dashboard
+#   Whether to run `transcode-worker dashboard` (the farm's live page and
+#   JSON API): one process, supervisord program (or systemd unit)
+#   `<program_name>-dashboard`. False removes it.
+# @param dashboard_listen
+#   IP:port the dashboard listens on (`--listen`); e.g. `0.0.0.0:3000` for
+#   the network. It has no login: keep it on loopback or behind an
+#   authenticating proxy where the farm's state is private.
+# @param dashboard_token
+#   The token the dashboard's actions (cancel, requeue, submit) need
+#   (TRANSCODE_DASHBOARD__TOKEN, written to the environment file only);
+#   unset, the dashboard is read-only.
+# @param ingest_rules
+#   Content of the rules file of `transcode-worker ingest` (TOML, see
+#   config/ingest.toml), e.g. from `file()` or a Hiera multi-line string.
+#   Given (or `ingest_rules_source`), the module writes it to
+#   `<config_dir>/ingest.toml` and runs ingest as one process, supervisord
+#   program (or systemd unit) `<program_name>-ingest`; neither removes both.
+# @param ingest_rules_source
+#   Where the rules file comes from instead (a `puppet:///` URL, a path on
+#   the node, an http(s) URL); not together with `ingest_rules`.
+# @param ingest_poll
+#   Seconds between listings of the rules' prefixes (`ingest --poll`), for
+#   storage without event notifications; unset, ingest consumes the S3
+#   event notifications of the uploads queue.
 # @param packages
 #   The GStreamer runtime packages (kept equal to the Dockerfile's and
 #   scripts/install-deps' by scripts/check-deploy).
@@ -89,7 +133,8 @@
 # @param binary_path
 #   Where the binary is installed.
 # @param wrapper_path
-#   The start script (loads the environment file, then runs the worker).
+#   The start script: loads the environment file, then runs the command it
+#   is given (`run` for the workers, `dashboard ...`, `ingest ...`).
 # @param config_dir
 #   Folder of config.toml and the environment file.
 # @param state_dir
@@ -135,6 +180,12 @@ class transcode_worker (
   Enum['pretty', 'json'] $log_format = 'json',
   String[1] $rust_log = 'info',
   Enum['supervisord', 'systemd'] $service_manager = 'supervisord',
+  Boolean $dashboard = false,
+  Transcode_worker::Address $dashboard_listen = '127.0.0.1:3000',
+  Optional[Sensitive[String[1]]] $dashboard_token = undef,
+  Optional[String[1]] $ingest_rules = undef,
+  Optional[String[1]] $ingest_rules_source = undef,
+  Optional[Integer[1]] $ingest_poll = undef,
   Array[String[1]] $packages = [
     'gstreamer1.0-plugins-base',
     'gstreamer1.0-plugins-good',
@@ -174,8 +225,35 @@ class transcode_worker (
     fail('transcode_worker: storage_directory is required with the directory storage backend')
   }
 
+  if $ingest_rules != undef and $ingest_rules_source != undef {
+    fail('transcode_worker: give ingest_rules or ingest_rules_source, not both')
+  }
+  $ingest = $ingest_rules != undef or $ingest_rules_source != undef
+
   $config_file = "${config_dir}/config.toml"
   $env_file = "${config_dir}/environment"
+  $ingest_rules_file = "${config_dir}/ingest.toml"
+  # Seconds the process manager waits for a stopping dashboard or ingest
+  # (both stop by themselves on SIGTERM) before it kills it.
+  $commands_stop_timeout = 30
+
+  # The farm's other long-running commands: the start script's arguments for
+  # each, by name (the program or unit is `<program_name>-<name>`); undef
+  # when it does not run here.
+  $poll_args = $ingest_poll ? {
+    undef   => [],
+    default => ['--poll', String($ingest_poll)],
+  }
+  $commands = {
+    'dashboard' => $dashboard ? {
+      true    => ['dashboard', '--listen', $dashboard_listen],
+      default => undef,
+    },
+    'ingest'    => $ingest ? {
+      true    => ['ingest', '--rules', $ingest_rules_file] + $poll_args,
+      default => undef,
+    },
+  }
 
   contain transcode_worker::install
   contain transcode_worker::config
