@@ -252,27 +252,32 @@ impl Delivery {
     /// the dead letter, gives the job back.
     pub async fn dead_letter(&self, broker: &Broker, why: &DeadLetter<'_>) {
         self.dead_letter_instead(broker, why, self.body(), &self.queue)
-            .await
+            .await;
     }
 
     /// [`Delivery::dead_letter`] with another message in its place: `body`,
     /// which came from `queue` (a segmented job's own message, when one of
     /// its part tasks fails for good); this delivery is acked once the
-    /// broker has taken it.
+    /// broker has taken it. Returns whether it was (else this delivery is
+    /// given back).
     pub async fn dead_letter_instead(
         &self,
         broker: &Broker,
         why: &DeadLetter<'_>,
         body: &[u8],
         queue: &str,
-    ) {
+    ) -> bool {
         let headers = dead_letter_headers(why, self.attempt, self.history(), queue);
         let dead_letter = || broker.dead_letter(body, headers.clone());
         match until_taken("the dead letter", dead_letter).await {
-            Ok(()) => self.ack().await,
+            Ok(()) => {
+                self.ack().await;
+                true
+            }
             Err(e) => {
                 tracing::error!(error = %e, "could not dead-letter the job; giving it back");
                 self.give_back().await;
+                false
             }
         }
     }

@@ -313,9 +313,14 @@ impl Worker {
             match result {
                 Ok(PartEnd::Stored) | Ok(PartEnd::Ended) => delivery.ack().await,
                 Ok(PartEnd::Joined(produced)) => {
-                    self.settle_as(&broker, &delivery, &reporter, &job_id, Some(&job), Ok(produced), Some(origin))
-                        .await;
-                    self.remove_objects(&job_id).await;
+                    // Given back when `completed` could not go out: the
+                    // task comes again, finds its join claim and the stored
+                    // output, and completes the job then.
+                    if self.settle_as(&broker, &delivery, &reporter, &job_id, Some(&job), Ok(produced), Some(origin))
+                        .await
+                    {
+                        self.remove_objects(&job_id).await;
+                    }
                 }
                 Err(error) => {
                     let max = self.settings.worker.max_attempts;
@@ -326,7 +331,7 @@ impl Worker {
                         }
                         _ => {
                             self.settle_as(&broker, &delivery, &reporter, &job_id, Some(&job), Err(error), Some(origin))
-                                .await
+                                .await;
                         }
                     }
                 }
@@ -379,17 +384,20 @@ impl Worker {
         }
         let error = JobError::new(error.kind, format!("{part}: {}", error.message));
         let origin = (plan.message.as_bytes(), plan.queue.as_str());
-        self.settle_as(
-            broker,
-            delivery,
-            reporter,
-            &plan.job_id,
-            job,
-            Err(error),
-            Some(origin),
-        )
-        .await;
-        self.remove_objects(&plan.job_id).await;
+        let ended = self
+            .settle_as(
+                broker,
+                delivery,
+                reporter,
+                &plan.job_id,
+                job,
+                Err(error),
+                Some(origin),
+            )
+            .await;
+        if ended {
+            self.remove_objects(&plan.job_id).await;
+        }
     }
 
     /// Ends the segmented jobs none of whose objects changed for

@@ -37,12 +37,14 @@ impl Worker {
         outcome: Outcome,
     ) {
         self.settle_as(broker, delivery, reporter, job_id, job, outcome, None)
-            .await
+            .await;
     }
 
     /// [`Worker::settle`] of a delivery that stands for the job message
     /// `origin` (its body and queue): a part task of a segmented job. A
-    /// dead letter is then the job's message, not the task.
+    /// dead letter is then the job's message, not the task. Returns
+    /// whether the job has ended (completed and acked, dead-lettered or
+    /// cancelled), not given back or retried.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn settle_as(
         &self,
@@ -53,12 +55,13 @@ impl Worker {
         job: Option<&Job>,
         outcome: Outcome,
         origin: Option<(&[u8], &str)>,
-    ) {
+    ) -> bool {
         let attempt = delivery.attempt();
         let error = match outcome {
             Ok(produced) => {
                 let keys: Vec<String> = produced.outputs.iter().map(|o| o.key.clone()).collect();
-                match until_taken("the completed event", || reporter.completed(&keys)).await {
+                return match until_taken("the completed event", || reporter.completed(&keys)).await
+                {
                     Ok(()) => {
                         tracing::info!(outputs = keys.len(), "job completed");
                         let duration = produced
@@ -91,22 +94,23 @@ impl Worker {
                             webhook::notify(broker, job, Ended::Completed(&result)).await;
                         }
                         delivery.ack().await;
+                        true
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "could not publish the completed event; giving the job back");
                         delivery.give_back().await;
+                        false
                     }
-                }
-                return;
+                };
             }
             Err(error) => error,
         };
         let w = &self.settings.worker;
         let disposition = error.disposition(attempt, w.max_attempts);
         if disposition == Disposition::Cancel {
-            return self
-                .settle_cancelled(broker, delivery, reporter, job_id, job, &error)
+            self.settle_cancelled(broker, delivery, reporter, job_id, job, &error)
                 .await;
+            return true;
         }
         let will_retry = disposition != Disposition::DeadLetter;
         tracing::warn!(kind = %error.kind, error = %error.message, ?disposition, "job attempt failed");
@@ -151,14 +155,18 @@ impl Worker {
                     error: &error,
                     worker: &self.id,
                 };
-                match origin {
+                return match origin {
                     Some((body, queue)) => {
                         delivery
                             .dead_letter_instead(broker, &why, body, queue)
                             .await
                     }
-                    None => delivery.dead_letter(broker, &why).await,
-                }
+                    None => {
+                        delivery
+                            .dead_letter_instead(broker, &why, delivery.body(), delivery.queue())
+                            .await
+                    }
+                };
             }
             Disposition::Retry => {
                 let delay = retry_delay(w.retry_delay, w.retry_max_delay, attempt);
@@ -169,6 +177,7 @@ impl Worker {
             Disposition::Release => delivery.release(broker).await,
             Disposition::Requeue | Disposition::Cancel => delivery.give_back().await,
         }
+        false
     }
 
     /// Settles a cancelled job: the `cancelled` event, no output left
