@@ -512,11 +512,15 @@ fn check_one_way(
     Ok(())
 }
 
+/// Shortest segment length a job may ask for, in seconds.
+pub const MIN_SEGMENT_SECONDS: f64 = 2.0;
+
+/// Longest segment length a job may ask for, in seconds (a day).
+pub const MAX_SEGMENT_SECONDS: f64 = 86_400.0;
+
 /// Refuses a `segment_seconds` that is not a number of seconds from
-/// [`MIN_SEGMENT_SECONDS`](crate::segment::plan::MIN_SEGMENT_SECONDS) to
-/// [`MAX_SEGMENT_SECONDS`](crate::segment::plan::MAX_SEGMENT_SECONDS).
+/// [`MIN_SEGMENT_SECONDS`] to [`MAX_SEGMENT_SECONDS`].
 fn check_segment_seconds(seconds: f64) -> Result<(), JobError> {
-    use crate::segment::plan::{MAX_SEGMENT_SECONDS, MIN_SEGMENT_SECONDS};
     if !(MIN_SEGMENT_SECONDS..=MAX_SEGMENT_SECONDS).contains(&seconds) {
         return Err(invalid(format!(
             "segment_seconds must be a number of seconds from {MIN_SEGMENT_SECONDS} to {MAX_SEGMENT_SECONDS}, not {seconds}"

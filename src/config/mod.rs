@@ -244,7 +244,7 @@ impl Settings {
 
     /// Checks the segment settings.
     fn validate_segments(&self) -> Result<(), ConfigError> {
-        use crate::segment::plan::{MAX_SEGMENT_SECONDS, MIN_SEGMENT_SECONDS};
+        use crate::job::{MAX_SEGMENT_SECONDS, MIN_SEGMENT_SECONDS};
         let s = &self.segments;
         if !(MIN_SEGMENT_SECONDS..=MAX_SEGMENT_SECONDS).contains(&s.seconds) {
             return Err(invalid(

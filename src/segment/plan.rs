@@ -23,12 +23,6 @@ pub const KEY_FRAME_TOLERANCE: f64 = 0.25;
 /// joins the segment before it.
 pub const SHORTEST_TAIL: f64 = 0.5;
 
-/// Shortest segment length a job may ask for, in seconds.
-pub const MIN_SEGMENT_SECONDS: f64 = 2.0;
-
-/// Longest segment length a job may ask for, in seconds (a day).
-pub const MAX_SEGMENT_SECONDS: f64 = 86_400.0;
-
 /// One video segment: the stream times it starts and ends at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cut {

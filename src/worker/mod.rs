@@ -30,10 +30,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use rand::Rng;
+use tokio_util::sync::CancellationToken;
 
 use crate::broker::BrokerError;
 use crate::capability::{Capabilities, Requirement, WaitingQueue};
 use crate::config::Settings;
+use crate::error::{ErrorKind, JobError};
 use crate::plan::BASE_ELEMENTS;
 use crate::scratch::Scratch;
 use crate::status::Status;
@@ -180,4 +182,28 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 fn jitter(delay: Duration) -> Duration {
     let factor = rand::rng().random_range(0.5..=1.0);
     delay.mul_f64(factor)
+}
+
+/// Aborts the running attempts of a session, with the reason they get.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Abort {
+    token: CancellationToken,
+    reason: Arc<std::sync::OnceLock<JobError>>,
+}
+
+impl Abort {
+    /// Aborts every attempt watching this, with `reason` (the first reason wins).
+    fn fire(&self, reason: JobError) {
+        let _ = self.reason.set(reason);
+        self.token.cancel();
+    }
+
+    /// Resolves with the reason once fired.
+    async fn fired(&self) -> JobError {
+        self.token.cancelled().await;
+        self.reason
+            .get()
+            .cloned()
+            .unwrap_or_else(|| JobError::new(ErrorKind::Shutdown, "the attempt was aborted"))
+    }
 }

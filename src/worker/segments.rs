@@ -26,8 +26,8 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use super::attempt::{drive, watch_transfer, Attempt, Produced, Stored, ToStore};
-use super::session::Abort;
 use super::store::META_JOB_ID;
+use super::Abort;
 use super::Worker;
 use crate::broker::{dead_letter_headers, Broker, DeadLetter, Delivery};
 use crate::error::{Disposition, ErrorKind, JobError};

@@ -14,7 +14,7 @@ use tracing::Instrument;
 use super::attempt::Attempt;
 use super::placement::Placement;
 use super::segments::Split;
-use super::{jitter, Worker, WorkerError};
+use super::{jitter, Abort, Worker, WorkerError};
 use crate::broker::{Broker, BrokerError, Delivery};
 use crate::config::Backend;
 use crate::error::{ErrorKind, JobError};
@@ -29,30 +29,6 @@ const POLL_MAX: Duration = Duration::from_secs(1);
 
 /// How often a worker removes old job records from the history.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
-
-/// Aborts the running attempts of a session, with the reason they get.
-#[derive(Debug, Clone, Default)]
-pub(super) struct Abort {
-    token: CancellationToken,
-    reason: Arc<std::sync::OnceLock<JobError>>,
-}
-
-impl Abort {
-    /// Aborts every attempt watching this, with `reason` (the first reason wins).
-    fn fire(&self, reason: JobError) {
-        let _ = self.reason.set(reason);
-        self.token.cancel();
-    }
-
-    /// Resolves with the reason once fired.
-    pub(super) async fn fired(&self) -> JobError {
-        self.token.cancelled().await;
-        self.reason
-            .get()
-            .cloned()
-            .unwrap_or_else(|| JobError::new(ErrorKind::Shutdown, "the attempt was aborted"))
-    }
-}
 
 /// How a broker session ended.
 enum SessionEnd {
