@@ -21,6 +21,9 @@
 //! one job at a time, exits after any failure, and a crash ends only the
 //! attempt it was running. A process is named `tw-standby` while it waits
 //! and `tw-pipeline` while it has a job (`ps -C tw-pipeline`).
+//!
+//! The child's side is in `child.rs`; how a process's death or its
+//! allocation failures become the attempt's error, in `crash.rs`.
 
 use std::collections::VecDeque;
 use std::io::{BufRead, Write};
@@ -36,6 +39,12 @@ use tokio::sync::mpsc;
 
 use crate::error::{ErrorKind, JobError};
 use crate::pipeline::{self, MediaInfo, Outcome, TranscodeSpec};
+
+mod child;
+mod crash;
+
+pub use child::child_main;
+use crash::{allocation_failure, crashed, out_of_memory};
 
 /// Lines of the child's standard error kept for error messages.
 const STDERR_TAIL_LINES: usize = 20;
@@ -79,125 +88,6 @@ pub const RUNNING_NAME: &str = "tw-pipeline";
 /// whatever a long series of jobs might leave behind in a process (leaks in
 /// a plugin) stays bounded.
 pub const JOBS_PER_PROCESS: u32 = 100;
-
-/// Entry point of `transcode-worker pipeline`: loads GStreamer and the
-/// plugins of the elements `preload` names, then runs one spec after
-/// another from standard input (one JSON line each), reporting on standard
-/// output. Exits 0 when standard input closes, 2 after a failed job.
-pub fn child_main(preload: &[String]) -> i32 {
-    // Rust's runtime handles SIGSEGV and SIGBUS to report stack overflows,
-    // and lets a signal sent with kill(2) pass; a pipeline process must die
-    // of any such signal, so the worker sees the crash.
-    // SAFETY: restoring the default disposition of two signals at start-up,
-    // before any other thread exists.
-    unsafe {
-        libc::signal(libc::SIGSEGV, libc::SIG_DFL);
-        libc::signal(libc::SIGBUS, libc::SIG_DFL);
-    }
-    set_process_name(STANDBY_NAME);
-    let stdout = std::io::stdout();
-    let emit = |event: &ChildEvent| {
-        let mut out = stdout.lock();
-        let _ = serde_json::to_writer(&mut out, event);
-        let _ = out.write_all(b"\n");
-        let _ = out.flush();
-    };
-    // A failure to load shows again, with its reason, when the job runs.
-    let _ = pipeline::preload(preload.iter().map(String::as_str));
-    let stdin = std::io::stdin();
-    loop {
-        let mut line = String::new();
-        match stdin.lock().read_line(&mut line) {
-            Ok(0) => return 0,
-            Ok(_) => {}
-            Err(e) => {
-                emit(&ChildEvent::Failed {
-                    kind: ErrorKind::Internal,
-                    message: format!("reading the spec: {e}"),
-                });
-                return 2;
-            }
-        }
-        set_process_name(RUNNING_NAME);
-        let result = match serde_json::from_str::<pipeline::PartRequest>(&line) {
-            Ok(request) => run_part_child(&request, &emit).map(ChildEvent::PartFinished),
-            Err(_) => run_child(&line, &emit).map(ChildEvent::Finished),
-        };
-        match result {
-            Ok(finished) => emit(&finished),
-            Err(e) => {
-                emit(&ChildEvent::Failed {
-                    kind: e.kind,
-                    message: e.message,
-                });
-                return 2;
-            }
-        }
-        set_process_name(STANDBY_NAME);
-    }
-}
-
-/// Sets this process's name as `ps` and `/proc/PID/comm` show it.
-fn set_process_name(name: &str) {
-    let name = std::ffi::CString::new(name).expect("no NUL in a process name");
-    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes
-    // (longer names are cut); `name` outlives the call.
-    unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr(), 0, 0, 0) };
-}
-
-fn run_child(line: &str, emit: &dyn Fn(&ChildEvent)) -> Result<Outcome, JobError> {
-    let spec: TranscodeSpec = serde_json::from_str(line)
-        .map_err(|e| JobError::new(ErrorKind::Internal, format!("bad spec: {e}")))?;
-    let started = std::time::Instant::now();
-    let input = pipeline::probe(&spec.input, Duration::from_secs(60))?;
-    let probe_ms = started.elapsed().as_millis() as u64;
-    pipeline::check_input_limits(&spec, &input)?;
-    emit(&ChildEvent::Probed {
-        input: input.clone(),
-    });
-    let transcoded = pipeline::transcode(&spec, &input, |position, duration| {
-        emit(&ChildEvent::Position {
-            position_ms: position.as_millis() as u64,
-            duration_ms: duration.map(|d| d.as_millis() as u64),
-        })
-    })?;
-    let started = std::time::Instant::now();
-    let outputs = spec
-        .outputs
-        .iter()
-        .zip(transcoded.outputs)
-        .map(|(output, (rendered, left_out))| {
-            pipeline::finish(
-                output,
-                &input,
-                spec.duration_tolerance_ms,
-                rendered,
-                left_out,
-            )
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Outcome {
-        outputs,
-        decoders: transcoded.decoders,
-        timings: pipeline::Timings {
-            probe_ms,
-            verify_ms: started.elapsed().as_millis() as u64,
-            ..transcoded.timings
-        },
-    })
-}
-
-fn run_part_child(
-    request: &pipeline::PartRequest,
-    emit: &dyn Fn(&ChildEvent),
-) -> Result<pipeline::PartOutcome, JobError> {
-    pipeline::run_part(request, |position, duration| {
-        emit(&ChildEvent::Position {
-            position_ms: position.as_millis() as u64,
-            duration_ms: duration.map(|d| d.as_millis() as u64),
-        })
-    })
-}
 
 /// How a pipeline process answered a request.
 enum Answer {
@@ -491,119 +381,5 @@ impl Transcoder {
             Some(line) => out_of_memory(self.memory_limit, line, &error),
             None => error,
         })
-    }
-}
-
-/// What libraries print when an allocation fails: x264 (`malloc of size N
-/// failed`), GLib (`failed to allocate N bytes`, then it aborts), Rust
-/// (`memory allocation of N bytes failed`, then it aborts) and `strerror`'s
-/// `ENOMEM`, which libav and others pass on.
-const ALLOCATION_FAILURES: &[&str] = &[
-    "malloc of size",
-    "failed to allocate",
-    "memory allocation of",
-    "Cannot allocate memory",
-];
-
-/// The first line of a pipeline process's last output that says an
-/// allocation failed.
-fn allocation_failure(tail: &str) -> Option<&str> {
-    tail.lines()
-        .find(|line| ALLOCATION_FAILURES.iter().any(|m| line.contains(m)))
-        .map(str::trim)
-}
-
-/// An attempt whose pipeline process could not allocate memory (`line` is
-/// what it printed) ended in `error`, however the pipeline reported it (an
-/// encoder that cannot start, an abort): it ran out of memory, which is a
-/// crash of that process, never a verdict on the job.
-fn out_of_memory(limit: Option<u64>, line: &str, error: &JobError) -> JobError {
-    let limit = match limit {
-        Some(bytes) => format!(
-            " (its limit is {} MiB, pipeline_memory_limit_mb)",
-            bytes >> 20
-        ),
-        None => String::new(),
-    };
-    JobError::new(
-        ErrorKind::PipelineCrashed,
-        format!(
-            "the pipeline process ran out of memory{limit}: {line}; then: {}",
-            error.message
-        ),
-    )
-}
-
-fn crashed(status: std::process::ExitStatus, tail: &str) -> JobError {
-    use std::os::unix::process::ExitStatusExt;
-    let how = match status.signal() {
-        Some(sig) => format!("was killed by signal {sig} ({})", signal_name(sig)),
-        None => format!("exited with {status} without a result"),
-    };
-    let mut message = format!("the pipeline process {how}");
-    if !tail.is_empty() {
-        let tail: String = tail
-            .chars()
-            .rev()
-            .take(600)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
-        message.push_str(&format!("; its last output: {tail}"));
-    }
-    JobError::new(ErrorKind::PipelineCrashed, message)
-}
-
-fn signal_name(sig: i32) -> &'static str {
-    match sig {
-        libc::SIGSEGV => "SIGSEGV",
-        libc::SIGABRT => "SIGABRT",
-        libc::SIGKILL => "SIGKILL, perhaps out of memory",
-        libc::SIGBUS => "SIGBUS",
-        libc::SIGTERM => "SIGTERM",
-        libc::SIGFPE => "SIGFPE",
-        libc::SIGILL => "SIGILL",
-        _ => "signal",
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_allocation_failure_in_the_output_is_an_out_of_memory_crash() {
-        let tail = "x264 [info]: using cpu capabilities: MMX2 SSE2Fast\n\
-                    x264 [error]: malloc of size 49766400 failed\n";
-        let line = allocation_failure(tail).expect("found");
-        assert_eq!(line, "x264 [error]: malloc of size 49766400 failed");
-        let reported = JobError::new(
-            ErrorKind::TranscodeFailed,
-            "GStreamer error in x264enc0: Can not initialize x264 encoder.",
-        );
-        let e = out_of_memory(Some(256 << 20), line, &reported);
-        assert_eq!(e.kind, ErrorKind::PipelineCrashed);
-        assert_eq!(
-            e.message,
-            "the pipeline process ran out of memory (its limit is 256 MiB, pipeline_memory_limit_mb): \
-             x264 [error]: malloc of size 49766400 failed; \
-             then: GStreamer error in x264enc0: Can not initialize x264 encoder."
-        );
-        for line in [
-            "(transcode-worker:1): GLib-ERROR **: 01:02:03.456: ../glib/gmem.c:136: failed to allocate 33177600 bytes",
-            "memory allocation of 1048576 bytes failed",
-            "[h264 @ 0x55] get_buffer() failed: Cannot allocate memory",
-        ] {
-            assert_eq!(allocation_failure(line), Some(line), "{line}");
-        }
-        assert_eq!(allocation_failure("WARNING: a late buffer\nsegfault"), None);
-        let e = out_of_memory(None, "memory allocation of 8 bytes failed", &reported);
-        assert!(
-            e.message
-                .starts_with("the pipeline process ran out of memory: memory allocation"),
-            "{}",
-            e.message
-        );
     }
 }

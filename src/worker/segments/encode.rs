@@ -1,0 +1,197 @@
+//! Encoding one part of a segmented job: a video segment or the audio
+//! part, in the pipeline process, into a part file of the output's
+//! container.
+
+use super::*;
+
+impl Worker {
+    /// The work of a part task: encode and store the part unless it is
+    /// stored, and join the job when it was the last.
+    pub(super) async fn run_part(
+        &self,
+        plan: &SegmentPlan,
+        job: &Job,
+        part: Part,
+        attempt: u32,
+        reporter: &Reporter,
+    ) -> Result<PartEnd, JobError> {
+        let objects = self.objects();
+        let own_join = |end: &End| end.by == part.name() && end.ending == Ending::Join;
+        match objects.end(plan).await? {
+            Some(end) if own_join(&end) => {
+                tracing::info!("this part claimed the job's join before; joining again");
+                return self
+                    .join(plan, job, attempt, reporter)
+                    .await
+                    .map(PartEnd::Joined);
+            }
+            Some(end) => {
+                tracing::info!(by = %end.by, ending = ?end.ending, "the job has ended");
+                return Ok(PartEnd::Ended);
+            }
+            None => {}
+        }
+        if self.cancel_requested(&plan.job_id).await {
+            return Err(JobError::new(
+                ErrorKind::Cancelled,
+                "cancelled on request before this part started",
+            ));
+        }
+        let stored = objects.stored_parts(plan).await?;
+        if stored.contains(&part) {
+            tracing::info!(
+                "{part} is stored already (an earlier attempt made it); not encoding it again"
+            );
+        } else {
+            let base: f64 = stored.iter().map(|p| plan.weight(*p)).sum();
+            let share = PartShare {
+                part: part.name(),
+                segment: match part {
+                    Part::Video(i) => Some(i),
+                    Part::Audio => None,
+                },
+                segments: plan.cuts.len() as u32,
+                base,
+                weight: plan.weight(part),
+            };
+            let reporter = reporter.clone().for_part(share);
+            self.encode_part(plan, job, part, &reporter).await?;
+        }
+        let stored = objects.stored_parts(plan).await?;
+        if stored.len() < plan.parts().len() {
+            return Ok(PartEnd::Stored);
+        }
+        let claim = End::new(part, Ending::Join, None, &self.id);
+        let holds = objects.claim_end(plan, &claim).await?;
+        if holds.token != claim.token {
+            tracing::info!(by = %holds.by, "another part ends the job");
+            return Ok(PartEnd::Ended);
+        }
+        tracing::info!("the last part is stored; joining the job");
+        self.join(plan, job, attempt, reporter)
+            .await
+            .map(PartEnd::Joined)
+    }
+
+    /// Encodes `part` of `plan`, stores it and records it as done.
+    pub(super) async fn encode_part(
+        &self,
+        plan: &SegmentPlan,
+        job: &Job,
+        part: Part,
+        reporter: &Reporter,
+    ) -> Result<(), JobError> {
+        let (w, storage) = (&self.settings.worker, &self.storage);
+        reporter.update(Phase::Downloading, 0.0, None).await;
+        let info = storage.head(&job.input_key).await?;
+        let info = info.filter(|i| i.size == plan.input_size && i.version == plan.input_version);
+        let Some(info) = info else {
+            return Err(JobError::new(
+                ErrorKind::InputNotFound,
+                format!(
+                    "the input {:?} is gone or changed since the job was split",
+                    job.input_key
+                ),
+            ));
+        };
+        let input = self
+            .inputs
+            .get(
+                storage,
+                &self.scratch,
+                &job.input_key,
+                &info,
+                reporter,
+                w.download_stall_timeout,
+                w.min_free_space_mb,
+            )
+            .await?;
+        let folder = self.scratch.attempt_folder()?;
+        let file = folder
+            .path()
+            .join(format!("{}.{}", part.name(), extension(&plan.muxer)));
+        let request = match part {
+            Part::Video(i) => {
+                let cut = plan
+                    .cut(i)
+                    .ok_or_else(|| invalid_task(format!("the plan has no {part}")))?;
+                PartRequest::Video(VideoSpec {
+                    input: input.path.clone(),
+                    output: file.clone(),
+                    video: plan.video.clone(),
+                    muxer: plan.muxer.clone(),
+                    from_ns: cut.from_ns,
+                    until_ns: cut.until_ns,
+                    seek_ns: cut.seek_ns,
+                })
+            }
+            Part::Audio => PartRequest::Audio(AudioSpec {
+                input: input.path.clone(),
+                output: file.clone(),
+                audio: plan.audio.clone(),
+                muxer: plan.muxer.clone(),
+                tracks: plan.media.audio.len(),
+            }),
+        };
+        tracing::info!("encoding {part}");
+        let started = std::time::Instant::now();
+        reporter.update(Phase::Transcoding, 0.0, None).await;
+        let outcome = self.run_part_pipeline(&request, reporter).await?;
+        let encode_ms = started.elapsed().as_millis() as u64;
+        let (frames, tracks, first_ns, end_ns) = match outcome {
+            PartOutcome::Video(v) => (v.frames, 0, v.first_ns, v.end_ns),
+            PartOutcome::Audio(a) => (0, a.tracks, a.first_ns, a.end_ns),
+            _ => return Err(unexpected("part encode")),
+        };
+        self.fault_point(Phase::Transcoding);
+        let key = self.objects().part_key(plan, part);
+        let size = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+        let metadata = vec![
+            (META_JOB_ID.to_string(), plan.job_id.clone()),
+            ("transcode-worker".to_string(), self.id.clone()),
+        ];
+        reporter.update(Phase::Uploading, 0.0, None).await;
+        let counter = Transferred::default();
+        watch_transfer(
+            storage.store(&file, &key, &metadata, &counter),
+            &counter,
+            (0, size),
+            reporter,
+            Phase::Uploading,
+            w.upload_stall_timeout,
+        )
+        .await?;
+        let done = Done {
+            part: part.name(),
+            worker: self.id.clone(),
+            frames,
+            tracks,
+            first_ns,
+            end_ns,
+            size,
+            encode_ms,
+            at: crate::job::now_rfc3339(),
+        };
+        self.objects().write_done(plan, part, &done).await?;
+        tracing::info!(
+            part = %part.name(),
+            frames,
+            first_s = first_ns as f64 / 1e9,
+            bytes = size,
+            encode_ms,
+            "part stored"
+        );
+        Ok(())
+    }
+
+    /// Runs `request` in a pipeline process, its positions as progress.
+    pub(super) async fn run_part_pipeline(
+        &self,
+        request: &PartRequest,
+        reporter: &Reporter,
+    ) -> Result<PartOutcome, JobError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let stall = self.settings.worker.transcode_stall_timeout;
+        drive(self.transcoder.run_part(request, tx), rx, reporter, stall).await
+    }
+}
