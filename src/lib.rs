@@ -30,7 +30,8 @@
 //!    [`pipeline`] (GStreamer: probe, transcode, verify),
 //!    [`transcoder`] (the pipeline child process and its protocol),
 //!    [`scratch`] (the local scratch folder),
-//!    [`webhook`] (HTTP notices to a job's receiver, queued on the broker).
+//!    [`history`] (job records in the storage: status, jobs, cancel
+//!    requests).
 //! 3. **Live state and observation**:
 //!    [`metrics`] (the Prometheus registry), [`status`] (the live state of
 //!    a worker, counted into the metrics), [`progress`] (the progress
@@ -40,7 +41,9 @@
 //!    lines for people), [`webhook`] (notices of ended jobs: queued,
 //!    signed, delivered).
 //! 4. **The worker and the operator commands**:
-//!    [`worker`] (session, attempt, settling), [`ingest`] (jobs made by
+//!    [`worker`] (session, attempt, settling), [`segment`] (segmented
+//!    jobs: plans and cuts, part tasks, their storage objects, the inputs
+//!    a worker keeps for their parts), [`ingest`] (jobs made by
 //!    uploads: rules, S3 events, listings, markers), [`operations`]
 //!    (submitting and cancelling jobs, shared by the commands and the
 //!    dashboard), [`dashboard`] (the live page and JSON API),

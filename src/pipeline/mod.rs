@@ -1,9 +1,9 @@
 //! GStreamer: probing media, building and running the transcode pipeline,
 //! and verifying its output. Everything here blocks; the worker runs it in a
 //! separate process (see [`crate::transcoder`]), `queue-files` calls
-//! [`probe`] directly.
+//! [`probe()`] directly.
 //!
-//! - [`probe`] (probe.rs): what an input holds, with GStreamer's Discoverer;
+//! - [`probe()`] (probe.rs): what an input holds, with GStreamer's Discoverer;
 //! - [`transcode`] (build.rs): `filesrc ! decodebin`, decoded **once**,
 //!   each decoded stream into a `tee` with one branch per rendition
 //!   (outputs.rs: each output's muxer and sink, or an `hlssink2` per
@@ -11,7 +11,7 @@
 //! - tracks.rs: the tracks carried and what reached each muxer; route.rs:
 //!   which decoded stream goes where; subtitles.rs: what each container
 //!   takes as subtitles;
-//! - [`verify`] (verify.rs): a written file's headers against the input
+//! - [`verify()`] (verify.rs): a written file's headers against the input
 //!   and against what the pipeline wrote, without decoding anything;
 //! - [`finish`] (package.rs): each output verified; an HLS package's
 //!   variants checked and aligned, their playlists and the master
