@@ -81,6 +81,11 @@ impl PartTask {
             #[serde(rename = "segment_of")]
             _segment_of: serde::de::IgnoredAny,
         }
+        // Only an object can be a task (serde would also read a struct
+        // from an array, such as a hostile `[[[...]]]` job message).
+        if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return None;
+        }
         serde_json::from_slice::<Marker>(body).ok()?;
         let invalid = |why: String| JobError::new(ErrorKind::InvalidJob, why);
         let parsed = serde_json::from_slice::<PartTask>(body)
@@ -109,6 +114,18 @@ impl PartTask {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn arrays_are_never_part_tasks() {
+        for body in [
+            &b"[1]"[..],
+            b"[[[[[[1]]]]]]",
+            b" [\"x\"]",
+            b"[{\"segment_of\": \"j\"}]",
+        ] {
+            assert!(PartTask::recognise(body).is_none(), "{body:?}");
+        }
+    }
 
     #[test]
     fn part_tasks_are_told_apart_from_jobs() {
