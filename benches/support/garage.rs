@@ -120,7 +120,18 @@ impl Garage {
             }
         };
         let must = |args: &[&str]| cli(args).unwrap_or_else(|e| panic!("{e}"));
-        must(&["layout", "assign", "-z", "dc1", "-c", "100G", &node]);
+        // `node id` reads the node's key from disk, so it can answer before
+        // the RPC port does: the first command that needs RPC is retried.
+        let assign = ["layout", "assign", "-z", "dc1", "-c", "100G", &node];
+        while let Err(e) = cli(&assign) {
+            if Instant::now() > deadline {
+                panic!(
+                    "Garage's RPC did not answer within 60 s: {e}\n{}",
+                    garage.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
         must(&["layout", "apply", "--version", "1"]);
         let key_id = format!("GK{:024x}", rand::random::<u128>() >> 32);
         let secret = format!("{:064x}", rand::random::<u128>());
