@@ -358,6 +358,23 @@ fn path_str(path: &Path) -> Result<&str, JobError> {
     })
 }
 
+/// Sends a stream nowhere, so it cannot stall the pipeline.
+fn discard(pipeline: &gst::Pipeline, pad: &gst::Pad) {
+    let Ok(fake) = gst::ElementFactory::make("fakesink")
+        .property("sync", false)
+        .property("async", false)
+        .build()
+    else {
+        return;
+    };
+    if pipeline.add(&fake).is_ok() {
+        let _ = fake.sync_state_with_parent();
+        if let Some(sink) = fake.static_pad("sink") {
+            let _ = pad.link(&sink);
+        }
+    }
+}
+
 /// Makes an element of `factory`; a missing one is this machine's fault.
 fn make(factory: &str) -> Result<gst::Element, JobError> {
     gst::ElementFactory::make(factory).build().map_err(|e| {

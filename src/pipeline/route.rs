@@ -18,7 +18,7 @@ use gstreamer::prelude::*;
 use super::outputs::{link_branch, Rendition};
 use super::subtitles::{is_quicktime, rewrite_text, subtitle_route, SubtitleRoute};
 use super::tracks::{TrackKind, Watch, Written, WrittenTrack};
-use super::{caps_name, make};
+use super::{caps_name, discard, make};
 use crate::error::{ErrorKind, JobError};
 
 /// The language code a pad's stream tags name, if any.
@@ -405,21 +405,4 @@ fn link_pad(src: &gst::Pad, sink: &gst::Pad) -> Result<(), JobError> {
             sink.name()
         ))
     })
-}
-
-/// Sends a stream nowhere, so it cannot stall the pipeline.
-fn discard(pipeline: &gst::Pipeline, pad: &gst::Pad) {
-    let Ok(fake) = gst::ElementFactory::make("fakesink")
-        .property("sync", false)
-        .property("async", false)
-        .build()
-    else {
-        return;
-    };
-    if pipeline.add(&fake).is_ok() {
-        let _ = fake.sync_state_with_parent();
-        if let Some(sink) = fake.static_pad("sink") {
-            let _ = pad.link(&sink);
-        }
-    }
 }

@@ -88,7 +88,7 @@ pub fn scan(
                 },
             );
         }
-        super::segment::discard(&pipeline, pad);
+        super::discard(&pipeline, pad);
     });
     let bus = pipeline.bus().expect("a pipeline has a bus");
     pipeline

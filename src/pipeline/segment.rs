@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use super::build::classify;
 use super::outputs::{branch, link_branch};
 use super::tracks::Watch;
-use super::{caps_name, internal, make, path_str, NullOnDrop};
+use super::{caps_name, discard, internal, make, path_str, NullOnDrop};
 use crate::error::{ErrorKind, JobError};
 
 /// The application message a part's `filesink` posts when it has
@@ -518,23 +518,6 @@ pub(super) fn run_to_end(
                     .map(|d| Duration::from_nanos(d.nseconds()))
             });
             on_position(at, duration);
-        }
-    }
-}
-
-/// Sends a stream nowhere, so it cannot stall the pipeline.
-pub(super) fn discard(pipeline: &gst::Pipeline, pad: &gst::Pad) {
-    let Ok(fake) = gst::ElementFactory::make("fakesink")
-        .property("sync", false)
-        .property("async", false)
-        .build()
-    else {
-        return;
-    };
-    if pipeline.add(&fake).is_ok() {
-        let _ = fake.sync_state_with_parent();
-        if let Some(sink) = fake.static_pad("sink") {
-            let _ = pad.link(&sink);
         }
     }
 }
