@@ -70,24 +70,7 @@ pub fn transcode(
         caps.merge(decoder_caps(&decode, &r.mux));
     }
     decode.set_property("caps", caps);
-    let decoders = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let d = decoders.clone();
-    let decode_bin = decode
-        .downcast_ref::<gst::Bin>()
-        .ok_or_else(|| internal("decodebin is not a bin"))?;
-    decode_bin.connect_deep_element_added(move |_, _, element| {
-        let Some(factory) = element.factory() else {
-            return;
-        };
-        let klass = factory
-            .metadata(gst::ELEMENT_METADATA_KLASS)
-            .unwrap_or_default();
-        if klass.contains("Decoder") {
-            d.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(factory.name().to_string());
-        }
-    });
+    let decoders = record_decoders(&decode)?;
     let video_in: Vec<_> = renditions
         .iter()
         .map(|r| Watch::on(&r.video.static_pad("sink").expect("a branch has a sink")))
@@ -288,4 +271,30 @@ pub(super) fn classify(err: &gst::message::Error) -> JobError {
         _ => ErrorKind::TranscodeFailed,
     };
     JobError::new(kind, message)
+}
+
+/// The decoders `decode` (a `decodebin`) creates, by element factory,
+/// as it creates them.
+pub(super) fn record_decoders(
+    decode: &gst::Element,
+) -> Result<std::sync::Arc<std::sync::Mutex<Vec<String>>>, JobError> {
+    let decoders = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let d = decoders.clone();
+    let decode_bin = decode
+        .downcast_ref::<gst::Bin>()
+        .ok_or_else(|| internal("decodebin is not a bin"))?;
+    decode_bin.connect_deep_element_added(move |_, _, element| {
+        let Some(factory) = element.factory() else {
+            return;
+        };
+        let klass = factory
+            .metadata(gst::ELEMENT_METADATA_KLASS)
+            .unwrap_or_default();
+        if klass.contains("Decoder") {
+            d.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(factory.name().to_string());
+        }
+    });
+    Ok(decoders)
 }

@@ -143,6 +143,7 @@ mod tests {
         ];
         let seeks = [None, Some(2_000_000_000), Some(4_000_000_000)];
         let mut parts = Vec::new();
+        let mut video_decoders = Vec::new();
         for i in 0..3 {
             let output = dir.path().join(format!("v{i}.{ext}"));
             let spec = VideoSpec {
@@ -158,6 +159,13 @@ mod tests {
                 panic!()
             };
             eprintln!("part {i}: {v:?}");
+            assert_eq!(
+                v.decoders.len(),
+                1,
+                "a video part decodes its video stream and nothing else: {:?}",
+                v.decoders
+            );
+            video_decoders = v.decoders.clone();
             parts.push(PartFile {
                 path: output,
                 first_ns: v.first_ns,
@@ -177,6 +185,16 @@ mod tests {
             panic!()
         };
         eprintln!("audio: {a:?}");
+        assert_eq!(
+            a.decoders.len(),
+            1,
+            "the audio part decodes its audio track and nothing else: {:?}",
+            a.decoders
+        );
+        assert_ne!(
+            a.decoders, video_decoders,
+            "the audio part decoded the video"
+        );
         let output = dir.path().join(format!("out.{ext}"));
         let PartOutcome::Joined(j) = run(&PartRequest::Join(JoinSpec {
             video: parts,

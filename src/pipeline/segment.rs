@@ -26,7 +26,7 @@ use gstreamer as gst;
 use gstreamer::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::build::classify;
+use super::build::{classify, record_decoders};
 use super::outputs::{branch, link_branch};
 use super::tracks::Watch;
 use super::{caps_name, discard, internal, make, path_str, NullOnDrop};
@@ -62,7 +62,7 @@ pub struct VideoSpec {
 }
 
 /// What a video segment holds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EncodedVideo {
     /// Frames encoded.
     pub frames: u64,
@@ -70,6 +70,10 @@ pub struct EncodedVideo {
     pub first_ns: u64,
     /// Stream time of its last frame plus that frame's duration, ns.
     pub end_ns: u64,
+    /// The decoders the part's pipeline created (element factories): the
+    /// video stream's only.
+    #[serde(default)]
+    pub decoders: Vec<String>,
 }
 
 /// The audio part to encode.
@@ -88,7 +92,7 @@ pub struct AudioSpec {
 }
 
 /// What the audio part holds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EncodedAudio {
     /// Tracks written.
     pub tracks: usize,
@@ -96,6 +100,10 @@ pub struct EncodedAudio {
     pub first_ns: u64,
     /// Stream time where its longest track ends, ns.
     pub end_ns: u64,
+    /// The decoders the part's pipeline created (element factories): the
+    /// audio tracks' only.
+    #[serde(default)]
+    pub decoders: Vec<String>,
 }
 
 /// Where the timeline probe stands.
@@ -119,6 +127,11 @@ struct Timeline {
 
 type Shared = Arc<Mutex<Timeline>>;
 
+/// What a recorder of decoders holds.
+fn taken(decoders: &Mutex<Vec<String>>) -> Vec<String> {
+    std::mem::take(&mut *decoders.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
 fn lock(t: &Mutex<Timeline>) -> std::sync::MutexGuard<'_, Timeline> {
     t.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -131,6 +144,7 @@ pub fn encode_video(
     super::init()?;
     let (pipeline, decode, mux) = start_part(&spec.input, &spec.output, &spec.muxer, "video")?;
     let _guard = NullOnDrop(pipeline.clone());
+    let decoders = record_decoders(&decode)?;
     let video = branch(&spec.video, "video")?;
     pipeline.add(&video).map_err(internal)?;
     link_branch(&video, &mux, &spec.muxer, "video")?;
@@ -202,6 +216,7 @@ pub fn encode_video(
             frames: t.frames,
             first_ns,
             end_ns: t.end.max(first_ns),
+            decoders: taken(&decoders),
         }),
         _ => Err(JobError::new(
             ErrorKind::UndecodableInput,
@@ -225,6 +240,7 @@ pub fn encode_audio(
     super::init()?;
     let (pipeline, decode, mux) = start_part(&spec.input, &spec.output, &spec.muxer, "audio")?;
     let _guard = NullOnDrop(pipeline.clone());
+    let decoders = record_decoders(&decode)?;
     let timeline: Shared = Arc::default();
     let mut ready = VecDeque::new();
     let mut watches = Vec::new();
@@ -285,6 +301,7 @@ pub fn encode_audio(
         tracks,
         first_ns: t.origin.unwrap_or(0),
         end_ns: t.end,
+        decoders: taken(&decoders),
     })
 }
 
@@ -311,7 +328,13 @@ fn start_part(
             "image" => "video",
             other => other,
         };
-        let elementary = pad
+        // decodebin asks with its own ghost pad; what made the stream is
+        // the element of the pad it targets.
+        let made_by = pad.and_then(|p| match p.clone().downcast::<gst::GhostPad>() {
+            Ok(ghost) => ghost.target(),
+            Err(_) => Some(p),
+        });
+        let elementary = made_by
             .and_then(|p| p.parent_element())
             .and_then(|e| e.factory())
             .and_then(|f| {
