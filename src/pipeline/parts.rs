@@ -33,6 +33,15 @@ pub enum PartRequest {
     Video(VideoSpec),
     /// Encode the audio part.
     Audio(AudioSpec),
+    /// Encode a video segment and, in a second pipeline beside it, the
+    /// audio part, as a whole-file transcode encodes its audio beside its
+    /// video (positions are the video's).
+    VideoAndAudio {
+        /// The video segment.
+        video: VideoSpec,
+        /// The audio part.
+        audio: AudioSpec,
+    },
     /// Join the parts into the output and verify it.
     Join(JoinSpec),
 }
@@ -47,6 +56,15 @@ pub enum PartOutcome {
     Video(EncodedVideo),
     /// The audio part.
     Audio(EncodedAudio),
+    /// A video segment and the audio part encoded beside it.
+    VideoAndAudio {
+        /// The video segment.
+        video: EncodedVideo,
+        /// The audio part.
+        audio: EncodedAudio,
+        /// How long the audio part took, ms.
+        audio_ms: u64,
+    },
     /// The joined, verified output.
     Joined(Joined),
 }
@@ -67,6 +85,25 @@ pub fn run_part(
         }
         PartRequest::Audio(spec) => {
             super::segment::encode_audio(spec, on_position).map(PartOutcome::Audio)
+        }
+        PartRequest::VideoAndAudio { video, audio } => {
+            let beside = std::thread::scope(|scope| {
+                let audio = scope.spawn(|| {
+                    let started = std::time::Instant::now();
+                    super::segment::encode_audio(audio, |_, _| {})
+                        .map(|a| (a, started.elapsed().as_millis() as u64))
+                });
+                let video = super::segment::encode_video(video, on_position);
+                let audio = audio
+                    .join()
+                    .unwrap_or_else(|_| Err(super::internal("the audio part's pipeline panicked")));
+                video.and_then(|video| audio.map(|audio| (video, audio)))
+            });
+            beside.map(|(video, (audio, audio_ms))| PartOutcome::VideoAndAudio {
+                video,
+                audio,
+                audio_ms,
+            })
         }
         PartRequest::Join(spec) => super::join::join(spec, on_position).map(PartOutcome::Joined),
     }
@@ -118,7 +155,9 @@ mod tests {
         run_part(request, |_, _| {}).unwrap_or_else(|e| panic!("{request:?}: {e}"))
     }
 
-    fn join_three(muxer: &str, ext: &str, video: &str, audio: &str) {
+    /// Three segments and the audio part, joined; with `beside`, the
+    /// audio part is encoded beside the last segment in one request.
+    fn join_three(muxer: &str, ext: &str, video: &str, audio: &str, beside: bool) {
         let dir = tempfile::tempdir().unwrap();
         let input = dir.path().join("in.mp4");
         ffmpeg(
@@ -142,6 +181,15 @@ mod tests {
             None,
         ];
         let seeks = [None, Some(2_000_000_000), Some(4_000_000_000)];
+        let audio_out = dir.path().join(format!("a.{ext}"));
+        let audio_spec = AudioSpec {
+            input: input.clone(),
+            output: audio_out.clone(),
+            audio: audio.into(),
+            muxer: muxer.into(),
+            tracks: 1,
+        };
+        let mut encoded_audio = None;
         let mut parts = Vec::new();
         let mut video_decoders = Vec::new();
         for i in 0..3 {
@@ -155,8 +203,26 @@ mod tests {
                 until_ns: cuts[i + 1],
                 seek_ns: seeks[i],
             };
-            let PartOutcome::Video(v) = run(&PartRequest::Video(spec)) else {
-                panic!()
+            let v = if beside && i == 2 {
+                let PartOutcome::VideoAndAudio {
+                    video,
+                    audio,
+                    audio_ms,
+                } = run(&PartRequest::VideoAndAudio {
+                    video: spec,
+                    audio: audio_spec.clone(),
+                })
+                else {
+                    panic!()
+                };
+                assert!(audio_ms > 0);
+                encoded_audio = Some(audio);
+                video
+            } else {
+                let PartOutcome::Video(v) = run(&PartRequest::Video(spec)) else {
+                    panic!()
+                };
+                v
             };
             eprintln!("part {i}: {v:?}");
             assert_eq!(
@@ -174,15 +240,14 @@ mod tests {
             });
         }
         assert_eq!(parts.iter().map(|p| p.frames).sum::<u64>(), 150);
-        let audio_out = dir.path().join(format!("a.{ext}"));
-        let PartOutcome::Audio(a) = run(&PartRequest::Audio(AudioSpec {
-            input: input.clone(),
-            output: audio_out.clone(),
-            audio: audio.into(),
-            muxer: muxer.into(),
-            tracks: 1,
-        })) else {
-            panic!()
+        let a = match encoded_audio {
+            Some(a) => a,
+            None => {
+                let PartOutcome::Audio(a) = run(&PartRequest::Audio(audio_spec.clone())) else {
+                    panic!()
+                };
+                a
+            }
         };
         eprintln!("audio: {a:?}");
         assert_eq!(
@@ -234,26 +299,29 @@ mod tests {
             "mp4",
             "videoconvert ! x264enc speed-preset=ultrafast",
             crate::plan::DEFAULT_AAC,
+            false,
         );
     }
 
     #[test]
-    fn three_segments_with_b_frames_join_into_mp4() {
+    fn three_segments_with_b_frames_and_the_audio_beside_one_join_into_mp4() {
         join_three(
             "mp4mux",
             "mp4",
             "videoconvert ! x264enc speed-preset=medium",
             crate::plan::DEFAULT_AAC,
+            true,
         );
     }
 
     #[test]
-    fn three_segments_join_into_mkv() {
+    fn three_segments_and_the_audio_beside_one_join_into_mkv() {
         join_three(
             "matroskamux",
             "mkv",
             "videoconvert ! x264enc speed-preset=medium",
             crate::plan::DEFAULT_AAC,
+            true,
         );
     }
 
@@ -264,6 +332,7 @@ mod tests {
             "webm",
             "videoconvert ! vp9enc deadline=1 cpu-used=8",
             crate::plan::DEFAULT_OPUS,
+            false,
         );
     }
 }

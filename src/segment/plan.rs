@@ -134,6 +134,12 @@ pub struct SegmentPlan {
     pub frame_ns: u64,
     /// The video segments, in order.
     pub cuts: Vec<Cut>,
+    /// The video segment whose task also encodes the audio part, in a
+    /// pipeline beside the segment's (as a whole-file job encodes its audio
+    /// beside its video, on another core); `None` when the audio part has
+    /// a task of its own (no audio, or a plan from an older worker).
+    #[serde(default)]
+    pub audio_beside: Option<u32>,
     /// Input tracks the output does not carry, one sentence each.
     #[serde(default)]
     pub left_out: Vec<String>,
@@ -154,9 +160,10 @@ impl SegmentPlan {
         parts
     }
 
-    /// The parts in the order their tasks are queued: the audio part
-    /// first (it is short, and the join needs it), then the video
-    /// segments longest first, so the last to finish is a short one.
+    /// The parts in the order their tasks are queued: the video segments
+    /// longest first, so the last to finish is a short one (the first
+    /// carries the audio part, see [`SegmentPlan::audio_beside`]); the
+    /// audio part first when it has a task of its own.
     pub fn queue_order(&self) -> Vec<Part> {
         let mut video: Vec<(u64, u32)> = self
             .cuts
@@ -165,11 +172,34 @@ impl SegmentPlan {
             .map(|(i, c)| (c.length_ns(self.first_ns, self.end_ns), i as u32))
             .collect();
         video.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-        let audio = (!self.media.audio.is_empty()).then_some(Part::Audio);
+        let audio =
+            (!self.media.audio.is_empty() && self.audio_beside.is_none()).then_some(Part::Audio);
         audio
             .into_iter()
             .chain(video.into_iter().map(|(_, i)| Part::Video(i)))
             .collect()
+    }
+
+    /// Has the first task queued carry the audio part (when there is one).
+    pub fn carry_audio_in_first_task(&mut self) {
+        self.audio_beside = None;
+        if self.media.audio.is_empty() {
+            return;
+        }
+        self.audio_beside = self.queue_order().into_iter().find_map(|p| match p {
+            Part::Video(i) => Some(i),
+            Part::Audio => None,
+        });
+    }
+
+    /// The parts the task of `task` makes: that part, and the audio part
+    /// when the task carries it.
+    pub fn made_by(&self, task: Part) -> Vec<Part> {
+        let mut parts = vec![task];
+        if matches!(task, Part::Video(i) if self.audio_beside == Some(i)) {
+            parts.push(Part::Audio);
+        }
+        parts
     }
 
     /// The share (0 to 1) of the job's work `part` is: video segments by
@@ -367,7 +397,7 @@ mod tests {
     }
 
     #[test]
-    fn parts_are_named_and_queued_longest_first_after_the_audio() {
+    fn parts_are_named_and_queued_longest_first_with_the_audio_first_or_beside_the_first() {
         for part in [
             Part::Video(0),
             Part::Video(12),
@@ -398,6 +428,7 @@ mod tests {
             end_ns: 26 * S,
             frame_ns: FRAME,
             cuts: cut(&scan(26, &[0.0, 11.0]), 10.0),
+            audio_beside: None,
             left_out: vec![],
             split_by: "w".into(),
             created_at: "t".into(),
@@ -409,6 +440,17 @@ mod tests {
         );
         plan.media.audio.push(Default::default());
         assert_eq!(plan.queue_order()[0], Part::Audio);
+        assert_eq!(plan.parts().last(), Some(&Part::Audio));
+        assert_eq!(plan.made_by(Part::Video(0)), [Part::Video(0)]);
+        // The audio part rides with the first task.
+        plan.carry_audio_in_first_task();
+        assert_eq!(plan.audio_beside, Some(0));
+        assert_eq!(
+            plan.queue_order(),
+            [Part::Video(0), Part::Video(1), Part::Video(2)]
+        );
+        assert_eq!(plan.made_by(Part::Video(0)), [Part::Video(0), Part::Audio]);
+        assert_eq!(plan.made_by(Part::Video(1)), [Part::Video(1)]);
         assert_eq!(plan.parts().last(), Some(&Part::Audio));
         let total: f64 = plan.parts().iter().map(|p| plan.weight(*p)).sum();
         assert!((total - 1.0).abs() < 1e-9, "{total}");

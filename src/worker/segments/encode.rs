@@ -38,7 +38,12 @@ impl Worker {
             ));
         }
         let stored = objects.stored_parts(plan).await?;
-        if stored.contains(&part) {
+        let todo: Vec<Part> = plan
+            .made_by(part)
+            .into_iter()
+            .filter(|p| !stored.contains(p))
+            .collect();
+        if todo.is_empty() {
             tracing::info!(
                 "{part} is stored already (an earlier attempt made it); not encoding it again"
             );
@@ -52,10 +57,10 @@ impl Worker {
                 },
                 segments: plan.cuts.len() as u32,
                 base,
-                weight: plan.weight(part),
+                weight: todo.iter().map(|p| plan.weight(*p)).sum(),
             };
             let reporter = reporter.clone().for_part(share);
-            self.encode_part(plan, job, part, &reporter).await?;
+            self.encode_parts(plan, job, &todo, &reporter).await?;
         }
         let stored = objects.stored_parts(plan).await?;
         if stored.len() < plan.parts().len() {
@@ -73,12 +78,14 @@ impl Worker {
             .map(PartEnd::Joined)
     }
 
-    /// Encodes `part` of `plan`, stores it and records it as done.
-    pub(super) async fn encode_part(
+    /// Encodes `parts` of `plan` (one part, or a video segment and the
+    /// audio part beside it, in one pipeline process), stores each and
+    /// records it as done.
+    pub(super) async fn encode_parts(
         &self,
         plan: &SegmentPlan,
         job: &Job,
-        part: Part,
+        parts: &[Part],
         reporter: &Reporter,
     ) -> Result<(), JobError> {
         let (w, storage) = (&self.settings.worker, &self.storage);
@@ -107,80 +114,109 @@ impl Worker {
             )
             .await?;
         let folder = self.scratch.attempt_folder()?;
-        let file = folder
-            .path()
-            .join(format!("{}.{}", part.name(), extension(&plan.muxer)));
-        let request = match part {
-            Part::Video(i) => {
-                let cut = plan
-                    .cut(i)
-                    .ok_or_else(|| invalid_task(format!("the plan has no {part}")))?;
-                PartRequest::Video(VideoSpec {
-                    input: input.path.clone(),
-                    output: file.clone(),
-                    video: plan.video.clone(),
-                    muxer: plan.muxer.clone(),
-                    from_ns: cut.from_ns,
-                    until_ns: cut.until_ns,
-                    seek_ns: cut.seek_ns,
-                })
-            }
-            Part::Audio => PartRequest::Audio(AudioSpec {
-                input: input.path.clone(),
-                output: file.clone(),
-                audio: plan.audio.clone(),
-                muxer: plan.muxer.clone(),
-                tracks: plan.media.audio.len(),
-            }),
+        let file = |part: Part| {
+            folder
+                .path()
+                .join(format!("{}.{}", part.name(), extension(&plan.muxer)))
         };
-        tracing::info!("encoding {part}");
+        let video = |i: u32| -> Result<VideoSpec, JobError> {
+            let cut = plan
+                .cut(i)
+                .ok_or_else(|| invalid_task(format!("the plan has no segment {i}")))?;
+            Ok(VideoSpec {
+                input: input.path.clone(),
+                output: file(Part::Video(i)),
+                video: plan.video.clone(),
+                muxer: plan.muxer.clone(),
+                from_ns: cut.from_ns,
+                until_ns: cut.until_ns,
+                seek_ns: cut.seek_ns,
+            })
+        };
+        let audio = || AudioSpec {
+            input: input.path.clone(),
+            output: file(Part::Audio),
+            audio: plan.audio.clone(),
+            muxer: plan.muxer.clone(),
+            tracks: plan.media.audio.len(),
+        };
+        let request = match parts {
+            [Part::Video(i)] => PartRequest::Video(video(*i)?),
+            [Part::Audio] => PartRequest::Audio(audio()),
+            [Part::Video(i), Part::Audio] => PartRequest::VideoAndAudio {
+                video: video(*i)?,
+                audio: audio(),
+            },
+            _ => return Err(unexpected("parts of one task")),
+        };
+        let names: Vec<String> = parts.iter().map(|p| p.to_string()).collect();
+        tracing::info!("encoding {}", names.join(" and "));
         let started = std::time::Instant::now();
         reporter.update(Phase::Transcoding, 0.0, None).await;
         let outcome = self.run_part_pipeline(&request, reporter).await?;
         let encode_ms = started.elapsed().as_millis() as u64;
-        let (frames, tracks, first_ns, end_ns) = match outcome {
-            PartOutcome::Video(v) => (v.frames, 0, v.first_ns, v.end_ns),
-            PartOutcome::Audio(a) => (0, a.tracks, a.first_ns, a.end_ns),
+        // Per part: frames, audio tracks, first and end stream times, ms.
+        let made: Vec<(Part, u64, usize, u64, u64, u64)> = match (outcome, parts) {
+            (PartOutcome::Video(v), [part]) => {
+                vec![(*part, v.frames, 0, v.first_ns, v.end_ns, encode_ms)]
+            }
+            (PartOutcome::Audio(a), [part]) => {
+                vec![(*part, 0, a.tracks, a.first_ns, a.end_ns, encode_ms)]
+            }
+            (
+                PartOutcome::VideoAndAudio {
+                    video: v,
+                    audio: a,
+                    audio_ms,
+                },
+                [part, audio],
+            ) => vec![
+                (*part, v.frames, 0, v.first_ns, v.end_ns, encode_ms),
+                (*audio, 0, a.tracks, a.first_ns, a.end_ns, audio_ms),
+            ],
             _ => return Err(unexpected("part encode")),
         };
         self.fault_point(Phase::Transcoding);
-        let key = self.objects().part_key(plan, part);
-        let size = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
-        let metadata = vec![
-            (META_JOB_ID.to_string(), plan.job_id.clone()),
-            ("transcode-worker".to_string(), self.id.clone()),
-        ];
-        reporter.update(Phase::Uploading, 0.0, None).await;
-        let counter = Transferred::default();
-        watch_transfer(
-            storage.store(&file, &key, &metadata, &counter),
-            &counter,
-            (0, size),
-            reporter,
-            Phase::Uploading,
-            w.upload_stall_timeout,
-        )
-        .await?;
-        let done = Done {
-            part: part.name(),
-            worker: self.id.clone(),
-            frames,
-            tracks,
-            first_ns,
-            end_ns,
-            size,
-            encode_ms,
-            at: crate::job::now_rfc3339(),
-        };
-        self.objects().write_done(plan, part, &done).await?;
-        tracing::info!(
-            part = %part.name(),
-            frames,
-            first_s = first_ns as f64 / 1e9,
-            bytes = size,
-            encode_ms,
-            "part stored"
-        );
+        for (part, frames, tracks, first_ns, end_ns, encode_ms) in made {
+            let file = file(part);
+            let key = self.objects().part_key(plan, part);
+            let size = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+            let metadata = vec![
+                (META_JOB_ID.to_string(), plan.job_id.clone()),
+                ("transcode-worker".to_string(), self.id.clone()),
+            ];
+            reporter.update(Phase::Uploading, 0.0, None).await;
+            let counter = Transferred::default();
+            watch_transfer(
+                storage.store(&file, &key, &metadata, &counter),
+                &counter,
+                (0, size),
+                reporter,
+                Phase::Uploading,
+                w.upload_stall_timeout,
+            )
+            .await?;
+            let done = Done {
+                part: part.name(),
+                worker: self.id.clone(),
+                frames,
+                tracks,
+                first_ns,
+                end_ns,
+                size,
+                encode_ms,
+                at: crate::job::now_rfc3339(),
+            };
+            self.objects().write_done(plan, part, &done).await?;
+            tracing::info!(
+                part = %part.name(),
+                frames,
+                first_s = first_ns as f64 / 1e9,
+                bytes = size,
+                encode_ms,
+                "part stored"
+            );
+        }
         Ok(())
     }
 

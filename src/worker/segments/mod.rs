@@ -145,7 +145,7 @@ impl Worker {
                 let missing: Vec<Part> = earlier
                     .queue_order()
                     .into_iter()
-                    .filter(|p| !stored.contains(p))
+                    .filter(|&task| earlier.made_by(task).iter().any(|p| !stored.contains(p)))
                     .collect();
                 tracing::info!(
                     plan = %earlier.plan_id,
@@ -207,7 +207,7 @@ impl Worker {
             .enumerate()
             .map(|(i, _)| format!("subtitle track {i}: segmented jobs carry video and audio only"))
             .collect();
-        let segment_plan = SegmentPlan {
+        let mut segment_plan = SegmentPlan {
             plan_id: uuid::Uuid::new_v4().simple().to_string(),
             job_id: job.job_id.clone(),
             message: String::from_utf8_lossy(delivery.body()).into_owned(),
@@ -227,10 +227,12 @@ impl Worker {
             end_ns: scan.end_ns,
             frame_ns: scan.frame_ns,
             cuts,
+            audio_beside: None,
             left_out,
             split_by: self.id.clone(),
             created_at: crate::job::now_rfc3339(),
         };
+        segment_plan.carry_audio_in_first_task();
         objects.write_plan(&segment_plan).await?;
         let parts = segment_plan.queue_order();
         tracing::info!(
