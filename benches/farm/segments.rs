@@ -152,7 +152,8 @@ pub(super) async fn segments(opts: &Opts) -> String {
          encoder with one encoder thread per worker), default AAC audio; `transcode-worker run` \
          with default settings, S3 backend on loopback. Each time is from publish to the \
          `completed` event. The two-worker run starts the second worker after the one-worker \
-         runs. CPU: user + system time of the worker and its pipeline processes during the \
+         runs. Speed-up, bound and overhead are the medians of the runs' own ratios (the \
+         whole-file job of the same run as denominator or numerator). CPU: user + system time of the worker and its pipeline processes during the \
          whole-file job (`/proc`); no split of that work over two cores can take less than half \
          of it, so whole / (CPU / 2) is the most two workers can gain on this machine. The \
          join's share is its time against the parts' encode time in the one-worker run. Load \
@@ -212,6 +213,11 @@ async fn input_row(opts: &Opts, farm: &Farm, what: &str, key: &str, secs: u32, s
             .collect::<Vec<_>>()
             .join(", ")
     };
+    // Each ratio is taken within a run (its jobs ran minutes apart at
+    // most), then the median of the runs'.
+    let ratios =
+        |a: &[f64], b: &[f64]| -> Vec<f64> { a.iter().zip(b).map(|(a, b)| a / b).collect() };
+    let half = |v: &[f64]| -> Vec<f64> { v.iter().map(|c| c / 2.0).collect() };
     let (w, s1, s2, c) = (
         median(whole.clone()),
         median(one.clone()),
@@ -226,9 +232,9 @@ async fn input_row(opts: &Opts, farm: &Farm, what: &str, key: &str, secs: u32, s
             format!("{c:.1} s"),
             format!("{s1:.2} s"),
             format!("{s2:.2} s"),
-            format!("**{:.2}x**", w / s2),
-            format!("{:.2}x", w / (c / 2.0)),
-            format!("**{:+.1} %**", (s1 / w - 1.0) * 100.0),
+            format!("**{:.2}x**", median(ratios(&whole, &two))),
+            format!("{:.2}x", median(ratios(&whole, &half(&cpu)))),
+            format!("**{:+.1} %**", (median(ratios(&one, &whole)) - 1.0) * 100.0),
             format!("**{:.2} %**", median(shares.clone()) * 100.0),
         ],
         runs: format!(

@@ -11,15 +11,16 @@
 //!    frame boundaries every `segment_seconds` (moved to a source key frame
 //!    when one is near; a short tail joins the segment before it), writes
 //!    the [`SegmentPlan`] (with the job's message as it was published) to
-//!    the storage, publishes one [`PartTask`] per part to the jobs queue the
-//!    job came from (confirmed), and acks the job.
+//!    the storage, publishes a [`PartTask`] per video segment to the jobs
+//!    queue the job came from (confirmed), and acks the job.
 //! 2. **Parts**: every worker takes part tasks like jobs, one
 //!    at a time: a video segment (the frames of its stream times, the first
 //!    one a key frame, in a part file of the output's container), or the
 //!    audio part (every audio track of the whole input, encoded once, so no
-//!    encoder priming falls between segments). A part already stored is
-//!    not encoded again; a worker killed mid-part costs that part only
-//!    (the broker gives its task to another worker).
+//!    encoder priming falls between segments; the first task queued
+//!    encodes it beside its segment, [`SegmentPlan::audio_beside`]). A
+//!    part already stored is not encoded again; a worker killed mid-part
+//!    costs that part only (the broker gives its task to another worker).
 //! 3. **Join**: the task that stores the last part claims the
 //!    job's end (an object created only if absent: one claim wins) and
 //!    joins the parts with demuxers and the muxer (nothing is encoded

@@ -269,6 +269,7 @@ impl<'a> Objects<'a> {
             }
         }
         self.storage.delete(&plan).await?;
+        self.storage.remove_empty_folder(&folder).await?;
         Ok(removed + 1)
     }
 
@@ -388,7 +389,17 @@ mod tests {
         let old = objects.abandoned(Duration::ZERO).await.unwrap();
         assert_eq!(old.len(), 1);
         assert_eq!(old[0].plan.as_ref(), Some(&plan));
+        let other = Objects::new(&storage, "_transcode/segments/");
+        let mut plan2 = plan.clone();
+        plan2.job_id = "job-2".into();
+        other.write_plan(&plan2).await.unwrap();
         assert_eq!(objects.remove("job-1").await.unwrap(), 4);
+        // The job's folders go with its objects; another job's stay.
+        let segments = dir.path().join("_transcode/segments");
+        assert!(!segments.join("job-1").exists());
+        assert!(segments.join("job-2/plan.json").exists());
+        other.remove("job-2").await.unwrap();
+        assert!(!segments.join("job-2").exists());
         assert!(storage.list("_transcode/").await.unwrap().is_empty());
         assert_eq!(objects.plan("job-1").await.unwrap(), None);
     }

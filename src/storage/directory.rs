@@ -321,6 +321,27 @@ impl DirStore {
         Ok(())
     }
 
+    /// Removes the folder of `prefix` and the empty folders inside it,
+    /// deepest first, unless a file is left in them (not the root).
+    pub(super) async fn remove_empty_folder(&self, prefix: &str) -> Result<(), StorageError> {
+        let folder = self.join(prefix.trim_end_matches('/'))?;
+        if folder == self.root {
+            return Ok(());
+        }
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || {
+            let Ok(folder) = folder.canonicalize() else {
+                return Ok(()); // gone already
+            };
+            if !folder.starts_with(&root) || folder == root {
+                return Ok(());
+            }
+            remove_empty(&folder)
+        })
+        .await
+        .map_err(|e| StorageError::Local(format!("removing empty folders: {e}")))?
+    }
+
     /// Whether the root is (still) an existing directory.
     pub(super) async fn exists(&self) -> Result<bool, StorageError> {
         match tokio::fs::metadata(&self.root).await {
@@ -328,6 +349,34 @@ impl DirStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(local(&self.root, e)),
         }
+    }
+}
+
+/// Removes `folder` and its subfolders, deepest first, where they are
+/// empty (a folder that is not empty, or is written to meanwhile, stays).
+fn remove_empty(folder: &Path) -> Result<(), StorageError> {
+    let entries = match std::fs::read_dir(folder) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(local(folder, e)),
+    };
+    for entry in entries.flatten() {
+        // Subfolders only, never through a symbolic link.
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_empty(&entry.path())?;
+        }
+    }
+    match std::fs::remove_dir(folder) {
+        Ok(()) => Ok(()),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::DirectoryNotEmpty
+            ) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(local(folder, e)),
     }
 }
 

@@ -275,6 +275,17 @@ impl Storage {
         }
     }
 
+    /// Removes the folder `prefix` (a key prefix ending in `/`) when it
+    /// holds no file, with the empty folders inside it: the directory
+    /// backend's folders, which S3 does not have, go with the last object
+    /// in them.
+    pub async fn remove_empty_folder(&self, prefix: &str) -> Result<(), StorageError> {
+        match self {
+            Storage::S3(_) => Ok(()),
+            Storage::Directory(d) => d.remove_empty_folder(prefix).await,
+        }
+    }
+
     /// Aborts unfinished uploads of `key` (S3 multipart uploads cut off by
     /// a cancel; the directory backend leaves no partial file behind).
     pub async fn abort_uploads(&self, key: &str) {

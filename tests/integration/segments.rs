@@ -105,7 +105,8 @@ fn decoded_frames(path: &Path) -> u64 {
         .expect("a frame count")
 }
 
-/// The objects of segmented jobs left in the farm's storage.
+/// The objects of segmented jobs left in the farm's storage (and, on the
+/// directory backend, the folders).
 async fn segment_objects(farm: &Farm) -> Vec<String> {
     if let Some(bucket) = &farm.bucket {
         return bucket
@@ -121,11 +122,12 @@ async fn segment_objects(farm: &Farm) -> Vec<String> {
     let mut folders = vec![root.join(SEGMENTS_PREFIX)];
     while let Some(folder) = folders.pop() {
         for entry in std::fs::read_dir(&folder).into_iter().flatten().flatten() {
+            // A folder left behind counts too: the directory backend
+            // removes a job's folders with its last object.
             if entry.path().is_dir() {
                 folders.push(entry.path());
-            } else {
-                found.push(entry.path().display().to_string());
             }
+            found.push(entry.path().display().to_string());
         }
     }
     found
