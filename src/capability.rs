@@ -206,6 +206,20 @@ pub fn needs(plan: &Plan, job: &Job) -> Needs {
     }
 }
 
+/// What a part of a segmented job needs: the branches and muxer its plan
+/// fixed when the job was split (every part is encoded alike, so a part
+/// never picks another alternative of a preset), and the job's labels.
+pub fn part_needs(video: &str, audio: &str, muxer: &str, job: &Job) -> Needs {
+    let mut elements: BTreeSet<String> = factories_in(video).into_iter().collect();
+    elements.extend(factories_in(audio));
+    elements.insert(muxer.to_string());
+    elements.retain(|e| !BASE_ELEMENTS.contains(&e.as_str()));
+    Needs {
+        elements,
+        labels: job.requires.iter().cloned().collect(),
+    }
+}
+
 /// A set of elements and labels (`@label`) a job waits for a worker to
 /// have; names its queue.
 #[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -24,6 +24,7 @@ use crate::control::{self, Command, Request};
 use crate::error::{ErrorKind, JobError};
 use crate::job::Job;
 use crate::progress::Reporter;
+use crate::segment::Part;
 
 /// How long the unplaced queue's worker waits for the live workers'
 /// answers before deciding that none can run a job.
@@ -127,13 +128,16 @@ impl Worker {
     }
 
     /// Moves `delivery` to `waiting`'s queue (declared, and recorded in the
-    /// requirements stream), after a `waiting` event.
+    /// requirements stream), after a `waiting` event. `part` names the
+    /// part of a segmented job the delivery is the task of: its job runs
+    /// on meanwhile, so the job's record is left as it is.
     pub(super) async fn wait_elsewhere(
         &self,
         broker: &Broker,
         delivery: &Delivery,
         reporter: &Reporter,
         waiting: &WaitingQueue,
+        part: Option<Part>,
     ) {
         let max = self.settings.worker.max_attempts;
         if let Err(e) = broker.declare_waiting_queue(&waiting.queue, max).await {
@@ -149,10 +153,11 @@ impl Worker {
                 return delivery.give_back().await;
             }
         }
+        let what = part.map_or("the job".to_string(), |p| p.to_string());
         let why = JobError::new(
             ErrorKind::MissingCapability,
             format!(
-                "this worker lacks {}; the job waits in {} for a worker that has {}",
+                "this worker lacks {}; {what} waits in {} for a worker that has {}",
                 self.capabilities.missing_of(&waiting.requires),
                 waiting.queue,
                 waiting.requires
@@ -163,6 +168,9 @@ impl Worker {
             tracing::warn!(error = %e, "could not publish the waiting event");
         }
         let job_id = reporter.job_id().to_string();
+        if part.is_some() {
+            return self.move_waiting(broker, delivery, waiting).await;
+        }
         self.record(&job_id, |r| {
             r.waiting_for = Some(waiting.requires.to_string());
             r.mark(
@@ -173,6 +181,12 @@ impl Worker {
             );
         })
         .await;
+        self.move_waiting(broker, delivery, waiting).await;
+    }
+
+    /// Moves `delivery` to `waiting`'s queue, with the headers that say
+    /// what it waits for, to expire into the unplaced queue.
+    async fn move_waiting(&self, broker: &Broker, delivery: &Delivery, waiting: &WaitingQueue) {
         let headers = [
             (REQUIRES_HEADER, waiting.requires.header()),
             (PRIORITY_QUEUE_HEADER, waiting.priority_queue.clone()),
@@ -181,6 +195,35 @@ impl Worker {
         delivery
             .move_to(broker, &waiting.queue, &headers, expires)
             .await;
+    }
+
+    /// Where the task of `part` of `plan` goes when this worker lacks what
+    /// the plan's branches need ([`capability::part_needs`]); `None` when it
+    /// can encode it.
+    pub(super) fn place_part(
+        &self,
+        plan: &crate::segment::SegmentPlan,
+        job: &Job,
+        delivery: &Delivery,
+    ) -> Option<WaitingQueue> {
+        let needs = capability::part_needs(&plan.video, &plan.audio, &plan.muxer, job);
+        let missing = self.capabilities.missing(&needs);
+        if missing.is_empty() {
+            return None;
+        }
+        let waited_for = delivery
+            .header_text(REQUIRES_HEADER)
+            .map(|h| Requirement::from_header(&h))
+            .unwrap_or_default();
+        let priority_queue = delivery
+            .header_text(PRIORITY_QUEUE_HEADER)
+            .unwrap_or_else(|| delivery.queue().to_string());
+        let requires = waited_for.union(&missing);
+        Some(WaitingQueue {
+            queue: requires.queue_of(&priority_queue),
+            priority_queue,
+            requires,
+        })
     }
 
     /// Whether this worker already knows of `waiting`'s queue.

@@ -343,7 +343,7 @@ impl Worker {
                 Placement::Run => {}
                 Placement::Wait(waiting) => {
                     return self
-                        .wait_elsewhere(&broker, &delivery, &reporter, &waiting)
+                        .wait_elsewhere(&broker, &delivery, &reporter, &waiting, None)
                         .await
                 }
                 Placement::GiveUp(error) => {

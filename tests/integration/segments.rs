@@ -15,7 +15,9 @@ use serde_json::{json, Value};
 use transcode_worker::job::{Phase, Progress};
 
 use crate::common::farm::{Farm, WorkerProc};
-use crate::common::{fixtures, run_with_timeout, wait_for_value, DEFAULT_TIMEOUT};
+use crate::common::{
+    fixtures, process_name, run_with_timeout, signal, wait_for_value, DEFAULT_TIMEOUT,
+};
 
 /// Long enough for a 20 s input in a few parts on a loaded 2-core machine.
 const JOB_TIMEOUT: Duration = Duration::from_secs(300);
@@ -225,6 +227,71 @@ fn assert_joined_like_the_input(input: &Path, output: &Path, starts: &[f64]) {
 /// which); the output matches the input frame for frame, with a key frame
 /// where each segment starts; no segment object is left; every message
 /// (the job and its part tasks) is acked.
+/// Every part is encoded with the branches the split chose: a worker that
+/// lacks the encoder (x264enc hidden) takes part tasks while the worker
+/// that split the job is busy with its first part (its pipeline process
+/// held), and moves each to the queue of workers that have x264enc, with a
+/// `waiting` event naming the segment; the job completes with every
+/// segment encoded by the worker that has it, and nothing is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_part_task_taken_by_a_worker_lacking_its_encoder_waits_for_one_that_has_it() {
+    let farm = Farm::s3(&[]).await;
+    farm.put_input("in/route.mp4", &fixtures::h264_mp4(12))
+        .await;
+    let mut watch = farm.watch_progress().await;
+    let with = farm.spawn_worker(&[]);
+    farm.publish_job(json!({"job_id": "seg-route", "input_key": "in/route.mp4",
+        "output_key": "out/route.mp4", "transcode_options": FAST, "segment_seconds": 2}))
+        .await;
+    let first = watch
+        .until(JOB_TIMEOUT, |e| {
+            e.job_id == "seg-route" && e.segment.is_some() && e.state == Phase::Transcoding
+        })
+        .await;
+    let segments = first.segments.expect("the number of segments");
+    assert!(segments >= 4, "{first:#?}");
+    let held = wait_for_value(DEFAULT_TIMEOUT, "the running pipeline process", || async {
+        with.pipelines().into_iter().find(|pid| {
+            process_name(*pid).as_deref() == Some(transcode_worker::transcoder::RUNNING_NAME)
+        })
+    })
+    .await;
+    signal(held, libc::SIGSTOP);
+    let without = farm.spawn_worker(&[("TRANSCODE_PIPELINE__HIDDEN_ELEMENTS", "x264enc")]);
+    let waiting = watch
+        .until(JOB_TIMEOUT, |e| {
+            e.job_id == "seg-route" && e.state == Phase::Waiting && e.worker == without.name
+        })
+        .await;
+    let why = waiting.error.clone().unwrap_or_default();
+    assert!(
+        why.contains("x264enc") && why.contains("segment"),
+        "{waiting:#?}"
+    );
+    let requires_queue = format!("{}.requires.x264enc", farm.jobs_queue());
+    // Every task but the held one moves there (the held worker takes none).
+    wait_for_value(DEFAULT_TIMEOUT, "the other part tasks moved", || async {
+        (farm.ready_jobs().await == 0 && farm.ready_in(&requires_queue).await == segments - 1)
+            .then_some(())
+    })
+    .await;
+    signal(held, libc::SIGCONT);
+    let last = watch.until_final("seg-route", JOB_TIMEOUT).await;
+    assert_eq!(last.state, Phase::Completed, "{last:#?}\n{}", with.logs());
+    let by = encoders(&watch.seen);
+    assert_eq!(by.len() as u32, segments, "{by:?}");
+    for (segment, encoded_by) in &by {
+        assert!(
+            encoded_by.iter().all(|(worker, _)| *worker == with.name),
+            "segment {segment} encoded by {encoded_by:?}"
+        );
+    }
+    assert!(!without.logs().contains("encoding segment"));
+    assert_no_segment_objects(&farm).await;
+    farm.assert_all_acked(vec![with, without]).await;
+    assert_eq!(farm.ready_in(&requires_queue).await, 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_encode_the_segments_of_one_job_joined_frame_for_frame() {
     let farm = Farm::s3(&[]).await;

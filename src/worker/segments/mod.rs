@@ -306,6 +306,13 @@ impl Worker {
                         .await
                 }
             };
+            if let Some(waiting) = self.place_part(&plan, &job, &delivery) {
+                // Parts are encoded alike, with the branches the split
+                // chose: one that lacks them waits for a worker that has them.
+                return self
+                    .wait_elsewhere(&broker, &delivery, &reporter, &waiting, Some(part))
+                    .await;
+            }
             let limit = self.settings.worker.job_timeout;
             let run = self.run_part(&plan, &job, part, attempt, &reporter);
             let result = tokio::select! {
