@@ -9,6 +9,7 @@
 //!   verify it.
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -86,27 +87,73 @@ pub fn run_part(
         PartRequest::Audio(spec) => {
             super::segment::encode_audio(spec, on_position).map(PartOutcome::Audio)
         }
-        PartRequest::VideoAndAudio { video, audio } => {
-            let beside = std::thread::scope(|scope| {
-                let audio = scope.spawn(|| {
-                    let started = std::time::Instant::now();
-                    super::segment::encode_audio(audio, |_, _| {})
-                        .map(|a| (a, started.elapsed().as_millis() as u64))
-                });
-                let video = super::segment::encode_video(video, on_position);
-                let audio = audio
-                    .join()
-                    .unwrap_or_else(|_| Err(super::internal("the audio part's pipeline panicked")));
-                video.and_then(|video| audio.map(|audio| (video, audio)))
-            });
-            beside.map(|(video, (audio, audio_ms))| PartOutcome::VideoAndAudio {
-                video,
-                audio,
-                audio_ms,
-            })
-        }
+        PartRequest::VideoAndAudio { video, audio } => encode_beside(video, audio, on_position),
         PartRequest::Join(spec) => super::join::join(spec, on_position).map(PartOutcome::Joined),
     }
+}
+
+/// Encodes `video` and, in a thread beside it, `audio`. Positions are in
+/// the segment's time, at the share done of the slower of the two, so an
+/// audio part that outlasts its segment (the audio of a long input) still
+/// moves, and the stall watch does not take it for a hung pipeline.
+fn encode_beside(
+    video: &VideoSpec,
+    audio: &AudioSpec,
+    mut on_position: impl FnMut(Duration, Option<Duration>),
+) -> Result<PartOutcome, JobError> {
+    // The audio's position and duration as it last reported them (`None`
+    // before its first report): its share done is 0 until it reports, and
+    // unknown (`None`) when its pipeline cannot tell its duration.
+    let heard: Arc<Mutex<Option<(Duration, Option<Duration>)>>> = Arc::default();
+    let audio_share = || match *heard.lock().unwrap_or_else(|e| e.into_inner()) {
+        None => Some(0.0),
+        Some((at, of)) => of
+            .filter(|d| !d.is_zero())
+            .map(|d| (at.as_secs_f64() / d.as_secs_f64()).min(1.0)),
+    };
+    std::thread::scope(|scope| {
+        let h = heard.clone();
+        let audio_thread = scope.spawn(move || {
+            let started = std::time::Instant::now();
+            super::segment::encode_audio(audio, |at, of| {
+                *h.lock().unwrap_or_else(|e| e.into_inner()) = Some((at, of));
+            })
+            .map(|a| (a, started.elapsed().as_millis() as u64))
+        });
+        let mut length = None;
+        let video = super::segment::encode_video(video, |at, of| {
+            length = of.or(length);
+            let Some(of) = of.filter(|d| !d.is_zero()) else {
+                return on_position(at, None);
+            };
+            let share = (at.as_secs_f64() / of.as_secs_f64()).min(1.0);
+            let share = audio_share().map_or(share, |a| share.min(a));
+            on_position(of.mul_f64(share), Some(of));
+        });
+        // The video is done: the audio's share alone, until it ends (past
+        // the segment's length when its duration is unknown, so it moves).
+        let length = length.unwrap_or(Duration::from_secs(1));
+        while !audio_thread.is_finished() {
+            let at = match audio_share() {
+                Some(share) => length.mul_f64(share),
+                None => {
+                    let heard = *heard.lock().unwrap_or_else(|e| e.into_inner());
+                    length + heard.map_or(Duration::ZERO, |(at, _)| at)
+                }
+            };
+            on_position(at, Some(length));
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        let audio = audio_thread
+            .join()
+            .unwrap_or_else(|_| Err(super::internal("the audio part's pipeline panicked")));
+        let (video, (audio, audio_ms)) = (video?, audio?);
+        Ok(PartOutcome::VideoAndAudio {
+            video,
+            audio,
+            audio_ms,
+        })
+    })
 }
 
 #[cfg(test)]
@@ -290,6 +337,66 @@ mod tests {
         eprintln!("keys {keys:?} first pts {}", pts[0]);
         assert!(keys.iter().any(|k| (k - 2.0).abs() < 0.01));
         assert!(keys.iter().any(|k| (k - 4.2).abs() < 0.01));
+    }
+
+    /// The audio of a whole input may take longer than its segment: the
+    /// positions of the pair keep moving until the audio ends (no gap
+    /// near the stall watch's), and end at the whole segment.
+    #[test]
+    fn a_pair_keeps_reporting_while_its_audio_outlasts_its_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in.mp4");
+        ffmpeg(
+            "-f lavfi -i testsrc=size=160x120:rate=25:duration=4 -f lavfi -i sine=frequency=440:sample_rate=48000:duration=4 -c:v libx264 -pix_fmt yuv420p -g 25 -c:a aac",
+            &input,
+        );
+        let video = VideoSpec {
+            input: input.clone(),
+            output: dir.path().join("v.mp4"),
+            video: "videoconvert ! x264enc speed-preset=ultrafast".into(),
+            muxer: "mp4mux".into(),
+            from_ns: None,
+            until_ns: Some(180_000_000),
+            seek_ns: None,
+        };
+        // About 190 buffers of AAC input at 10 ms each: 1.9 s or more,
+        // however fast the machine, against a few frames of video.
+        let audio = AudioSpec {
+            input,
+            output: dir.path().join("a.mp4"),
+            audio: format!("identity sleep-time=10000 ! {}", crate::plan::DEFAULT_AAC),
+            muxer: "mp4mux".into(),
+            tracks: 1,
+        };
+        let mut seen = Vec::new();
+        let outcome = run_part(&PartRequest::VideoAndAudio { video, audio }, |at, of| {
+            seen.push((std::time::Instant::now(), at, of))
+        })
+        .expect("the pair");
+        let ended = std::time::Instant::now();
+        let PartOutcome::VideoAndAudio { video, audio, .. } = outcome else {
+            panic!("{outcome:?}")
+        };
+        assert_eq!(video.frames, 5);
+        assert!(audio.end_ns > 3_900_000_000, "{audio:?}");
+        let first = seen.first().expect("positions").0;
+        let mut times: Vec<_> = seen.iter().map(|s| s.0).collect();
+        times.push(ended);
+        let gap = times.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+        assert!(
+            ended - first > Duration::from_millis(1500),
+            "the audio was not slow"
+        );
+        assert!(
+            gap < Duration::from_millis(1000),
+            "a gap of {gap:?} in {seen:?}"
+        );
+        let shares: Vec<f64> = seen
+            .iter()
+            .filter_map(|(_, at, of)| of.map(|of| at.as_secs_f64() / of.as_secs_f64()))
+            .collect();
+        assert!(shares.windows(2).all(|w| w[1] >= w[0]), "{shares:?}");
+        assert!(*shares.last().unwrap() > 0.9, "{shares:?}");
     }
 
     #[test]
