@@ -92,6 +92,9 @@ pub fn run_part(
     }
 }
 
+/// A position and, when known, the duration a pipeline reported.
+type Heard = (Duration, Option<Duration>);
+
 /// Encodes `video` and, in a thread beside it, `audio`. Positions are in
 /// the segment's time, at the share done of the slower of the two, so an
 /// audio part that outlasts its segment (the audio of a long input) still
@@ -104,7 +107,7 @@ fn encode_beside(
     // The audio's position and duration as it last reported them (`None`
     // before its first report): its share done is 0 until it reports, and
     // unknown (`None`) when its pipeline cannot tell its duration.
-    let heard: Arc<Mutex<Option<(Duration, Option<Duration>)>>> = Arc::default();
+    let heard: Arc<Mutex<Option<Heard>>> = Arc::default();
     let audio_share = || match *heard.lock().unwrap_or_else(|e| e.into_inner()) {
         None => Some(0.0),
         Some((at, of)) => of
