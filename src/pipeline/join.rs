@@ -17,8 +17,8 @@ use gstreamer as gst;
 use gstreamer::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use super::bus::run_to_end;
 use super::discard;
-use super::segment::run_to_end;
 use super::tracks::{Span, TrackKind, Watch, Written, WrittenTrack};
 use super::verify::demuxer_for;
 use super::{caps_name, internal, make, path_str, MediaInfo, NullOnDrop};

@@ -17,13 +17,14 @@
 //!   variants checked and aligned, their playlists and the master
 //!   playlist written;
 //! - [`run_part`] (parts.rs): the pipelines of segmented jobs (scan.rs,
-//!   segment.rs, join.rs).
+//!   segment.rs, join.rs), each run to its end by bus.rs.
 //!
 //! The worker owns the source, decoder, muxer and sink; file paths are set
 //! as element properties, never pasted into launch text; the job only
 //! supplies the (already checked) video branch.
 
 mod build;
+mod bus;
 mod join;
 mod outputs;
 mod package;

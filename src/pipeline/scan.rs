@@ -101,7 +101,7 @@ pub fn scan(
             .last()
             .map(|t| Duration::from_nanos(*t))
     };
-    super::segment::run_to_end(&pipeline, &bus, duration, on_position, position, || None)?;
+    super::bus::run_to_end(&pipeline, &bus, duration, on_position, position, || None)?;
     let _ = pipeline.set_state(gst::State::Null);
     let mut g = lock(&gathered);
     if g.frames == 0 {

@@ -26,19 +26,12 @@ use gstreamer as gst;
 use gstreamer::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::build::{classify, record_decoders};
+use super::build::record_decoders;
+use super::bus::{app, run_to_end, start_error, wait_for, FAILED, LINKED, WRITTEN};
 use super::outputs::{branch, link_branch};
 use super::tracks::Watch;
 use super::{caps_name, discard, internal, make, path_str, NullOnDrop};
 use crate::error::{ErrorKind, JobError};
-
-/// The application message a part's `filesink` posts when it has
-/// written everything (its end of stream).
-const WRITTEN: &str = "transcode-worker/part-written";
-/// The application message a probe posts when it fails the part.
-const FAILED: &str = "transcode-worker/part-failed";
-/// The application message posted once the video stream reaches the encoder.
-const LINKED: &str = "transcode-worker/video-linked";
 
 /// One video segment to encode.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -459,88 +452,4 @@ fn consume(info: &mut gst::PadProbeInfo) -> gst::PadProbeReturn {
     drop(info.take_event());
     info.flow_res = Ok(gst::FlowSuccess::Ok);
     gst::PadProbeReturn::Handled
-}
-
-/// An application message named `name`.
-fn app(name: &str) -> gst::Message {
-    gst::message::Application::new(gst::Structure::new_empty(name))
-}
-
-/// Waits up to `timeout` for the application message `name`; an error
-/// message on the way fails.
-fn wait_for(bus: &gst::Bus, name: &str, timeout: Duration) -> Result<(), JobError> {
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let Some(msg) = bus.timed_pop_filtered(
-            gst::ClockTime::from_nseconds(left.as_nanos() as u64),
-            &[gst::MessageType::Application, gst::MessageType::Error],
-        ) else {
-            return Err(JobError::new(
-                ErrorKind::UndecodableInput,
-                format!("the input's video stream did not start within {timeout:?}"),
-            ));
-        };
-        match msg.view() {
-            gst::MessageView::Error(err) => return Err(classify(err)),
-            gst::MessageView::Application(a) if a.structure().is_some_and(|s| s.name() == name) => {
-                return Ok(())
-            }
-            _ => {}
-        }
-    }
-}
-
-/// The error the bus holds after a failed state change.
-fn start_error(bus: &gst::Bus) -> JobError {
-    bus.timed_pop_filtered(gst::ClockTime::from_seconds(1), &[gst::MessageType::Error])
-        .and_then(|msg| match msg.view() {
-            gst::MessageView::Error(err) => Some(classify(err)),
-            _ => None,
-        })
-        .unwrap_or_else(|| internal("cannot start the pipeline"))
-}
-
-/// Runs `pipeline` until its end of stream (or its part file is written),
-/// calling `on_position(position(), duration)` about every 250 ms. A
-/// GStreamer error, or the failure `failed()` reports, ends it.
-pub(super) fn run_to_end(
-    pipeline: &gst::Pipeline,
-    bus: &gst::Bus,
-    duration: Option<Duration>,
-    mut on_position: impl FnMut(Duration, Option<Duration>),
-    position: impl Fn() -> Option<Duration>,
-    failed: impl Fn() -> Option<JobError>,
-) -> Result<(), JobError> {
-    loop {
-        if let Some(msg) = bus.timed_pop_filtered(
-            gst::ClockTime::from_mseconds(250),
-            &[
-                gst::MessageType::Eos,
-                gst::MessageType::Error,
-                gst::MessageType::Application,
-            ],
-        ) {
-            match msg.view() {
-                gst::MessageView::Eos(_) => return Ok(()),
-                gst::MessageView::Error(err) => return Err(failed().unwrap_or(classify(err))),
-                gst::MessageView::Application(a) => match a.structure().map(|s| s.name()) {
-                    Some(n) if n == WRITTEN => return Ok(()),
-                    Some(n) if n == FAILED => {
-                        return Err(failed().unwrap_or_else(|| internal("the part failed")))
-                    }
-                    _ => {}
-                },
-                _ => {}
-            }
-        }
-        if let Some(at) = position() {
-            let duration = duration.or_else(|| {
-                pipeline
-                    .query_duration::<gst::ClockTime>()
-                    .map(|d| Duration::from_nanos(d.nseconds()))
-            });
-            on_position(at, duration);
-        }
-    }
 }

@@ -45,13 +45,7 @@ impl Worker {
     /// goes instead. A job that cannot even be planned runs (its attempt
     /// fails with the reason).
     pub(super) async fn place(&self, job: &Job, delivery: &mut Delivery) -> Placement {
-        let waited_for = delivery
-            .header_text(REQUIRES_HEADER)
-            .map(|h| Requirement::from_header(&h))
-            .unwrap_or_default();
-        let priority_queue = delivery
-            .header_text(PRIORITY_QUEUE_HEADER)
-            .unwrap_or_else(|| delivery.queue().to_string());
+        let (waited_for, priority_queue) = waited_for(delivery);
         let Ok(plan) = self.plan_for(job) else {
             return Placement::Run;
         };
@@ -211,13 +205,7 @@ impl Worker {
         if missing.is_empty() {
             return None;
         }
-        let waited_for = delivery
-            .header_text(REQUIRES_HEADER)
-            .map(|h| Requirement::from_header(&h))
-            .unwrap_or_default();
-        let priority_queue = delivery
-            .header_text(PRIORITY_QUEUE_HEADER)
-            .unwrap_or_else(|| delivery.queue().to_string());
+        let (waited_for, priority_queue) = waited_for(delivery);
         let requires = waited_for.union(&missing);
         Some(WaitingQueue {
             queue: requires.queue_of(&priority_queue),
@@ -287,4 +275,17 @@ impl Worker {
         queues.push(self.settings.broker.unplaced_queue());
         queues
     }
+}
+
+/// What `delivery` waited for already (none unless it was moved), and the
+/// jobs queue of its priority (where it was moved from, else its queue).
+fn waited_for(delivery: &Delivery) -> (Requirement, String) {
+    let waited_for = delivery
+        .header_text(REQUIRES_HEADER)
+        .map(|h| Requirement::from_header(&h))
+        .unwrap_or_default();
+    let priority_queue = delivery
+        .header_text(PRIORITY_QUEUE_HEADER)
+        .unwrap_or_else(|| delivery.queue().to_string());
+    (waited_for, priority_queue)
 }

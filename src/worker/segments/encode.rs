@@ -101,18 +101,7 @@ impl Worker {
                 ),
             ));
         };
-        let input = self
-            .inputs
-            .get(
-                storage,
-                &self.scratch,
-                &job.input_key,
-                &info,
-                reporter,
-                w.download_stall_timeout,
-                w.min_free_space_mb,
-            )
-            .await?;
+        let input = self.kept_input(&job.input_key, &info, reporter).await?;
         let folder = self.scratch.attempt_folder()?;
         let file = |part: Part| {
             folder

@@ -40,10 +40,11 @@ use crate::pipeline::{AudioSpec, JoinSpec, Made, PartFile, PartOutcome, PartRequ
 use crate::plan::OutputPlan;
 use crate::progress::{PartShare, Reporter};
 use crate::rendition::{sizing, Encoding, Target};
+use crate::segment::input::LocalInput;
 use crate::segment::objects::extension;
 use crate::segment::plan::{cut, unsegmentable};
 use crate::segment::{Done, End, Ending, Objects, Part, PartTask, SegmentPlan};
-use crate::storage::{Storage, Transferred};
+use crate::storage::{ObjectInfo, Storage, Transferred};
 
 mod cleanup;
 mod encode;
@@ -71,6 +72,28 @@ impl Worker {
     /// The storage objects of segmented jobs.
     fn objects(&self) -> Objects<'_> {
         Objects::new(&self.storage, &self.settings.segments.prefix)
+    }
+
+    /// The input `key` (as `info` describes it) on this machine: kept from
+    /// an earlier part of the job, or fetched and kept for the next.
+    async fn kept_input(
+        &self,
+        key: &str,
+        info: &ObjectInfo,
+        reporter: &Reporter,
+    ) -> Result<LocalInput, JobError> {
+        let w = &self.settings.worker;
+        self.inputs
+            .get(
+                &self.storage,
+                &self.scratch,
+                key,
+                info,
+                reporter,
+                w.download_stall_timeout,
+                w.min_free_space_mb,
+            )
+            .await
     }
 
     /// The segment length `job` is encoded in, if it is segmented: its own
@@ -166,18 +189,7 @@ impl Worker {
             ));
         }
         reporter.update(Phase::Downloading, 0.0, None).await;
-        let input = self
-            .inputs
-            .get(
-                storage,
-                &self.scratch,
-                &job.input_key,
-                &info,
-                reporter,
-                w.download_stall_timeout,
-                w.min_free_space_mb,
-            )
-            .await?;
+        let input = self.kept_input(&job.input_key, &info, reporter).await?;
         let p = &self.settings.pipeline;
         let request = PartRequest::Scan {
             input: input.path.clone(),
