@@ -10,6 +10,10 @@
 //!   arrives in the unplaced queue: the worker that takes it runs it if it
 //!   can, else asks the live workers; if one of them could, the job waits
 //!   again, otherwise it is dead-lettered as `no_capable_worker`.
+//! - The task of a part of a segmented job is placed the same way, by the
+//!   elements of the branches the split chose; a part task that no live
+//!   worker can encode ends its job as `no_capable_worker` (the job's
+//!   message dead-lettered, its segment objects removed).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,11 +49,34 @@ impl Worker {
     /// goes instead. A job that cannot even be planned runs (its attempt
     /// fails with the reason).
     pub(super) async fn place(&self, job: &Job, delivery: &mut Delivery) -> Placement {
-        let (waited_for, priority_queue) = waited_for(delivery);
         let Ok(plan) = self.plan_for(job) else {
             return Placement::Run;
         };
-        let missing = self.capabilities.missing(&capability::needs(&plan, job));
+        self.placement(&capability::needs(&plan, job), delivery)
+            .await
+    }
+
+    /// Whether this worker encodes the part of `plan` (of `job`) whose task
+    /// is `delivery`, or where the task goes instead: parts are encoded
+    /// alike, with the branches the split chose
+    /// ([`capability::part_needs`]), so a worker that lacks them moves the
+    /// task on, and a task no live worker can encode ends the job.
+    pub(super) async fn place_part(
+        &self,
+        plan: &crate::segment::SegmentPlan,
+        job: &Job,
+        delivery: &mut Delivery,
+    ) -> Placement {
+        let needs = capability::part_needs(&plan.video, &plan.audio, &plan.muxer, job);
+        self.placement(&needs, delivery).await
+    }
+
+    /// Where a delivery that needs `needs` goes: run here, wait for a
+    /// capable worker, or give up when it waited too long for one and no
+    /// live worker has what it needs.
+    async fn placement(&self, needs: &capability::Needs, delivery: &mut Delivery) -> Placement {
+        let (waited_for, priority_queue) = waited_for(delivery);
+        let missing = self.capabilities.missing(needs);
         let unplaced = delivery.queue() == self.settings.broker.unplaced_queue();
         if missing.is_empty() {
             if unplaced {
@@ -189,29 +216,6 @@ impl Worker {
         delivery
             .move_to(broker, &waiting.queue, &headers, expires)
             .await;
-    }
-
-    /// Where the task of `part` of `plan` goes when this worker lacks what
-    /// the plan's branches need ([`capability::part_needs`]); `None` when it
-    /// can encode it.
-    pub(super) fn place_part(
-        &self,
-        plan: &crate::segment::SegmentPlan,
-        job: &Job,
-        delivery: &Delivery,
-    ) -> Option<WaitingQueue> {
-        let needs = capability::part_needs(&plan.video, &plan.audio, &plan.muxer, job);
-        let missing = self.capabilities.missing(&needs);
-        if missing.is_empty() {
-            return None;
-        }
-        let (waited_for, priority_queue) = waited_for(delivery);
-        let requires = waited_for.union(&missing);
-        Some(WaitingQueue {
-            queue: requires.queue_of(&priority_queue),
-            priority_queue,
-            requires,
-        })
     }
 
     /// Whether this worker already knows of `waiting`'s queue.

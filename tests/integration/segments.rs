@@ -12,6 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use transcode_worker::error::ErrorKind;
 use transcode_worker::job::{Phase, Progress};
 
 use crate::common::farm::{Farm, WorkerProc};
@@ -290,6 +291,91 @@ async fn a_part_task_taken_by_a_worker_lacking_its_encoder_waits_for_one_that_ha
     assert_no_segment_objects(&farm).await;
     farm.assert_all_acked(vec![with, without]).await;
     assert_eq!(farm.ready_in(&requires_queue).await, 0);
+}
+
+/// A part task that no live worker can encode ends its job: the worker
+/// that split the job (the only one with x264enc) dies while a worker
+/// without x264enc moves the part tasks to the queue of workers that have
+/// it; once they have waited `no_capable_worker_timeout` there, the worker
+/// without asks the live workers, none can, and the job fails as
+/// `no_capable_worker` with the job's message dead-lettered, its segment
+/// objects removed and its other part tasks dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_part_task_no_live_worker_can_encode_fails_its_job_as_no_capable_worker() {
+    let timeout = ("TRANSCODE_WORKER__NO_CAPABLE_WORKER_TIMEOUT", "4s");
+    let farm = Farm::s3(&[timeout]).await;
+    farm.put_input("in/nobody.mp4", &fixtures::h264_mp4(12))
+        .await;
+    let mut watch = farm.watch_progress().await;
+    let mut with = farm.spawn_worker(&[timeout]);
+    farm.publish_job(json!({"job_id": "seg-nobody", "input_key": "in/nobody.mp4",
+        "output_key": "out/nobody.mp4", "transcode_options": FAST, "segment_seconds": 2}))
+        .await;
+    watch
+        .until(JOB_TIMEOUT, |e| {
+            e.job_id == "seg-nobody" && e.segment.is_some() && e.state == Phase::Transcoding
+        })
+        .await;
+    let held = wait_for_value(DEFAULT_TIMEOUT, "the running pipeline process", || async {
+        with.pipelines().into_iter().find(|pid| {
+            process_name(*pid).as_deref() == Some(transcode_worker::transcoder::RUNNING_NAME)
+        })
+    })
+    .await;
+    signal(held, libc::SIGSTOP);
+    let without = farm.spawn_worker(&[("TRANSCODE_PIPELINE__HIDDEN_ELEMENTS", "x264enc"), timeout]);
+    watch
+        .until(JOB_TIMEOUT, |e| {
+            e.job_id == "seg-nobody" && e.state == Phase::Waiting && e.worker == without.name
+        })
+        .await;
+    // The only worker with x264enc dies (its pipeline process with it).
+    with.signal(libc::SIGKILL);
+    with.wait_exit(DEFAULT_TIMEOUT).await;
+    let last = watch.until_final("seg-nobody", JOB_TIMEOUT).await;
+    assert_eq!(last.state, Phase::Failed, "{last:#?}\n{}", without.logs());
+    assert_eq!(
+        last.error_kind,
+        Some(ErrorKind::NoCapableWorker),
+        "{last:#?}"
+    );
+    let error = last.error.clone().unwrap_or_default();
+    assert!(
+        error.contains("x264enc") && error.contains("no live worker") && error.contains("segment"),
+        "{error}"
+    );
+    let dead = wait_for_value(DEFAULT_TIMEOUT, "the dead letter", || async {
+        let dead = farm.dead_letters().await;
+        (!dead.is_empty()).then_some(dead)
+    })
+    .await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(
+        dead[0].1.get("x-error-kind").map(String::as_str),
+        Some("no_capable_worker")
+    );
+    let body: Value = serde_json::from_slice(&dead[0].0).expect("the job's message");
+    assert_eq!(
+        body["job_id"], "seg-nobody",
+        "the job's own message: {body}"
+    );
+    assert!(!farm.output_exists("out/nobody.mp4").await);
+    assert_no_segment_objects(&farm).await;
+    // The other part tasks come out of the waiting and unplaced queues and
+    // are dropped (their job has ended), not dead-lettered.
+    let requires_queue = format!("{}.requires.x264enc", farm.jobs_queue());
+    let unplaced = farm.settings.broker.unplaced_queue();
+    wait_for_value(JOB_TIMEOUT, "the part tasks dropped", || async {
+        (farm.ready_in(&requires_queue).await == 0 && farm.ready_in(&unplaced).await == 0)
+            .then_some(())
+    })
+    .await;
+    let more = farm.dead_letters().await;
+    assert!(
+        more.is_empty(),
+        "only the job's message is dead-lettered: {more:?}"
+    );
+    farm.assert_all_acked(vec![without]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -29,6 +29,7 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use super::attempt::{drive, watch_transfer, Attempt, Produced, Stored, ToStore};
+use super::placement::Placement;
 use super::store::META_JOB_ID;
 use super::Abort;
 use super::Worker;
@@ -286,7 +287,7 @@ impl Worker {
     pub(super) async fn handle_part(
         self: Arc<Self>,
         broker: Arc<Broker>,
-        delivery: Delivery,
+        mut delivery: Delivery,
         abort: Abort,
         task: PartTask,
         part: Part,
@@ -318,12 +319,18 @@ impl Worker {
                         .await
                 }
             };
-            if let Some(waiting) = self.place_part(&plan, &job, &delivery) {
-                // Parts are encoded alike, with the branches the split
-                // chose: one that lacks them waits for a worker that has them.
-                return self
-                    .wait_elsewhere(&broker, &delivery, &reporter, &waiting, Some(part))
-                    .await;
+            match self.place_part(&plan, &job, &mut delivery).await {
+                Placement::Run => {}
+                Placement::Wait(waiting) => {
+                    return self
+                        .wait_elsewhere(&broker, &delivery, &reporter, &waiting, Some(part))
+                        .await
+                }
+                Placement::GiveUp(error) => {
+                    return self
+                        .fail_job(&broker, &delivery, &reporter, &plan, Some(&job), part, error)
+                        .await
+                }
             }
             let limit = self.settings.worker.job_timeout;
             let run = self.run_part(&plan, &job, part, attempt, &reporter);
