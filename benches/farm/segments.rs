@@ -17,9 +17,10 @@
 //! pipeline processes during the whole-file job, from `/proc`, and what
 //! two cores allow at best for that work: the whole-file time against
 //! half its CPU time. The join's share is its time (`join_ms` of the
-//! worker's "joined and verified" line) against the parts' encode time
-//! (the sum of the `encode_ms` of their "part stored" lines), from the
-//! one-worker run.
+//! worker's "joined and verified" line) against the part tasks' encode
+//! time (each task's `encode_ms`), from the one-worker run. Two more
+//! tables say where each job's time goes, read from the workers' JSON
+//! logs ([`Timeline`]).
 
 use super::*;
 
@@ -83,35 +84,127 @@ fn job(id: &str, key: &str, segment_seconds: Option<u32>) -> serde_json::Value {
     job
 }
 
-/// From the JSON logs of `workers`: the join's ms and the sum of the parts'
-/// encode ms of job `id`, and how many parts each worker stored.
-fn join_and_encode(workers: &[&WorkerProc], id: &str) -> (f64, f64, Vec<usize>) {
-    let (mut join, mut encode, mut parts) = (0.0, 0.0, Vec::new());
-    for worker in workers {
-        let mut stored = 0;
-        for line in worker.logs().lines() {
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-                continue;
-            };
-            if v["span"]["job_id"] != id {
-                continue;
+/// Where one job's time went, from the JSON logs of the workers that ran
+/// it (the timestamps and the timings of their lines).
+#[derive(Debug, Default, Clone)]
+struct Timeline {
+    /// "job started" -> "job completed", s.
+    worker_s: f64,
+    /// A whole-file job: its pipeline (probe, stream, encoder flush, muxer
+    /// finish, stop: the "outputs verified" line), s.
+    pipeline_s: f64,
+    /// A segmented job: "job started" -> "split the job" (the input's
+    /// fetch, its scan, the plan written), s.
+    split_s: f64,
+    /// The part tasks' pipelines: each task's encode time (a video
+    /// segment, with the audio beside it in one task), summed, s.
+    parts_s: f64,
+    /// "split the job" -> "the last part is stored" less the parts'
+    /// pipelines: each part's upload and record, the next task's delivery,
+    /// a second worker's fetch of the input; with two workers, the time
+    /// both work at once counts twice in `parts_s`, so this is only
+    /// meaningful for one worker, s.
+    between_s: f64,
+    /// "the last part is stored" -> "job completed" (the join, its
+    /// verification, the upload, the record), s.
+    finish_s: f64,
+    /// The join pipeline's own time, s.
+    join_s: f64,
+    /// Per worker that encoded parts: how many tasks, its first part's
+    /// start after the split, and its last part's end after the split, s.
+    workers: Vec<(usize, f64, f64)>,
+}
+
+impl Timeline {
+    /// Reads job `id`'s lines from the logs of `workers`.
+    fn of(workers: &[&WorkerProc], id: &str) -> Timeline {
+        let at = |v: &serde_json::Value| -> f64 {
+            v["timestamp"]
+                .as_str()
+                .and_then(|t| {
+                    time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
+                .map_or(f64::NAN, |t| t.unix_timestamp_nanos() as f64 / 1e9)
+        };
+        let ms = |v: &serde_json::Value, field: &str| v[field].as_f64().unwrap_or(0.0) / 1000.0;
+        let mut t = Timeline::default();
+        let (mut started, mut split, mut joining, mut completed) =
+            (f64::NAN, f64::NAN, f64::NAN, f64::NAN);
+        let mut spans = Vec::new();
+        for worker in workers {
+            let (mut tasks, mut first, mut last, mut in_task) = (0, f64::NAN, f64::NAN, false);
+            for line in worker.logs().lines() {
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                    continue;
+                };
+                if v["span"]["job_id"] != id {
+                    continue;
+                }
+                let message = v["message"].as_str().unwrap_or("");
+                match message {
+                    "job started" if started.is_nan() => started = at(&v),
+                    "job completed" => completed = at(&v),
+                    "the last part is stored; joining the job" => joining = at(&v),
+                    "joined and verified" => t.join_s += ms(&v, "join_ms"),
+                    "outputs verified" => {
+                        t.pipeline_s += [
+                            "probe_ms",
+                            "stream_ms",
+                            "encoder_flush_ms",
+                            "muxer_finish_ms",
+                            "stop_ms",
+                        ]
+                        .iter()
+                        .map(|f| ms(&v, f))
+                        .sum::<f64>()
+                    }
+                    m if m.starts_with("split the job") => split = at(&v),
+                    m if m.starts_with("encoding ") => {
+                        tasks += 1;
+                        in_task = true;
+                        if first.is_nan() {
+                            first = at(&v);
+                        }
+                    }
+                    "part stored" => {
+                        // A task's first stored part carries the task's
+                        // encode time (the audio beside it, its own).
+                        if in_task {
+                            t.parts_s += ms(&v, "encode_ms");
+                            in_task = false;
+                        }
+                        last = at(&v);
+                    }
+                    _ => {}
+                }
             }
-            if v["message"] == "part stored" {
-                encode += v["encode_ms"].as_f64().unwrap_or(0.0);
-                stored += 1;
-            } else if v["message"] == "joined and verified" {
-                join += v["join_ms"].as_f64().unwrap_or(0.0);
+            if tasks > 0 {
+                spans.push((tasks, first, last));
             }
         }
-        parts.push(stored);
+        t.worker_s = completed - started;
+        if !split.is_nan() {
+            t.split_s = split - started;
+            t.between_s = (joining - split) - t.parts_s;
+            t.finish_s = completed - joining;
+            t.workers = spans
+                .into_iter()
+                .map(|(n, first, last)| (n, first - split, last - split))
+                .collect();
+        }
+        t
     }
-    (join, encode, parts)
 }
 
 /// One input's row of the table, and its sentence of per-run figures.
 struct Row {
     cells: Vec<String>,
     runs: String,
+    /// Where the time goes: whole against segmented on one worker.
+    one: Vec<String>,
+    /// Where the time goes: segmented on two workers.
+    two: Vec<String>,
 }
 
 pub(super) async fn segments(opts: &Opts) -> String {
@@ -146,6 +239,34 @@ pub(super) async fn segments(opts: &Opts) -> String {
         &rows.iter().map(|r| r.cells.clone()).collect::<Vec<_>>(),
     );
     let per_run: Vec<String> = rows.iter().map(|r| r.runs.clone()).collect();
+    let one = table(
+        &[
+            "input",
+            "whole: job started -> completed",
+            "whole: its pipeline",
+            "segmented, 1 worker: job started -> completed",
+            "split (fetch, scan, plan)",
+            "part tasks' pipelines",
+            "between parts (each part's upload and record, the next task)",
+            "last part stored -> completed (join, verify, upload)",
+            "of which the join",
+        ],
+        &rows.iter().map(|r| r.one.clone()).collect::<Vec<_>>(),
+    );
+    let two = table(
+        &[
+            "input",
+            "segmented, 2 workers: job started -> completed",
+            "split",
+            "first part task starts (after the split)",
+            "the other worker's first part task starts",
+            "the first worker's last part stored",
+            "the other worker's last part stored",
+            "workers end apart",
+            "last part stored -> completed",
+        ],
+        &rows.iter().map(|r| r.two.clone()).collect::<Vec<_>>(),
+    );
     format!(
         "\n## 7. Segmented jobs: one input, two workers\n\n{t}\n\
          Medians of {runs} run(s). {per_run} Video branch `{VIDEO}` (the `h264-mp4` preset's \
@@ -158,7 +279,15 @@ pub(super) async fn segments(opts: &Opts) -> String {
          of it, so whole / (CPU / 2) is the most two workers can gain on this machine. The \
          join's share is its time against the parts' encode time in the one-worker run. Load \
          average (1, 5, 15 min) before / after the section: {load_before} / {load_after}. \
-         Targets: speed-up >= 1.8x, overhead <= 5 %, join <= 2 % of the encode.\n",
+         Targets: speed-up >= 1.8x, overhead <= 5 %, join <= 2 % of the encode.\n\n\
+         Where the time goes (seconds, medians of the runs; from the timestamps and timings of \
+         the workers' JSON log lines: `job started`, `split the job`, `encoding ...`, `part \
+         stored` with the task's `encode_ms`, `the last part is stored`, `joined and verified` \
+         with `join_ms`, `outputs verified` with the whole job's pipeline stages, `job \
+         completed`). Whole against segmented on one worker:\n\n{one}\n\
+         Segmented on two workers (times after the split; \"the first worker\" is the one \
+         whose first part task started first; the worker that did not split the job fetches \
+         the input before its first part):\n\n{two}",
         runs = opts.runs,
         per_run = per_run.join(" "),
     )
@@ -171,6 +300,7 @@ async fn input_row(opts: &Opts, farm: &Farm, what: &str, key: &str, secs: u32, s
     let (mut whole, mut one, mut two, mut shares, mut cpu) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut split = String::new();
+    let mut timelines = Vec::new();
     for run in 0..opts.runs {
         let first = farm.spawn_worker(&env);
         wait_ready(&first).await;
@@ -185,26 +315,44 @@ async fn input_row(opts: &Opts, farm: &Farm, what: &str, key: &str, secs: u32, s
             .await
             .0
             .as_secs_f64();
-        let (join_ms, encode_ms, _) = join_and_encode(&[&first], &format!("{id}-one"));
         let second = farm.spawn_worker(&env);
         wait_ready(&second).await;
         let s2 = run_job(farm, job(&format!("{id}-two"), key, Some(seg)))
             .await
             .0
             .as_secs_f64();
-        let (_, _, parts) = join_and_encode(&[&first, &second], &format!("{id}-two"));
-        split = format!("{} and {}", parts[0], parts[1]);
+        // The lines are read once the last job's last line is written
+        // (it follows the `completed` event).
+        common::wait_for(JOB_TIMEOUT, "the completed job's log line", || async {
+            let completed = format!("{id}-two");
+            [&first, &second].iter().any(|w| {
+                w.logs()
+                    .lines()
+                    .any(|l| l.contains(&completed) && l.contains("\"job completed\""))
+            })
+        })
+        .await;
+        let lines = (
+            Timeline::of(&[&first], &format!("{id}-whole")),
+            Timeline::of(&[&first], &format!("{id}-one")),
+            Timeline::of(&[&first, &second], &format!("{id}-two")),
+        );
+        let tasks: Vec<String> = lines.2.workers.iter().map(|w| w.0.to_string()).collect();
+        split = tasks.join(" and ");
         eprintln!(
             "bench:   {what} run {}: whole {w:.2} s ({c:.1} s CPU), segmented on one worker \
-             {s1:.2} s, on two {s2:.2} s (parts {split}), join {join_ms:.0} ms of {encode_ms:.0} \
-             ms encoding",
-            run + 1
+             {s1:.2} s, on two {s2:.2} s (tasks {split}), join {:.2} s of {:.2} s encoding; \
+             timelines {lines:?}",
+            run + 1,
+            lines.1.join_s,
+            lines.1.parts_s,
         );
         whole.push(w);
         one.push(s1);
         two.push(s2);
         cpu.push(c);
-        shares.push(join_ms / encode_ms.max(1.0));
+        shares.push(lines.1.join_s / lines.1.parts_s.max(0.001));
+        timelines.push(lines);
         drop((first, second));
     }
     let fmt = |v: &[f64]| {
@@ -239,11 +387,58 @@ async fn input_row(opts: &Opts, farm: &Farm, what: &str, key: &str, secs: u32, s
         ],
         runs: format!(
             "{what}, per run (in order): whole {}; CPU {}; segmented on one worker {}; on two \
-             workers {} (in the last run the workers stored {split} parts).",
+             workers {} (in the last run the workers ran {split} part tasks).",
             fmt(&whole),
             fmt(&cpu),
             fmt(&one),
             fmt(&two),
         ),
+        one: where_one(what, &timelines),
+        two: where_two(what, &timelines),
     }
+}
+
+/// The median over the runs of `f` of their timelines, in seconds.
+fn med(
+    timelines: &[(Timeline, Timeline, Timeline)],
+    f: impl Fn(&(Timeline, Timeline, Timeline)) -> f64,
+) -> String {
+    format!("{:.2}", median(timelines.iter().map(f).collect()))
+}
+
+/// The row of the whole-file job against the one-worker segmented job.
+fn where_one(what: &str, t: &[(Timeline, Timeline, Timeline)]) -> Vec<String> {
+    vec![
+        what.to_string(),
+        med(t, |r| r.0.worker_s),
+        med(t, |r| r.0.pipeline_s),
+        med(t, |r| r.1.worker_s),
+        med(t, |r| r.1.split_s),
+        med(t, |r| r.1.parts_s),
+        med(t, |r| r.1.between_s),
+        med(t, |r| r.1.finish_s),
+        med(t, |r| r.1.join_s),
+    ]
+}
+
+/// The row of the two-worker segmented job: the split, when each worker
+/// starts and ends its parts (in the order they started), the finish.
+fn where_two(what: &str, t: &[(Timeline, Timeline, Timeline)]) -> Vec<String> {
+    // Workers in the order they started parts.
+    let nth = |r: &(Timeline, Timeline, Timeline), i: usize| -> (usize, f64, f64) {
+        let mut w = r.2.workers.clone();
+        w.sort_by(|a, b| a.1.total_cmp(&b.1));
+        w.get(i).copied().unwrap_or((0, f64::NAN, f64::NAN))
+    };
+    vec![
+        what.to_string(),
+        med(t, |r| r.2.worker_s),
+        med(t, |r| r.2.split_s),
+        med(t, |r| nth(r, 0).1),
+        med(t, |r| nth(r, 1).1),
+        med(t, |r| nth(r, 0).2),
+        med(t, |r| nth(r, 1).2),
+        med(t, |r| (nth(r, 0).2 - nth(r, 1).2).abs()),
+        med(t, |r| r.2.finish_s),
+    ]
 }
