@@ -7,7 +7,8 @@
 //! decoder costs a third of H.264's. The video branch is the `h264-mp4`
 //! preset's x264 (`medium`, constant quality 23) with one encoder thread
 //! (`threads=1`), the audio the default AAC. S3 backend, each job timed
-//! from its publish to its `completed` event:
+//! from its publish to its `completed` event; the MPEG-2 input again on
+//! the directory backend (a shared folder: no worker downloads the input):
 //!
 //! - whole: one worker, the job without `segment_seconds`;
 //! - segmented, one worker: the same job in segments of 10 s;
@@ -222,6 +223,14 @@ pub(super) async fn segments(opts: &Opts) -> String {
         let row = input_row(opts, &farm, what, key, secs, seg).await;
         rows.push(row);
     }
+    drop(farm);
+    // A shared folder (NFS, SMB) as the storage: the workers read the
+    // input where it is, so no worker downloads it.
+    let shared = Farm::directory(&[]).await;
+    let (what, key, input) = &inputs[1];
+    shared.put_input(key, input).await;
+    let what = format!("{what}, directory backend");
+    rows.push(input_row(opts, &shared, &what, key, secs, seg).await);
     let load_after = sh("cut -d' ' -f1-3 /proc/loadavg");
     let t = table(
         &[
@@ -271,7 +280,9 @@ pub(super) async fn segments(opts: &Opts) -> String {
         "\n## 7. Segmented jobs: one input, two workers\n\n{t}\n\
          Medians of {runs} run(s). {per_run} Video branch `{VIDEO}` (the `h264-mp4` preset's \
          encoder with one encoder thread per worker), default AAC audio; `transcode-worker run` \
-         with default settings, S3 backend on loopback. Each time is from publish to the \
+         with default settings, S3 backend on loopback (s3-test-server), and the MPEG-2 input \
+         again on the directory backend (a local folder standing for a shared one: each worker \
+         reads the input in place instead of downloading it). Each time is from publish to the \
          `completed` event. The two-worker run starts the second worker after the one-worker \
          runs. Speed-up, bound and overhead are the medians of the runs' own ratios (the \
          whole-file job of the same run as denominator or numerator). CPU: user + system time of the worker and its pipeline processes during the \
