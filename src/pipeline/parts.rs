@@ -402,6 +402,49 @@ mod tests {
         assert!(*shares.last().unwrap() > 0.9, "{shares:?}");
     }
 
+    /// A segment stops its decoder at its end (the end of stream the probe
+    /// sends answers the next frame "end of stream"): the decoder does not
+    /// go on through the rest of the input while the encoder finishes (a
+    /// slow encoder here, so that a decoder left running would decode most
+    /// of the input's 500 frames).
+    #[test]
+    fn a_segment_stops_decoding_at_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in.mp4");
+        ffmpeg(
+            "-f lavfi -i testsrc=size=320x240:rate=25:duration=20 -f lavfi -i sine=frequency=440:sample_rate=48000:duration=20 -c:v libx264 -pix_fmt yuv420p -g 25 -bf 2 -c:a aac",
+            &input,
+        );
+        let spec = |from_ns: Option<u64>, until_ns: Option<u64>, seek_ns| VideoSpec {
+            input: input.clone(),
+            output: dir.path().join(format!("v{}.mp4", from_ns.unwrap_or(0))),
+            video: "identity sleep-time=20000 ! videoconvert ! x264enc speed-preset=ultrafast"
+                .into(),
+            muxer: "mp4mux".into(),
+            from_ns,
+            until_ns,
+            seek_ns,
+        };
+        let half = 20_000_000;
+        for (from, until, seek) in [
+            (None, Some(2_000_000_000 - half), None),
+            (
+                Some(4_000_000_000 - half),
+                Some(6_000_000_000 - half),
+                Some(4_000_000_000),
+            ),
+        ] {
+            let PartOutcome::Video(v) = run(&PartRequest::Video(spec(from, until, seek))) else {
+                panic!()
+            };
+            assert_eq!(v.frames, 50, "{v:?}");
+            assert!(
+                (1..=10).contains(&v.decoded_after),
+                "the decoder went on past the segment: {v:?}"
+            );
+        }
+    }
+
     #[test]
     fn three_segments_join_into_mp4() {
         join_three(

@@ -67,6 +67,15 @@ pub struct EncodedVideo {
     /// video stream's only.
     #[serde(default)]
     pub decoders: Vec<String>,
+    /// Frames the decoder delivered before the segment's first (from the
+    /// key frame the decoding starts at, and before the seek).
+    #[serde(default)]
+    pub decoded_before: u64,
+    /// Frames the decoder delivered after the segment's last: the first
+    /// one past its end, and those already decoding when it was told to
+    /// stop.
+    #[serde(default)]
+    pub decoded_after: u64,
 }
 
 /// The audio part to encode.
@@ -111,6 +120,9 @@ struct Timeline {
     frames: u64,
     last: Option<u64>,
     end: u64,
+    /// Frames before `from` and after `until`.
+    before: u64,
+    after: u64,
     /// The segment's last frame has passed.
     done: bool,
     /// An end of stream has passed.
@@ -210,6 +222,8 @@ pub fn encode_video(
             first_ns,
             end_ns: t.end.max(first_ns),
             decoders: taken(&decoders),
+            decoded_before: t.before,
+            decoded_after: t.after,
         }),
         _ => Err(JobError::new(
             ErrorKind::UndecodableInput,
@@ -403,7 +417,11 @@ fn keep_segment(sink: &gst::Pad, timeline: Shared, pipeline: &gst::Pipeline) {
                 Some(b) => (b.pts(), b.duration()),
                 None => return gst::PadProbeReturn::Ok,
             };
-            if t.done || t.error.is_some() {
+            if t.done {
+                t.after += 1;
+                return consume(info);
+            }
+            if t.error.is_some() {
                 return consume(info);
             }
             let segment = t.segments.iter().find(|(p, _)| p == pad).map(|(_, s)| s);
@@ -421,11 +439,16 @@ fn keep_segment(sink: &gst::Pad, timeline: Shared, pipeline: &gst::Pipeline) {
                 return consume(info);
             };
             if t.from.is_some_and(|from| time < from) {
+                t.before += 1;
                 return consume(info);
             }
             if t.until.is_some_and(|until| time >= until) {
                 t.done = true;
+                t.after += 1;
                 drop(t);
+                // Once the end of stream has passed this pad, a frame
+                // pushed into it gets "end of stream" back before any
+                // probe: the decoder stops here.
                 pad.send_event(gst::event::Eos::new());
                 return consume(info);
             }

@@ -144,6 +144,13 @@ impl Worker {
         reporter.update(Phase::Transcoding, 0.0, None).await;
         let outcome = self.run_part_pipeline(&request, reporter).await?;
         let encode_ms = started.elapsed().as_millis() as u64;
+        if let PartOutcome::Video(v) | PartOutcome::VideoAndAudio { video: v, .. } = &outcome {
+            tracing::debug!(
+                decoded_before = v.decoded_before,
+                decoded_after = v.decoded_after,
+                "frames decoded outside the segment"
+            );
+        }
         // Per part: frames, audio tracks, first and end stream times, ms.
         let made: Vec<(Part, u64, usize, u64, u64, u64)> = match (outcome, parts) {
             (PartOutcome::Video(v), [part]) => {
