@@ -14,6 +14,9 @@
 //! - segmented, one worker: the same job in segments of 10 s;
 //! - segmented, two workers: the same, with a second worker started.
 //!
+//! The first two run in turn first from run to run (the machine's speed
+//! drifts over minutes); the two-worker job runs last.
+//!
 //! Beside the times: the CPU time (user + system) of the worker and its
 //! pipeline processes during the whole-file job, from `/proc`, and what
 //! two cores allow at best for that work: the whole-file time against
@@ -280,7 +283,8 @@ pub(super) async fn segments(opts: &Opts) -> String {
         "\n## 7. Segmented jobs: one input, two workers\n\n{t}\n\
          Medians of {runs} run(s). {per_run} Video branch `{VIDEO}` (the `h264-mp4` preset's \
          encoder with one encoder thread per worker), default AAC audio; `transcode-worker run` \
-         with default settings, S3 backend on loopback (s3-test-server), and the MPEG-2 input \
+         with default settings (the whole-file job first in odd runs, the one-worker segmented \
+         job first in even ones), S3 backend on loopback (s3-test-server), and the MPEG-2 input \
          again on the directory backend (a local folder standing for a shared one: each worker \
          reads the input in place instead of downloading it). Each time is from publish to the \
          `completed` event. The two-worker run starts the second worker after the one-worker \
@@ -316,16 +320,25 @@ async fn input_row(opts: &Opts, farm: &Farm, what: &str, key: &str, secs: u32, s
         let first = farm.spawn_worker(&env);
         wait_ready(&first).await;
         let id = common::random_name("seg");
+        // The whole-file job and the one-worker segmented job run in turn
+        // first, from run to run: the machine's speed drifts over minutes.
+        let whole_first = run % 2 == 0;
+        let segmented = || async {
+            run_job(farm, job(&format!("{id}-one"), key, Some(seg)))
+                .await
+                .0
+                .as_secs_f64()
+        };
+        let mut s1 = if whole_first { 0.0 } else { segmented().await };
         let cpu_before = tree_cpu_s(first.pid());
         let w = run_job(farm, job(&format!("{id}-whole"), key, None))
             .await
             .0
             .as_secs_f64();
         let c = tree_cpu_s(first.pid()) - cpu_before;
-        let s1 = run_job(farm, job(&format!("{id}-one"), key, Some(seg)))
-            .await
-            .0
-            .as_secs_f64();
+        if whole_first {
+            s1 = segmented().await;
+        }
         let second = farm.spawn_worker(&env);
         wait_ready(&second).await;
         let s2 = run_job(farm, job(&format!("{id}-two"), key, Some(seg)))
