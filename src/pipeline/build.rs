@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use gstreamer as gst;
 use gstreamer::prelude::*;
 
+use super::bus::{classify, poll, start_error};
 use super::outputs;
 use super::route::{Router, ROUTING_FAILED};
 use super::subtitles::decoder_caps;
@@ -92,19 +93,12 @@ pub fn transcode(
     let failed = |e: JobError| name_output(e, spec, &router.labels(), &made);
 
     let started = Instant::now();
-    pipeline.set_state(gst::State::Playing).map_err(|_| {
-        failed(bus_error(&pipeline).unwrap_or_else(|| internal("cannot start the pipeline")))
-    })?;
     let bus = pipeline.bus().expect("a pipeline has a bus");
+    pipeline
+        .set_state(gst::State::Playing)
+        .map_err(|_| failed(start_error(&bus)))?;
     loop {
-        if let Some(msg) = bus.timed_pop_filtered(
-            gst::ClockTime::from_mseconds(250),
-            &[
-                gst::MessageType::Eos,
-                gst::MessageType::Error,
-                gst::MessageType::Application,
-            ],
-        ) {
+        if let Some(msg) = poll(&bus) {
             match msg.view() {
                 gst::MessageView::Eos(_) => break,
                 gst::MessageView::Error(err) => {
@@ -230,47 +224,6 @@ fn end_timings(
         stop_ms: ms(stop),
         ..Timings::default()
     }
-}
-
-fn bus_error(pipeline: &gst::Pipeline) -> Option<JobError> {
-    let bus = pipeline.bus()?;
-    let msg =
-        bus.timed_pop_filtered(gst::ClockTime::from_seconds(1), &[gst::MessageType::Error])?;
-    match msg.view() {
-        gst::MessageView::Error(err) => Some(classify(err)),
-        _ => None,
-    }
-}
-
-/// Turns a GStreamer error message into a job error of the right kind.
-pub(super) fn classify(err: &gst::message::Error) -> JobError {
-    let source = err
-        .src()
-        .map(|s| s.path_string().to_string())
-        .unwrap_or_else(|| "pipeline".into());
-    let e = err.error();
-    let mut message = format!("GStreamer error in {source}: {e}");
-    if let Some(debug) = err.debug() {
-        let debug: String = debug.chars().take(400).collect();
-        message.push_str(&format!(" ({debug})"));
-    }
-    let kind = match e.kind::<gst::StreamError>() {
-        Some(
-            gst::StreamError::Decode
-            | gst::StreamError::Demux
-            | gst::StreamError::TypeNotFound
-            | gst::StreamError::WrongType
-            | gst::StreamError::CodecNotFound
-            | gst::StreamError::Format,
-        ) => ErrorKind::UndecodableInput,
-        _ if e.kind::<gst::CoreError>() == Some(gst::CoreError::Negotiation)
-            || message.contains("not-negotiated") =>
-        {
-            ErrorKind::InvalidPipeline
-        }
-        _ => ErrorKind::TranscodeFailed,
-    };
-    JobError::new(kind, message)
 }
 
 /// The decoders `decode` (a `decodebin`) creates, by element factory,

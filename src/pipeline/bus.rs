@@ -1,14 +1,14 @@
-//! The bus of a part pipeline (segment.rs, scan.rs, join.rs): the
-//! application messages parts post, waiting for one, the error a failed
-//! start left, and running a pipeline to its end while reporting its
-//! position.
+//! A pipeline's bus: the application messages parts post (segment.rs,
+//! scan.rs, join.rs), waiting for one, polling for the next message while
+//! a pipeline runs (parts and whole transcodes, build.rs), the error a
+//! failed start left, what kind of failure a GStreamer error is, and
+//! running a part pipeline to its end while reporting its position.
 
 use std::time::Duration;
 
 use gstreamer as gst;
 use gstreamer::prelude::*;
 
-use super::build::classify;
 use super::internal;
 use crate::error::{ErrorKind, JobError};
 
@@ -50,6 +50,20 @@ pub(super) fn wait_for(bus: &gst::Bus, name: &str, timeout: Duration) -> Result<
     }
 }
 
+/// The next end of stream, error or application message on `bus`, or
+/// `None` after a quarter of a second (when a running pipeline's caller
+/// reports its position).
+pub(super) fn poll(bus: &gst::Bus) -> Option<gst::Message> {
+    bus.timed_pop_filtered(
+        gst::ClockTime::from_mseconds(250),
+        &[
+            gst::MessageType::Eos,
+            gst::MessageType::Error,
+            gst::MessageType::Application,
+        ],
+    )
+}
+
 /// The error the bus holds after a failed state change.
 pub(super) fn start_error(bus: &gst::Bus) -> JobError {
     bus.timed_pop_filtered(gst::ClockTime::from_seconds(1), &[gst::MessageType::Error])
@@ -72,14 +86,7 @@ pub(super) fn run_to_end(
     failed: impl Fn() -> Option<JobError>,
 ) -> Result<(), JobError> {
     loop {
-        if let Some(msg) = bus.timed_pop_filtered(
-            gst::ClockTime::from_mseconds(250),
-            &[
-                gst::MessageType::Eos,
-                gst::MessageType::Error,
-                gst::MessageType::Application,
-            ],
-        ) {
+        if let Some(msg) = poll(bus) {
             match msg.view() {
                 gst::MessageView::Eos(_) => return Ok(()),
                 gst::MessageView::Error(err) => return Err(failed().unwrap_or(classify(err))),
@@ -102,4 +109,35 @@ pub(super) fn run_to_end(
             on_position(at, duration);
         }
     }
+}
+
+/// Turns a GStreamer error message into a job error of the right kind.
+pub(super) fn classify(err: &gst::message::Error) -> JobError {
+    let source = err
+        .src()
+        .map(|s| s.path_string().to_string())
+        .unwrap_or_else(|| "pipeline".into());
+    let e = err.error();
+    let mut message = format!("GStreamer error in {source}: {e}");
+    if let Some(debug) = err.debug() {
+        let debug: String = debug.chars().take(400).collect();
+        message.push_str(&format!(" ({debug})"));
+    }
+    let kind = match e.kind::<gst::StreamError>() {
+        Some(
+            gst::StreamError::Decode
+            | gst::StreamError::Demux
+            | gst::StreamError::TypeNotFound
+            | gst::StreamError::WrongType
+            | gst::StreamError::CodecNotFound
+            | gst::StreamError::Format,
+        ) => ErrorKind::UndecodableInput,
+        _ if e.kind::<gst::CoreError>() == Some(gst::CoreError::Negotiation)
+            || message.contains("not-negotiated") =>
+        {
+            ErrorKind::InvalidPipeline
+        }
+        _ => ErrorKind::TranscodeFailed,
+    };
+    JobError::new(kind, message)
 }

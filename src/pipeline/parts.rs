@@ -176,6 +176,19 @@ mod tests {
         assert!(status.success(), "ffmpeg {args}");
     }
 
+    /// An H.264 + AAC MP4 in `dir` of `secs` seconds at `size`, 25 frames
+    /// a second, a key frame every second; `-bf B` given as `bframes`.
+    fn h264_aac(dir: &Path, size: &str, secs: u32, bframes: &str) -> std::path::PathBuf {
+        let input = dir.join("in.mp4");
+        ffmpeg(
+            &format!(
+                "-f lavfi -i testsrc=size={size}:rate=25:duration={secs} -f lavfi -i sine=frequency=440:sample_rate=48000:duration={secs} -c:v libx264 -pix_fmt yuv420p -g 25 {bframes} -c:a aac"
+            ),
+            &input,
+        );
+        input
+    }
+
     /// `ffprobe` of the video packets of `path`: (pts, dts, key) in seconds.
     fn packets(path: &Path) -> Vec<(f64, Option<f64>, bool)> {
         let out = Command::new("ffprobe")
@@ -209,11 +222,7 @@ mod tests {
     /// audio part is encoded beside the last segment in one request.
     fn join_three(muxer: &str, ext: &str, video: &str, audio: &str, beside: bool) {
         let dir = tempfile::tempdir().unwrap();
-        let input = dir.path().join("in.mp4");
-        ffmpeg(
-            "-f lavfi -i testsrc=size=320x240:rate=25:duration=6 -f lavfi -i sine=frequency=440:sample_rate=48000:duration=6 -c:v libx264 -pix_fmt yuv420p -g 25 -bf 3 -c:a aac",
-            &input,
-        );
+        let input = h264_aac(dir.path(), "320x240", 6, "-bf 3");
         let PartOutcome::Scanned(scan) = run(&PartRequest::Scan {
             input: input.clone(),
             max_input: (4096, 4096, 3_600_000),
@@ -348,11 +357,7 @@ mod tests {
     #[test]
     fn a_pair_keeps_reporting_while_its_audio_outlasts_its_segment() {
         let dir = tempfile::tempdir().unwrap();
-        let input = dir.path().join("in.mp4");
-        ffmpeg(
-            "-f lavfi -i testsrc=size=160x120:rate=25:duration=4 -f lavfi -i sine=frequency=440:sample_rate=48000:duration=4 -c:v libx264 -pix_fmt yuv420p -g 25 -c:a aac",
-            &input,
-        );
+        let input = h264_aac(dir.path(), "160x120", 4, "");
         let video = VideoSpec {
             input: input.clone(),
             output: dir.path().join("v.mp4"),
@@ -410,11 +415,7 @@ mod tests {
     #[test]
     fn a_segment_stops_decoding_at_its_end() {
         let dir = tempfile::tempdir().unwrap();
-        let input = dir.path().join("in.mp4");
-        ffmpeg(
-            "-f lavfi -i testsrc=size=320x240:rate=25:duration=20 -f lavfi -i sine=frequency=440:sample_rate=48000:duration=20 -c:v libx264 -pix_fmt yuv420p -g 25 -bf 2 -c:a aac",
-            &input,
-        );
+        let input = h264_aac(dir.path(), "320x240", 20, "-bf 2");
         let spec = |from_ns: Option<u64>, until_ns: Option<u64>, seek_ns| VideoSpec {
             input: input.clone(),
             output: dir.path().join(format!("v{}.mp4", from_ns.unwrap_or(0))),
