@@ -367,6 +367,19 @@ impl Farm {
             .await
     }
 
+    /// Waits up to `timeout` until the dead-letter queue holds a message,
+    /// then takes every message in it: body and headers.
+    pub async fn wait_dead_letters(
+        &self,
+        timeout: Duration,
+    ) -> Vec<(Vec<u8>, HashMap<String, String>)> {
+        super::wait_for_value(timeout, "the dead letter", || async {
+            let dead = self.dead_letters().await;
+            (!dead.is_empty()).then_some(dead)
+        })
+        .await
+    }
+
     /// Takes every message now in `queue`.
     pub async fn drain_queue(&self, queue: &str) -> Vec<(Vec<u8>, HashMap<String, String>)> {
         let channel = self.conn.create_channel().await.expect("channel");

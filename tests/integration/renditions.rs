@@ -568,11 +568,7 @@ async fn a_failed_rendition_fails_the_job_with_the_reason_and_stores_nothing() {
     assert!(error.starts_with("the output \"r/bad.mp4\": "), "{error}");
     assert!(!farm.output_exists("r/good.mp4").await);
     assert!(!farm.output_exists("r/bad.mp4").await);
-    let dead = wait_for_value(DEFAULT_TIMEOUT, "the dead letter", || async {
-        let dead = farm.dead_letters().await;
-        (!dead.is_empty()).then_some(dead)
-    })
-    .await;
+    let dead = farm.wait_dead_letters(DEFAULT_TIMEOUT).await;
     assert!(
         dead[0].1["x-error"].contains("r/bad.mp4"),
         "{:?}",

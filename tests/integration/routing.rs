@@ -206,11 +206,7 @@ async fn a_job_no_live_worker_can_run_waits_then_is_dead_lettered_as_no_capable_
         error.contains("x265enc") && error.contains("no live worker"),
         "{error}"
     );
-    let dead = wait_for_value(JOB_TIMEOUT, "the dead letter", || async {
-        let dead = farm.dead_letters().await;
-        (!dead.is_empty()).then_some(dead)
-    })
-    .await;
+    let dead = farm.wait_dead_letters(JOB_TIMEOUT).await;
     assert_eq!(dead.len(), 1);
     assert_eq!(
         dead[0].1.get("x-error-kind").map(String::as_str),

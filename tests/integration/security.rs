@@ -665,10 +665,7 @@ async fn an_untrusted_storage_certificate_is_refused_on_https() {
         "nothing was downloaded"
     );
     assert!(!farm.output_exists("o/a.mp4").await);
-    let dead = crate::common::wait_for_value(TIMEOUT, "the dead letter", || async {
-        Some(farm.dead_letters().await).filter(|d| !d.is_empty())
-    })
-    .await;
+    let dead = farm.wait_dead_letters(TIMEOUT).await;
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].1["x-error-kind"], "storage_unavailable");
 }

@@ -344,11 +344,7 @@ async fn a_part_task_no_live_worker_can_encode_fails_its_job_as_no_capable_worke
         error.contains("x264enc") && error.contains("no live worker") && error.contains("segment"),
         "{error}"
     );
-    let dead = wait_for_value(DEFAULT_TIMEOUT, "the dead letter", || async {
-        let dead = farm.dead_letters().await;
-        (!dead.is_empty()).then_some(dead)
-    })
-    .await;
+    let dead = farm.wait_dead_letters(DEFAULT_TIMEOUT).await;
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!(
         dead[0].1.get("x-error-kind").map(String::as_str),
@@ -511,11 +507,7 @@ async fn a_segment_that_cannot_be_decoded_fails_the_job_with_the_reason() {
     assert!(error.contains("could not be decoded"), "{error}");
     assert!(error.contains("segment 2"), "names the segment: {error}");
 
-    let dead = wait_for_value(DEFAULT_TIMEOUT, "the dead letter", || async {
-        let dead = farm.dead_letters().await;
-        (!dead.is_empty()).then_some(dead)
-    })
-    .await;
+    let dead = farm.wait_dead_letters(DEFAULT_TIMEOUT).await;
     assert_eq!(dead.len(), 1);
     let (body, headers) = &dead[0];
     let body: Value = serde_json::from_slice(body).expect("a JSON body");
@@ -730,11 +722,7 @@ async fn the_objects_of_a_job_whose_tasks_were_lost_are_found_and_removed() {
     );
     let error = last.error.unwrap_or_default();
     assert!(error.contains("part tasks were lost"), "{error}");
-    let dead = wait_for_value(DEFAULT_TIMEOUT, "the dead letter", || async {
-        let dead = farm.dead_letters().await;
-        (!dead.is_empty()).then_some(dead)
-    })
-    .await;
+    let dead = farm.wait_dead_letters(DEFAULT_TIMEOUT).await;
     let body: Value = serde_json::from_slice(&dead[0].0).expect("a JSON body");
     assert_eq!(body, job);
     assert_eq!(dead[0].1["x-error-kind"], "stalled");

@@ -12,7 +12,7 @@ use transcode_worker::error::ErrorKind;
 use transcode_worker::job::{Phase, Progress};
 
 use crate::common::farm::Farm;
-use crate::common::{fixtures, run_with_timeout, wait_for_value};
+use crate::common::{fixtures, run_with_timeout};
 
 /// Long enough for a few small transcodes on a loaded 2-core machine.
 const JOB_TIMEOUT: Duration = Duration::from_secs(120);
@@ -240,10 +240,7 @@ async fn an_output_whose_video_ends_early_fails_verification_though_its_audio_ru
         "{events:#?}"
     );
     assert!(!farm.output_exists("o/early.mkv").await);
-    let dead = wait_for_value(JOB_TIMEOUT, "the dead letter", || async {
-        Some(farm.dead_letters().await).filter(|d| !d.is_empty())
-    })
-    .await;
+    let dead = farm.wait_dead_letters(JOB_TIMEOUT).await;
     assert_eq!(dead[0].1["x-error-kind"], "output_invalid", "{dead:#?}");
     farm.assert_all_acked(vec![worker]).await;
 }

@@ -9,7 +9,7 @@ use transcode_worker::error::ErrorKind;
 use transcode_worker::job::{Phase, Progress};
 
 use crate::common::farm::Farm;
-use crate::common::{fixtures, wait_for, wait_for_value, with_timeout};
+use crate::common::{fixtures, wait_for, with_timeout};
 
 /// Long enough for a few small transcodes on a loaded 2-core machine.
 const JOB_TIMEOUT: Duration = Duration::from_secs(120);
@@ -168,11 +168,7 @@ async fn the_later_message_with_s3_paths_is_transcoded_and_other_buckets_are_ref
         reason.contains("someone-elses") && reason.contains(&bucket),
         "{reason}"
     );
-    let dead = wait_for_value(JOB_TIMEOUT, "the dead letter", || async {
-        let dead = farm.dead_letters().await;
-        (!dead.is_empty()).then_some(dead)
-    })
-    .await;
+    let dead = farm.wait_dead_letters(JOB_TIMEOUT).await;
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!(
         dead[0].1.get("x-error-kind").map(String::as_str),
@@ -562,10 +558,7 @@ async fn secrets_never_appear_in_logs_or_progress() {
     );
     let events = serde_json::to_string(&watch.seen).unwrap();
     assert!(!events.contains(SECRET));
-    let dead = wait_for_value(JOB_TIMEOUT, "the dead letter", || async {
-        Some(farm.dead_letters().await).filter(|d| !d.is_empty())
-    })
-    .await;
+    let dead = farm.wait_dead_letters(JOB_TIMEOUT).await;
     assert_eq!(dead.len(), 1);
     assert!(!format!("{dead:?}").contains(SECRET));
     let logs = worker.logs();
@@ -664,10 +657,7 @@ async fn an_output_that_fails_verification_is_retried_and_never_stored() {
         .collect();
     assert!(stored.is_empty(), "{stored:?}");
 
-    let dead = wait_for_value(JOB_TIMEOUT, "the dead letter", || async {
-        Some(farm.dead_letters().await).filter(|d| !d.is_empty())
-    })
-    .await;
+    let dead = farm.wait_dead_letters(JOB_TIMEOUT).await;
     assert_eq!(dead.len(), 1, "{dead:#?}");
     let headers = &dead[0].1;
     assert_eq!(headers["x-error-kind"], "output_invalid", "{headers:#?}");
