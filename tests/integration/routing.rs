@@ -44,9 +44,12 @@ async fn a_high_job_is_the_next_started_even_with_twenty_normal_jobs_waiting() {
     let mut watch = farm.watch_progress().await;
     let _w1 = farm.spawn_worker(&[SLOW]);
     let _w2 = farm.spawn_worker(&[SLOW]);
+    // busy-2 lasts three times as long as busy-1, so one worker is free
+    // first: two workers free at once would take urgent and normal-1
+    // together, and their `downloading` events could come in either order.
     farm.publish_job(slow_job("busy-1", "o/busy-1.mp4", 150_000))
         .await;
-    farm.publish_job(slow_job("busy-2", "o/busy-2.mp4", 150_000))
+    farm.publish_job(slow_job("busy-2", "o/busy-2.mp4", 450_000))
         .await;
     watch.until_encoding(Some("busy-1"), JOB_TIMEOUT).await;
     watch.until_encoding(Some("busy-2"), JOB_TIMEOUT).await;
