@@ -8,6 +8,11 @@
 //! event goes out on every phase change, on each whole-percent change (at
 //! most four a second), and at least every two seconds.
 //!
+//! The events of a segmented job's part tasks and join go out in order
+//! ([`Reporter::in_order`]): their `progress` is raised to the job's
+//! high-water mark on the broker, so the job's percentage never goes back
+//! although several workers report on it at once.
+//!
 //! Every update also goes to the attempt's [`AttemptStatus`] (the worker's
 //! live state and metrics), before the rate rules, so `inspect`, `/metrics`
 //! and `/healthz` see each one; events carry the speed and transfer figures
@@ -16,7 +21,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::broker::{Broker, BrokerError};
+use crate::broker::{Broker, BrokerError, InOrder};
 use crate::error::JobError;
 use crate::job::{Phase, Progress};
 use crate::status::{AttemptStatus, Status};
@@ -46,6 +51,7 @@ pub struct Reporter {
     status: Arc<AttemptStatus>,
     tracks_left_out: Arc<Mutex<Vec<String>>>,
     share: Option<Arc<PartShare>>,
+    in_order: bool,
 }
 
 /// The part of a segmented job a reporter reports on, and its share of
@@ -89,13 +95,27 @@ impl Reporter {
             })),
             tracks_left_out: Arc::default(),
             share: None,
+            in_order: false,
         }
+    }
+
+    /// This reporter, publishing through the job's progress mark on the
+    /// broker ([`Broker::publish_in_order`]): for the tasks of a segmented
+    /// job, which several workers run at once.
+    pub fn in_order(mut self) -> Reporter {
+        self.in_order = true;
+        self
     }
 
     /// This reporter, reporting on one part of a segmented job.
     pub fn for_part(mut self, share: PartShare) -> Reporter {
         self.share = Some(Arc::new(share));
         self
+    }
+
+    /// The highest percentage it has reported.
+    pub fn percent(&self) -> f64 {
+        self.last.lock().unwrap_or_else(|e| e.into_inner()).percent
     }
 
     /// The job it reports on.
@@ -183,9 +203,25 @@ impl Reporter {
         event.bytes = figures.bytes;
         event.bytes_total = figures.bytes_total;
         event.bytes_per_sec = figures.bytes_per_sec;
-        if let Err(e) = self.broker.publish_progress(&event, false).await {
+        if let Err(e) = self.publish(event, false).await {
             tracing::debug!(error = %e, "progress event not sent");
         }
+    }
+
+    /// Publishes `event`; with `confirm`, as a persistent message the
+    /// broker confirmed. In order, its `progress` is raised to the job's
+    /// mark; an intermediate event is dropped when other workers held the
+    /// mark for every try, and an event without a mark to raise it to
+    /// goes out as it is.
+    async fn publish(&self, mut event: Progress, confirm: bool) -> Result<(), BrokerError> {
+        if self.in_order {
+            match self.broker.publish_in_order(&mut event, confirm).await? {
+                InOrder::Published => return Ok(()),
+                InOrder::Busy if !confirm => return Ok(()),
+                InOrder::Busy | InOrder::NoMark => {}
+            }
+        }
+        self.broker.publish_progress(&event, confirm).await
     }
 
     /// Publishes the `completed` event (100 %) of a job that stored
@@ -218,19 +254,18 @@ impl Reporter {
         event.error = Some(why.message.clone());
         event.error_kind = Some(why.kind);
         event.will_retry = Some(true);
-        self.broker.publish_progress(&event, true).await
+        self.publish(event, true).await
     }
 
     /// Publishes the `cancelled` event (the job's last) and waits for the
     /// broker's confirm.
     pub async fn cancelled(&self, why: &JobError) -> Result<(), BrokerError> {
-        let percent = self.last.lock().unwrap_or_else(|e| e.into_inner()).percent;
-        let mut event = self.event(Phase::Cancelled, percent);
+        let mut event = self.event(Phase::Cancelled, self.percent());
         event.error = Some(why.message.clone());
         event.error_kind = Some(why.kind);
         event.will_retry = Some(false);
         self.status.failed(why.kind, false);
-        self.broker.publish_progress(&event, true).await
+        self.publish(event, true).await
     }
 
     /// Resolves when someone asks this attempt's job to be cancelled
@@ -241,12 +276,11 @@ impl Reporter {
 
     /// Publishes the `failed` event for `error` and waits for the broker's confirm.
     pub async fn failed(&self, error: &JobError, will_retry: bool) -> Result<(), BrokerError> {
-        let percent = self.last.lock().unwrap_or_else(|e| e.into_inner()).percent;
-        let mut event = self.event(Phase::Failed, percent);
+        let mut event = self.event(Phase::Failed, self.percent());
         event.error = Some(error.message.clone());
         event.error_kind = Some(error.kind);
         event.will_retry = Some(will_retry);
         self.status.failed(error.kind, will_retry);
-        self.broker.publish_progress(&event, true).await
+        self.publish(event, true).await
     }
 }

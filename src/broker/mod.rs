@@ -24,12 +24,14 @@
 //!
 //! Parts: the connection and publishing (here), the topology
 //! ([`topology`]), a delivered job with its header protocol
-//! ([`Delivery`]), queues read or made on a channel ([`queue_depths`],
+//! ([`Delivery`]), the progress marks of segmented jobs ([`high_water`]),
+//! queues read or made on a channel ([`queue_depths`],
 //! [`private_queue`], [`waiting_queues`]), and the dead-letter queue read back
 //! ([`Broker::peek_dead_letters`], [`Broker::requeue_dead_letter`]).
 
 mod dead_letters;
 mod delivery;
+mod high_water;
 mod queues;
 mod topology;
 
@@ -45,6 +47,7 @@ use secrecy::ExposeSecret;
 
 pub use dead_letters::{DeadLetterMessage, DeadLetters, RequeueError, Requeued, REFRESH_AT};
 pub use delivery::{dead_letter_headers, string_headers, DeadLetter, Delivery};
+pub use high_water::InOrder;
 pub use queues::{declare_fanout, private_queue, queue_depths, waiting_queues, QueueDepths};
 pub use topology::{jobs_queue_arguments, Argument, QueueSpec, Topology};
 
@@ -97,6 +100,9 @@ pub struct Broker {
     /// Replaced by a fresh channel after the broker nacks a publish: see
     /// [`Broker::renew_publish_channel`].
     publish: std::sync::Mutex<Channel>,
+    /// The channel, in transaction mode, of segmented jobs' progress
+    /// marks (see [`high_water`]); opened at first use.
+    marks: tokio::sync::Mutex<Option<Channel>>,
     settings: BrokerSettings,
     url: String,
 }
@@ -128,6 +134,7 @@ impl Broker {
             connection,
             consume,
             publish: std::sync::Mutex::new(publish),
+            marks: tokio::sync::Mutex::new(None),
             settings: settings.clone(),
             url,
         })

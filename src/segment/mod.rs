@@ -11,8 +11,11 @@
 //!    frame boundaries every `segment_seconds` (moved to a source key frame
 //!    when one is near; a short tail joins the segment before it), writes
 //!    the [`SegmentPlan`] (with the job's message as it was published) to
-//!    the storage, publishes a [`PartTask`] per video segment to the jobs
-//!    queue the job came from (confirmed), and acks the job.
+//!    the storage, starts the job's progress mark on the broker (see
+//!    [`crate::broker::Broker::publish_in_order`]: the parts' events never
+//!    take the job's percentage back), publishes a [`PartTask`] per video
+//!    segment to the jobs queue the job came from (confirmed), and acks
+//!    the job.
 //! 2. **Parts**: every worker takes part tasks like jobs, one
 //!    at a time: a video segment (the frames of its stream times, the first
 //!    one a key frame, in a part file of the output's container), or the
@@ -27,7 +30,7 @@
 //!    again), verifies the output like any output, stores it (an output
 //!    already stored with the job's fingerprint is not made again),
 //!    publishes `completed`, writes the job's record, queues its webhook
-//!    and removes the job's objects.
+//!    and removes the job's objects and its progress mark.
 //!
 //! A part that fails for good fails the job: its task claims the end, a
 //! `failed` event goes out for the job, the job's message (from the plan)

@@ -485,6 +485,29 @@ impl Farm {
         declared.message_count()
     }
 
+    /// The queue of `job_id`'s progress mark (a segmented job's, while
+    /// it runs).
+    pub fn mark_queue(&self, job_id: &str) -> String {
+        format!("{}.mark.{job_id}", self.settings.broker.progress_queue)
+    }
+
+    /// Whether the broker has the queue `queue` (a passive declare).
+    pub async fn has_queue(&self, queue: &str) -> bool {
+        let channel = self.channel().await;
+        let declared = channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        let _ = channel.close(200, "done".into()).await;
+        declared.is_ok()
+    }
+
     /// A channel for ad-hoc checks.
     pub async fn channel(&self) -> Channel {
         self.conn.create_channel().await.expect("channel")

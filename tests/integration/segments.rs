@@ -136,12 +136,17 @@ async fn segment_objects(farm: &Farm) -> Vec<String> {
     found
 }
 
-/// Waits until no object of a segmented job is left.
-async fn assert_no_segment_objects(farm: &Farm) {
+/// Waits until no object of a segmented job is left, and checks that
+/// none of `jobs` has a progress mark left on the broker.
+async fn assert_nothing_left(farm: &Farm, jobs: &[&str]) {
     wait_for_value(DEFAULT_TIMEOUT, "the segment objects removed", || async {
         segment_objects(farm).await.is_empty().then_some(())
     })
     .await;
+    for job in jobs {
+        let mark = farm.mark_queue(job);
+        assert!(!farm.has_queue(&mark).await, "{mark} is left");
+    }
 }
 
 /// The start (in seconds of the input) of each video segment, as the
@@ -179,6 +184,25 @@ fn encoders(events: &[Progress]) -> BTreeMap<u32, BTreeSet<(String, u32)>> {
         }
     }
     by_segment
+}
+
+/// The job's `progress` never goes back over its events in the order
+/// they arrived, whichever worker and part sent them.
+fn assert_progress_never_goes_back(events: &[Progress]) {
+    for w in events.windows(2) {
+        assert!(
+            w[1].progress >= w[0].progress,
+            "the job's progress went back from {} % ({} {:?} part {:?}) to {} % ({} {:?} part {:?})",
+            w[0].progress,
+            w[0].worker,
+            w[0].state,
+            w[0].part,
+            w[1].progress,
+            w[1].worker,
+            w[1].state,
+            w[1].part,
+        );
+    }
 }
 
 /// Checks the output of a segmented job against its input: the same
@@ -288,7 +312,8 @@ async fn a_part_task_taken_by_a_worker_lacking_its_encoder_waits_for_one_that_ha
         );
     }
     assert!(!without.logs().contains("encoding segment"));
-    assert_no_segment_objects(&farm).await;
+    assert_progress_never_goes_back(&watch.of("seg-route"));
+    assert_nothing_left(&farm, &["seg-route"]).await;
     farm.assert_all_acked(vec![with, without]).await;
     assert_eq!(farm.ready_in(&requires_queue).await, 0);
 }
@@ -356,7 +381,8 @@ async fn a_part_task_no_live_worker_can_encode_fails_its_job_as_no_capable_worke
         "the job's own message: {body}"
     );
     assert!(!farm.output_exists("out/nobody.mp4").await);
-    assert_no_segment_objects(&farm).await;
+    assert_progress_never_goes_back(&watch.of("seg-nobody"));
+    assert_nothing_left(&farm, &["seg-nobody"]).await;
     // The other part tasks come out of the waiting and unplaced queues and
     // are dropped (their job has ended), not dead-lettered.
     let requires_queue = format!("{}.requires.x264enc", farm.jobs_queue());
@@ -414,13 +440,25 @@ async fn two_workers_encode_the_segments_of_one_job_joined_frame_for_frame() {
         "each segment encoded once: {by_segment:?}"
     );
 
+    assert_progress_never_goes_back(&events);
+    let part_workers: Vec<&str> = events
+        .iter()
+        .filter(|e| e.segment.is_some() && e.state == Phase::Transcoding)
+        .map(|e| e.worker.as_str())
+        .collect();
+    let switches = part_workers.windows(2).filter(|w| w[0] != w[1]).count();
+    assert!(
+        switches >= 2,
+        "the two workers' part events interleave (else the order proves nothing): {part_workers:?}"
+    );
+
     let starts = segment_starts(&[&workers[0], &workers[1]]);
     assert_eq!(starts.len(), segments as usize, "{starts:?}");
     let output = farm.get_output("out/long.mp4").await.expect("the output");
     let starts: Vec<f64> = starts.values().copied().collect();
     assert_eq!(starts[0], 0.0);
     assert_joined_like_the_input(&input, &output, &starts);
-    assert_no_segment_objects(&farm).await;
+    assert_nothing_left(&farm, &["seg"]).await;
     farm.assert_all_acked(workers).await;
 }
 
@@ -477,7 +515,8 @@ async fn a_worker_that_dies_mid_segment_costs_that_segment_only() {
     }
     let output = farm.get_output("out/crash.mkv").await.expect("the output");
     assert_eq!(decoded_frames(&output), decoded_frames(&input));
-    assert_no_segment_objects(&farm).await;
+    assert_progress_never_goes_back(&watch.of("seg-crash"));
+    assert_nothing_left(&farm, &["seg-crash"]).await;
     farm.assert_all_acked(vec![second]).await;
 }
 
@@ -518,7 +557,8 @@ async fn a_segment_that_cannot_be_decoded_fails_the_job_with_the_reason() {
         "{headers:?}"
     );
     assert!(!farm.output_exists("out/bad.mp4").await);
-    assert_no_segment_objects(&farm).await;
+    assert_progress_never_goes_back(&watch.of("seg-bad"));
+    assert_nothing_left(&farm, &["seg-bad"]).await;
     farm.assert_all_acked(workers).await;
 }
 
@@ -546,7 +586,8 @@ async fn segmented_jobs_run_on_the_directory_backend() {
     let starts: Vec<f64> = segment_starts(&[&worker]).values().copied().collect();
     let output = farm.get_output("out/dir.mkv").await.expect("the output");
     assert_joined_like_the_input(&input, &output, &starts);
-    assert_no_segment_objects(&farm).await;
+    assert_progress_never_goes_back(&watch.of("seg-dir"));
+    assert_nothing_left(&farm, &["seg-dir"]).await;
     farm.assert_all_acked(vec![worker]).await;
 }
 
@@ -606,7 +647,8 @@ async fn submit_segment_seconds_splits_the_job() {
     let last = watch.until_final("sub", DEFAULT_TIMEOUT).await;
     assert_eq!(last.state, Phase::Completed);
     assert_eq!(watch.of("sub").iter().find_map(|e| e.segments), Some(3));
-    assert_no_segment_objects(&farm).await;
+    assert_progress_never_goes_back(&watch.of("sub"));
+    assert_nothing_left(&farm, &["sub"]).await;
     farm.assert_all_acked(vec![worker]).await;
 }
 
@@ -659,7 +701,7 @@ async fn the_worker_splits_long_inputs_above_its_threshold() {
     assert_eq!(segments("auto-long"), Some(3));
     assert_eq!(segments("auto-short"), None);
     assert_eq!(segments("auto-unknown"), None);
-    assert_no_segment_objects(&farm).await;
+    assert_nothing_left(&farm, &["auto-long", "auto-short", "auto-unknown"]).await;
     farm.assert_all_acked(vec![worker]).await;
 }
 
@@ -726,7 +768,8 @@ async fn the_objects_of_a_job_whose_tasks_were_lost_are_found_and_removed() {
     let body: Value = serde_json::from_slice(&dead[0].0).expect("a JSON body");
     assert_eq!(body, job);
     assert_eq!(dead[0].1["x-error-kind"], "stalled");
-    assert_no_segment_objects(&farm).await;
+    assert_progress_never_goes_back(&watch.of("seg-lost"));
+    assert_nothing_left(&farm, &["seg-lost"]).await;
     farm.assert_all_acked(vec![second]).await;
 }
 
@@ -756,7 +799,8 @@ async fn a_cancelled_segmented_job_stops_and_leaves_nothing_behind() {
     assert!(out.status.success(), "{out:?}");
     let last = watch.until_final("seg-cancel", JOB_TIMEOUT).await;
     assert_eq!(last.state, Phase::Cancelled, "{last:#?}");
-    assert_no_segment_objects(&farm).await;
+    assert_progress_never_goes_back(&watch.of("seg-cancel"));
+    assert_nothing_left(&farm, &["seg-cancel"]).await;
     assert!(!farm.output_exists("out/cancel.mp4").await);
     farm.assert_all_acked(workers).await;
     assert!(farm.dead_letters().await.is_empty());
@@ -856,7 +900,7 @@ async fn mov_and_webm_outputs_are_joined_frame_for_frame() {
         let output = farm.get_output(key).await.expect("the output");
         assert_joined_like_the_input(&input, &output, &starts[starts.len() - 3..]);
     }
-    assert_no_segment_objects(&farm).await;
+    assert_nothing_left(&farm, &["c-mov", "c-webm"]).await;
     farm.assert_all_acked(vec![worker]).await;
 }
 
@@ -918,7 +962,7 @@ async fn jobs_that_cannot_be_segmented_run_whole() {
         );
         assert!(worker.logs().contains(why), "{id}: no {why:?} in the log");
     }
-    assert_no_segment_objects(&farm).await;
+    assert_nothing_left(&farm, &["w-outputs", "w-hls", "w-rate", "w-avi", "w-short"]).await;
     farm.assert_all_acked(vec![worker]).await;
 }
 

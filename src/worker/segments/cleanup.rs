@@ -56,7 +56,7 @@ impl Worker {
                         }
                     }
                 }
-                self.remove_objects(job_id).await;
+                self.remove_objects(broker, job_id).await;
             }
             .instrument(span)
             .await;
@@ -71,7 +71,8 @@ impl Worker {
             plan.attempt,
             &self.id,
             &self.status,
-        );
+        )
+        .in_order();
         if let Err(e) = reporter.failed(error, false).await {
             tracing::warn!(error = %e, "could not publish the failed event");
         }
@@ -103,9 +104,12 @@ impl Worker {
     }
 
     /// Removes a job's segment objects (logged when it cannot: the
-    /// pruning pass finds them later), and the copy of its input this
-    /// worker kept.
-    pub(super) async fn remove_objects(&self, job_id: &str) {
+    /// pruning pass finds them later), its progress mark (which expires
+    /// when it cannot), and the copy of its input this worker kept.
+    pub(super) async fn remove_objects(&self, broker: &Broker, job_id: &str) {
+        if let Err(e) = broker.remove_mark(job_id).await {
+            tracing::warn!(error = %e, "cannot remove the job's progress mark");
+        }
         if let Ok(Some(plan)) = self.objects().plan(job_id).await {
             if let Ok(job) = plan.job() {
                 self.inputs.forget(&job.input_key);

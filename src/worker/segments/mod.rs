@@ -24,6 +24,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tracing::Instrument;
@@ -247,6 +248,15 @@ impl Worker {
         };
         segment_plan.carry_audio_in_first_task();
         objects.write_plan(&segment_plan).await?;
+        // The parts' events go out in order through the job's mark; a
+        // job whose split is redone (its ack lost) keeps the mark it has.
+        // It outlives the search for abandoned jobs (hourly, for jobs
+        // unchanged for `abandon_after`), which removes it.
+        let expires = self.settings.segments.abandon_after * 2 + Duration::from_secs(3600);
+        broker
+            .start_mark(&job.job_id, reporter.percent(), expires)
+            .await
+            .map_err(|e| JobError::new(ErrorKind::BrokerUnavailable, e.to_string()))?;
         let parts = segment_plan.queue_order();
         tracing::info!(
             plan = %segment_plan.plan_id,
@@ -296,7 +306,8 @@ impl Worker {
         let job_id = task.segment_of.clone();
         let span = tracing::info_span!("job", job_id = %job_id, part = %part.name(), attempt);
         async {
-            let reporter = Reporter::new(broker.clone(), &job_id, attempt, &self.id, &self.status);
+            let reporter = Reporter::new(broker.clone(), &job_id, attempt, &self.id, &self.status)
+                .in_order();
             let plan = match self.objects().plan(&job_id).await {
                 Ok(Some(plan)) if plan.plan_id == task.plan => plan,
                 Ok(_) => {
@@ -354,7 +365,7 @@ impl Worker {
                     if self.settle_as(&broker, &delivery, &reporter, &job_id, Some(&job), Ok(produced), Some(origin))
                         .await
                     {
-                        self.remove_objects(&job_id).await;
+                        self.remove_objects(&broker, &job_id).await;
                     }
                 }
                 Err(error) => {
@@ -431,7 +442,7 @@ impl Worker {
             )
             .await;
         if ended {
-            self.remove_objects(&plan.job_id).await;
+            self.remove_objects(broker, &plan.job_id).await;
         }
     }
 }

@@ -1,0 +1,193 @@
+//! The high-water mark of a segmented job's progress: one message in a
+//! queue of the job's own, holding the highest percentage published for
+//! the job.
+//!
+//! The parts of a segmented job run on several workers at once, each
+//! knowing only its own share; their events would reach the progress
+//! exchange with the job's percentage going back and forth. So a worker
+//! publishing an event of such a job first takes the mark (`basic.get`,
+//! not acked), raises the event's `progress` to it, and then, in one
+//! transaction, publishes the event, puts the mark back raised to the
+//! event's percentage, and acks the mark it took. While one worker holds
+//! the mark no other can take it; the event and the raised mark are
+//! committed together, so every queue bound to the exchange receives a
+//! job's events with a percentage that never goes back. A worker that
+//! dies holding the mark has published nothing: the broker gives the mark
+//! back when its channel closes, unchanged.
+//!
+//! A job without a mark (split by an older worker, or its mark expired
+//! after `x-expires` without use) has its events published as they are.
+
+use std::time::Duration;
+
+use lapin::options::{
+    BasicAckOptions, BasicGetOptions, BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel};
+use serde::{Deserialize, Serialize};
+
+use super::{Broker, BrokerError};
+use crate::job::Progress;
+
+/// How many times a worker tries to take a mark another holds, and how
+/// long it waits between tries: a mark is held for one `basic.get` and one
+/// commit (a few milliseconds).
+const TRIES: u32 = 20;
+const BETWEEN_TRIES: Duration = Duration::from_millis(10);
+
+/// The body of a mark.
+#[derive(Debug, Serialize, Deserialize)]
+struct Mark {
+    /// The highest `progress` published for the job.
+    percent: f64,
+}
+
+/// What became of an event offered in order ([`Broker::publish_in_order`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InOrder {
+    /// Published, its `progress` raised to the job's mark.
+    Published,
+    /// Not published: the job has no mark.
+    NoMark,
+    /// Not published: other workers held the mark for every try.
+    Busy,
+}
+
+impl Broker {
+    /// The queue holding the progress mark of `job_id`.
+    fn mark_queue(&self, job_id: &str) -> String {
+        format!("{}.mark.{job_id}", self.settings.progress_queue)
+    }
+
+    /// The channel marks are read and written on, in transaction mode
+    /// (opened at first use, and again after the broker closed it).
+    async fn mark_channel(&self) -> Result<Channel, BrokerError> {
+        let mut slot = self.marks.lock().await;
+        if let Some(channel) = slot.as_ref().filter(|c| c.status().connected()) {
+            return Ok(channel.clone());
+        }
+        let channel = self.open_channel().await?;
+        channel.tx_select().await.map_err(|e| self.amqp(e))?;
+        *slot = Some(channel.clone());
+        Ok(channel)
+    }
+
+    /// Starts the progress mark of `job_id` at `percent` (any mark it had
+    /// is removed first), kept until [`Broker::remove_mark`] or until it
+    /// has not been used for `expires`.
+    pub async fn start_mark(
+        &self,
+        job_id: &str,
+        percent: f64,
+        expires: Duration,
+    ) -> Result<(), BrokerError> {
+        let queue = self.mark_queue(job_id);
+        let channel = self.mark_channel().await?;
+        let result = async {
+            channel
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await?;
+            let mut arguments = FieldTable::default();
+            let ms = expires.as_millis().min(i64::MAX as u128) as i64;
+            arguments.insert("x-expires".into(), AMQPValue::LongLongInt(ms));
+            channel
+                .queue_declare(
+                    queue.as_str().into(),
+                    QueueDeclareOptions {
+                        durable: true,
+                        ..Default::default()
+                    },
+                    arguments,
+                )
+                .await?;
+            put_mark(&channel, &queue, percent).await?;
+            channel.tx_commit().await
+        }
+        .await;
+        result.map_err(|e| self.amqp(e))
+    }
+
+    /// Removes the progress mark of `job_id` (once its job has ended).
+    pub async fn remove_mark(&self, job_id: &str) -> Result<(), BrokerError> {
+        let queue = self.mark_queue(job_id);
+        let channel = self.mark_channel().await?;
+        channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await
+            .map(|_| ())
+            .map_err(|e| self.amqp(e))
+    }
+
+    /// Publishes `event` of a segmented job in order: its `progress`
+    /// raised to the job's mark, and the mark to it, in one transaction.
+    /// With `persistent`, the event is a persistent message.
+    pub async fn publish_in_order(
+        &self,
+        event: &mut Progress,
+        persistent: bool,
+    ) -> Result<InOrder, BrokerError> {
+        let queue = self.mark_queue(&event.job_id);
+        let channel = self.mark_channel().await?;
+        for _ in 0..TRIES {
+            let got = channel
+                .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
+                .await;
+            let message = match got {
+                Ok(Some(message)) => message,
+                Ok(None) => {
+                    tokio::time::sleep(BETWEEN_TRIES).await;
+                    continue;
+                }
+                // The broker closes the channel: no such queue.
+                Err(e) if e.is_amqp_soft_error() => return Ok(InOrder::NoMark),
+                Err(e) => return Err(self.amqp(e)),
+            };
+            let mark = serde_json::from_slice::<Mark>(&message.delivery.data)
+                .map(|m| m.percent)
+                .unwrap_or(0.0);
+            event.progress = event.progress.max(mark);
+            let body = serde_json::to_vec(&*event).expect("progress serializes");
+            let properties = BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_delivery_mode(if persistent { 2 } else { 1 });
+            let committed = async {
+                channel
+                    .basic_publish(
+                        self.settings.progress_exchange.as_str().into(),
+                        "".into(),
+                        BasicPublishOptions::default(),
+                        &body,
+                        properties,
+                    )
+                    .await?;
+                put_mark(&channel, &queue, event.progress).await?;
+                channel
+                    .basic_ack(message.delivery.delivery_tag, BasicAckOptions::default())
+                    .await?;
+                channel.tx_commit().await
+            }
+            .await;
+            return committed
+                .map(|()| InOrder::Published)
+                .map_err(|e| self.amqp(e));
+        }
+        Ok(InOrder::Busy)
+    }
+}
+
+/// Publishes the mark `percent` to `queue` on `channel` (in its
+/// transaction).
+async fn put_mark(channel: &Channel, queue: &str, percent: f64) -> Result<(), lapin::Error> {
+    let body = serde_json::to_vec(&Mark { percent }).expect("a mark serializes");
+    channel
+        .basic_publish(
+            "".into(),
+            queue.into(),
+            BasicPublishOptions::default(),
+            &body,
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .map(|_| ())
+}
