@@ -60,17 +60,46 @@ impl Broker {
         format!("{}.mark.{job_id}", self.settings.progress_queue)
     }
 
-    /// The channel marks are read and written on, in transaction mode
-    /// (opened at first use, and again after the broker closed it).
-    async fn mark_channel(&self) -> Result<Channel, BrokerError> {
-        let mut slot = self.marks.lock().await;
-        if let Some(channel) = slot.as_ref().filter(|c| c.status().connected()) {
-            return Ok(channel.clone());
+    /// Runs `op` on the channel marks are read and written on (in
+    /// transaction mode; opened at first use, and again after the broker
+    /// closed it), one operation at a time. `op` runs to its end even when
+    /// the caller stops waiting for it: a mark taken and not put back, or
+    /// a transaction left half done, would stay on the channel. After a
+    /// failure the channel is closed, which gives back a mark it held and
+    /// drops the transaction.
+    async fn on_mark_channel<T, F, Fut>(&self, op: F) -> Result<T, BrokerError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Channel) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<T, lapin::Error>> + Send + 'static,
+    {
+        let mut slot = self.marks.clone().lock_owned().await;
+        let channel = match slot.as_ref().filter(|c| c.status().connected()) {
+            Some(channel) => channel.clone(),
+            None => {
+                let channel = self.open_channel().await?;
+                channel.tx_select().await.map_err(|e| self.amqp(e))?;
+                *slot = Some(channel.clone());
+                channel
+            }
+        };
+        let task = tokio::spawn(async move {
+            let result = op(channel.clone()).await;
+            if result.is_err() {
+                let _ = channel
+                    .close(200, "a progress mark operation failed".into())
+                    .await;
+                *slot = None;
+            }
+            result
+        });
+        match task.await {
+            Ok(result) => result.map_err(|e| self.amqp(e)),
+            Err(e) => Err(BrokerError::NotConfirmed {
+                what: "a progress mark".into(),
+                detail: e.to_string(),
+            }),
         }
-        let channel = self.open_channel().await?;
-        channel.tx_select().await.map_err(|e| self.amqp(e))?;
-        *slot = Some(channel.clone());
-        Ok(channel)
     }
 
     /// Starts the progress mark of `job_id` at `percent` (any mark it had
@@ -83,13 +112,12 @@ impl Broker {
         expires: Duration,
     ) -> Result<(), BrokerError> {
         let queue = self.mark_queue(job_id);
-        let channel = self.mark_channel().await?;
-        let result = async {
+        let ms = expires.as_millis().min(i64::MAX as u128) as i64;
+        self.on_mark_channel(move |channel| async move {
             channel
                 .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
                 .await?;
             let mut arguments = FieldTable::default();
-            let ms = expires.as_millis().min(i64::MAX as u128) as i64;
             arguments.insert("x-expires".into(), AMQPValue::LongLongInt(ms));
             channel
                 .queue_declare(
@@ -103,20 +131,20 @@ impl Broker {
                 .await?;
             put_mark(&channel, &queue, percent).await?;
             channel.tx_commit().await
-        }
-        .await;
-        result.map_err(|e| self.amqp(e))
+        })
+        .await
     }
 
     /// Removes the progress mark of `job_id` (once its job has ended).
     pub async fn remove_mark(&self, job_id: &str) -> Result<(), BrokerError> {
         let queue = self.mark_queue(job_id);
-        let channel = self.mark_channel().await?;
-        channel
-            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-            .await
-            .map(|_| ())
-            .map_err(|e| self.amqp(e))
+        self.on_mark_channel(move |channel| async move {
+            channel
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await
+                .map(|_| ())
+        })
+        .await
     }
 
     /// Publishes `event` of a segmented job in order: its `progress`
@@ -128,52 +156,69 @@ impl Broker {
         persistent: bool,
     ) -> Result<InOrder, BrokerError> {
         let queue = self.mark_queue(&event.job_id);
-        let channel = self.mark_channel().await?;
-        for _ in 0..TRIES {
-            let got = channel
-                .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
-                .await;
-            let message = match got {
-                Ok(Some(message)) => message,
-                Ok(None) => {
-                    tokio::time::sleep(BETWEEN_TRIES).await;
-                    continue;
-                }
-                // The broker closes the channel: no such queue.
-                Err(e) if e.is_amqp_soft_error() => return Ok(InOrder::NoMark),
-                Err(e) => return Err(self.amqp(e)),
-            };
-            let mark = serde_json::from_slice::<Mark>(&message.delivery.data)
-                .map(|m| m.percent)
-                .unwrap_or(0.0);
-            event.progress = event.progress.max(mark);
-            let body = serde_json::to_vec(&*event).expect("progress serializes");
-            let properties = BasicProperties::default()
-                .with_content_type("application/json".into())
-                .with_delivery_mode(if persistent { 2 } else { 1 });
-            let committed = async {
-                channel
-                    .basic_publish(
-                        self.settings.progress_exchange.as_str().into(),
-                        "".into(),
-                        BasicPublishOptions::default(),
-                        &body,
-                        properties,
-                    )
-                    .await?;
-                put_mark(&channel, &queue, event.progress).await?;
-                channel
-                    .basic_ack(message.delivery.delivery_tag, BasicAckOptions::default())
-                    .await?;
-                channel.tx_commit().await
-            }
-            .await;
-            return committed
-                .map(|()| InOrder::Published)
-                .map_err(|e| self.amqp(e));
-        }
-        Ok(InOrder::Busy)
+        let exchange = self.settings.progress_exchange.clone();
+        let mut owned = event.clone();
+        let (outcome, published) = self
+            .on_mark_channel(move |channel| async move {
+                let outcome =
+                    take_and_publish(&channel, &queue, &exchange, &mut owned, persistent).await?;
+                Ok((outcome, owned))
+            })
+            .await?;
+        *event = published;
+        Ok(outcome)
     }
+}
+
+/// Takes the mark in `queue` (trying [`TRIES`] times), raises `event` to
+/// it, and commits the event's publish to `exchange`, the raised mark and
+/// the ack of the mark taken.
+async fn take_and_publish(
+    channel: &Channel,
+    queue: &str,
+    exchange: &str,
+    event: &mut Progress,
+    persistent: bool,
+) -> Result<InOrder, lapin::Error> {
+    for _ in 0..TRIES {
+        let got = channel
+            .basic_get(queue.into(), BasicGetOptions { no_ack: false })
+            .await;
+        let message = match got {
+            Ok(Some(message)) => message,
+            Ok(None) => {
+                tokio::time::sleep(BETWEEN_TRIES).await;
+                continue;
+            }
+            // The broker closed the channel: no such queue.
+            Err(e) if e.is_amqp_soft_error() => return Ok(InOrder::NoMark),
+            Err(e) => return Err(e),
+        };
+        let mark = serde_json::from_slice::<Mark>(&message.delivery.data)
+            .map(|m| m.percent)
+            .unwrap_or(0.0);
+        event.progress = event.progress.max(mark);
+        let body = serde_json::to_vec(&*event).expect("progress serializes");
+        let properties = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(if persistent { 2 } else { 1 });
+        channel
+            .basic_publish(
+                exchange.into(),
+                "".into(),
+                BasicPublishOptions::default(),
+                &body,
+                properties,
+            )
+            .await?;
+        put_mark(channel, queue, event.progress).await?;
+        channel
+            .basic_ack(message.delivery.delivery_tag, BasicAckOptions::default())
+            .await?;
+        channel.tx_commit().await?;
+        return Ok(InOrder::Published);
+    }
+    Ok(InOrder::Busy)
 }
 
 /// Publishes the mark `percent` to `queue` on `channel` (in its

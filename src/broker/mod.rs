@@ -102,7 +102,7 @@ pub struct Broker {
     publish: std::sync::Mutex<Channel>,
     /// The channel, in transaction mode, of segmented jobs' progress
     /// marks (see [`high_water`]); opened at first use.
-    marks: tokio::sync::Mutex<Option<Channel>>,
+    marks: std::sync::Arc<tokio::sync::Mutex<Option<Channel>>>,
     settings: BrokerSettings,
     url: String,
 }
@@ -134,7 +134,7 @@ impl Broker {
             connection,
             consume,
             publish: std::sync::Mutex::new(publish),
-            marks: tokio::sync::Mutex::new(None),
+            marks: Default::default(),
             settings: settings.clone(),
             url,
         })

@@ -687,8 +687,17 @@ pub struct ProgressWatch {
 impl ProgressWatch {
     /// Waits for the next event.
     pub async fn next(&mut self, timeout: Duration) -> Progress {
-        let delivery = with_timeout(timeout, "a progress event", self.consumer.next())
+        match self.next_within(timeout).await {
+            Some(event) => event,
+            None => panic!("timed out after {timeout:?} waiting for a progress event"),
+        }
+    }
+
+    /// The next event, or `None` when none comes within `timeout`.
+    pub async fn next_within(&mut self, timeout: Duration) -> Option<Progress> {
+        let delivery = tokio::time::timeout(timeout, self.consumer.next())
             .await
+            .ok()?
             .expect("progress consumer ended")
             .expect("progress delivery");
         let event: Progress = serde_json::from_slice(&delivery.data).unwrap_or_else(|e| {
@@ -698,7 +707,7 @@ impl ProgressWatch {
             )
         });
         self.seen.push(event.clone());
-        event
+        Some(event)
     }
 
     /// Waits for the first event that satisfies `pred`, and returns it.

@@ -1011,3 +1011,74 @@ async fn a_segmented_job_longer_than_the_consumer_timeout_completes() {
     assert_eq!(events.iter().find_map(|e| e.segments), Some(4));
     farm.assert_all_acked(vec![worker]).await;
 }
+
+/// The progress mark of a segmented job held by another client (as a
+/// worker holds it while it publishes): the worker publishes no event of
+/// the job meanwhile (it would otherwise send one at least every second),
+/// and when that client's channel closes without acking, as a worker's
+/// does when it dies holding the mark, the broker gives the mark back
+/// unchanged and the job's events go on, never going back, to the end;
+/// the mark is removed then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_progress_mark_held_elsewhere_holds_the_events_back_and_comes_back_when_its_holder_dies()
+{
+    use lapin::options::BasicGetOptions;
+
+    let extra = [("TRANSCODE_PIPELINE__EXTRA_ALLOWED_ELEMENTS", "identity")];
+    let farm = Farm::s3(&extra).await;
+    farm.put_input("in/mark.mp4", &fixtures::h264_mp4(8)).await;
+    let mut watch = farm.watch_progress().await;
+    let worker = farm.spawn_worker(&extra);
+    // 40 ms a frame: each 2 s part encodes for about 2 s.
+    farm.publish_job(json!({"job_id": "seg-mark", "input_key": "in/mark.mp4",
+        "output_key": "out/mark.mp4", "segment_seconds": 2,
+        "transcode_options": "identity sleep-time=40000 ! videoconvert ! x264enc speed-preset=ultrafast threads=1"}))
+        .await;
+    watch
+        .until(JOB_TIMEOUT, |e| {
+            e.job_id == "seg-mark"
+                && e.state == Phase::Transcoding
+                && e.segment_progress.is_some_and(|p| p > 0.0)
+        })
+        .await;
+    let mark = farm.mark_queue("seg-mark");
+    let holder = farm.channel().await;
+    let held = wait_for_value(DEFAULT_TIMEOUT, "the mark taken", || async {
+        holder
+            .basic_get(mark.as_str().into(), BasicGetOptions { no_ack: false })
+            .await
+            .expect("basic.get on the mark's queue")
+    })
+    .await;
+    let held: Value = serde_json::from_slice(&held.delivery.data).expect("a JSON mark");
+    let held = held["percent"].as_f64().expect("the mark's percent");
+    // What was published before the mark was taken arrives at once;
+    // after it, nothing of the job may come for two seconds.
+    while watch
+        .next_within(Duration::from_millis(300))
+        .await
+        .is_some()
+    {}
+    let before = watch.of("seg-mark").len();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() || watch.next_within(left).await.is_none() {
+            break;
+        }
+    }
+    assert_eq!(
+        watch.of("seg-mark").len(),
+        before,
+        "an event went out while the mark was held elsewhere: {:#?}",
+        &watch.of("seg-mark")[before..]
+    );
+    holder.close(200, "the holder dies".into()).await.ok();
+    let next = watch.until(JOB_TIMEOUT, |e| e.job_id == "seg-mark").await;
+    assert!(next.progress >= held, "{next:#?} after a mark of {held}");
+    let last = watch.until_final("seg-mark", JOB_TIMEOUT).await;
+    assert_eq!(last.state, Phase::Completed, "{last:#?}\n{}", worker.logs());
+    assert_progress_never_goes_back(&watch.of("seg-mark"));
+    assert_nothing_left(&farm, &["seg-mark"]).await;
+    farm.assert_all_acked(vec![worker]).await;
+}
