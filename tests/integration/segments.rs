@@ -205,6 +205,21 @@ fn assert_progress_never_goes_back(events: &[Progress]) {
     }
 }
 
+/// Checks that the part events of `events` come from two workers at
+/// once: the sender changes at least twice among the `transcoding` events.
+fn assert_workers_interleave(events: &[Progress]) {
+    let senders: Vec<&str> = events
+        .iter()
+        .filter(|e| e.segment.is_some() && e.state == Phase::Transcoding)
+        .map(|e| e.worker.as_str())
+        .collect();
+    let switches = senders.windows(2).filter(|w| w[0] != w[1]).count();
+    assert!(
+        switches >= 2,
+        "the workers' part events interleave: {senders:?}"
+    );
+}
+
 /// Checks the output of a segmented job against its input: the same
 /// number of frames (decoded), video timestamps strictly increasing one
 /// frame apart with no gap or repeat, the same video and audio length
@@ -441,16 +456,6 @@ async fn two_workers_encode_the_segments_of_one_job_joined_frame_for_frame() {
     );
 
     assert_progress_never_goes_back(&events);
-    let part_workers: Vec<&str> = events
-        .iter()
-        .filter(|e| e.segment.is_some() && e.state == Phase::Transcoding)
-        .map(|e| e.worker.as_str())
-        .collect();
-    let switches = part_workers.windows(2).filter(|w| w[0] != w[1]).count();
-    assert!(
-        switches >= 2,
-        "the two workers' part events interleave (else the order proves nothing): {part_workers:?}"
-    );
 
     let starts = segment_starts(&[&workers[0], &workers[1]]);
     assert_eq!(starts.len(), segments as usize, "{starts:?}");
@@ -1012,15 +1017,17 @@ async fn a_segmented_job_longer_than_the_consumer_timeout_completes() {
     farm.assert_all_acked(vec![worker]).await;
 }
 
-/// The progress mark of a segmented job held by another client (as a
-/// worker holds it while it publishes): the worker publishes no event of
-/// the job meanwhile (it would otherwise send one at least every second),
-/// and when that client's channel closes without acking, as a worker's
-/// does when it dies holding the mark, the broker gives the mark back
-/// unchanged and the job's events go on, never going back, to the end;
+/// Two workers encode the parts of a job at once (each part takes about
+/// 2 s, so their events interleave), and the job's progress never goes
+/// back over all its events. Meanwhile its progress mark is held by
+/// another client (as a worker holds it while it publishes): neither
+/// worker publishes an event of the job (each would otherwise send one at
+/// least every second), and when that client's channel closes without
+/// acking, as a worker's does when it dies holding the mark, the broker
+/// gives the mark back unchanged and the job's events go on to the end;
 /// the mark is removed then.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_progress_mark_held_elsewhere_holds_the_events_back_and_comes_back_when_its_holder_dies()
+async fn progress_never_goes_back_across_two_workers_and_a_mark_held_elsewhere_holds_their_events()
 {
     use lapin::options::BasicGetOptions;
 
@@ -1028,7 +1035,7 @@ async fn a_progress_mark_held_elsewhere_holds_the_events_back_and_comes_back_whe
     let farm = Farm::s3(&extra).await;
     farm.put_input("in/mark.mp4", &fixtures::h264_mp4(8)).await;
     let mut watch = farm.watch_progress().await;
-    let worker = farm.spawn_worker(&extra);
+    let workers = vec![farm.spawn_worker(&extra), farm.spawn_worker(&extra)];
     // 40 ms a frame: each 2 s part encodes for about 2 s.
     farm.publish_job(json!({"job_id": "seg-mark", "input_key": "in/mark.mp4",
         "output_key": "out/mark.mp4", "segment_seconds": 2,
@@ -1077,8 +1084,11 @@ async fn a_progress_mark_held_elsewhere_holds_the_events_back_and_comes_back_whe
     let next = watch.until(JOB_TIMEOUT, |e| e.job_id == "seg-mark").await;
     assert!(next.progress >= held, "{next:#?} after a mark of {held}");
     let last = watch.until_final("seg-mark", JOB_TIMEOUT).await;
-    assert_eq!(last.state, Phase::Completed, "{last:#?}\n{}", worker.logs());
-    assert_progress_never_goes_back(&watch.of("seg-mark"));
+    let logs = || format!("{}\n{}", workers[0].logs(), workers[1].logs());
+    assert_eq!(last.state, Phase::Completed, "{last:#?}\n{}", logs());
+    let events = watch.of("seg-mark");
+    assert_workers_interleave(&events);
+    assert_progress_never_goes_back(&events);
     assert_nothing_left(&farm, &["seg-mark"]).await;
-    farm.assert_all_acked(vec![worker]).await;
+    farm.assert_all_acked(workers).await;
 }
