@@ -9,6 +9,8 @@
 //! `--out FILE`.
 //! Sections: overhead, per-job cost, memory, scale-out, renditions
 //! (farm/renditions.rs: a ladder from one decode against separate jobs),
+//! segmented jobs (farm/segments.rs: one input on one and two workers),
+//! progress marks (farm/marks.rs: a segmented job's events in order),
 //! history (the dashboard and `status` with a large history; also on
 //! Garage), the one-core, Garage and 1080p overhead runs.
 //!
@@ -23,6 +25,8 @@
 mod common;
 #[path = "support/garage.rs"]
 mod garage;
+#[path = "farm/marks.rs"]
+mod marks;
 #[path = "farm/renditions.rs"]
 mod renditions;
 #[path = "farm/segments.rs"]
@@ -52,7 +56,7 @@ const CHEAP_VIDEO: &str =
 const JOB_TIMEOUT: Duration = Duration::from_secs(900);
 
 /// The sections of a run, in the order they run.
-const SECTIONS: [&str; 13] = [
+const SECTIONS: [&str; 14] = [
     "overhead",
     "perjob",
     "memory",
@@ -61,6 +65,7 @@ const SECTIONS: [&str; 13] = [
     "scale",
     "renditions",
     "segments",
+    "marks",
     "history",
     "history-garage",
     "overhead-garage",
@@ -236,7 +241,7 @@ fn main() {
         )
     };
     let ts = &test_server;
-    let sections: [(&str, &dyn Fn() -> String); 13] = [
+    let sections: [(&str, &dyn Fn() -> String); 14] = [
         ("overhead", &|| {
             rt.block_on(overhead(&opts, Overhead::Main, ts, "1a", ""))
         }),
@@ -250,6 +255,7 @@ fn main() {
         ("scale", &|| rt.block_on(scale_out(&opts))),
         ("renditions", &|| rt.block_on(renditions::renditions(&opts))),
         ("segments", &|| rt.block_on(segments::segments(&opts))),
+        ("marks", &|| rt.block_on(marks::marks(&opts))),
         ("history", &|| rt.block_on(history(&opts, ts))),
         ("history-garage", &|| match &garage_target {
             Some(g) => rt.block_on(history_garage(&opts, g)),

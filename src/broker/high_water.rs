@@ -17,6 +17,13 @@
 //!
 //! A job without a mark (split by an older worker, or its mark expired
 //! after `x-expires` without use) has its events published as they are.
+//!
+//! On one RabbitMQ node the order is strict: the event reaches its queues
+//! before the raised mark reaches its own, and the next holder's event
+//! after that. On a cluster whose progress queue lives on another node
+//! than the workers' connections, two events committed by two workers a
+//! moment apart travel on different links between nodes and may in
+//! principle arrive the other way round.
 
 use std::time::Duration;
 

@@ -251,12 +251,15 @@ impl Worker {
         // The parts' events go out in order through the job's mark; a
         // job whose split is redone (its ack lost) keeps the mark it has.
         // It outlives the search for abandoned jobs (hourly, for jobs
-        // unchanged for `abandon_after`), which removes it.
+        // unchanged for `abandon_after`), which removes it. Without a mark
+        // (the broker refused it) the events go out as they are.
         let expires = self.settings.segments.abandon_after * 2 + Duration::from_secs(3600);
-        broker
+        if let Err(e) = broker
             .start_mark(&job.job_id, reporter.percent(), expires)
             .await
-            .map_err(|e| JobError::new(ErrorKind::BrokerUnavailable, e.to_string()))?;
+        {
+            tracing::warn!(error = %e, "no progress mark for the job: its parts' events may take its percentage back");
+        }
         let parts = segment_plan.queue_order();
         tracing::info!(
             plan = %segment_plan.plan_id,
