@@ -1092,3 +1092,82 @@ async fn progress_never_goes_back_across_two_workers_and_a_mark_held_elsewhere_h
     assert_nothing_left(&farm, &["seg-mark"]).await;
     farm.assert_all_acked(workers).await;
 }
+
+/// The broker restarts while a part of a segmented job is encoding (its
+/// pipeline process held, so the restart lands mid-part): the job's
+/// progress mark (a durable queue holding a persistent message) survives
+/// it, the worker reconnects and redoes the part it held, and the job
+/// completes once, with every event of it, before and after the restart,
+/// in order as `transcoding_progress` (a quorum queue) kept them; no mark
+/// is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segmented_job_keeps_its_progress_in_order_across_a_broker_restart() {
+    use std::sync::Arc;
+
+    use crate::common::farm::Rabbit;
+    use crate::common::services::{shared_s3, RabbitNode, RabbitOptions};
+
+    let node = Arc::new(RabbitNode::start(RabbitOptions::default()));
+    let extra = [
+        ("TRANSCODE_PIPELINE__EXTRA_ALLOWED_ELEMENTS", "identity"),
+        ("TRANSCODE_BROKER__LIVENESS_INTERVAL", "1s"),
+    ];
+    let mut farm = Farm::s3_on(Rabbit::Own(node.clone()), shared_s3(), &extra).await;
+    farm.env.insert(
+        "AMQP_URL".into(),
+        format!("{}?heartbeat=2", node.amqp_url()),
+    );
+    farm.put_input("in/r.mp4", &fixtures::h264_mp4(8)).await;
+    let worker = farm.spawn_worker(&extra);
+    farm.publish_job(json!({"job_id": "seg-restart", "input_key": "in/r.mp4",
+        "output_key": "out/r.mp4", "segment_seconds": 2,
+        "transcode_options": "identity sleep-time=40000 ! videoconvert ! x264enc speed-preset=ultrafast threads=1"}))
+        .await;
+    let encoding = wait_for_value(JOB_TIMEOUT, "a part encoding", || async {
+        if !worker.logs().contains("encoding segment") {
+            return None;
+        }
+        worker.pipelines().into_iter().find(|pid| {
+            process_name(*pid).as_deref() == Some(transcode_worker::transcoder::RUNNING_NAME)
+        })
+    })
+    .await;
+    let mark = farm.mark_queue("seg-restart");
+    assert!(farm.has_queue(&mark).await, "the job has a mark");
+    signal(encoding, libc::SIGSTOP);
+    let restarted_at = std::time::SystemTime::now();
+    node.restart();
+    farm.reconnect().await;
+    let progress_queue = farm.settings.broker.progress_queue.clone();
+    let events = std::sync::Mutex::new(Vec::<Progress>::new());
+    wait_for_value(JOB_TIMEOUT, "the completed event", || async {
+        let got = farm.drain_queue(&progress_queue).await;
+        let mut events = events.lock().unwrap();
+        events.extend(
+            got.iter()
+                .map(|(b, _)| serde_json::from_slice::<Progress>(b).expect("an event"))
+                .filter(|e| e.job_id == "seg-restart"),
+        );
+        events
+            .iter()
+            .any(|e| e.state == Phase::Completed)
+            .then_some(())
+    })
+    .await;
+    let events = events.into_inner().unwrap();
+    let completed = events
+        .iter()
+        .filter(|e| e.state == Phase::Completed)
+        .count();
+    assert_eq!(completed, 1, "{events:#?}\n{}", worker.logs());
+    let after =
+        |e: &&Progress| humantime::parse_rfc3339(&e.timestamp).expect("a timestamp") > restarted_at;
+    assert!(
+        events.iter().filter(after).any(|e| e.part.is_some()),
+        "parts reported after the restart: {events:#?}"
+    );
+    assert!(farm.output_exists("out/r.mp4").await);
+    assert_progress_never_goes_back(&events);
+    assert_nothing_left(&farm, &["seg-restart"]).await;
+    farm.assert_all_acked(vec![worker]).await;
+}
