@@ -11,6 +11,10 @@
 //!   one request (`{"command": "inspect"}` or `"ping"`) with `reply_to`
 //!   naming that queue and a fresh `correlation_id`, and collects the
 //!   answers for a while: each worker replies with its [`WorkerInfo`].
+//! - A worker splitting a segmented job announces its input
+//!   ([`announce_input`], `{"command": "prefetch"}`, no `reply_to`): each
+//!   responder hands the announcement to its worker, which fetches the
+//!   input when it has nothing else to do, so its parts find it there.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,6 +23,7 @@ use futures_util::StreamExt;
 use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Channel, Connection};
 use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
 
 use crate::broker::{private_queue, Broker};
 use crate::config::{redact_url, BrokerSettings};
@@ -63,6 +68,20 @@ pub enum Command {
     Inspect,
     /// Stop the job `job_id` if you run it (a cancel).
     Cancel,
+    /// The input of `job_id`, a segmented job being split, will be wanted
+    /// by its parts: an idle worker fetches it now (`input`). No answer.
+    Prefetch,
+}
+
+/// An input as the worker that announces it saw it (with `prefetch`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputSeen {
+    /// Its storage key.
+    pub key: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its version (ETag) then.
+    pub version: Option<String>,
 }
 
 /// A request on the control exchange.
@@ -74,9 +93,12 @@ pub struct Request {
     /// (its answer's `capable`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requires: Option<crate::capability::Requirement>,
-    /// With `cancel`: the job to stop.
+    /// With `cancel`: the job to stop; with `prefetch`: the job being split.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_id: Option<String>,
+    /// With `prefetch`: the input to fetch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<InputSeen>,
 }
 
 /// Answers requests on the control exchange with a worker's [`Status`]
@@ -87,9 +109,14 @@ pub struct Responder {
 }
 
 impl Responder {
-    /// Starts answering on a channel of its own on `broker`'s connection.
-    pub fn start(broker: Arc<Broker>, status: Status) -> Responder {
-        let task = tokio::spawn(respond_loop(broker, status));
+    /// Starts answering on a channel of its own on `broker`'s connection;
+    /// `prefetch` requests go to `prefetches`.
+    pub fn start(
+        broker: Arc<Broker>,
+        status: Status,
+        prefetches: mpsc::UnboundedSender<Request>,
+    ) -> Responder {
+        let task = tokio::spawn(respond_loop(broker, status, prefetches));
         Responder { task }
     }
 }
@@ -102,10 +129,14 @@ impl Drop for Responder {
 
 /// Serves requests until the connection closes; opens a new channel after
 /// a channel failure.
-async fn respond_loop(broker: Arc<Broker>, status: Status) {
+async fn respond_loop(
+    broker: Arc<Broker>,
+    status: Status,
+    prefetches: mpsc::UnboundedSender<Request>,
+) {
     let exchange = broker.settings().control_exchange();
     loop {
-        match respond_on_channel(&broker, &status, &exchange).await {
+        match respond_on_channel(&broker, &status, &exchange, &prefetches).await {
             Ok(()) => tracing::debug!("the control consumer ended"),
             Err(e) => {
                 tracing::warn!(error = %e, exchange = %exchange, "control channel failed; inspect and ping cannot reach this worker until it is back")
@@ -122,6 +153,7 @@ async fn respond_on_channel(
     broker: &Broker,
     status: &Status,
     exchange: &str,
+    prefetches: &mpsc::UnboundedSender<Request>,
 ) -> Result<(), String> {
     let channel = broker.open_channel().await.map_err(|e| e.to_string())?;
     crate::broker::declare_fanout(&channel, exchange)
@@ -134,14 +166,19 @@ async fn respond_on_channel(
     tracing::debug!(exchange = %exchange, "answering inspect and ping");
     while let Some(delivery) = consumer.next().await {
         let delivery = delivery.map_err(|e| e.to_string())?;
-        let Some(reply_to) = delivery.properties.reply_to().clone() else {
-            continue;
-        };
         let request = serde_json::from_slice::<Request>(&delivery.data).unwrap_or(Request {
             command: Command::Inspect,
             requires: None,
             job_id: None,
+            input: None,
         });
+        if request.command == Command::Prefetch {
+            let _ = prefetches.send(request);
+            continue;
+        }
+        let Some(reply_to) = delivery.properties.reply_to().clone() else {
+            continue;
+        };
         let command = request.command;
         if command == Command::Cancel {
             if let Some(job_id) = &request.job_id {
@@ -175,6 +212,39 @@ async fn respond_on_channel(
     Ok(())
 }
 
+/// Tells every live worker, without waiting for answers, that the parts
+/// of `job_id`, being split now, will want `input` (see
+/// [`Command::Prefetch`]).
+pub async fn announce_input(broker: &Broker, job_id: &str, input: InputSeen) -> Result<(), String> {
+    let channel = broker.open_channel().await.map_err(|e| e.to_string())?;
+    let exchange = broker.settings().control_exchange();
+    let request = Request {
+        command: Command::Prefetch,
+        requires: None,
+        job_id: Some(job_id.to_string()),
+        input: Some(input),
+    };
+    let body = serde_json::to_vec(&request).expect("a request serializes");
+    let sent = async {
+        crate::broker::declare_fanout(&channel, &exchange).await?;
+        channel
+            .basic_publish(
+                exchange.as_str().into(),
+                "".into(),
+                BasicPublishOptions::default(),
+                &body,
+                BasicProperties::default()
+                    .with_content_type("application/json".into())
+                    .with_delivery_mode(1),
+            )
+            .await
+            .map(|_| ())
+    }
+    .await;
+    let _ = channel.close(200, "announced".into()).await;
+    sent.map_err(|e| e.to_string())
+}
+
 /// One worker's answer.
 #[derive(Debug, Clone)]
 pub struct Answer {
@@ -195,6 +265,7 @@ pub async fn ask(
         command,
         requires: None,
         job_id: None,
+        input: None,
     };
     ask_with(settings, &request, wait).await
 }
@@ -220,6 +291,7 @@ pub async fn ask_one(
         command: Command::Inspect,
         requires: None,
         job_id: None,
+        input: None,
     };
     let answers = ask_until(settings, &request, wait, |all| {
         all.iter().any(|a| a.info.worker == worker)

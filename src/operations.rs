@@ -166,6 +166,7 @@ pub async fn cancel(
         command: Command::Cancel,
         requires: None,
         job_id: Some(job_id.to_string()),
+        input: None,
     };
     if let Err(e) = control::ask_with(broker, &request, CANCEL_BROADCAST_WAIT).await {
         tracing::warn!(

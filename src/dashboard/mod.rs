@@ -241,6 +241,7 @@ impl Dashboard {
             command: Command::Inspect,
             requires: None,
             job_id: None,
+            input: None,
         };
         let all_back = |answers: &[control::Answer]| {
             !expected.is_empty()

@@ -8,7 +8,13 @@
 //! input once it has ended the job, and every input no part uses before a
 //! whole-file attempt. On the directory backend the input is read in place
 //! and nothing is kept.
+//!
+//! An input is fetched once however many ask for it at the same time:
+//! a part that asks while the input is being fetched (ahead of the parts,
+//! as an idle worker does when a job is split) waits for that fetch and
+//! uses its copy.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -45,6 +51,8 @@ pub struct LocalInput {
 pub struct InputCache {
     kept: Mutex<Vec<Kept>>,
     capacity: usize,
+    /// One lock per input being asked for: held while it is fetched.
+    fetching: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl InputCache {
@@ -53,6 +61,7 @@ impl InputCache {
         InputCache {
             kept: Mutex::default(),
             capacity: capacity.max(1),
+            fetching: Mutex::default(),
         }
     }
 
@@ -78,8 +87,10 @@ impl InputCache {
 
     /// The input `key` (as `info` describes it): the copy kept from an
     /// earlier part when it is the same version, else fetched now
-    /// (reporting as `reporter`'s download, stalled after `stall` without
-    /// a byte), checking the scratch folder keeps `reserve_mb` free.
+    /// (reporting as `reporter`'s download, when there is one; stalled
+    /// after `stall` without a byte), checking the scratch folder keeps
+    /// `reserve_mb` free. While another call fetches the same input, this
+    /// one waits for it and uses its copy.
     #[allow(clippy::too_many_arguments)]
     pub async fn get(
         &self,
@@ -87,11 +98,10 @@ impl InputCache {
         scratch: &Scratch,
         key: &str,
         info: &ObjectInfo,
-        reporter: &Reporter,
+        reporter: Option<&Reporter>,
         stall: Duration,
         reserve_mb: u64,
     ) -> Result<LocalInput, JobError> {
-        let version = format!("{}:{}", info.size, info.version.as_deref().unwrap_or(""));
         if let Storage::Directory(_) = storage {
             let local = storage
                 .fetch_known(key, info, scratch.path(), &Transferred::default())
@@ -101,13 +111,47 @@ impl InputCache {
                 _folder: None,
             });
         }
+        let lock = self.fetching().entry(key.to_string()).or_default().clone();
+        let held = lock.lock().await;
+        let got = self
+            .kept_or_fetched(storage, scratch, key, info, reporter, stall, reserve_mb)
+            .await;
+        drop(held);
+        let mut fetching = self.fetching();
+        // The map's and this call's: no other call waits for the key.
+        if Arc::strong_count(&lock) == 2 {
+            fetching.remove(key);
+        }
+        got
+    }
+
+    fn fetching(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<tokio::sync::Mutex<()>>>> {
+        self.fetching.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// [`InputCache::get`] for an S3 input, with the key's lock held.
+    #[allow(clippy::too_many_arguments)]
+    async fn kept_or_fetched(
+        &self,
+        storage: &Storage,
+        scratch: &Scratch,
+        key: &str,
+        info: &ObjectInfo,
+        reporter: Option<&Reporter>,
+        stall: Duration,
+        reserve_mb: u64,
+    ) -> Result<LocalInput, JobError> {
+        let version = format!("{}:{}", info.size, info.version.as_deref().unwrap_or(""));
         if let Some(kept) = self
             .kept()
             .iter_mut()
             .find(|k| k.key == key && k.version == version)
         {
             kept.used = Instant::now();
-            tracing::debug!(key, "the input is kept from an earlier part");
+            tracing::debug!(
+                key,
+                "the input is here already (kept from an earlier part, or fetched ahead)"
+            );
             return Ok(LocalInput {
                 path: kept.path.clone(),
                 _folder: Some(kept.folder.clone()),
@@ -127,6 +171,7 @@ impl InputCache {
             }
         }
         scratch.check_free_space(info.size, reserve_mb)?;
+        tracing::info!(key, bytes = info.size, "fetching the input");
         let folder = Arc::new(scratch.attempt_folder()?);
         let counter = Transferred::default();
         let local = watch(
@@ -157,7 +202,7 @@ async fn watch<T>(
     transfer: impl std::future::Future<Output = Result<T, crate::storage::StorageError>>,
     counter: &Transferred,
     total: u64,
-    reporter: &Reporter,
+    reporter: Option<&Reporter>,
     stall: Duration,
 ) -> Result<T, JobError> {
     tokio::pin!(transfer);
@@ -167,12 +212,13 @@ async fn watch<T>(
     loop {
         tokio::select! {
             result = &mut transfer => {
-                reporter.transferred(Phase::Downloading, counter.get(), total);
+                if let Some(reporter) = reporter {
+                    reporter.transferred(Phase::Downloading, counter.get(), total);
+                }
                 return result.map_err(JobError::from);
             }
             _ = tick.tick() => {
                 let now = counter.get();
-                reporter.transferred(Phase::Downloading, now, total);
                 if now != last {
                     last = now;
                     moved_at = Instant::now();
@@ -180,8 +226,11 @@ async fn watch<T>(
                     return Err(JobError::new(ErrorKind::Stalled, format!(
                         "the download made no progress for {}", humantime::format_duration(stall))));
                 }
-                let fraction = if total > 0 { now as f64 / total as f64 } else { 0.0 };
-                reporter.update(Phase::Downloading, fraction, None).await;
+                if let Some(reporter) = reporter {
+                    let fraction = if total > 0 { now as f64 / total as f64 } else { 0.0 };
+                    reporter.transferred(Phase::Downloading, now, total);
+                    reporter.update(Phase::Downloading, fraction, None).await;
+                }
             }
         }
     }

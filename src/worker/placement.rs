@@ -141,6 +141,7 @@ impl Worker {
             command: Command::Inspect,
             requires: Some(requires.clone()),
             job_id: None,
+            input: None,
         };
         let answers = control::ask_with(&self.settings.broker, &request, ASK_WAIT)
             .await

@@ -144,7 +144,10 @@ impl Worker {
             Ok(c) => c,
             Err(e) => return SessionEnd::Lost(e.to_string()),
         };
-        let _control = crate::control::Responder::start(broker.clone(), self.status.clone());
+        let (prefetch_tx, mut prefetch_rx) = tokio::sync::mpsc::unbounded_channel();
+        let _control =
+            crate::control::Responder::start(broker.clone(), self.status.clone(), prefetch_tx);
+        let mut prefetches = JoinSet::new();
         let requirements = tokio::spawn(self.clone().read_requirements(broker.clone()));
         let pruning = tokio::spawn(self.clone().prune_history(broker.clone()));
         let _webhooks = crate::webhook::Sender::start(broker.clone(), &self.settings, &self.id);
@@ -191,6 +194,14 @@ impl Worker {
                         Err(e) => break SessionEnd::Lost(e.to_string()),
                     }
                 }
+                Some(request) = prefetch_rx.recv() => {
+                    // Only a worker with nothing to do fetches ahead: a
+                    // busy one would take bandwidth and disk from its jobs.
+                    if let (true, Some(job_id), Some(seen)) = (jobs.is_empty(), request.job_id, request.input) {
+                        prefetches.spawn(self.clone().prefetch(job_id, seen));
+                    }
+                }
+                Some(_) = prefetches.join_next(), if !prefetches.is_empty() => {}
                 Some(_) = jobs.join_next(), if !jobs.is_empty() => {
                     last_activity = Instant::now();
                     // A slot is free: look for the next job at once.
@@ -213,6 +224,7 @@ impl Worker {
             SessionEnd::Shutdown | SessionEnd::Idle => self.drain(&mut jobs, &abort).await,
         }
         while jobs.join_next().await.is_some() {}
+        prefetches.abort_all();
         requirements.abort();
         pruning.abort();
         end

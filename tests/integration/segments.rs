@@ -457,6 +457,24 @@ async fn two_workers_encode_the_segments_of_one_job_joined_frame_for_frame() {
 
     assert_progress_never_goes_back(&events);
 
+    // The worker that did not split the job was idle when it was split:
+    // it fetched the input then, once, and its parts used that copy.
+    let (splitter, other) = match workers[0].logs().contains("split the job") {
+        true => (&workers[0], &workers[1]),
+        false => (&workers[1], &workers[0]),
+    };
+    assert!(
+        other
+            .logs()
+            .contains("fetched the input of a job being split, for its parts"),
+        "{}",
+        other.logs()
+    );
+    for worker in [splitter, other] {
+        let fetches = worker.logs().matches("\"fetching the input\"").count();
+        assert_eq!(fetches, 1, "{}", worker.logs());
+    }
+
     let starts = segment_starts(&[&workers[0], &workers[1]]);
     assert_eq!(starts.len(), segments as usize, "{starts:?}");
     let output = farm.get_output("out/long.mp4").await.expect("the output");
@@ -1170,4 +1188,43 @@ async fn a_segmented_job_keeps_its_progress_in_order_across_a_broker_restart() {
     assert_progress_never_goes_back(&events);
     assert_nothing_left(&farm, &["seg-restart"]).await;
     farm.assert_all_acked(vec![worker]).await;
+}
+
+/// Two parts asking a worker's input cache for the same input at once
+/// (as a part does while the input is fetched ahead of it): the input is
+/// fetched once from the S3 server, and both use the one copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_input_asked_for_twice_at_once_is_fetched_once() {
+    use transcode_worker::scratch::Scratch;
+    use transcode_worker::segment::InputCache;
+    use transcode_worker::storage::Storage;
+
+    let farm = Farm::s3(&[]).await;
+    farm.put_input("in/once.mp4", &fixtures::h264_mp4(20)).await;
+    let storage = Storage::from_settings(&farm.settings.storage).expect("the storage");
+    let scratch = Scratch::open(farm.dir.path().join("scratch-once")).expect("a scratch folder");
+    let cache = InputCache::new(2);
+    let info = storage
+        .head("in/once.mp4")
+        .await
+        .expect("a head")
+        .expect("the input");
+    let get = || {
+        cache.get(
+            &storage,
+            &scratch,
+            "in/once.mp4",
+            &info,
+            None,
+            Duration::from_secs(60),
+            0,
+        )
+    };
+    let (a, b) = tokio::join!(get(), get());
+    let (a, b) = (a.expect("the first copy"), b.expect("the second copy"));
+    assert_eq!(a.path, b.path, "one copy for both");
+    assert_eq!(
+        std::fs::metadata(&a.path).expect("the copy").len(),
+        info.size
+    );
 }

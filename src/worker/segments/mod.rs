@@ -35,6 +35,7 @@ use super::store::META_JOB_ID;
 use super::Abort;
 use super::Worker;
 use crate::broker::{dead_letter_headers, Broker, DeadLetter, Delivery};
+use crate::control::InputSeen;
 use crate::error::{Disposition, ErrorKind, JobError};
 use crate::history::JobState;
 use crate::job::{Job, Phase};
@@ -91,11 +92,49 @@ impl Worker {
                 &self.scratch,
                 key,
                 info,
-                reporter,
+                Some(reporter),
                 w.download_stall_timeout,
                 w.min_free_space_mb,
             )
             .await
+    }
+
+    /// Fetches the input a worker splitting `job_id` announced, for the
+    /// parts of it this worker may take (kept like the input of a part
+    /// it ran), unless the input changed since.
+    pub(super) async fn prefetch(self: Arc<Self>, job_id: String, seen: InputSeen) {
+        let span = tracing::info_span!("prefetch", job_id = %job_id);
+        async {
+            let info = match self.storage.head(&seen.key).await {
+                Ok(Some(info)) if info.size == seen.size && info.version == seen.version => info,
+                Ok(_) => return tracing::debug!(key = %seen.key, "the announced input is gone or changed"),
+                Err(e) => return tracing::debug!(error = %e, "cannot look at the announced input"),
+            };
+            let w = &self.settings.worker;
+            let started = std::time::Instant::now();
+            let fetched = self
+                .inputs
+                .get(
+                    &self.storage,
+                    &self.scratch,
+                    &seen.key,
+                    &info,
+                    None,
+                    w.download_stall_timeout,
+                    w.min_free_space_mb,
+                )
+                .await;
+            match fetched {
+                Ok(_) => tracing::info!(
+                    key = %seen.key,
+                    ms = started.elapsed().as_millis() as u64,
+                    "fetched the input of a job being split, for its parts"
+                ),
+                Err(e) => tracing::info!(error = %e, "could not fetch the input of a job being split"),
+            }
+        }
+        .instrument(span)
+        .await
     }
 
     /// The segment length `job` is encoded in, if it is segmented: its own
@@ -189,6 +228,18 @@ impl Worker {
                 ErrorKind::AttemptsExhausted,
                 format!("all {} attempts are used up; the last ended without a result (the worker running it crashed, was stopped, or lost the broker)", w.max_attempts),
             ));
+        }
+        if !matches!(storage, Storage::Directory(_)) {
+            // Idle workers fetch the input now, beside this one, rather
+            // than once their first part of the job comes.
+            let seen = InputSeen {
+                key: job.input_key.clone(),
+                size: info.size,
+                version: info.version.clone(),
+            };
+            if let Err(e) = crate::control::announce_input(broker, &job.job_id, seen).await {
+                tracing::debug!(error = %e, "could not announce the input to the idle workers");
+            }
         }
         reporter.update(Phase::Downloading, 0.0, None).await;
         let input = self.kept_input(&job.input_key, &info, reporter).await?;
