@@ -195,9 +195,13 @@ impl Worker {
                     }
                 }
                 Some(request) = prefetch_rx.recv() => {
-                    // Only a worker with nothing to do fetches ahead: a
-                    // busy one would take bandwidth and disk from its jobs.
-                    if let (true, Some(job_id), Some(seen)) = (jobs.is_empty(), request.job_id, request.input) {
+                    // Only a worker with nothing to do fetches ahead (a
+                    // busy one would take bandwidth and disk from its
+                    // jobs), one input at a time, and only from S3 (a
+                    // folder is read in place).
+                    let s3 = matches!(self.storage, crate::storage::Storage::S3(_));
+                    let idle = jobs.is_empty() && prefetches.is_empty();
+                    if let (true, true, Some(job_id), Some(seen)) = (s3, idle, request.job_id, request.input) {
                         prefetches.spawn(self.clone().prefetch(job_id, seen));
                     }
                 }

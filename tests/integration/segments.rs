@@ -595,23 +595,32 @@ async fn segmented_jobs_run_on_the_directory_backend() {
     farm.put_input("in/dir.mp4", &input).await;
     let mut watch = farm.watch_progress().await;
     let worker = farm.spawn_worker(&[("LOG_FORMAT", "json")]);
+    // A second worker (idle while the other splits): on a shared folder
+    // nothing is fetched, ahead or at all; every part reads it in place.
+    let idle = farm.spawn_worker(&[("LOG_FORMAT", "json")]);
     farm.publish_job(json!({"job_id": "seg-dir", "input_key": "in/dir.mp4",
         "output_key": "out/dir.mkv", "transcode_options": FAST, "segment_seconds": 3}))
         .await;
     let last = watch.until_final("seg-dir", JOB_TIMEOUT).await;
     assert_eq!(last.state, Phase::Completed, "{last:#?}\n{}", worker.logs());
+    for w in [&worker, &idle] {
+        assert!(!w.logs().contains("fetching the input"), "{}", w.logs());
+    }
     let events = watch.of("seg-dir");
     assert_eq!(
         events.iter().find_map(|e| e.segments),
         Some(3),
         "8 s in 3 s segments"
     );
-    let starts: Vec<f64> = segment_starts(&[&worker]).values().copied().collect();
+    let starts: Vec<f64> = segment_starts(&[&worker, &idle])
+        .values()
+        .copied()
+        .collect();
     let output = farm.get_output("out/dir.mkv").await.expect("the output");
     assert_joined_like_the_input(&input, &output, &starts);
     assert_progress_never_goes_back(&watch.of("seg-dir"));
     assert_nothing_left(&farm, &["seg-dir"]).await;
-    farm.assert_all_acked(vec![worker]).await;
+    farm.assert_all_acked(vec![worker, idle]).await;
 }
 
 /// `submit --segment-seconds 4 --wait`: the job goes out with
