@@ -423,6 +423,21 @@ async fn two_workers_encode_the_segments_of_one_job_joined_frame_for_frame() {
     let mut watch = farm.watch_progress().await;
     let json_log = [("LOG_FORMAT", "json")];
     let workers = vec![farm.spawn_worker(&json_log), farm.spawn_worker(&json_log)];
+    // Both hear the control exchange before the job goes out: the worker
+    // that splits it announces its input there.
+    for worker in &workers {
+        wait_for_value(
+            DEFAULT_TIMEOUT,
+            "the worker on the control exchange",
+            || async {
+                worker
+                    .logs()
+                    .contains("answering inspect and ping")
+                    .then_some(())
+            },
+        )
+        .await;
+    }
     farm.publish_job(json!({"job_id": "seg", "input_key": "in/long.mp4",
         "output_key": "out/long.mp4", "transcode_options": FAST, "segment_seconds": 4}))
         .await;
