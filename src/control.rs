@@ -212,6 +212,27 @@ async fn respond_on_channel(
     Ok(())
 }
 
+/// Publishes `request` as JSON to the control exchange `exchange` on
+/// `channel`, with `properties`.
+async fn publish_request(
+    channel: &Channel,
+    exchange: &str,
+    request: &Request,
+    properties: BasicProperties,
+) -> Result<(), lapin::Error> {
+    let body = serde_json::to_vec(request).expect("a request serializes");
+    channel
+        .basic_publish(
+            exchange.into(),
+            "".into(),
+            BasicPublishOptions::default(),
+            &body,
+            properties.with_content_type("application/json".into()),
+        )
+        .await
+        .map(|_| ())
+}
+
 /// Tells every live worker, without waiting for answers, that the parts
 /// of `job_id`, being split now, will want `input` (see
 /// [`Command::Prefetch`]).
@@ -224,21 +245,10 @@ pub async fn announce_input(broker: &Broker, job_id: &str, input: InputSeen) -> 
         job_id: Some(job_id.to_string()),
         input: Some(input),
     };
-    let body = serde_json::to_vec(&request).expect("a request serializes");
     let sent = async {
         crate::broker::declare_fanout(&channel, &exchange).await?;
-        channel
-            .basic_publish(
-                exchange.as_str().into(),
-                "".into(),
-                BasicPublishOptions::default(),
-                &body,
-                BasicProperties::default()
-                    .with_content_type("application/json".into())
-                    .with_delivery_mode(1),
-            )
-            .await
-            .map(|_| ())
+        let properties = BasicProperties::default().with_delivery_mode(1);
+        publish_request(&channel, &exchange, &request, properties).await
     }
     .await;
     let _ = channel.close(200, "announced".into()).await;
@@ -339,22 +349,12 @@ pub async fn ask_on(
     let tag = format!("inspect-{}", std::process::id());
     let (reply_queue, mut replies) = private_queue(channel, None, &tag).await?;
     let correlation = uuid::Uuid::new_v4().simple().to_string();
-    let body = serde_json::to_vec(request).expect("request serializes");
     let properties = BasicProperties::default()
-        .with_content_type("application/json".into())
         .with_reply_to(reply_queue.as_str().into())
         .with_correlation_id(correlation.as_str().into())
         .with_expiration(wait.as_millis().max(1).to_string().as_str().into());
     let sent = Instant::now();
-    channel
-        .basic_publish(
-            exchange.as_str().into(),
-            "".into(),
-            BasicPublishOptions::default(),
-            &body,
-            properties,
-        )
-        .await?;
+    publish_request(channel, &exchange, request, properties).await?;
     let mut deadline = tokio::time::Instant::now() + wait;
     let mut answers: Vec<Answer> = Vec::new();
     let mut satisfied = false;

@@ -81,6 +81,10 @@ impl InputCache {
         self.kept().retain(|k| k.key != key);
     }
 
+    fn fetching(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<tokio::sync::Mutex<()>>>> {
+        self.fetching.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn kept(&self) -> std::sync::MutexGuard<'_, Vec<Kept>> {
         self.kept.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -112,35 +116,11 @@ impl InputCache {
             });
         }
         let lock = self.fetching().entry(key.to_string()).or_default().clone();
-        let held = lock.lock().await;
-        let got = self
-            .kept_or_fetched(storage, scratch, key, info, reporter, stall, reserve_mb)
-            .await;
-        drop(held);
-        let mut fetching = self.fetching();
-        // The map's and this call's: no other call waits for the key.
-        if Arc::strong_count(&lock) == 2 {
-            fetching.remove(key);
-        }
-        got
-    }
-
-    fn fetching(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<tokio::sync::Mutex<()>>>> {
-        self.fetching.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// [`InputCache::get`] for an S3 input, with the key's lock held.
-    #[allow(clippy::too_many_arguments)]
-    async fn kept_or_fetched(
-        &self,
-        storage: &Storage,
-        scratch: &Scratch,
-        key: &str,
-        info: &ObjectInfo,
-        reporter: Option<&Reporter>,
-        stall: Duration,
-        reserve_mb: u64,
-    ) -> Result<LocalInput, JobError> {
+        let _fetching = Fetching {
+            cache: self,
+            key,
+            held: Some(lock.lock_owned().await),
+        };
         let version = format!("{}:{}", info.size, info.version.as_deref().unwrap_or(""));
         if let Some(kept) = self
             .kept()
@@ -193,6 +173,28 @@ impl InputCache {
             path: local.path,
             _folder: Some(folder),
         })
+    }
+}
+
+/// The right to fetch one input, held by one ask at a time: the others
+/// wait for it. Dropped (also when its ask is cancelled), it removes the
+/// input's lock once no other ask waits for it.
+struct Fetching<'a> {
+    cache: &'a InputCache,
+    key: &'a str,
+    held: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for Fetching<'_> {
+    fn drop(&mut self) {
+        self.held = None;
+        let mut fetching = self.cache.fetching();
+        if fetching
+            .get(self.key)
+            .is_some_and(|lock| Arc::strong_count(lock) == 1)
+        {
+            fetching.remove(self.key);
+        }
     }
 }
 

@@ -200,8 +200,10 @@ impl Worker {
                     // jobs), one input at a time, and only from S3 (a
                     // folder is read in place).
                     let s3 = matches!(self.storage, crate::storage::Storage::S3(_));
-                    let idle = jobs.is_empty() && prefetches.is_empty();
-                    if let (true, true, Some(job_id), Some(seen)) = (s3, idle, request.job_id, request.input) {
+                    let wanted = s3 && jobs.is_empty() && prefetches.is_empty();
+                    if let (true, Some(job_id), Some(seen)) =
+                        (wanted, request.job_id, request.input)
+                    {
                         prefetches.spawn(self.clone().prefetch(job_id, seen));
                     }
                 }

@@ -467,32 +467,9 @@ impl Farm {
         .await;
     }
 
-    /// Messages ready in `queue` (a passive declare).
-    pub async fn ready_in(&self, queue: &str) -> u32 {
-        let channel = self.channel().await;
-        let declared = channel
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("passive declare");
-        let _ = channel.close(200, "done".into()).await;
-        declared.message_count()
-    }
-
-    /// The queue of `job_id`'s progress mark (a segmented job's, while
-    /// it runs).
-    pub fn mark_queue(&self, job_id: &str) -> String {
-        format!("{}.mark.{job_id}", self.settings.broker.progress_queue)
-    }
-
-    /// Whether the broker has the queue `queue` (a passive declare).
-    pub async fn has_queue(&self, queue: &str) -> bool {
+    /// A passive declare of `queue` on a channel of its own: what the
+    /// broker says of it, or why it refused (no such queue).
+    async fn passive_declare(&self, queue: &str) -> Result<lapin::Queue, lapin::Error> {
         let channel = self.channel().await;
         let declared = channel
             .queue_declare(
@@ -505,7 +482,26 @@ impl Farm {
             )
             .await;
         let _ = channel.close(200, "done".into()).await;
-        declared.is_ok()
+        declared
+    }
+
+    /// Messages ready in `queue` (a passive declare).
+    pub async fn ready_in(&self, queue: &str) -> u32 {
+        self.passive_declare(queue)
+            .await
+            .expect("passive declare")
+            .message_count()
+    }
+
+    /// The queue of `job_id`'s progress mark (a segmented job's, while
+    /// it runs).
+    pub fn mark_queue(&self, job_id: &str) -> String {
+        format!("{}.mark.{job_id}", self.settings.broker.progress_queue)
+    }
+
+    /// Whether the broker has the queue `queue` (a passive declare).
+    pub async fn has_queue(&self, queue: &str) -> bool {
+        self.passive_declare(queue).await.is_ok()
     }
 
     /// A channel for ad-hoc checks.

@@ -6,8 +6,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
 use transcode_worker::job::Phase;
 
 use crate::common::farm::{Farm, Rabbit};
@@ -23,23 +21,6 @@ fn seed_job(job_id: &str) -> String {
     )
 }
 
-/// Whether `queue` exists (a passive declare succeeds).
-async fn queue_exists(farm: &Farm, queue: &str) -> bool {
-    let channel = farm.conn.create_channel().await.expect("channel");
-    let declared = channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await;
-    let _ = channel.close(200, "done".into()).await;
-    declared.is_ok()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_setup_a_job_published_before_any_worker_started_is_done() {
     let farm = Farm::s3_undeclared(Rabbit::Shared(shared_rabbit()), &[]).await;
@@ -48,16 +29,22 @@ async fn after_setup_a_job_published_before_any_worker_started_is_done() {
     let jobs = farm.jobs_queue().to_string();
     // Without the queue, the broker drops what the seed's client publishes.
     farm.publish_raw(seed_job("dropped").as_bytes()).await;
-    assert!(!queue_exists(&farm, &jobs).await, "nobody declared {jobs}");
+    assert!(!farm.has_queue(&jobs).await, "nobody declared {jobs}");
 
     let out = farm.cli(&["setup"], JOB_TIMEOUT).await;
     assert!(out.status.success(), "setup: {out:?}");
-    assert!(queue_exists(&farm, &jobs).await);
-    assert!(queue_exists(&farm, &farm.settings.broker.dead_letter_queue).await);
-    assert!(queue_exists(&farm, &farm.settings.broker.progress_queue).await);
+    assert!(farm.has_queue(&jobs).await);
+    assert!(
+        farm.has_queue(&farm.settings.broker.dead_letter_queue)
+            .await
+    );
+    assert!(farm.has_queue(&farm.settings.broker.progress_queue).await);
     let uploads = &farm.settings.broker.uploads_queue;
-    assert!(queue_exists(&farm, uploads).await);
-    assert!(queue_exists(&farm, &farm.settings.broker.uploads_dead_letter_queue()).await);
+    assert!(farm.has_queue(uploads).await);
+    assert!(
+        farm.has_queue(&farm.settings.broker.uploads_dead_letter_queue())
+            .await
+    );
 
     farm.publish_raw(seed_job("kept").as_bytes()).await;
     wait_for(JOB_TIMEOUT, "the job waiting in the queue", || async {
@@ -106,7 +93,7 @@ async fn a_broker_that_loads_the_shipped_definitions_keeps_jobs_published_before
         "transcoding_uploads",
         "transcoding_uploads.dead",
     ] {
-        assert!(queue_exists(&farm, queue).await, "{queue} loaded at start");
+        assert!(farm.has_queue(queue).await, "{queue} loaded at start");
     }
     farm.publish_raw(seed_job("early").as_bytes()).await;
     wait_for(JOB_TIMEOUT, "the job waiting in the queue", || async {

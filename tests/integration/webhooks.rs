@@ -18,8 +18,6 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
 use serde_json::{json, Value};
 use sha2::Sha256;
 use transcode_worker::job::Phase;
@@ -161,24 +159,6 @@ fn expected_signature(secret: &str, body: &[u8]) -> String {
     format!("sha256={hex}")
 }
 
-/// Messages now in `queue` (ready ones; a passive declare).
-async fn queue_len(farm: &Farm, queue: &str) -> u32 {
-    let channel = farm.channel().await;
-    let declared = channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("passive declare");
-    let _ = channel.close(200, "done".into()).await;
-    declared.message_count()
-}
-
 /// Waits for `n` webhooks in the webhooks' dead-letter queue and takes them.
 async fn webhook_dead_letters(
     farm: &Farm,
@@ -187,7 +167,7 @@ async fn webhook_dead_letters(
 ) -> Vec<(Vec<u8>, HashMap<String, String>)> {
     let queue = farm.settings.broker.webhooks_dead_queue();
     wait_for(timeout, &format!("{n} message(s) in {queue}"), || async {
-        queue_len(farm, &queue).await as usize >= n
+        farm.ready_in(&queue).await as usize >= n
     })
     .await;
     farm.drain_queue(&queue).await
@@ -356,7 +336,8 @@ async fn a_receiver_that_is_down_gets_the_notice_once_it_is_up_and_the_job_is_no
     assert_eq!(receiver.received().len(), 1, "delivered once");
     assert!(farm.dead_letters().await.is_empty());
     assert_eq!(
-        queue_len(&farm, &farm.settings.broker.webhooks_dead_queue()).await,
+        farm.ready_in(&farm.settings.broker.webhooks_dead_queue())
+            .await,
         0
     );
     farm.assert_all_acked(vec![worker]).await;
@@ -521,22 +502,18 @@ async fn a_worker_with_no_senders_leaves_its_notices_queued_for_others() {
     wait_for(
         DEFAULT_TIMEOUT,
         "the notice in the webhooks queue",
-        || async { queue_len(&farm, &queue).await == 1 },
+        || async { farm.ready_in(&queue).await == 1 },
     )
     .await;
     assert!(receiver.received().is_empty());
     farm.assert_all_acked(vec![quiet]).await;
-    assert_eq!(
-        queue_len(&farm, &queue).await,
-        1,
-        "kept while no worker sends"
-    );
+    assert_eq!(farm.ready_in(&queue).await, 1, "kept while no worker sends");
 
     let sender = farm.spawn_worker(&[]);
     let got = receiver.wait_for(1, DEFAULT_TIMEOUT).await;
     assert_eq!(got[0].json()["job_id"], "queued");
     wait_for_log(&sender, "webhook delivered", 1, DEFAULT_TIMEOUT).await;
-    assert_eq!(queue_len(&farm, &queue).await, 0);
+    assert_eq!(farm.ready_in(&queue).await, 0);
     farm.assert_all_acked(vec![sender]).await;
 }
 

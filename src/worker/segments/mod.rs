@@ -15,7 +15,8 @@
 //!   is dead-lettered with the reason. The job's objects are removed once
 //!   it has ended.
 //!
-//! The part steps are in `encode.rs`, the join in `join.rs`, and the
+//! The part steps are in `encode.rs`, the join in `join.rs`, the input
+//! a worker keeps for its parts (or fetches ahead) in `input.rs`, and the
 //! clean-up of jobs whose tasks were lost in `cleanup.rs`.
 //!
 //! A segmented job has one file output (MP4, MOV, MKV or WebM); a job
@@ -51,6 +52,7 @@ use crate::storage::{ObjectInfo, Storage, Transferred};
 
 mod cleanup;
 mod encode;
+mod input;
 mod join;
 
 /// What the split of a job came to.
@@ -75,66 +77,6 @@ impl Worker {
     /// The storage objects of segmented jobs.
     fn objects(&self) -> Objects<'_> {
         Objects::new(&self.storage, &self.settings.segments.prefix)
-    }
-
-    /// The input `key` (as `info` describes it) on this machine: kept from
-    /// an earlier part of the job, or fetched and kept for the next.
-    async fn kept_input(
-        &self,
-        key: &str,
-        info: &ObjectInfo,
-        reporter: &Reporter,
-    ) -> Result<LocalInput, JobError> {
-        let w = &self.settings.worker;
-        self.inputs
-            .get(
-                &self.storage,
-                &self.scratch,
-                key,
-                info,
-                Some(reporter),
-                w.download_stall_timeout,
-                w.min_free_space_mb,
-            )
-            .await
-    }
-
-    /// Fetches the input a worker splitting `job_id` announced, for the
-    /// parts of it this worker may take (kept like the input of a part
-    /// it ran), unless the input changed since.
-    pub(super) async fn prefetch(self: Arc<Self>, job_id: String, seen: InputSeen) {
-        let span = tracing::info_span!("prefetch", job_id = %job_id);
-        async {
-            let info = match self.storage.head(&seen.key).await {
-                Ok(Some(info)) if info.size == seen.size && info.version == seen.version => info,
-                Ok(_) => return tracing::debug!(key = %seen.key, "the announced input is gone or changed"),
-                Err(e) => return tracing::debug!(error = %e, "cannot look at the announced input"),
-            };
-            let w = &self.settings.worker;
-            let started = std::time::Instant::now();
-            let fetched = self
-                .inputs
-                .get(
-                    &self.storage,
-                    &self.scratch,
-                    &seen.key,
-                    &info,
-                    None,
-                    w.download_stall_timeout,
-                    w.min_free_space_mb,
-                )
-                .await;
-            match fetched {
-                Ok(_) => tracing::info!(
-                    key = %seen.key,
-                    ms = started.elapsed().as_millis() as u64,
-                    "fetched the input of a job being split, for its parts"
-                ),
-                Err(e) => tracing::info!(error = %e, "could not fetch the input of a job being split"),
-            }
-        }
-        .instrument(span)
-        .await
     }
 
     /// The segment length `job` is encoded in, if it is segmented: its own
