@@ -117,6 +117,12 @@ struct Timeline {
     /// Per worker that encoded parts: how many tasks, its first part's
     /// start after the split, and its last part's end after the split, s.
     workers: Vec<(usize, f64, f64)>,
+    /// Bytes of the input the workers read from storage for the job:
+    /// whole downloads (`fetching the input`) and range reads (`fetched
+    /// part of the input by ranges`).
+    read_bytes: f64,
+    /// The input's size (from a whole download's line), bytes.
+    input_bytes: f64,
 }
 
 impl Timeline {
@@ -164,6 +170,14 @@ impl Timeline {
                         .sum::<f64>()
                     }
                     m if m.starts_with("split the job") => split = at(&v),
+                    "fetching the input" => {
+                        let bytes = v["bytes"].as_f64().unwrap_or(0.0);
+                        t.read_bytes += bytes;
+                        t.input_bytes = t.input_bytes.max(bytes);
+                    }
+                    "fetched part of the input by ranges" => {
+                        t.read_bytes += v["bytes"].as_f64().unwrap_or(0.0)
+                    }
                     m if m.starts_with("encoding ") => {
                         tasks += 1;
                         in_task = true;
@@ -276,6 +290,7 @@ pub(super) async fn segments(opts: &Opts) -> String {
             "the other worker's last part stored",
             "workers end apart",
             "last part stored -> completed",
+            "input read from storage, both workers (x its size)",
         ],
         &rows.iter().map(|r| r.two.clone()).collect::<Vec<_>>(),
     );
@@ -301,8 +316,12 @@ pub(super) async fn segments(opts: &Opts) -> String {
          with `join_ms`, `outputs verified` with the whole job's pipeline stages, `job \
          completed`). Whole against segmented on one worker:\n\n{one}\n\
          Segmented on two workers (times after the split; \"the first worker\" is the one \
-         whose first part task started first; the worker that did not split the job fetches \
-         the input before its first part):\n\n{two}",
+         whose first part task started first; on S3 the worker that splits the job downloads \
+         the input to scan it, and the other reads it by ranges as its parts need it, \
+         `segments.fetch_input = \"ranges\"`, the default; the input read is what the \
+         workers' `fetching the input` and `fetched part of the input by ranges` lines \
+         add up to, against the input's size; on the directory backend nothing is read from \
+         storage but the input in place):\n\n{two}",
         runs = opts.runs,
         per_run = per_run.join(" "),
     )
@@ -464,5 +483,13 @@ fn where_two(what: &str, t: &[(Timeline, Timeline, Timeline)]) -> Vec<String> {
         med(t, |r| nth(r, 1).2),
         med(t, |r| (nth(r, 0).2 - nth(r, 1).2).abs()),
         med(t, |r| r.2.finish_s),
+        format!(
+            "{:.2}x",
+            median(
+                t.iter()
+                    .map(|r| r.2.read_bytes / r.2.input_bytes.max(1.0))
+                    .collect()
+            )
+        ),
     ]
 }

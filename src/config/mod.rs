@@ -20,9 +20,9 @@ use crate::fragment::{Allowlist, Limits};
 
 pub use presets::Preset;
 pub use sections::{
-    redact_url, AllowedHost, Backend, BrokerSettings, DashboardSettings, HistorySettings,
-    MetricsSettings, PipelineSettings, SegmentSettings, StorageSettings, WebhookSettings,
-    WorkerSettings,
+    redact_url, AllowedHost, Backend, BrokerSettings, DashboardSettings, FetchInput,
+    HistorySettings, MetricsSettings, PipelineSettings, SegmentSettings, StorageSettings,
+    WebhookSettings, WorkerSettings,
 };
 
 /// The built-in defaults, the same text as `config/transcode-worker.toml`.
@@ -261,6 +261,12 @@ impl Settings {
         }
         if s.abandon_after < Duration::from_secs(60) {
             return Err(invalid("segments.abandon_after", "must be at least 1m"));
+        }
+        if !(64..=65536).contains(&s.range_block_kib) {
+            return Err(invalid(
+                "segments.range_block_kib",
+                "must be from 64 to 65536",
+            ));
         }
         Ok(())
     }

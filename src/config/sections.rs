@@ -384,6 +384,27 @@ pub struct SegmentSettings {
     /// abandoned: the hourly history pruning pass fails it and removes them.
     #[serde(with = "humantime_serde")]
     pub abandon_after: Duration,
+    /// How a worker that did not split a job gets its input on S3.
+    pub fetch_input: FetchInput,
+    /// KiB of each range request when parts read their input by ranges.
+    pub range_block_kib: u64,
+}
+
+/// How the workers of a segmented job that did not split it get its input
+/// from S3 (the splitting worker downloads it whole to scan it, and keeps
+/// it for its parts; on the directory backend every worker reads it in
+/// place).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FetchInput {
+    /// By byte ranges, as the parts read it: a worker fetches the blocks
+    /// its segments (and the container's index) are in, and keeps them for
+    /// its next parts of the job. Needs credentials that can presign URLs;
+    /// with anonymous credentials the input is downloaded whole.
+    Ranges,
+    /// Whole, once per worker and job, kept for its next parts; an idle
+    /// worker starts the download while the job is split.
+    Whole,
 }
 
 /// Pipeline policy.

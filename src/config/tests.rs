@@ -294,3 +294,25 @@ fn env_example_names_only_real_settings_and_loads() {
     assert_eq!(s.storage.bucket, "videos");
     assert!(s.pipeline.allow_transcode_options);
 }
+
+#[test]
+fn segmented_inputs_are_read_by_ranges_unless_set_to_whole() {
+    let s = Settings::from_env(None, &s3_env()).unwrap();
+    assert_eq!(s.segments.fetch_input, FetchInput::Ranges);
+    assert_eq!(s.segments.range_block_kib, 4096);
+    let mut e = s3_env();
+    e.insert("TRANSCODE_SEGMENTS__FETCH_INPUT".into(), "whole".into());
+    e.insert("TRANSCODE_SEGMENTS__RANGE_BLOCK_KIB".into(), "64".into());
+    let s = Settings::from_env(None, &e).unwrap();
+    assert_eq!(s.segments.fetch_input, FetchInput::Whole);
+    assert_eq!(s.segments.range_block_kib, 64);
+    for bad in ["63", "65537"] {
+        e.insert("TRANSCODE_SEGMENTS__RANGE_BLOCK_KIB".into(), bad.into());
+        let err = Settings::from_env(None, &e).unwrap_err().to_string();
+        assert!(err.contains("segments.range_block_kib"), "{err}");
+    }
+    e.insert("TRANSCODE_SEGMENTS__RANGE_BLOCK_KIB".into(), "64".into());
+    e.insert("TRANSCODE_SEGMENTS__FETCH_INPUT".into(), "sometimes".into());
+    let err = Settings::from_env(None, &e).unwrap_err().to_string();
+    assert!(err.contains("fetch_input"), "{err}");
+}

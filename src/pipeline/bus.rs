@@ -118,6 +118,14 @@ pub(super) fn classify(err: &gst::message::Error) -> JobError {
         .map(|s| s.path_string().to_string())
         .unwrap_or_else(|| "pipeline".into());
     let e = err.error();
+    if err.src().is_some_and(super::ranged::is_range_source) {
+        // Its message says what failed, without the presigned URL.
+        let kind = match e.kind::<gst::ResourceError>() {
+            Some(gst::ResourceError::NotFound) => ErrorKind::InputNotFound,
+            _ => ErrorKind::StorageUnavailable,
+        };
+        return JobError::new(kind, e.to_string());
+    }
     let mut message = format!("GStreamer error in {source}: {e}");
     if let Some(debug) = err.debug() {
         let debug: String = debug.chars().take(400).collect();

@@ -17,7 +17,8 @@
 //!   variants checked and aligned, their playlists and the master
 //!   playlist written;
 //! - [`run_part`] (parts.rs): the pipelines of segmented jobs (scan.rs,
-//!   segment.rs, join.rs), each run to its end by bus.rs.
+//!   segment.rs, join.rs), each run to its end by bus.rs; a part reads
+//!   its input from a local file or from S3 by byte ranges (ranged.rs).
 //!
 //! The worker owns the source, decoder, muxer and sink; file paths are set
 //! as element properties, never pasted into launch text; the job only
@@ -30,6 +31,7 @@ mod outputs;
 mod package;
 mod parts;
 mod probe;
+mod ranged;
 mod route;
 mod scan;
 mod segment;
@@ -51,8 +53,9 @@ pub use join::{JoinSpec, Joined, PartFile};
 pub use package::finish;
 pub use parts::{run_part, PartOutcome, PartRequest};
 pub use probe::probe;
+pub use ranged::Ranged;
 pub use scan::Scan;
-pub use segment::{AudioSpec, EncodedAudio, EncodedVideo, VideoSpec};
+pub use segment::{AudioSpec, EncodedAudio, EncodedVideo, PartInput, VideoSpec};
 pub use tracks::{Span, TrackKind, Written, WrittenTrack};
 pub use verify::verify;
 

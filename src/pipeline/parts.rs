@@ -242,7 +242,7 @@ mod tests {
         let seeks = [None, Some(2_000_000_000), Some(4_000_000_000)];
         let audio_out = dir.path().join(format!("a.{ext}"));
         let audio_spec = AudioSpec {
-            input: input.clone(),
+            input: input.clone().into(),
             output: audio_out.clone(),
             audio: audio.into(),
             muxer: muxer.into(),
@@ -254,7 +254,7 @@ mod tests {
         for i in 0..3 {
             let output = dir.path().join(format!("v{i}.{ext}"));
             let spec = VideoSpec {
-                input: input.clone(),
+                input: input.clone().into(),
                 output: output.clone(),
                 video: video.into(),
                 muxer: muxer.into(),
@@ -359,7 +359,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let input = h264_aac(dir.path(), "160x120", 4, "");
         let video = VideoSpec {
-            input: input.clone(),
+            input: input.clone().into(),
             output: dir.path().join("v.mp4"),
             video: "videoconvert ! x264enc speed-preset=ultrafast".into(),
             muxer: "mp4mux".into(),
@@ -370,7 +370,7 @@ mod tests {
         // About 190 buffers of AAC input at 10 ms each: 1.9 s or more,
         // however fast the machine, against a few frames of video.
         let audio = AudioSpec {
-            input,
+            input: input.into(),
             output: dir.path().join("a.mp4"),
             audio: format!("identity sleep-time=10000 ! {}", crate::plan::DEFAULT_AAC),
             muxer: "mp4mux".into(),
@@ -417,7 +417,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let input = h264_aac(dir.path(), "320x240", 20, "-bf 2");
         let spec = |from_ns: Option<u64>, until_ns: Option<u64>, seek_ns| VideoSpec {
-            input: input.clone(),
+            input: input.clone().into(),
             output: dir.path().join(format!("v{}.mp4", from_ns.unwrap_or(0))),
             video: "identity sleep-time=20000 ! videoconvert ! x264enc speed-preset=ultrafast"
                 .into(),

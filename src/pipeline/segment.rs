@@ -19,6 +19,7 @@
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,15 +30,32 @@ use serde::{Deserialize, Serialize};
 use super::build::record_decoders;
 use super::bus::{app, run_to_end, start_error, wait_for, FAILED, LINKED, WRITTEN};
 use super::outputs::{branch, link_branch};
+use super::ranged::{self, Ranged};
 use super::tracks::Watch;
 use super::{caps_name, discard, internal, make, path_str, NullOnDrop};
 use crate::error::{ErrorKind, JobError};
 
+/// Where a part reads the job's input.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PartInput {
+    /// A local file: a copy of the input, or the shared folder's file.
+    File(PathBuf),
+    /// The input in S3, read by byte ranges (see [`Ranged`]).
+    Ranged(Ranged),
+}
+
+impl From<PathBuf> for PartInput {
+    fn from(path: PathBuf) -> PartInput {
+        PartInput::File(path)
+    }
+}
+
 /// One video segment to encode.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VideoSpec {
-    /// The input file.
-    pub input: PathBuf,
+    /// The input.
+    pub input: PartInput,
     /// The part file to write.
     pub output: PathBuf,
     /// The job's checked video branch.
@@ -76,13 +94,17 @@ pub struct EncodedVideo {
     /// stop.
     #[serde(default)]
     pub decoded_after: u64,
+    /// Bytes of the input fetched from storage by ranges for this part
+    /// (not those another part of the job had fetched here before).
+    #[serde(default)]
+    pub fetched: u64,
 }
 
 /// The audio part to encode.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AudioSpec {
-    /// The input file.
-    pub input: PathBuf,
+    /// The input.
+    pub input: PartInput,
     /// The part file to write.
     pub output: PathBuf,
     /// The plan's audio branch; each track gets its own instance.
@@ -106,6 +128,9 @@ pub struct EncodedAudio {
     /// audio tracks' only.
     #[serde(default)]
     pub decoders: Vec<String>,
+    /// Bytes of the input fetched from storage by ranges for this part.
+    #[serde(default)]
+    pub fetched: u64,
 }
 
 /// Where the timeline probe stands.
@@ -147,7 +172,9 @@ pub fn encode_video(
     on_position: impl FnMut(Duration, Option<Duration>),
 ) -> Result<EncodedVideo, JobError> {
     super::init()?;
-    let (pipeline, decode, mux) = start_part(&spec.input, &spec.output, &spec.muxer, "video")?;
+    let fetched = Arc::new(AtomicU64::new(0));
+    let (pipeline, decode, mux) =
+        start_part(&spec.input, &fetched, &spec.output, &spec.muxer, "video")?;
     let _guard = NullOnDrop(pipeline.clone());
     let decoders = record_decoders(&decode)?;
     let video = branch(&spec.video, "video")?;
@@ -224,6 +251,7 @@ pub fn encode_video(
             decoders: taken(&decoders),
             decoded_before: t.before,
             decoded_after: t.after,
+            fetched: fetched.load(Ordering::Relaxed),
         }),
         _ => Err(JobError::new(
             ErrorKind::UndecodableInput,
@@ -245,7 +273,9 @@ pub fn encode_audio(
     on_position: impl FnMut(Duration, Option<Duration>),
 ) -> Result<EncodedAudio, JobError> {
     super::init()?;
-    let (pipeline, decode, mux) = start_part(&spec.input, &spec.output, &spec.muxer, "audio")?;
+    let fetched = Arc::new(AtomicU64::new(0));
+    let (pipeline, decode, mux) =
+        start_part(&spec.input, &fetched, &spec.output, &spec.muxer, "audio")?;
     let _guard = NullOnDrop(pipeline.clone());
     let decoders = record_decoders(&decode)?;
     let timeline: Shared = Arc::default();
@@ -309,21 +339,31 @@ pub fn encode_audio(
         first_ns: t.origin.unwrap_or(0),
         end_ns: t.end,
         decoders: taken(&decoders),
+        fetched: fetched.load(Ordering::Relaxed),
     })
 }
 
-/// `filesrc ! decodebin` and `muxer ! filesink` in a new pipeline: the
-/// decoder decodes only streams of the kind `keep` (`video` or `audio`),
-/// and the sink tells the bus when it has written everything.
+/// `filesrc ! decodebin` (or the range source, counting what it fetches
+/// into `fetched`) and `muxer ! filesink` in a new pipeline: the decoder
+/// decodes only streams of the kind `keep` (`video` or `audio`), and the
+/// sink tells the bus when it has written everything.
 fn start_part(
-    input: &std::path::Path,
+    input: &PartInput,
+    fetched: &Arc<AtomicU64>,
     output: &std::path::Path,
     muxer: &str,
     keep: &'static str,
 ) -> Result<(gst::Pipeline, gst::Element, gst::Element), JobError> {
     let pipeline = gst::Pipeline::new();
-    let src = make("filesrc")?;
-    src.set_property("location", path_str(input)?);
+    let src = match input {
+        PartInput::File(path) => {
+            let src = make("filesrc")?;
+            src.set_property("location", path_str(path)?);
+            src
+        }
+        PartInput::Ranged(ranged) => ranged::source(ranged, fetched.clone())
+            .map_err(|e| JobError::new(ErrorKind::Internal, format!("the range source: {e}")))?,
+    };
     let decode = make("decodebin")?;
     // An elementary stream (out of a demuxer or a parser) of another kind
     // than `keep` is not decoded.

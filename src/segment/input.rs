@@ -13,6 +13,10 @@
 //! a part that asks while the input is being fetched (ahead of the parts,
 //! as an idle worker does when a job is split) waits for that fetch and
 //! uses its copy.
+//!
+//! A worker that reads a job's input from S3 by ranges keeps, instead of
+//! a copy, a folder of the blocks its parts fetched
+//! ([`InputCache::blocks`]), under the same rules.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -33,6 +37,7 @@ struct Kept {
     key: String,
     version: String,
     path: PathBuf,
+    whole: bool,
     folder: Arc<TempDir>,
     used: Instant,
 }
@@ -40,8 +45,11 @@ struct Kept {
 /// A local copy of an input, held while a part uses it.
 #[derive(Debug, Clone)]
 pub struct LocalInput {
-    /// Where the pipeline reads it.
+    /// Where the pipeline reads it: the input's file, or (unless `whole`)
+    /// the folder of the blocks fetched by ranges.
     pub path: PathBuf,
+    /// Whether `path` is the whole input.
+    pub whole: bool,
     /// The folder holding the copy (none when read in place).
     _folder: Option<Arc<TempDir>>,
 }
@@ -112,6 +120,7 @@ impl InputCache {
                 .await?;
             return Ok(LocalInput {
                 path: local.path,
+                whole: true,
                 _folder: None,
             });
         }
@@ -125,31 +134,16 @@ impl InputCache {
         if let Some(kept) = self
             .kept()
             .iter_mut()
-            .find(|k| k.key == key && k.version == version)
+            .find(|k| k.key == key && k.version == version && k.whole)
         {
             kept.used = Instant::now();
             tracing::debug!(
                 key,
                 "the input is here already (kept from an earlier part, or fetched ahead)"
             );
-            return Ok(LocalInput {
-                path: kept.path.clone(),
-                _folder: Some(kept.folder.clone()),
-            });
+            return Ok(kept.held());
         }
-        // Make room first: the least recently used inputs go.
-        {
-            let mut kept = self.kept();
-            while kept.len() >= self.capacity {
-                let oldest = kept
-                    .iter()
-                    .enumerate()
-                    .min_by_key(|(_, k)| k.used)
-                    .map(|(i, _)| i)
-                    .expect("not empty");
-                kept.remove(oldest);
-            }
-        }
+        self.make_room();
         scratch.check_free_space(info.size, reserve_mb)?;
         tracing::info!(key, bytes = info.size, "fetching the input");
         let folder = Arc::new(scratch.attempt_folder()?);
@@ -162,17 +156,82 @@ impl InputCache {
             stall,
         )
         .await?;
-        self.kept().push(Kept {
+        let kept = Kept {
             key: key.to_string(),
             version,
-            path: local.path.clone(),
-            folder: folder.clone(),
-            used: Instant::now(),
-        });
-        Ok(LocalInput {
             path: local.path,
-            _folder: Some(folder),
-        })
+            whole: true,
+            folder,
+            used: Instant::now(),
+        };
+        let held = kept.held();
+        self.kept().push(kept);
+        Ok(held)
+    }
+
+    /// The input `key` (as `info` describes it) for a part that reads it
+    /// from storage by ranges: the kept copy when there is one (the
+    /// worker split the job), else the folder of the blocks this worker
+    /// fetched for its earlier parts of the job, made now (checking the
+    /// scratch folder has room for the whole input and `reserve_mb`) when
+    /// this is its first.
+    pub fn blocks(
+        &self,
+        scratch: &Scratch,
+        key: &str,
+        info: &ObjectInfo,
+        reserve_mb: u64,
+    ) -> Result<LocalInput, JobError> {
+        let version = format!("{}:{}", info.size, info.version.as_deref().unwrap_or(""));
+        {
+            let mut kept = self.kept();
+            let same = |k: &Kept| k.key == key && k.version == version;
+            let found = (kept.iter().position(|k| same(k) && k.whole))
+                .or_else(|| kept.iter().position(same));
+            if let Some(i) = found {
+                kept[i].used = Instant::now();
+                return Ok(kept[i].held());
+            }
+        }
+        self.make_room();
+        scratch.check_free_space(info.size, reserve_mb)?;
+        let folder = Arc::new(scratch.attempt_folder()?);
+        let kept = Kept {
+            key: key.to_string(),
+            version,
+            path: folder.path().to_path_buf(),
+            whole: false,
+            folder,
+            used: Instant::now(),
+        };
+        let held = kept.held();
+        self.kept().push(kept);
+        Ok(held)
+    }
+
+    /// Makes room for one more input: the least recently used go.
+    fn make_room(&self) {
+        let mut kept = self.kept();
+        while kept.len() >= self.capacity {
+            let oldest = kept
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, k)| k.used)
+                .map(|(i, _)| i)
+                .expect("not empty");
+            kept.remove(oldest);
+        }
+    }
+}
+
+impl Kept {
+    /// The input as a part holds it while it runs.
+    fn held(&self) -> LocalInput {
+        LocalInput {
+            path: self.path.clone(),
+            whole: self.whole,
+            _folder: Some(self.folder.clone()),
+        }
     }
 }
 
@@ -247,9 +306,38 @@ mod tests {
             key: key.into(),
             version: "1:".into(),
             path: folder.path().join("input"),
+            whole: true,
             folder,
             used: Instant::now(),
         }
+    }
+
+    #[test]
+    fn parts_reading_by_ranges_share_one_block_folder_or_use_the_kept_copy() {
+        let root = tempfile::tempdir().unwrap();
+        let scratch = Scratch::open(root.path().join("scratch")).unwrap();
+        let cache = InputCache::new(2);
+        let info = |version: &str| ObjectInfo {
+            size: 10,
+            version: Some(version.into()),
+            metadata: Default::default(),
+        };
+        let first = cache.blocks(&scratch, "in.mp4", &info("a"), 0).unwrap();
+        assert!(!first.whole && first.path.is_dir(), "{first:?}");
+        let second = cache.blocks(&scratch, "in.mp4", &info("a"), 0).unwrap();
+        assert_eq!(second.path, first.path, "one folder for the job's parts");
+        let changed = cache.blocks(&scratch, "in.mp4", &info("b"), 0).unwrap();
+        assert_ne!(changed.path, first.path, "another version, other blocks");
+        // A worker that split the job keeps the whole input: its parts
+        // read that.
+        let copy = Arc::new(tempfile::tempdir().unwrap());
+        let mut whole = kept("in.mp4", copy);
+        whole.version = "10:a".into();
+        let path = whole.path.clone();
+        cache.kept().push(whole);
+        let held = cache.blocks(&scratch, "in.mp4", &info("a"), 0).unwrap();
+        assert!(held.whole);
+        assert_eq!(held.path, path);
     }
 
     #[test]

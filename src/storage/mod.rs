@@ -205,6 +205,16 @@ impl Storage {
         }
     }
 
+    /// A URL that reads `key` (by ranges too) without credentials for
+    /// `secs` seconds: `None` on the directory backend (read in place) and
+    /// with anonymous S3 credentials, which cannot presign.
+    pub async fn presign_get(&self, key: &str, secs: u32) -> Result<Option<String>, StorageError> {
+        match self {
+            Storage::S3(s) => s.presign_get(key, secs).await,
+            Storage::Directory(_) => Ok(None),
+        }
+    }
+
     /// Stores the file `src` under `key`, with user `metadata`. The object
     /// appears under `key` only once it is complete.
     pub async fn store(

@@ -38,6 +38,7 @@ use super::{
 };
 use crate::config::StorageSettings;
 
+mod read;
 mod upload;
 
 use upload::Upload;

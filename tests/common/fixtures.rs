@@ -122,6 +122,17 @@ pub fn h264_mp4_video_only(secs: u32) -> PathBuf {
     make("h264_mp4_video_only", secs, "mp4", p)
 }
 
+/// H.264 (x264, 320x240) in MP4 without audio, a key frame every second:
+/// `.mp4` (each segment of a segmented job starts on a key frame, so a
+/// part reads little of the input before its segment).
+pub fn h264_mp4_key_every_second(secs: u32) -> PathBuf {
+    let mut p = video_src(secs * FPS, 320, 240, "smpte");
+    p.extend(tokens(&format!(
+        "! x264enc speed-preset=ultrafast threads=1 key-int-max={FPS} ! h264parse ! mp4mux ! filesink"
+    )));
+    make("h264_mp4_key_every_second", secs, "mp4", p)
+}
+
 /// MPEG-4 Part 2 video (320x240), two audio tracks, MPEG-1 Layer II at
 /// 440 Hz in English (`eng`) and AAC at 660 Hz in French (`fre`), and an
 /// SRT text subtitle track in German (`ger`) with one cue a second

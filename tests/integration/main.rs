@@ -16,6 +16,7 @@ mod reliability;
 mod renditions;
 mod routing;
 mod security;
+mod segment_ranges;
 mod segments;
 mod smoke;
 mod storage;

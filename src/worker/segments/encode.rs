@@ -101,7 +101,7 @@ impl Worker {
                 ),
             ));
         };
-        let input = self.kept_input(&job.input_key, &info, reporter).await?;
+        let (input, _held) = self.part_input(&job.input_key, &info, reporter).await?;
         let folder = self.scratch.attempt_folder()?;
         let file = |part: Part| {
             folder
@@ -113,7 +113,7 @@ impl Worker {
                 .cut(i)
                 .ok_or_else(|| invalid_task(format!("the plan has no segment {i}")))?;
             Ok(VideoSpec {
-                input: input.path.clone(),
+                input: input.clone(),
                 output: file(Part::Video(i)),
                 video: plan.video.clone(),
                 muxer: plan.muxer.clone(),
@@ -123,7 +123,7 @@ impl Worker {
             })
         };
         let audio = || AudioSpec {
-            input: input.path.clone(),
+            input: input.clone(),
             output: file(Part::Audio),
             audio: plan.audio.clone(),
             muxer: plan.muxer.clone(),
@@ -150,6 +150,17 @@ impl Worker {
                 decoded_after = v.decoded_after,
                 "frames decoded outside the segment"
             );
+        }
+        // Bytes of the input this task fetched by ranges (none from a copy).
+        let fetched = match &outcome {
+            PartOutcome::Video(v) => v.fetched,
+            PartOutcome::Audio(a) => a.fetched,
+            PartOutcome::VideoAndAudio { video, audio, .. } => video.fetched + audio.fetched,
+            _ => 0,
+        };
+        if fetched > 0 {
+            tracing::info!(bytes = fetched, "fetched part of the input by ranges");
+            reporter.transferred(Phase::Downloading, fetched, info.size);
         }
         // Per part: frames, audio tracks, first and end stream times, ms.
         let made: Vec<(Part, u64, usize, u64, u64, u64)> = match (outcome, parts) {

@@ -1,10 +1,56 @@
-//! The input of a segmented job on this worker: fetched once and kept
-//! for the job's next parts here, or fetched ahead, while another worker
-//! splits the job, when this one has nothing to do.
+//! The input of a segmented job on this worker: read from S3 by ranges
+//! (`segments.fetch_input = "ranges"`), the blocks fetched kept for the
+//! job's next parts here; or fetched whole once and kept, or fetched
+//! ahead, while another worker splits the job, when this one has nothing
+//! to do (`"whole"`). The worker that split the job has it whole.
 
 use super::*;
+use crate::config::FetchInput;
+use crate::pipeline::{PartInput, Ranged};
 
 impl Worker {
+    /// Where the parts of a job read its input `key` (as `info`
+    /// describes it) on this worker, and what holds it here while they
+    /// run: by ranges when the settings ask for it and the storage can
+    /// presign, else a whole copy ([`Worker::kept_input`]).
+    pub(super) async fn part_input(
+        &self,
+        key: &str,
+        info: &ObjectInfo,
+        reporter: &Reporter,
+    ) -> Result<(PartInput, LocalInput), JobError> {
+        if self.reads_by_ranges() {
+            let w = &self.settings.worker;
+            let held = self
+                .inputs
+                .blocks(&self.scratch, key, info, w.min_free_space_mb)?;
+            if held.whole {
+                return Ok((PartInput::File(held.path.clone()), held));
+            }
+            // Valid as long as a part may run (the job's time limit),
+            // and at least an hour.
+            let secs = w.job_timeout.as_secs().clamp(3600, 7 * 24 * 3600) as u32;
+            if let Some(url) = self.storage.presign_get(key, secs).await? {
+                let ranged = Ranged {
+                    url,
+                    size: info.size,
+                    etag: info.version.clone(),
+                    blocks: held.path.clone(),
+                    block_size: self.settings.segments.range_block_kib << 10,
+                };
+                return Ok((PartInput::Ranged(ranged), held));
+            }
+        }
+        let held = self.kept_input(key, info, reporter).await?;
+        Ok((PartInput::File(held.path.clone()), held))
+    }
+
+    /// Whether this worker's parts read their input by ranges.
+    fn reads_by_ranges(&self) -> bool {
+        self.settings.segments.fetch_input == FetchInput::Ranges
+            && matches!(self.storage, Storage::S3(_))
+    }
+
     /// The input `key` (as `info` describes it) on this machine: kept from
     /// an earlier part of the job, or fetched and kept for the next.
     pub(super) async fn kept_input(
@@ -33,6 +79,9 @@ impl Worker {
     pub(in crate::worker) async fn prefetch(self: Arc<Self>, job_id: String, seen: InputSeen) {
         let span = tracing::info_span!("prefetch", job_id = %job_id);
         async {
+            if self.reads_by_ranges() {
+                return tracing::debug!("parts read their input by ranges; nothing to fetch ahead");
+            }
             let info = match self.storage.head(&seen.key).await {
                 Ok(Some(info)) if info.size == seen.size && info.version == seen.version => info,
                 Ok(_) => return tracing::debug!(key = %seen.key, "the announced input is gone or changed"),

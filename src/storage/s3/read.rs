@@ -1,0 +1,25 @@
+//! Presigned GET URLs, for the pipeline process to read an input by byte
+//! ranges without the worker's credentials (see
+//! [`crate::pipeline::Ranged`]).
+
+use super::*;
+
+impl S3Store {
+    /// A URL that reads `key` (ranges too) for `secs` seconds; `None` with
+    /// anonymous credentials, which cannot presign.
+    pub(in crate::storage) async fn presign_get(
+        &self,
+        key: &str,
+        secs: u32,
+    ) -> Result<Option<String>, StorageError> {
+        if self.uploads.is_none() {
+            return Ok(None);
+        }
+        let (_, transfer, inner) = self.route(key);
+        transfer
+            .presign_get(inner, secs, None)
+            .await
+            .map(Some)
+            .map_err(|e| self.error(key, e))
+    }
+}
