@@ -1,8 +1,8 @@
-//! The inputs a worker keeps for the parts of segmented jobs: a part needs
-//! the whole input (its encoder seeks in it), so a worker fetches a job's
-//! input once and keeps it, in a scratch folder of its own, for the next
-//! parts of the same job it takes, which are likely: a job's parts are
-//! queued together. It keeps as many inputs as it runs jobs at once
+//! The inputs a worker keeps for the parts of segmented jobs: a worker
+//! keeps a job's input (a whole copy, or the blocks its parts fetched by
+//! ranges), in a scratch folder of its own, for the next parts of the
+//! same job it takes, which are likely: a job's parts are queued
+//! together. It keeps as many inputs as it runs jobs at once
 //! (`worker.concurrency`); the least recently used goes first, and a
 //! folder in use stays until its part is done. A worker forgets a job's
 //! input once it has ended the job, and every input no part uses before a
@@ -16,7 +16,8 @@
 //!
 //! A worker that reads a job's input from S3 by ranges keeps, instead of
 //! a copy, a folder of the blocks its parts fetched
-//! ([`InputCache::blocks`]), under the same rules.
+//! ([`InputCache::blocks`]), under the same rules, or reads the copy it
+//! has when it split the job.
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -21,9 +21,12 @@
 //!    one a key frame, in a part file of the output's container), or the
 //!    audio part (every audio track of the whole input, encoded once, so no
 //!    encoder priming falls between segments; the first task queued
-//!    encodes it beside its segment, [`SegmentPlan::audio_beside`]). A
-//!    part already stored is not encoded again; a worker killed mid-part
-//!    costs that part only (the broker gives its task to another worker).
+//!    encodes it beside its segment, [`SegmentPlan::audio_beside`]). On
+//!    S3 a worker that did not split the job reads the input by byte
+//!    ranges, the blocks its parts read ([`crate::pipeline::Ranged`]), or
+//!    downloads it whole (`segments.fetch_input`). A part already stored
+//!    is not encoded again; a worker killed mid-part costs that part only
+//!    (the broker gives its task to another worker).
 //! 3. **Join**: the task that stores the last part claims the
 //!    job's end (an object created only if absent: one claim wins) and
 //!    joins the parts with demuxers and the muxer (nothing is encoded
