@@ -131,7 +131,7 @@ impl InputCache {
             key,
             held: Some(lock.lock_owned().await),
         };
-        let version = format!("{}:{}", info.size, info.version.as_deref().unwrap_or(""));
+        let version = version_of(info);
         if let Some(kept) = self
             .kept()
             .iter_mut()
@@ -183,7 +183,7 @@ impl InputCache {
         info: &ObjectInfo,
         reserve_mb: u64,
     ) -> Result<LocalInput, JobError> {
-        let version = format!("{}:{}", info.size, info.version.as_deref().unwrap_or(""));
+        let version = version_of(info);
         {
             let mut kept = self.kept();
             let same = |k: &Kept| k.key == key && k.version == version;
@@ -210,6 +210,15 @@ impl InputCache {
         Ok(held)
     }
 
+    /// Whether this worker has the input `key` (as `info` describes it)
+    /// here: a copy, or blocks an earlier part fetched.
+    pub fn holds(&self, key: &str, info: &ObjectInfo) -> bool {
+        let version = version_of(info);
+        self.kept()
+            .iter()
+            .any(|k| k.key == key && k.version == version)
+    }
+
     /// Makes room for one more input: the least recently used go.
     fn make_room(&self) {
         let mut kept = self.kept();
@@ -234,6 +243,11 @@ impl Kept {
             _folder: Some(self.folder.clone()),
         }
     }
+}
+
+/// How the kept inputs tell versions of an input apart.
+fn version_of(info: &ObjectInfo) -> String {
+    format!("{}:{}", info.size, info.version.as_deref().unwrap_or(""))
 }
 
 /// The right to fetch one input, held by one ask at a time: the others
@@ -339,6 +353,9 @@ mod tests {
         let held = cache.blocks(&scratch, "in.mp4", &info("a"), 0).unwrap();
         assert!(held.whole);
         assert_eq!(held.path, path);
+        assert!(cache.holds("in.mp4", &info("a")));
+        assert!(!cache.holds("in.mp4", &info("c")));
+        assert!(!cache.holds("other.mp4", &info("a")));
     }
 
     #[test]

@@ -20,8 +20,8 @@
 //!    at a time: a video segment (the frames of its stream times, the first
 //!    one a key frame, in a part file of the output's container), or the
 //!    audio part (every audio track of the whole input, encoded once, so no
-//!    encoder priming falls between segments; the first task queued
-//!    encodes it beside its segment, [`SegmentPlan::audio_beside`]). On
+//!    encoder priming falls between segments; the task that claims it
+//!    encodes it beside its segment, [`SegmentPlan::audio_by_claim`]). On
 //!    S3 a worker that did not split the job reads the input by byte
 //!    ranges, the blocks its parts read ([`crate::pipeline::Ranged`]), or
 //!    downloads it whole (`segments.fetch_input`). A part already stored
@@ -53,7 +53,7 @@ pub mod plan;
 use serde::{Deserialize, Serialize};
 
 pub use input::InputCache;
-pub use objects::{Done, End, Ending, Objects};
+pub use objects::{AudioClaim, Done, End, Ending, Objects};
 pub use plan::{Cut, Part, SegmentPlan};
 
 use crate::error::{ErrorKind, JobError};

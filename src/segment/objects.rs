@@ -6,7 +6,9 @@
 //! - `<job>/<plan>/done/<part>.json`: a [`Done`] record, written once the
 //!   part is stored: what the join needs to know of it;
 //! - `<job>/<plan>/end.json`: the [`End`] claim, created only if absent:
-//!   the part whose task ends the job (joins it, or fails or cancels it).
+//!   the part whose task ends the job (joins it, or fails or cancels it);
+//! - `<job>/<plan>/audio.json`: the [`AudioClaim`], created only if
+//!   absent: the task that encodes the audio part beside its segment.
 //!
 //! Everything of a job goes when it ends, `plan.json` last, so a part
 //! task that finds no plan knows its job has ended.
@@ -94,6 +96,29 @@ impl End {
     }
 }
 
+/// The claim of the task that encodes the audio part of a job whose plan
+/// has it go by claim ([`SegmentPlan::audio_by_claim`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AudioClaim {
+    /// The part whose task encodes it (a redelivered task carries it too).
+    pub by: String,
+    /// The worker that claimed it.
+    pub worker: String,
+    /// When (RFC 3339).
+    pub at: String,
+}
+
+impl AudioClaim {
+    /// A claim of the audio part for the task of `part`.
+    pub fn new(part: Part, worker: &str) -> AudioClaim {
+        AudioClaim {
+            by: part.name(),
+            worker: worker.to_string(),
+            at: crate::job::now_rfc3339(),
+        }
+    }
+}
+
 /// A job whose objects nothing changed for too long.
 #[derive(Debug, Clone)]
 pub struct Abandoned {
@@ -151,6 +176,41 @@ impl<'a> Objects<'a> {
         format!("{}end.json", self.plan_folder(plan))
     }
 
+    fn audio_key(&self, plan: &SegmentPlan) -> String {
+        format!("{}audio.json", self.plan_folder(plan))
+    }
+
+    /// The small record under `key`, if there is one.
+    async fn record<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<T>, StorageError> {
+        let Some(bytes) = self.storage.get_small(key, MAX_RECORD_BYTES).await? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| broken(key, e))
+    }
+
+    /// Writes `claim` under `key` unless a claim is there, and returns the
+    /// claim that holds. It is read back, so a retried request that
+    /// created it, or a server that ignores the condition, still tells
+    /// one winner.
+    async fn claim<T: Serialize + serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+        claim: &T,
+    ) -> Result<T, StorageError> {
+        let bytes = serde_json::to_vec(claim).expect("a claim serializes");
+        self.storage.put_small_new(key, &bytes).await?;
+        self.record(key).await?.ok_or_else(|| {
+            StorageError::Unavailable(format!(
+                "the claim {key:?} is missing right after it was made"
+            ))
+        })
+    }
+
     /// Whether `key` is one of these objects.
     pub fn owns(&self, key: &str) -> bool {
         key.starts_with(self.prefix)
@@ -177,13 +237,7 @@ impl<'a> Objects<'a> {
 
     /// The done record of `part`, if it is stored.
     pub async fn done(&self, plan: &SegmentPlan, part: Part) -> Result<Option<Done>, StorageError> {
-        let key = self.done_key(plan, part);
-        let Some(bytes) = self.storage.get_small(&key, MAX_RECORD_BYTES).await? else {
-            return Ok(None);
-        };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| broken(&key, e))
+        self.record(&self.done_key(plan, part)).await
     }
 
     /// Records that `part` is stored, as `done` says.
@@ -228,27 +282,32 @@ impl<'a> Objects<'a> {
 
     /// The claim of the part that ends `plan`'s job, if one was made.
     pub async fn end(&self, plan: &SegmentPlan) -> Result<Option<End>, StorageError> {
-        let key = self.end_key(plan);
-        let Some(bytes) = self.storage.get_small(&key, MAX_RECORD_BYTES).await? else {
-            return Ok(None);
-        };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| broken(&key, e))
+        self.record(&self.end_key(plan)).await
     }
 
     /// Claims the end of `plan`'s job with `claim`, unless a claim is
     /// there: returns the claim that holds (`claim` itself when it won).
-    /// The claim is read back, so a retried request that created it, or a
-    /// server that ignores the condition, still tells one winner.
     pub async fn claim_end(&self, plan: &SegmentPlan, claim: &End) -> Result<End, StorageError> {
-        let bytes = serde_json::to_vec(claim).expect("a claim serializes");
-        self.storage
-            .put_small_new(&self.end_key(plan), &bytes)
-            .await?;
-        self.end(plan).await?.ok_or_else(|| {
-            StorageError::Unavailable("the end claim is missing right after it was made".into())
-        })
+        self.claim(&self.end_key(plan), claim).await
+    }
+
+    /// The claim of the task that encodes the audio part of `plan`'s job,
+    /// if one was made.
+    pub async fn audio_claim(
+        &self,
+        plan: &SegmentPlan,
+    ) -> Result<Option<AudioClaim>, StorageError> {
+        self.record(&self.audio_key(plan)).await
+    }
+
+    /// Claims the audio part of `plan`'s job with `claim`, unless a claim
+    /// is there: returns the claim that holds.
+    pub async fn claim_audio(
+        &self,
+        plan: &SegmentPlan,
+        claim: &AudioClaim,
+    ) -> Result<AudioClaim, StorageError> {
+        self.claim(&self.audio_key(plan), claim).await
     }
 
     /// Replaces the claim (by its owner, e.g. a join that failed for good).
@@ -381,6 +440,12 @@ mod tests {
         let second = End::new(Part::Audio, Ending::Join, None, "w2");
         assert_eq!(objects.claim_end(&plan, &first).await.unwrap(), first);
         assert_eq!(objects.claim_end(&plan, &second).await.unwrap(), first);
+        assert_eq!(objects.audio_claim(&plan).await.unwrap(), None);
+        let carrier = AudioClaim::new(Part::Video(1), "w1");
+        let late = AudioClaim::new(Part::Video(3), "w2");
+        assert_eq!(objects.claim_audio(&plan, &carrier).await.unwrap(), carrier);
+        assert_eq!(objects.claim_audio(&plan, &late).await.unwrap(), carrier);
+        assert_eq!(objects.audio_claim(&plan).await.unwrap(), Some(carrier));
         assert!(objects
             .abandoned(Duration::from_secs(3600))
             .await
@@ -393,7 +458,7 @@ mod tests {
         let mut plan2 = plan.clone();
         plan2.job_id = "job-2".into();
         other.write_plan(&plan2).await.unwrap();
-        assert_eq!(objects.remove("job-1").await.unwrap(), 4);
+        assert_eq!(objects.remove("job-1").await.unwrap(), 5);
         // The job's folders go with its objects; another job's stay.
         let segments = dir.path().join("_transcode/segments");
         assert!(!segments.join("job-1").exists());

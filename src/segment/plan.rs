@@ -136,10 +136,19 @@ pub struct SegmentPlan {
     pub cuts: Vec<Cut>,
     /// The video segment whose task also encodes the audio part, in a
     /// pipeline beside the segment's (as a whole-file job encodes its audio
-    /// beside its video, on another core); `None` when the audio part has
-    /// a task of its own (no audio, or a plan from an older worker).
+    /// beside its video, on another core), in plans of older workers;
+    /// `None` when the audio goes by claim (`audio_by_claim`) or has a
+    /// task of its own (no audio, or a plan of a still older worker).
     #[serde(default)]
     pub audio_beside: Option<u32>,
+    /// Whether the audio part is encoded, beside its own segment, by the
+    /// task that claims it ([`crate::segment::objects::Objects::claim_audio`]):
+    /// the first task taken by a worker that has the input here (the one
+    /// that split the job), or a worker's second task of the job, or else
+    /// the task that stores the last video segment. So the audio part,
+    /// which reads the whole input, runs where the input is when it can.
+    #[serde(default)]
+    pub audio_by_claim: bool,
     /// Input tracks the output does not carry, one sentence each.
     #[serde(default)]
     pub left_out: Vec<String>,
@@ -161,9 +170,9 @@ impl SegmentPlan {
     }
 
     /// The parts in the order their tasks are queued: the video segments
-    /// longest first, so the last to finish is a short one (the first
-    /// carries the audio part, see [`SegmentPlan::audio_beside`]); the
-    /// audio part first when it has a task of its own.
+    /// longest first, so the last to finish is a short one (a task carries
+    /// the audio part, see [`SegmentPlan::audio_by_claim`]); the audio
+    /// part first when it has a task of its own (plans of old workers).
     pub fn queue_order(&self) -> Vec<Part> {
         let mut video: Vec<(u64, u32)> = self
             .cuts
@@ -172,28 +181,25 @@ impl SegmentPlan {
             .map(|(i, c)| (c.length_ns(self.first_ns, self.end_ns), i as u32))
             .collect();
         video.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-        let audio =
-            (!self.media.audio.is_empty() && self.audio_beside.is_none()).then_some(Part::Audio);
+        let own_task =
+            !self.media.audio.is_empty() && self.audio_beside.is_none() && !self.audio_by_claim;
+        let audio = own_task.then_some(Part::Audio);
         audio
             .into_iter()
             .chain(video.into_iter().map(|(_, i)| Part::Video(i)))
             .collect()
     }
 
-    /// Has the first task queued carry the audio part (when there is one).
-    pub fn carry_audio_in_first_task(&mut self) {
+    /// Has the audio part (when there is one) go with the task that
+    /// claims it (see [`SegmentPlan::audio_by_claim`]).
+    pub fn carry_audio_by_claim(&mut self) {
         self.audio_beside = None;
-        if self.media.audio.is_empty() {
-            return;
-        }
-        self.audio_beside = self.queue_order().into_iter().find_map(|p| match p {
-            Part::Video(i) => Some(i),
-            Part::Audio => None,
-        });
+        self.audio_by_claim = !self.media.audio.is_empty();
     }
 
-    /// The parts the task of `task` makes: that part, and the audio part
-    /// when the task carries it.
+    /// The parts the task of `task` makes by the plan: that part, and the
+    /// audio part when the plan has the task carry it (a task may also
+    /// claim it, see [`SegmentPlan::audio_by_claim`]).
     pub fn made_by(&self, task: Part) -> Vec<Part> {
         let mut parts = vec![task];
         if matches!(task, Part::Video(i) if self.audio_beside == Some(i)) {
@@ -397,7 +403,8 @@ mod tests {
     }
 
     #[test]
-    fn parts_are_named_and_queued_longest_first_with_the_audio_first_or_beside_the_first() {
+    fn parts_are_named_and_queued_longest_first_with_the_audio_first_by_claim_or_beside_the_first()
+    {
         for part in [
             Part::Video(0),
             Part::Video(12),
@@ -429,6 +436,7 @@ mod tests {
             frame_ns: FRAME,
             cuts: cut(&scan(26, &[0.0, 11.0]), 10.0),
             audio_beside: None,
+            audio_by_claim: false,
             left_out: vec![],
             split_by: "w".into(),
             created_at: "t".into(),
@@ -442,9 +450,19 @@ mod tests {
         assert_eq!(plan.queue_order()[0], Part::Audio);
         assert_eq!(plan.parts().last(), Some(&Part::Audio));
         assert_eq!(plan.made_by(Part::Video(0)), [Part::Video(0)]);
-        // The audio part rides with the first task.
-        plan.carry_audio_in_first_task();
-        assert_eq!(plan.audio_beside, Some(0));
+        // The audio part goes by claim: no task of its own, and no task
+        // carries it by the plan.
+        plan.carry_audio_by_claim();
+        assert!(plan.audio_by_claim);
+        assert_eq!(
+            plan.queue_order(),
+            [Part::Video(0), Part::Video(1), Part::Video(2)]
+        );
+        assert_eq!(plan.made_by(Part::Video(0)), [Part::Video(0)]);
+        assert_eq!(plan.parts().last(), Some(&Part::Audio));
+        // An older worker's plan: the audio part rides with the first task.
+        plan.audio_by_claim = false;
+        plan.audio_beside = Some(0);
         assert_eq!(
             plan.queue_order(),
             [Part::Video(0), Part::Video(1), Part::Video(2)]

@@ -205,6 +205,11 @@ impl Storage {
         }
     }
 
+    /// Whether [`Storage::presign_get`] makes URLs (S3 with credentials).
+    pub fn presigns(&self) -> bool {
+        matches!(self, Storage::S3(s) if s.presigns())
+    }
+
     /// A URL that reads `key` (by ranges too) without credentials for
     /// `secs` seconds: `None` on the directory backend (read in place) and
     /// with anonymous S3 credentials, which cannot presign.

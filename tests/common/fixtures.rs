@@ -133,6 +133,19 @@ pub fn h264_mp4_key_every_second(secs: u32) -> PathBuf {
     make("h264_mp4_key_every_second", secs, "mp4", p)
 }
 
+/// H.264 (x264, 320x240) + AAC audio (44.1 kHz stereo) in MP4, a key
+/// frame every second: `.mp4`.
+pub fn h264_aac_mp4_key_every_second(secs: u32) -> PathBuf {
+    let frames = secs * FPS;
+    let mut p = video_src(frames, 320, 240, "smpte");
+    p.extend(tokens(&format!(
+        "! x264enc speed-preset=ultrafast threads=1 key-int-max={FPS} ! h264parse ! queue ! mp4mux name=mux ! filesink"
+    )));
+    p.extend(audio_src(frames, 44100));
+    p.extend(tokens("! avenc_aac ! queue ! mux."));
+    make("h264_aac_mp4_key_every_second", secs, "mp4", p)
+}
+
 /// MPEG-4 Part 2 video (320x240), two audio tracks, MPEG-1 Layer II at
 /// 440 Hz in English (`eng`) and AAC at 660 Hz in French (`fre`), and an
 /// SRT text subtitle track in German (`ger`) with one cue a second

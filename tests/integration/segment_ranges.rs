@@ -217,19 +217,61 @@ async fn reading_by_ranges_fails_with_the_reason_when_the_input_is_gone_changed_
 /// Bytes a worker fetched by ranges, from its `fetched part of the input
 /// by ranges` log lines (JSON logs).
 fn fetched_by_ranges(worker: &WorkerProc) -> u64 {
-    worker
-        .logs()
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter(|v| v["message"] == "fetched part of the input by ranges")
+    json_lines(worker, "fetched part of the input by ranges")
+        .iter()
         .map(|v| v["bytes"].as_u64().expect("bytes"))
         .sum()
 }
 
+/// The parts of job `job` a worker stored (`part stored` lines).
+fn stored_by(worker: &WorkerProc, job: &str) -> Vec<String> {
+    json_lines(worker, "part stored")
+        .iter()
+        .filter(|v| v["span"]["job_id"] == job)
+        .map(|v| v["part"].as_str().expect("a part").to_string())
+        .collect()
+}
+
+/// A worker's JSON log lines with `message`.
+fn json_lines(worker: &WorkerProc, message: &str) -> Vec<Value> {
+    worker
+        .logs()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|v| v["message"] == message)
+        .collect()
+}
+
+/// Lets jobs use `identity`, to make encodes slow enough to order them.
+const SLOW_ALLOWED: (&str, &str) = ("TRANSCODE_PIPELINE__EXTRA_ALLOWED_ELEMENTS", "identity");
+
+/// The video branch of `FAST` at `ms` per frame at least.
+fn slow(ms: u32) -> String {
+    format!("identity sleep-time={} ! {FAST}", ms * 1000)
+}
+
+/// Waits until `worker` listens on the control exchange (it has started).
+async fn listening(worker: &WorkerProc) {
+    wait_for_value(DEFAULT_TIMEOUT, "the worker listening", || async {
+        worker
+            .logs()
+            .contains("answering inspect and ping")
+            .then_some(())
+    })
+    .await;
+}
+
+/// Two workers reading by ranges, a 20 s input with audio in segments of
+/// 4 s (each part slowed to 2 s, so the worker that split the job starts
+/// its first part before the other starts its second): both encode
+/// segments; the one that split the job, which has the input, encodes
+/// the audio part (which reads all of it); the other never downloads the
+/// input and fetches less than all of it by ranges; the output is joined
+/// like the input.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_reading_by_ranges_encode_a_job_and_the_other_fetches_part_of_the_input() {
-    let farm = Farm::s3(&[]).await;
-    let input = fixtures::h264_mp4_key_every_second(20);
+    let farm = Farm::s3(&[SLOW_ALLOWED]).await;
+    let input = fixtures::h264_aac_mp4_key_every_second(20);
     let size = std::fs::metadata(&input).expect("the fixture").len();
     farm.put_input("in/long.mp4", &input).await;
     let mut watch = farm.watch_progress().await;
@@ -239,16 +281,10 @@ async fn two_workers_reading_by_ranges_encode_a_job_and_the_other_fetches_part_o
     ];
     let workers = vec![farm.spawn_worker(&settings), farm.spawn_worker(&settings)];
     for worker in &workers {
-        wait_for_value(DEFAULT_TIMEOUT, "the worker listening", || async {
-            worker
-                .logs()
-                .contains("answering inspect and ping")
-                .then_some(())
-        })
-        .await;
+        listening(worker).await;
     }
     farm.publish_job(json!({"job_id": "ranges", "input_key": "in/long.mp4",
-        "output_key": "out/long.mp4", "transcode_options": FAST, "segment_seconds": 4}))
+        "output_key": "out/long.mp4", "transcode_options": slow(20), "segment_seconds": 4}))
         .await;
     let last = watch.until_final("ranges", JOB_TIMEOUT).await;
     let logs = || format!("{}\n{}", workers[0].logs(), workers[1].logs());
@@ -262,8 +298,9 @@ async fn two_workers_reading_by_ranges_encode_a_job_and_the_other_fetches_part_o
         by_segment.values().flatten().map(|(w, _)| w).collect();
     assert_eq!(names.len(), 2, "both workers encode: {by_segment:?}");
 
-    // The splitter downloaded the input to scan it and used that copy;
-    // the other read only what its segments needed, and never downloaded.
+    // The splitter downloaded the input to scan it, used that copy, and
+    // encoded the audio part; the other read only what its segments
+    // needed, and never downloaded it.
     let (splitter, other) = match workers[0].logs().contains("split the job") {
         true => (&workers[0], &workers[1]),
         false => (&workers[1], &workers[0]),
@@ -275,6 +312,11 @@ async fn two_workers_reading_by_ranges_encode_a_job_and_the_other_fetches_part_o
         splitter.logs()
     );
     assert_eq!(fetched_by_ranges(splitter), 0, "{}", splitter.logs());
+    assert!(
+        stored_by(splitter, "ranges").contains(&"audio".to_string()),
+        "the splitter encodes the audio part\n{}",
+        logs()
+    );
     assert!(
         !other.logs().contains("\"fetching the input\""),
         "{}",
@@ -295,4 +337,150 @@ async fn two_workers_reading_by_ranges_encode_a_job_and_the_other_fetches_part_o
     assert_joined_like_the_input(&input, &output, &starts);
     assert_nothing_left(&farm, &["ranges"]).await;
     farm.assert_all_acked(workers).await;
+}
+
+/// The worker that split a job is busy with another job, and the two
+/// workers that take its two segments, one each, read by ranges and
+/// have nothing of the input at their first part: neither claims the
+/// audio part at its start; the one that stores the last segment finds
+/// the audio part all that is missing, claims it and encodes it, and the
+/// job completes with its audio.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_no_worker_with_the_input_takes_a_part_the_last_segment_s_task_encodes_the_audio() {
+    let farm = Farm::s3(&[SLOW_ALLOWED]).await;
+    let input = fixtures::h264_aac_mp4_key_every_second(8);
+    farm.put_input("in/audio.mp4", &input).await;
+    farm.put_input("in/busy.mp4", &fixtures::h264_mp4(12)).await;
+    let mut watch = farm.watch_progress().await;
+    let json_log = [("LOG_FORMAT", "json")];
+    let splitter = farm.spawn_worker(&json_log);
+    listening(&splitter).await;
+    farm.publish_job(json!({"job_id": "last", "input_key": "in/audio.mp4",
+        "output_key": "out/audio.mp4", "transcode_options": slow(40), "segment_seconds": 4}))
+        .await;
+    // Queued before the part tasks: the splitter takes it next (15 s).
+    farm.publish_job(json!({"job_id": "busy", "input_key": "in/busy.mp4",
+        "output_key": "out/busy.mp4", "transcode_options": slow(50)}))
+        .await;
+    wait_for_value(JOB_TIMEOUT, "the splitter on the other job", || async {
+        json_lines(&splitter, "job started")
+            .iter()
+            .any(|v| v["span"]["job_id"] == "busy")
+            .then_some(())
+    })
+    .await;
+    assert!(splitter.logs().contains("split the job"));
+    // Each takes one of the two segments (4 s at 40 ms a frame: both
+    // are delivered while both are busy).
+    let workers = [farm.spawn_worker(&json_log), farm.spawn_worker(&json_log)];
+    let last = watch.until_final("last", JOB_TIMEOUT).await;
+    let logs = || format!("{}\n{}", workers[0].logs(), workers[1].logs());
+    assert_eq!(last.state, Phase::Completed, "{last:#?}\n{}", logs());
+    let (a, b) = (
+        stored_by(&workers[0], "last"),
+        stored_by(&workers[1], "last"),
+    );
+    let video = |parts: &[String]| parts.iter().filter(|p| p.starts_with('v')).count();
+    assert_eq!(
+        (video(&a), video(&b)),
+        (1, 1),
+        "one segment each\n{}",
+        logs()
+    );
+    let audio_by: Vec<&WorkerProc> = workers
+        .iter()
+        .filter(|w| stored_by(w, "last").contains(&"audio".to_string()))
+        .collect();
+    assert_eq!(
+        audio_by.len(),
+        1,
+        "one worker encodes the audio\n{}",
+        logs()
+    );
+    assert!(
+        audio_by[0].logs().contains(
+            "every video segment is stored and no task carries the audio part: encoding it here"
+        ),
+        "{}",
+        audio_by[0].logs()
+    );
+    assert!(
+        stored_by(&splitter, "last").is_empty(),
+        "{}",
+        splitter.logs()
+    );
+    let output = farm.get_output("out/audio.mp4").await.expect("the output");
+    let starts: Vec<f64> = segment_starts(&[&workers[0], &workers[1]])
+        .values()
+        .copied()
+        .collect();
+    assert_joined_like_the_input(&input, &output, &starts);
+    assert_progress_never_goes_back(&watch.of("last"));
+    assert_nothing_left(&farm, &["last"]).await;
+    let busy = watch.until_final("busy", JOB_TIMEOUT).await;
+    assert_eq!(busy.state, Phase::Completed);
+    let [a, b] = workers;
+    farm.assert_all_acked(vec![splitter, a, b]).await;
+}
+
+/// The worker that split a job claims the audio part with its first
+/// segment and dies once both are encoded, before they are stored: the
+/// task goes to another worker, reading by ranges, which encodes that
+/// segment and the audio part (the claim goes with the task), and the
+/// job completes with its audio.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audio_claimed_by_a_worker_that_dies_goes_with_its_task() {
+    let farm = Farm::s3(&[]).await;
+    let input = fixtures::h264_aac_mp4_key_every_second(12);
+    farm.put_input("in/claim.mp4", &input).await;
+    let mut watch = farm.watch_progress().await;
+    farm.publish_job(json!({"job_id": "claim", "input_key": "in/claim.mp4",
+        "output_key": "out/claim.mp4", "transcode_options": FAST, "segment_seconds": 4}))
+        .await;
+    let crash = [
+        ("LOG_FORMAT", "json"),
+        ("TRANSCODE_WORKER__CRASH_AFTER", "transcoding"),
+    ];
+    let mut first = farm.spawn_worker(&crash);
+    assert!(
+        !first.wait_exit(JOB_TIMEOUT).await.success(),
+        "it crashed on purpose"
+    );
+    let encoding: Vec<String> = (first.logs().lines())
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| v["message"].as_str().map(str::to_string))
+        .filter(|m| m.starts_with("encoding "))
+        .collect();
+    assert_eq!(encoding.len(), 1, "{}", first.logs());
+    assert!(
+        encoding[0].ends_with(" and the audio part"),
+        "the splitter carries the audio: {encoding:?}"
+    );
+    let lost = encoding[0]
+        .trim_start_matches("encoding ")
+        .trim_end_matches(" and the audio part")
+        .to_string();
+    let second = farm.spawn_worker(&[("LOG_FORMAT", "json")]);
+    let last = watch.until_final("claim", JOB_TIMEOUT).await;
+    assert_eq!(last.state, Phase::Completed, "{last:#?}\n{}", second.logs());
+    assert!(
+        second
+            .logs()
+            .contains(&format!("encoding {lost} and the audio part")),
+        "the task that carried the audio carries it again\n{}",
+        second.logs()
+    );
+    assert_eq!(
+        stored_by(&second, "claim")
+            .iter()
+            .filter(|p| *p == "audio")
+            .count(),
+        1
+    );
+    let output = farm.get_output("out/claim.mp4").await.expect("the output");
+    let starts: Vec<f64> = segment_starts(&[&second]).values().copied().collect();
+    assert_joined_like_the_input(&input, &output, &starts);
+    assert_progress_never_goes_back(&watch.of("claim"));
+    assert_nothing_left(&farm, &["claim"]).await;
+    farm.assert_all_acked(vec![second]).await;
 }

@@ -149,3 +149,29 @@ async fn unfinished_uploads_of_earlier_attempts_are_aborted() {
     assert_eq!(unfinished(bucket.clone()).await, ["v/out.mp4.bak"]);
     assert_eq!(storage.head("v/out.mp4").await.unwrap().unwrap().size, 17);
 }
+
+/// A create-if-absent (`If-None-Match: *`, what the claims of segmented
+/// jobs use) has one winner when many ask at once, as on S3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_if_absent_has_one_winner_when_many_ask_at_once() {
+    let s3 = shared_s3();
+    let bucket = s3.random_bucket().await;
+    let storage = Storage::from_settings(&settings_for(s3, &bucket.name(), "5s").storage).unwrap();
+    for round in 0..5 {
+        let key = format!("claims/{round}.json");
+        let asks = (0..16).map(|i| {
+            let (storage, key) = (&storage, &key);
+            async move { storage.put_small_new(key, format!("{i}").as_bytes()).await }
+        });
+        let won: Vec<bool> = futures_util::future::join_all(asks)
+            .await
+            .into_iter()
+            .map(|r| r.expect("a put"))
+            .collect();
+        assert_eq!(
+            won.iter().filter(|w| **w).count(),
+            1,
+            "round {round}: {won:?}"
+        );
+    }
+}

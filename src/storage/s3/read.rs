@@ -5,6 +5,11 @@
 use super::*;
 
 impl S3Store {
+    /// Whether it can presign URLs (not with anonymous credentials).
+    pub(in crate::storage) fn presigns(&self) -> bool {
+        self.uploads.is_some()
+    }
+
     /// A URL that reads `key` (ranges too) for `secs` seconds; `None` with
     /// anonymous credentials, which cannot presign.
     pub(in crate::storage) async fn presign_get(
@@ -12,7 +17,7 @@ impl S3Store {
         key: &str,
         secs: u32,
     ) -> Result<Option<String>, StorageError> {
-        if self.uploads.is_none() {
+        if !self.presigns() {
             return Ok(None);
         }
         let (_, transfer, inner) = self.route(key);

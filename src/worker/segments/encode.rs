@@ -38,31 +38,28 @@ impl Worker {
             ));
         }
         let stored = objects.stored_parts(plan).await?;
-        let todo: Vec<Part> = plan
-            .made_by(part)
-            .into_iter()
-            .filter(|p| !stored.contains(p))
-            .collect();
+        let mut made = plan.made_by(part);
+        if self.carries_audio(plan, job, part, &stored).await? {
+            made.push(Part::Audio);
+        }
+        let todo: Vec<Part> = made.into_iter().filter(|p| !stored.contains(p)).collect();
         if todo.is_empty() {
             tracing::info!(
                 "{part} is stored already (an earlier attempt made it); not encoding it again"
             );
         } else {
-            let base: f64 = stored.iter().map(|p| plan.weight(*p)).sum();
-            let share = PartShare {
-                part: part.name(),
-                segment: match part {
-                    Part::Video(i) => Some(i),
-                    Part::Audio => None,
-                },
-                segments: plan.cuts.len() as u32,
-                base,
-                weight: todo.iter().map(|p| plan.weight(*p)).sum(),
-            };
-            let reporter = reporter.clone().for_part(share);
-            self.encode_parts(plan, job, &todo, &reporter).await?;
+            self.encode_share(plan, job, part, &stored, &todo, reporter)
+                .await?;
         }
-        let stored = objects.stored_parts(plan).await?;
+        let mut stored = objects.stored_parts(plan).await?;
+        if stored.len() < plan.parts().len() && self.takes_audio_last(plan, part, &stored).await? {
+            tracing::info!(
+                "every video segment is stored and no task carries the audio part: encoding it here"
+            );
+            self.encode_share(plan, job, part, &stored, &[Part::Audio], reporter)
+                .await?;
+            stored = objects.stored_parts(plan).await?;
+        }
         if stored.len() < plan.parts().len() {
             return Ok(PartEnd::Stored);
         }
@@ -76,6 +73,89 @@ impl Worker {
         self.join(plan, job, attempt, reporter)
             .await
             .map(PartEnd::Joined)
+    }
+
+    /// Whether the task of `part` encodes the audio part beside its own
+    /// (when the plan has it go by claim and it is not `stored`): this
+    /// task holds the claim (an earlier attempt of it made it), or makes
+    /// it now because this worker has the input here (it split the job,
+    /// or ran an earlier part of it) or reads it whole (then the first
+    /// task to start claims it). A worker reading the input by ranges so
+    /// leaves the audio part, which reads all of it, to the worker that
+    /// split the job, unless that one takes no part before its own second.
+    async fn carries_audio(
+        &self,
+        plan: &SegmentPlan,
+        job: &Job,
+        part: Part,
+        stored: &[Part],
+    ) -> Result<bool, JobError> {
+        if !plan.audio_by_claim || stored.contains(&Part::Audio) || part == Part::Audio {
+            return Ok(false);
+        }
+        let objects = self.objects();
+        if let Some(claim) = objects.audio_claim(plan).await? {
+            return Ok(claim.by == part.name());
+        }
+        let info = ObjectInfo {
+            size: plan.input_size,
+            version: plan.input_version.clone(),
+            metadata: Vec::new(),
+        };
+        if self.reads_by_ranges() && !self.inputs.holds(&job.input_key, &info) {
+            return Ok(false);
+        }
+        let claim = AudioClaim::new(part, &self.id);
+        Ok(objects.claim_audio(plan, &claim).await?.by == claim.by)
+    }
+
+    /// Whether the task of `part`, its own parts stored, encodes the audio
+    /// part now: it is all that is missing and no task has claimed it (no
+    /// worker with the input here took a part, and none took a second),
+    /// and this task wins the claim.
+    async fn takes_audio_last(
+        &self,
+        plan: &SegmentPlan,
+        part: Part,
+        stored: &[Part],
+    ) -> Result<bool, JobError> {
+        let missing: Vec<Part> = (plan.parts().into_iter())
+            .filter(|p| !stored.contains(p))
+            .collect();
+        let objects = self.objects();
+        if !plan.audio_by_claim
+            || missing != [Part::Audio]
+            || objects.audio_claim(plan).await?.is_some()
+        {
+            return Ok(false);
+        }
+        let claim = AudioClaim::new(part, &self.id);
+        Ok(objects.claim_audio(plan, &claim).await?.by == claim.by)
+    }
+
+    /// Encodes `todo` for the task of `part`, its progress the share of
+    /// the job they are (`stored` done before).
+    async fn encode_share(
+        &self,
+        plan: &SegmentPlan,
+        job: &Job,
+        part: Part,
+        stored: &[Part],
+        todo: &[Part],
+        reporter: &Reporter,
+    ) -> Result<(), JobError> {
+        let share = PartShare {
+            part: part.name(),
+            segment: match part {
+                Part::Video(i) => Some(i),
+                Part::Audio => None,
+            },
+            segments: plan.cuts.len() as u32,
+            base: stored.iter().map(|p| plan.weight(*p)).sum(),
+            weight: todo.iter().map(|p| plan.weight(*p)).sum(),
+        };
+        let reporter = reporter.clone().for_part(share);
+        self.encode_parts(plan, job, todo, &reporter).await
     }
 
     /// Encodes `parts` of `plan` (one part, or a video segment and the

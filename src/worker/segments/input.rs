@@ -46,9 +46,8 @@ impl Worker {
     }
 
     /// Whether this worker's parts read their input by ranges.
-    fn reads_by_ranges(&self) -> bool {
-        self.settings.segments.fetch_input == FetchInput::Ranges
-            && matches!(self.storage, Storage::S3(_))
+    pub(super) fn reads_by_ranges(&self) -> bool {
+        self.settings.segments.fetch_input == FetchInput::Ranges && self.storage.presigns()
     }
 
     /// The input `key` (as `info` describes it) on this machine: kept from

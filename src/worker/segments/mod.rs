@@ -47,7 +47,7 @@ use crate::rendition::{sizing, Encoding, Target};
 use crate::segment::input::LocalInput;
 use crate::segment::objects::extension;
 use crate::segment::plan::{cut, unsegmentable};
-use crate::segment::{Done, End, Ending, Objects, Part, PartTask, SegmentPlan};
+use crate::segment::{AudioClaim, Done, End, Ending, Objects, Part, PartTask, SegmentPlan};
 use crate::storage::{ObjectInfo, Storage, Transferred};
 
 mod cleanup;
@@ -235,11 +235,12 @@ impl Worker {
             frame_ns: scan.frame_ns,
             cuts,
             audio_beside: None,
+            audio_by_claim: false,
             left_out,
             split_by: self.id.clone(),
             created_at: crate::job::now_rfc3339(),
         };
-        segment_plan.carry_audio_in_first_task();
+        segment_plan.carry_audio_by_claim();
         objects.write_plan(&segment_plan).await?;
         // The parts' events go out in order through the job's mark; a
         // job whose split is redone (its ack lost) keeps the mark it has.

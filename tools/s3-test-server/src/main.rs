@@ -9,6 +9,11 @@
 //! algorithm), a delay no real deployment has and one that would swamp the
 //! per-job cost the benchmarks measure.
 //!
+//! s3s-fs checks a conditional `PutObject` (`If-None-Match: *`, `If-Match`)
+//! and then writes, so two such requests for one key at the same moment
+//! could both succeed; this server runs conditional puts one at a time,
+//! so a create-if-absent has one winner, as on S3, MinIO and Garage.
+//!
 //! The s3s-fs library has no `ListMultipartUploads`; this server adds it:
 //! it notes each multipart upload it starts (bucket, key, id, time) until
 //! it is completed or aborted, and lists them by bucket and key prefix. The
@@ -55,6 +60,8 @@ struct Opt {
 struct Store {
     fs: s3s_fs::FileSystem,
     uploads: Mutex<Vec<Upload>>,
+    /// Held by a conditional put from its check to its write.
+    conditional: tokio::sync::Mutex<()>,
 }
 
 /// A multipart upload started and not yet completed or aborted.
@@ -102,12 +109,22 @@ s3_impl! {
         list_buckets: ListBucketsInput => ListBucketsOutput,
         list_objects: ListObjectsInput => ListObjectsOutput,
         list_objects_v2: ListObjectsV2Input => ListObjectsV2Output,
-        put_object: PutObjectInput => PutObjectOutput,
         upload_part: UploadPartInput => UploadPartOutput,
         upload_part_copy: UploadPartCopyInput => UploadPartCopyOutput,
         list_parts: ListPartsInput => ListPartsOutput,
     }
     own {
+        async fn put_object(
+            &self,
+            req: S3Request<PutObjectInput>,
+        ) -> S3Result<S3Response<PutObjectOutput>> {
+            if req.input.if_none_match.is_some() || req.input.if_match.is_some() {
+                let _one_at_a_time = self.conditional.lock().await;
+                return self.fs.put_object(req).await;
+            }
+            self.fs.put_object(req).await
+        }
+
         async fn create_multipart_upload(
             &self,
             req: S3Request<CreateMultipartUploadInput>,
@@ -191,6 +208,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut builder = S3ServiceBuilder::new(Store {
         fs,
         uploads: Mutex::new(Vec::new()),
+        conditional: tokio::sync::Mutex::new(()),
     });
     if let (Some(access_key), Some(secret_key)) = (opt.access_key, opt.secret_key) {
         builder.set_auth(SimpleAuth::from_single(access_key, secret_key));
