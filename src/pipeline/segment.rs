@@ -51,6 +51,10 @@ impl From<PathBuf> for PartInput {
     }
 }
 
+/// How far past a segment's end its seek lets the demuxer go, ns: frames
+/// of the segment may follow later ones in decoding order.
+const STOP_AFTER_NS: u64 = 1_000_000_000;
+
 /// One video segment to encode.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VideoSpec {
@@ -188,6 +192,7 @@ pub fn encode_video(
     let sink = video.static_pad("sink").expect("a branch has a sink");
     keep_segment(&sink, timeline.clone(), &pipeline);
     let weak = pipeline.downgrade();
+    let t = timeline.clone();
     decode.connect_pad_added(move |_, pad| {
         let Some(pipeline) = weak.upgrade() else {
             return;
@@ -196,6 +201,7 @@ pub fn encode_video(
         if raw && !sink.is_linked() && pad.link(&sink).is_ok() {
             let _ = pipeline.post_message(app(LINKED));
         } else {
+            end_with_segment(pad, t.clone());
             discard(&pipeline, pad);
         }
     });
@@ -210,13 +216,23 @@ pub fn encode_video(
         // Sent up from the decoder (the muxer downstream has no time to
         // seek in). An accurate seek keeps the stream times of the frames
         // what they are without a seek; a key-unit seek moves them.
+        // It stops a second after the segment's end, so the demuxer
+        // does not read on (and, by ranges, fetch) while the encoder
+        // finishes: the probe has ended the segment by then.
+        let stop = spec
+            .until_ns
+            .map(|u| gst::ClockTime::from_nseconds(u + STOP_AFTER_NS));
         let seek = gst::event::Seek::new(
             1.0,
             gst::SeekFlags::FLUSH | gst::SeekFlags::ACCURATE,
             gst::SeekType::Set,
-            gst::ClockTime::from_nseconds(seek),
-            gst::SeekType::None,
-            gst::ClockTime::NONE,
+            Some(gst::ClockTime::from_nseconds(seek)),
+            if stop.is_some() {
+                gst::SeekType::Set
+            } else {
+                gst::SeekType::None
+            },
+            stop,
         );
         let decoder = video.static_pad("sink").and_then(|p| p.peer());
         if !decoder.is_some_and(|p| p.send_event(seek)) {
@@ -505,6 +521,21 @@ fn keep_segment(sink: &gst::Pad, timeline: Shared, pipeline: &gst::Pipeline) {
             gst::PadProbeReturn::Ok
         },
     );
+}
+
+/// Ends the stream of `pad` (one the part does not encode) once the
+/// segment's last frame has passed, so the demuxer stops reading the
+/// input there instead of going on to its end for this stream (which, on
+/// an input read by ranges, would fetch it).
+fn end_with_segment(pad: &gst::Pad, timeline: Shared) {
+    pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+        if !lock(&timeline).done {
+            return gst::PadProbeReturn::Ok;
+        }
+        drop(info.take_buffer());
+        info.flow_res = Err(gst::FlowError::Eos);
+        gst::PadProbeReturn::Handled
+    });
 }
 
 /// Takes a probe's buffer or event out of the stream. (`Handled` with the
