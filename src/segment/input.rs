@@ -157,17 +157,7 @@ impl InputCache {
             stall,
         )
         .await?;
-        let kept = Kept {
-            key: key.to_string(),
-            version,
-            path: local.path,
-            whole: true,
-            folder,
-            used: Instant::now(),
-        };
-        let held = kept.held();
-        self.kept().push(kept);
-        Ok(held)
+        Ok(self.keep(key, version, local.path, true, folder))
     }
 
     /// The input `key` (as `info` describes it) for a part that reads it
@@ -197,17 +187,31 @@ impl InputCache {
         self.make_room();
         scratch.check_free_space(info.size, reserve_mb)?;
         let folder = Arc::new(scratch.attempt_folder()?);
+        let path = folder.path().to_path_buf();
+        Ok(self.keep(key, version, path, false, folder))
+    }
+
+    /// Keeps `path` in `folder` as the input `key` of `version` (`whole`,
+    /// or a folder of blocks), held by the part that asked.
+    fn keep(
+        &self,
+        key: &str,
+        version: String,
+        path: PathBuf,
+        whole: bool,
+        folder: Arc<TempDir>,
+    ) -> LocalInput {
         let kept = Kept {
             key: key.to_string(),
             version,
-            path: folder.path().to_path_buf(),
-            whole: false,
+            path,
+            whole,
             folder,
             used: Instant::now(),
         };
         let held = kept.held();
         self.kept().push(kept);
-        Ok(held)
+        held
     }
 
     /// Whether this worker has the input `key` (as `info` describes it)

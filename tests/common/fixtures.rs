@@ -122,28 +122,26 @@ pub fn h264_mp4_video_only(secs: u32) -> PathBuf {
     make("h264_mp4_video_only", secs, "mp4", p)
 }
 
-/// H.264 (x264, 320x240) in MP4 without audio, a key frame every second:
-/// `.mp4` (each segment of a segmented job starts on a key frame, so a
-/// part reads little of the input before its segment).
-pub fn h264_mp4_key_every_second(secs: u32) -> PathBuf {
-    let mut p = video_src(secs * FPS, 320, 240, "smpte");
-    p.extend(tokens(&format!(
-        "! x264enc speed-preset=ultrafast threads=1 key-int-max={FPS} ! h264parse ! mp4mux ! filesink"
-    )));
-    make("h264_mp4_key_every_second", secs, "mp4", p)
-}
-
-/// H.264 (x264, 320x240) + AAC audio (44.1 kHz stereo) in MP4, a key
-/// frame every second: `.mp4`.
-pub fn h264_aac_mp4_key_every_second(secs: u32) -> PathBuf {
+/// H.264 (x264, 320x240) in MP4, a key frame every second, with AAC
+/// audio (44.1 kHz stereo) when `audio`: `.mp4` (each segment of a
+/// segmented job starts on a key frame, so a part reads little of the
+/// input before its segment).
+pub fn h264_mp4_key_every_second(secs: u32, audio: bool) -> PathBuf {
     let frames = secs * FPS;
     let mut p = video_src(frames, 320, 240, "smpte");
     p.extend(tokens(&format!(
         "! x264enc speed-preset=ultrafast threads=1 key-int-max={FPS} ! h264parse ! queue ! mp4mux name=mux ! filesink"
     )));
-    p.extend(audio_src(frames, 44100));
-    p.extend(tokens("! avenc_aac ! queue ! mux."));
-    make("h264_aac_mp4_key_every_second", secs, "mp4", p)
+    if audio {
+        p.extend(audio_src(frames, 44100));
+        p.extend(tokens("! avenc_aac ! queue ! mux."));
+    }
+    let name = if audio {
+        "h264_aac_mp4_key_every_second"
+    } else {
+        "h264_mp4_key_every_second"
+    };
+    make(name, secs, "mp4", p)
 }
 
 /// MPEG-4 Part 2 video (320x240), two audio tracks, MPEG-1 Layer II at

@@ -90,7 +90,7 @@ async fn ranged(storage: &Storage, key: &str, blocks: &Path) -> Ranged {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_segment_read_by_ranges_is_the_segment_read_from_the_file_and_fetches_its_blocks_once() {
     let farm = Farm::s3(&[]).await;
-    let input = fixtures::h264_mp4_key_every_second(20);
+    let input = fixtures::h264_mp4_key_every_second(20, false);
     farm.put_input("in/ranged.mp4", &input).await;
     let storage = Storage::from_settings(&farm.settings.storage).expect("the storage");
     let dir = tempfile::tempdir().expect("a folder");
@@ -152,7 +152,7 @@ async fn a_segment_read_by_ranges_is_the_segment_read_from_the_file_and_fetches_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reading_by_ranges_fails_with_the_reason_when_the_input_is_gone_changed_or_unreachable() {
     let farm = Farm::s3(&[]).await;
-    let input = fixtures::h264_mp4_key_every_second(20);
+    let input = fixtures::h264_mp4_key_every_second(20, false);
     farm.put_input("in/ranged.mp4", &input).await;
     let storage = Storage::from_settings(&farm.settings.storage).expect("the storage");
     let dir = tempfile::tempdir().expect("a folder");
@@ -271,7 +271,7 @@ async fn listening(worker: &WorkerProc) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_reading_by_ranges_encode_a_job_and_the_other_fetches_part_of_the_input() {
     let farm = Farm::s3(&[SLOW_ALLOWED]).await;
-    let input = fixtures::h264_aac_mp4_key_every_second(20);
+    let input = fixtures::h264_mp4_key_every_second(20, true);
     let size = std::fs::metadata(&input).expect("the fixture").len();
     farm.put_input("in/long.mp4", &input).await;
     let mut watch = farm.watch_progress().await;
@@ -348,7 +348,7 @@ async fn two_workers_reading_by_ranges_encode_a_job_and_the_other_fetches_part_o
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_no_worker_with_the_input_takes_a_part_the_last_segment_s_task_encodes_the_audio() {
     let farm = Farm::s3(&[SLOW_ALLOWED]).await;
-    let input = fixtures::h264_aac_mp4_key_every_second(8);
+    let input = fixtures::h264_mp4_key_every_second(8, true);
     farm.put_input("in/audio.mp4", &input).await;
     farm.put_input("in/busy.mp4", &fixtures::h264_mp4(12)).await;
     let mut watch = farm.watch_progress().await;
@@ -431,7 +431,7 @@ async fn when_no_worker_with_the_input_takes_a_part_the_last_segment_s_task_enco
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_audio_claimed_by_a_worker_that_dies_goes_with_its_task() {
     let farm = Farm::s3(&[]).await;
-    let input = fixtures::h264_aac_mp4_key_every_second(12);
+    let input = fixtures::h264_mp4_key_every_second(12, true);
     farm.put_input("in/claim.mp4", &input).await;
     let mut watch = farm.watch_progress().await;
     farm.publish_job(json!({"job_id": "claim", "input_key": "in/claim.mp4",

@@ -105,8 +105,13 @@ impl Worker {
         if self.reads_by_ranges() && !self.inputs.holds(&job.input_key, &info) {
             return Ok(false);
         }
+        self.claim_audio(plan, part).await
+    }
+
+    /// Claims the audio part for the task of `part`: whether it won.
+    async fn claim_audio(&self, plan: &SegmentPlan, part: Part) -> Result<bool, JobError> {
         let claim = AudioClaim::new(part, &self.id);
-        Ok(objects.claim_audio(plan, &claim).await?.by == claim.by)
+        Ok(self.objects().claim_audio(plan, &claim).await?.by == claim.by)
     }
 
     /// Whether the task of `part`, its own parts stored, encodes the audio
@@ -129,8 +134,7 @@ impl Worker {
         {
             return Ok(false);
         }
-        let claim = AudioClaim::new(part, &self.id);
-        Ok(objects.claim_audio(plan, &claim).await?.by == claim.by)
+        self.claim_audio(plan, part).await
     }
 
     /// Encodes `todo` for the task of `part`, its progress the share of
