@@ -17,8 +17,9 @@
 //!   variants checked and aligned, their playlists and the master
 //!   playlist written;
 //! - [`run_part`] (parts.rs): the pipelines of segmented jobs (scan.rs,
-//!   segment.rs, join.rs), each run to its end by bus.rs; a part reads
-//!   its input from a local file or from S3 by byte ranges (ranged.rs).
+//!   segment.rs, join.rs; what a part is asked and reports in
+//!   part_spec.rs), each run to its end by bus.rs; a part reads its input
+//!   from a local file or from S3 by byte ranges (ranged.rs).
 //!
 //! The worker owns the source, decoder, muxer and sink; file paths are set
 //! as element properties, never pasted into launch text; the job only
@@ -29,6 +30,7 @@ mod bus;
 mod join;
 mod outputs;
 mod package;
+mod part_spec;
 mod parts;
 mod probe;
 mod ranged;
@@ -51,11 +53,11 @@ use crate::rendition::Target;
 pub use build::{transcode, Transcoded};
 pub use join::{JoinSpec, Joined, PartFile};
 pub use package::finish;
+pub use part_spec::{AudioSpec, EncodedAudio, EncodedVideo, PartInput, VideoSpec};
 pub use parts::{run_part, PartOutcome, PartRequest};
 pub use probe::probe;
 pub use ranged::Ranged;
 pub use scan::Scan;
-pub use segment::{AudioSpec, EncodedAudio, EncodedVideo, PartInput, VideoSpec};
 pub use tracks::{Span, TrackKind, Written, WrittenTrack};
 pub use verify::verify;
 

@@ -15,8 +15,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::join::{JoinSpec, Joined};
+use super::part_spec::{AudioSpec, EncodedAudio, EncodedVideo, VideoSpec};
 use super::scan::Scan;
-use super::segment::{AudioSpec, EncodedAudio, EncodedVideo, VideoSpec};
 use crate::error::JobError;
 
 /// What the pipeline process is asked to do for a segmented job.
