@@ -20,12 +20,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Channel, Connection};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use crate::broker::{private_queue, Broker};
+use crate::broker::{private_queue, publish_json, Broker};
 use crate::config::{redact_url, BrokerSettings};
 use crate::status::{Status, WorkerInfo};
 
@@ -188,24 +187,12 @@ async fn respond_on_channel(
         }
         let mut info = status.snapshot();
         info.capable = request.requires.map(|r| status.can_run(&r));
-        let body = serde_json::to_vec(&info).expect("worker info serializes");
-        let mut properties = BasicProperties::default()
-            .with_content_type("application/json".into())
-            .with_delivery_mode(1);
+        let mut properties = BasicProperties::default().with_delivery_mode(1);
         if let Some(id) = delivery.properties.correlation_id() {
             properties = properties.with_correlation_id(id.clone());
         }
         tracing::debug!(?command, "answering a control request");
-        if let Err(e) = channel
-            .basic_publish(
-                "".into(),
-                reply_to,
-                BasicPublishOptions::default(),
-                &body,
-                properties,
-            )
-            .await
-        {
+        if let Err(e) = publish_json(&channel, "", reply_to.as_str(), &info, properties).await {
             return Err(e.to_string());
         }
     }
@@ -220,15 +207,7 @@ async fn publish_request(
     request: &Request,
     properties: BasicProperties,
 ) -> Result<(), lapin::Error> {
-    let body = serde_json::to_vec(request).expect("a request serializes");
-    channel
-        .basic_publish(
-            exchange.into(),
-            "".into(),
-            BasicPublishOptions::default(),
-            &body,
-            properties.with_content_type("application/json".into()),
-        )
+    publish_json(channel, exchange, "", request, properties)
         .await
         .map(|_| ())
 }

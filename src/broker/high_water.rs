@@ -27,14 +27,12 @@
 
 use std::time::Duration;
 
-use lapin::options::{
-    BasicAckOptions, BasicGetOptions, BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions,
-};
+use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel};
 use serde::{Deserialize, Serialize};
 
-use super::{Broker, BrokerError};
+use super::{progress_properties, publish_json, Broker, BrokerError};
 use crate::job::Progress;
 
 /// How many times a worker tries to take a mark another holds, and how
@@ -205,19 +203,14 @@ async fn take_and_publish(
             .map(|m| m.percent)
             .unwrap_or(0.0);
         event.progress = event.progress.max(mark);
-        let body = serde_json::to_vec(&*event).expect("progress serializes");
-        let properties = BasicProperties::default()
-            .with_content_type("application/json".into())
-            .with_delivery_mode(if persistent { 2 } else { 1 });
-        channel
-            .basic_publish(
-                exchange.into(),
-                "".into(),
-                BasicPublishOptions::default(),
-                &body,
-                properties,
-            )
-            .await?;
+        publish_json(
+            channel,
+            exchange,
+            "",
+            &*event,
+            progress_properties(persistent),
+        )
+        .await?;
         put_mark(channel, queue, event.progress).await?;
         channel
             .basic_ack(message.delivery.delivery_tag, BasicAckOptions::default())
@@ -231,15 +224,8 @@ async fn take_and_publish(
 /// Publishes the mark `percent` to `queue` on `channel` (in its
 /// transaction).
 async fn put_mark(channel: &Channel, queue: &str, percent: f64) -> Result<(), lapin::Error> {
-    let body = serde_json::to_vec(&Mark { percent }).expect("a mark serializes");
-    channel
-        .basic_publish(
-            "".into(),
-            queue.into(),
-            BasicPublishOptions::default(),
-            &body,
-            BasicProperties::default().with_delivery_mode(2),
-        )
+    let persistent = BasicProperties::default().with_delivery_mode(2);
+    publish_json(channel, "", queue, &Mark { percent }, persistent)
         .await
         .map(|_| ())
 }

@@ -48,11 +48,19 @@ use secrecy::ExposeSecret;
 pub use dead_letters::{DeadLetterMessage, DeadLetters, RequeueError, Requeued, REFRESH_AT};
 pub use delivery::{dead_letter_headers, string_headers, DeadLetter, Delivery};
 pub use high_water::InOrder;
-pub use queues::{declare_fanout, private_queue, queue_depths, waiting_queues, QueueDepths};
+pub use queues::{
+    declare_fanout, private_queue, publish_json, queue_depths, waiting_queues, QueueDepths,
+};
 pub use topology::{jobs_queue_arguments, Argument, QueueSpec, Topology};
 
 use crate::config::{redact_url, BrokerSettings, Settings};
 use crate::job::Progress;
+
+/// The properties of a progress event: persistent when it must survive
+/// a broker restart (a final event, or one confirmed).
+fn progress_properties(persistent: bool) -> BasicProperties {
+    BasicProperties::default().with_delivery_mode(if persistent { 2 } else { 1 })
+}
 
 /// A broker failure.
 #[derive(Debug, thiserror::Error)]
@@ -272,21 +280,15 @@ impl Broker {
         progress: &Progress,
         confirm: bool,
     ) -> Result<(), BrokerError> {
-        let body = serde_json::to_vec(progress).expect("progress serializes");
-        let properties = BasicProperties::default()
-            .with_content_type("application/json".into())
-            .with_delivery_mode(if confirm { 2 } else { 1 });
-        let pending = self
-            .publish_channel()
-            .basic_publish(
-                self.settings.progress_exchange.as_str().into(),
-                "".into(),
-                BasicPublishOptions::default(),
-                &body,
-                properties,
-            )
-            .await
-            .map_err(|e| self.amqp(e))?;
+        let pending = publish_json(
+            &self.publish_channel(),
+            &self.settings.progress_exchange,
+            "",
+            progress,
+            progress_properties(confirm),
+        )
+        .await
+        .map_err(|e| self.amqp(e))?;
         if confirm {
             let confirmation = pending.await.map_err(|e| self.amqp(e))?;
             if !confirmation.is_ack() {

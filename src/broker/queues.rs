@@ -1,15 +1,17 @@
 //! Queues read or made on a channel, outside any one connection's
 //! life: how many messages wait in each, private queues bound to a
 //! fanout exchange (progress and control observers), the fanout exchanges
-//! themselves, and the stream of requirements that no live worker meets.
+//! themselves, the stream of requirements that no live worker meets, and
+//! JSON messages published on a channel.
 
 use std::time::Duration;
 
 use lapin::options::{
-    BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicConsumeOptions, BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{Channel, ExchangeKind};
+use lapin::{BasicProperties, Channel, ExchangeKind, PublisherConfirm};
 
 use crate::capability::WaitingQueue;
 
@@ -157,6 +159,29 @@ pub async fn declare_fanout(channel: &Channel, name: &str) -> Result<(), lapin::
                 ..Default::default()
             },
             FieldTable::default(),
+        )
+        .await
+}
+
+/// Publishes `value` as JSON (content type `application/json`, the rest
+/// of `properties` as given) to `exchange` with `routing_key` on
+/// `channel`; the confirm, on a channel in confirm mode, is the caller's
+/// to await.
+pub async fn publish_json<T: serde::Serialize + ?Sized>(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    value: &T,
+    properties: BasicProperties,
+) -> Result<PublisherConfirm, lapin::Error> {
+    let body = serde_json::to_vec(value).expect("a message serializes");
+    channel
+        .basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            BasicPublishOptions::default(),
+            &body,
+            properties.with_content_type("application/json".into()),
         )
         .await
 }

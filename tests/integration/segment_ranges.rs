@@ -77,14 +77,19 @@ async fn encode(input: PartInput, output: PathBuf) -> Result<EncodedVideo, JobEr
 /// into the block folder `blocks`.
 async fn ranged(storage: &Storage, key: &str, blocks: &Path) -> Ranged {
     let info = storage.head(key).await.expect("a head").expect("the input");
-    let url = storage.presign_get(key, 600).await.expect("presigned");
     Ranged {
-        url: url.expect("the farm's credentials presign"),
+        url: url_of(storage, key).await,
         size: info.size,
         etag: info.version,
         blocks: blocks.to_path_buf(),
         block_size: BLOCK,
     }
+}
+
+/// A presigned URL of `key` of `storage`.
+async fn url_of(storage: &Storage, key: &str) -> String {
+    let url = storage.presign_get(key, 600).await.expect("presigned");
+    url.expect("the farm's credentials presign")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -179,13 +184,11 @@ async fn reading_by_ranges_fails_with_the_reason_when_the_input_is_gone_changed_
     let larger = fixtures::h264_mp4(20);
     assert!(std::fs::metadata(&larger).expect("a fixture").len() > source.size);
     farm.put_input("in/ranged.mp4", &larger).await;
-    let mut changed = source.clone();
-    changed.url = storage
-        .presign_get("in/ranged.mp4", 600)
-        .await
-        .expect("presigned")
-        .expect("a URL");
-    changed.blocks = dir.path().join("b2");
+    let changed = Ranged {
+        url: url_of(&storage, "in/ranged.mp4").await,
+        blocks: dir.path().join("b2"),
+        ..source.clone()
+    };
     let e = encode(PartInput::Ranged(changed), out("changed.mp4"))
         .await
         .expect_err("a changed input");
@@ -198,13 +201,11 @@ async fn reading_by_ranges_fails_with_the_reason_when_the_input_is_gone_changed_
     let mut settings = farm.settings.clone();
     settings.storage.endpoint = format!("http://127.0.0.1:{}", free_port());
     let nowhere = Storage::from_settings(&settings.storage).expect("a storage");
-    let mut unreachable = source;
-    unreachable.url = nowhere
-        .presign_get("in/ranged.mp4", 600)
-        .await
-        .expect("presigned")
-        .expect("a URL");
-    unreachable.blocks = dir.path().join("b3");
+    let unreachable = Ranged {
+        url: url_of(&nowhere, "in/ranged.mp4").await,
+        blocks: dir.path().join("b3"),
+        ..source
+    };
     let e = encode(PartInput::Ranged(unreachable), out("unreachable.mp4"))
         .await
         .expect_err("an unreachable storage");
