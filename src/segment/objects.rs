@@ -12,6 +12,10 @@
 //!
 //! Everything of a job goes when it ends, `plan.json` last, so a part
 //! task that finds no plan knows its job has ended.
+//!
+//! The claims need a create-if-absent with one winner; a worker asks the
+//! storage once ([`Objects::claims_flaw`]), under `~probe/` (`~` is in no
+//! job id; a probe left behind is removed with abandoned jobs' leftovers).
 
 use std::time::{Duration, SystemTime};
 
@@ -194,9 +198,10 @@ impl<'a> Objects<'a> {
     }
 
     /// Writes `claim` under `key` unless a claim is there, and returns the
-    /// claim that holds. It is read back, so a retried request that
-    /// created it, or a server that ignores the condition, still tells
-    /// one winner.
+    /// claim that holds. It is read back, so a request retried after it
+    /// created the claim still tells its winner. A server that ignores the
+    /// condition could tell two workers each that it holds theirs, so
+    /// segmented jobs run whole on such storage ([`Objects::claims_flaw`]).
     async fn claim<T: Serialize + serde::de::DeserializeOwned>(
         &self,
         key: &str,
@@ -209,6 +214,19 @@ impl<'a> Objects<'a> {
                 "the claim {key:?} is missing right after it was made"
             ))
         })
+    }
+
+    /// Why the storage cannot settle the claims (its create-if-absent can
+    /// have more than one winner), or `None` when it can
+    /// ([`Storage::create_if_absent_flaw`], under `~probe/`).
+    pub async fn claims_flaw(&self) -> Result<Option<String>, StorageError> {
+        let folder = format!("{}~probe/", self.prefix);
+        let key = format!("{folder}{}.json", uuid::Uuid::new_v4().simple());
+        let flaw = self.storage.create_if_absent_flaw(&key).await?;
+        if let Err(e) = self.storage.remove_empty_folder(&folder).await {
+            tracing::debug!(error = %e, "could not remove the probe's folder");
+        }
+        Ok(flaw)
     }
 
     /// Whether `key` is one of these objects.
@@ -467,6 +485,27 @@ mod tests {
         assert!(!segments.join("job-2").exists());
         assert!(storage.list("_transcode/").await.unwrap().is_empty());
         assert_eq!(objects.plan("job-1").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn the_directory_backend_settles_claims_and_its_probe_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::Directory(DirStore::new(dir.path()).unwrap());
+        let objects = Objects::new(&storage, "_transcode/segments/");
+        assert_eq!(objects.claims_flaw().await.unwrap(), None);
+        assert!(storage.list("_transcode/").await.unwrap().is_empty());
+        assert!(!dir.path().join("_transcode/segments/~probe").exists());
+        // A probe left behind (its worker died) is an abandoned job's
+        // leftovers: found and removed.
+        storage
+            .put_small("_transcode/segments/~probe/x.json", b"{}")
+            .await
+            .unwrap();
+        let old = objects.abandoned(Duration::ZERO).await.unwrap();
+        assert_eq!(old.len(), 1);
+        assert_eq!((old[0].job_id.as_str(), &old[0].plan), ("~probe", &None));
+        objects.remove("~probe").await.unwrap();
+        assert!(storage.list("_transcode/").await.unwrap().is_empty());
     }
 
     #[test]

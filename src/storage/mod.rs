@@ -46,7 +46,14 @@ pub enum StorageError {
     /// A local file operation failed.
     #[error("local file error: {0}")]
     Local(String),
+    /// The storage does not implement a request the worker made (S3
+    /// `NotImplemented`, HTTP 501).
+    #[error("not supported by the storage: {0}")]
+    Unsupported(String),
 }
+
+/// Creates of one key asked at once by [`Storage::create_if_absent_flaw`].
+pub const PROBE_CREATES: usize = 8;
 
 impl StorageError {
     /// Whether retrying the same operation may succeed.
@@ -61,7 +68,7 @@ impl From<StorageError> for JobError {
             StorageError::NotFound { .. } => ErrorKind::InputNotFound,
             StorageError::InvalidKey { .. } => ErrorKind::InvalidJob,
             StorageError::Unavailable(_) => ErrorKind::StorageUnavailable,
-            StorageError::Local(_) => ErrorKind::Internal,
+            StorageError::Local(_) | StorageError::Unsupported(_) => ErrorKind::Internal,
         };
         JobError::new(kind, e.to_string())
     }
@@ -245,14 +252,49 @@ impl Storage {
 
     /// Stores the small object `bytes` under `key` only if there is no
     /// object there yet: `true` when this call made it. S3 asks with
-    /// `If-None-Match: *` (AWS S3, MinIO and most servers honour it); the
-    /// directory backend links the file into place, which fails when one
-    /// is there. Callers that must know who won read the object back.
+    /// `If-None-Match: *` (AWS S3 honours it since August 2024; some
+    /// servers ignore it, Garage 2.5.0 among them, and some refuse it:
+    /// [`Storage::create_if_absent_flaw`] tells); the directory backend
+    /// links the file into place, which fails when one is there. Callers
+    /// that must know who won read the object back.
     pub async fn put_small_new(&self, key: &str, bytes: &[u8]) -> Result<bool, StorageError> {
         match self {
             Storage::S3(s) => s.put_small_new(key, bytes, "application/json").await,
             Storage::Directory(d) => d.put_small_new(key, bytes).await,
         }
+    }
+
+    /// Why a create-if-absent ([`Storage::put_small_new`]) on this storage
+    /// can have more than one winner, or `None` when it has one: asks
+    /// [`PROBE_CREATES`] creates of `key` (a key no one else uses) at
+    /// once, counts the winners, and removes the object. A storage that
+    /// ignores `If-None-Match` lets them all win; one that refuses it
+    /// answers `NotImplemented`.
+    pub async fn create_if_absent_flaw(&self, key: &str) -> Result<Option<String>, StorageError> {
+        let asks = (0..PROBE_CREATES).map(|_| self.put_small_new(key, b"{}"));
+        let answers = futures_util::future::join_all(asks).await;
+        if let Err(e) = self.delete(key).await {
+            tracing::debug!(error = %e, key, "could not remove the create-if-absent probe");
+        }
+        let mut won = 0;
+        for answer in answers {
+            match answer {
+                Ok(true) => won += 1,
+                Ok(false) => {}
+                Err(StorageError::Unsupported(why)) => {
+                    return Ok(Some(format!(
+                        "the storage refuses a create-if-absent (If-None-Match: *): {why}"
+                    )))
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((won != 1).then(|| {
+            format!(
+                "{won} of {PROBE_CREATES} create-if-absent requests (If-None-Match: *) made at once for one key succeeded, \
+                 so the storage ignores the condition"
+            )
+        }))
     }
 
     /// The small object `key` (at most `limit` bytes), or `None` when

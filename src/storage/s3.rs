@@ -358,6 +358,15 @@ impl S3Store {
             match request.execute().await {
                 Ok(_) => Ok(true),
                 Err(S3Error::HttpFailWithBody(412, _)) => Ok(false),
+                Err(S3Error::HttpFailWithBody(status, body))
+                    if status == 501 || s3_error_code(&body) == "NotImplemented" =>
+                {
+                    Err(StorageError::Unsupported(format!(
+                        "{} answered HTTP {status} ({}) to a PUT with If-None-Match",
+                        self.describe(),
+                        s3_error_code(&body)
+                    )))
+                }
                 Err(e) => Err(self.error(key, e)),
             }
         })

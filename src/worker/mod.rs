@@ -76,6 +76,9 @@ pub struct Worker {
     history: Option<crate::history::History>,
     /// The inputs kept for the parts of segmented jobs.
     inputs: crate::segment::InputCache,
+    /// Why the storage cannot settle segmented jobs' claims (`None`: it
+    /// can), once asked.
+    claims_flaw: tokio::sync::OnceCell<Option<String>>,
     /// The queues of jobs waiting for capable workers that this worker has
     /// learnt of (from the requirements stream or its own moves).
     waiting: Mutex<BTreeSet<WaitingQueue>>,
@@ -156,6 +159,7 @@ impl Worker {
             capabilities,
             history,
             inputs: crate::segment::InputCache::new(usize::from(settings_concurrency)),
+            claims_flaw: tokio::sync::OnceCell::new(),
             waiting: Mutex::new(BTreeSet::new()),
             exit_when_idle,
         }))

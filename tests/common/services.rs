@@ -717,6 +717,8 @@ pub struct S3Server {
 
 struct LocalS3 {
     bin: PathBuf,
+    /// Extra command-line flags.
+    flags: Vec<String>,
     port: u16,
     dir: TempDir,
     proc: ServiceProcess,
@@ -725,6 +727,23 @@ struct LocalS3 {
 impl S3Server {
     /// Starts a private `s3-test-server` and waits until it accepts connections.
     pub fn start() -> S3Server {
+        S3Server::start_with(&[])
+    }
+
+    /// Starts a private `s3-test-server` that ignores `If-None-Match` and
+    /// `If-Match` on writes, as servers without conditional writes do.
+    pub fn start_ignoring_conditional_writes() -> S3Server {
+        S3Server::start_with(&["--conditional-writes", "ignore"])
+    }
+
+    /// Starts a private `s3-test-server` that refuses writes with
+    /// `If-None-Match` or `If-Match` (`NotImplemented`).
+    pub fn start_refusing_conditional_writes() -> S3Server {
+        S3Server::start_with(&["--conditional-writes", "refuse"])
+    }
+
+    /// Starts a private `s3-test-server` with extra command-line `flags`.
+    fn start_with(flags: &[&str]) -> S3Server {
         let mut failures = String::new();
         for attempt in 1..=3 {
             let dir = new_temp_dir("test-s3-server-");
@@ -738,6 +757,7 @@ impl S3Server {
                 region: "us-east-1".into(),
                 local: Some(LocalS3 {
                     bin: s3_server_bin(),
+                    flags: flags.iter().map(|f| f.to_string()).collect(),
                     port,
                     dir,
                     proc: ServiceProcess::new(),
@@ -803,6 +823,7 @@ impl S3Server {
             .arg(&self.access_key)
             .arg("--secret-key")
             .arg(&self.secret_key)
+            .args(&local.flags)
             .arg(local.dir.path().join("data"))
             .env(
                 "RUST_LOG",

@@ -15,7 +15,8 @@ use serde_json::{json, Value};
 use transcode_worker::error::ErrorKind;
 use transcode_worker::job::{Phase, Progress};
 
-use crate::common::farm::{Farm, WorkerProc};
+use crate::common::farm::{Farm, Rabbit, WorkerProc};
+use crate::common::services::{shared_rabbit, S3Server};
 use crate::common::{
     fixtures, process_name, run_with_timeout, signal, wait_for_value, DEFAULT_TIMEOUT,
 };
@@ -1019,6 +1020,54 @@ async fn jobs_that_cannot_be_segmented_run_whole() {
         assert!(worker.logs().contains(why), "{id}: no {why:?} in the log");
     }
     assert_nothing_left(&farm, &["w-outputs", "w-hls", "w-rate", "w-avi", "w-short"]).await;
+    farm.assert_all_acked(vec![worker]).await;
+}
+
+/// On S3 storage that ignores create-if-absent (`If-None-Match: *` on a
+/// put), as Garage 2.5.0 does, a segmented job's workers could not agree
+/// which of them joins it: the worker finds that out once, by asking, and
+/// runs such jobs whole, saying why; its question leaves nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_storage_that_ignores_create_if_absent_segmented_jobs_run_whole() {
+    let s3 = S3Server::start_ignoring_conditional_writes();
+    let farm = Farm::s3_on(Rabbit::Shared(shared_rabbit()), &s3, &[]).await;
+    let input = fixtures::h264_mp4(8);
+    farm.put_input("in/g.mp4", &input).await;
+    let mut watch = farm.watch_progress().await;
+    let worker = farm.spawn_worker(&[]);
+    for id in ["g-1", "g-2"] {
+        farm.publish_job(
+            json!({"job_id": id, "input_key": "in/g.mp4", "segment_seconds": 2,
+            "output_key": format!("out/{id}.mp4"), "transcode_options": FAST}),
+        )
+        .await;
+        let last = watch.until_final(id, JOB_TIMEOUT).await;
+        assert_eq!(
+            last.state,
+            Phase::Completed,
+            "{id}: {last:#?}\n{}",
+            worker.logs()
+        );
+        assert!(
+            watch.of(id).iter().all(|e| e.part.is_none()),
+            "{id} ran in parts"
+        );
+        let output = farm
+            .get_output(&format!("out/{id}.mp4"))
+            .await
+            .expect("the output");
+        assert_eq!(decoded_frames(&output), decoded_frames(&input), "{id}");
+    }
+    let logs = worker.logs();
+    let why = "running the job whole: 8 of 8 create-if-absent requests (If-None-Match: *) made at once for one key succeeded, so the storage ignores the condition";
+    assert_eq!(logs.matches(why).count(), 2, "{logs}");
+    assert_eq!(
+        logs.matches("segmented jobs will run whole on this storage")
+            .count(),
+        1,
+        "the storage is asked once: {logs}"
+    );
+    assert_nothing_left(&farm, &["g-1", "g-2"]).await;
     farm.assert_all_acked(vec![worker]).await;
 }
 

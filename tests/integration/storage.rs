@@ -175,3 +175,35 @@ async fn a_create_if_absent_has_one_winner_when_many_ask_at_once() {
         );
     }
 }
+
+/// A worker finds out whether the storage settles a create-if-absent with
+/// one winner before it relies on it: a server that honours
+/// `If-None-Match: *` gives one winner of eight asking at once, one that
+/// ignores it (as Garage 2.5.0 does) gives eight, one that refuses it
+/// answers `NotImplemented`; the object asked for is removed either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storage_that_ignores_create_if_absent_is_found_out() {
+    let ignoring = S3Server::start_ignoring_conditional_writes();
+    let refusing = S3Server::start_refusing_conditional_writes();
+    let cases = [
+        (shared_s3(), None),
+        (&ignoring, Some(["8 of 8 create-if-absent requests (If-None-Match: *) made at once for one key succeeded, so the storage ignores the condition", ""])),
+        (&refusing, Some(["the storage refuses a create-if-absent (If-None-Match: *): ", "answered HTTP 501 (NotImplemented) to a PUT with If-None-Match"])),
+    ];
+    for (s3, flaw) in cases {
+        let bucket = s3.random_bucket().await;
+        let storage =
+            Storage::from_settings(&settings_for(s3, &bucket.name(), "5s").storage).unwrap();
+        let found = storage.create_if_absent_flaw("probe/1.json").await.unwrap();
+        match (flaw, &found) {
+            (None, None) => {}
+            (Some([start, end]), Some(found))
+                if found.starts_with(start) && found.ends_with(end) => {}
+            _ => panic!("{}: found {found:?}, expected {flaw:?}", s3.endpoint()),
+        }
+        assert!(
+            storage.list("").await.unwrap().is_empty(),
+            "the probe is removed"
+        );
+    }
+}

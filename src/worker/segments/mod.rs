@@ -79,6 +79,23 @@ impl Worker {
         Objects::new(&self.storage, &self.settings.segments.prefix)
     }
 
+    /// Why the storage cannot settle a segmented job's claims (which
+    /// worker joins it, which encodes its audio), or `None`; asked once
+    /// (a failure to ask is not kept: the job is retried).
+    async fn claims_flaw(&self) -> Result<Option<String>, JobError> {
+        let flaw = self
+            .claims_flaw
+            .get_or_try_init(|| async {
+                let flaw = self.objects().claims_flaw().await?;
+                if let Some(why) = &flaw {
+                    tracing::warn!("segmented jobs will run whole on this storage: {why}");
+                }
+                Ok::<_, JobError>(flaw)
+            })
+            .await?;
+        Ok(flaw.clone())
+    }
+
     /// The segment length `job` is encoded in, if it is segmented: its own
     /// `segment_seconds`, or `segments.seconds` when the worker splits
     /// inputs longer than `segments.auto_above` and the job's
@@ -122,6 +139,11 @@ impl Worker {
         };
         if let Some(why) = unsegmentable(&encoding.video) {
             return Ok(Split::Whole(why));
+        }
+        if let Some(why) = self.claims_flaw().await? {
+            return Ok(Split::Whole(format!(
+                "{why}: the workers of a segmented job could not agree which of them joins it"
+            )));
         }
         let storage = &self.storage;
         let Some(info) = storage.head(&job.input_key).await? else {

@@ -12,7 +12,12 @@
 //! s3s-fs checks a conditional `PutObject` (`If-None-Match: *`, `If-Match`)
 //! and then writes, so two such requests for one key at the same moment
 //! could both succeed; this server runs conditional puts one at a time,
-//! so a create-if-absent has one winner, as on S3, MinIO and Garage.
+//! so a create-if-absent has one winner, as on AWS S3. With
+//! `--conditional-writes ignore` it drops those two headers from every
+//! `PutObject` instead, as servers without conditional writes do (Garage
+//! 2.5.0 answers 200 to every such put), and with `refuse` it answers
+//! such puts `NotImplemented`, as other servers do, so the tests can see
+//! what the worker does on such storage.
 //!
 //! The s3s-fs library has no `ListMultipartUploads`; this server adds it:
 //! it notes each multipart upload it starts (bucket, key, id, time) until
@@ -52,8 +57,21 @@ struct Opt {
     /// Secret key used for authentication (with --access-key).
     #[arg(long, requires = "access_key")]
     secret_key: Option<String>,
+    /// What to do with `If-None-Match` and `If-Match` on `PutObject`:
+    /// honour them, ignore them (write whatever is there) or refuse the
+    /// put (`NotImplemented`), as servers without conditional writes do.
+    #[arg(long, value_enum, default_value = "honour")]
+    conditional_writes: Conditional,
     /// Root directory of stored data.
     root: PathBuf,
+}
+
+/// `--conditional-writes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Conditional {
+    Honour,
+    Ignore,
+    Refuse,
 }
 
 /// The s3s-fs file system plus the list of unfinished multipart uploads.
@@ -62,6 +80,8 @@ struct Store {
     uploads: Mutex<Vec<Upload>>,
     /// Held by a conditional put from its check to its write.
     conditional: tokio::sync::Mutex<()>,
+    /// `--conditional-writes`.
+    conditional_writes: Conditional,
 }
 
 /// A multipart upload started and not yet completed or aborted.
@@ -116,8 +136,23 @@ s3_impl! {
     own {
         async fn put_object(
             &self,
-            req: S3Request<PutObjectInput>,
+            mut req: S3Request<PutObjectInput>,
         ) -> S3Result<S3Response<PutObjectOutput>> {
+            let conditional = req.input.if_none_match.is_some() || req.input.if_match.is_some();
+            match self.conditional_writes {
+                Conditional::Honour => {}
+                Conditional::Ignore => {
+                    req.input.if_none_match = None;
+                    req.input.if_match = None;
+                }
+                Conditional::Refuse if conditional => {
+                    return Err(s3s::s3_error!(
+                        NotImplemented,
+                        "A header you provided implies functionality that is not implemented."
+                    ));
+                }
+                Conditional::Refuse => {}
+            }
             if req.input.if_none_match.is_some() || req.input.if_match.is_some() {
                 let _one_at_a_time = self.conditional.lock().await;
                 return self.fs.put_object(req).await;
@@ -209,6 +244,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         fs,
         uploads: Mutex::new(Vec::new()),
         conditional: tokio::sync::Mutex::new(()),
+        conditional_writes: opt.conditional_writes,
     });
     if let (Some(access_key), Some(secret_key)) = (opt.access_key, opt.secret_key) {
         builder.set_auth(SimpleAuth::from_single(access_key, secret_key));
