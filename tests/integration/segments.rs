@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use transcode_worker::error::ErrorKind;
 use transcode_worker::job::{Phase, Progress};
 
-use crate::common::farm::{Farm, Rabbit, WorkerProc};
+use crate::common::farm::{Farm, ProgressWatch, Rabbit, WorkerProc};
 use crate::common::services::{shared_rabbit, S3Server};
 use crate::common::{
     fixtures, process_name, run_with_timeout, signal, wait_for_value, DEFAULT_TIMEOUT,
@@ -961,6 +961,30 @@ async fn mov_and_webm_outputs_are_joined_frame_for_frame() {
     farm.assert_all_acked(vec![worker]).await;
 }
 
+/// Publishes `job`, waits for it to complete, and checks that no event of
+/// it came from a part (it ran whole); returns its id.
+async fn completes_whole(
+    farm: &Farm,
+    watch: &mut ProgressWatch,
+    worker: &WorkerProc,
+    job: Value,
+) -> String {
+    let id = job["job_id"].as_str().expect("a job id").to_string();
+    farm.publish_job(job).await;
+    let last = watch.until_final(&id, JOB_TIMEOUT).await;
+    assert_eq!(
+        last.state,
+        Phase::Completed,
+        "{id}: {last:#?}\n{}",
+        worker.logs()
+    );
+    assert!(
+        watch.of(&id).iter().all(|e| e.part.is_none()),
+        "{id} ran in parts"
+    );
+    id
+}
+
 /// Jobs that cannot be segmented run whole, with `segment_seconds` set:
 /// one with two `outputs`, one HLS package, one whose video branch
 /// changes the frame rate (`videorate`), one whose AVI input gives its
@@ -1004,19 +1028,7 @@ async fn jobs_that_cannot_be_segmented_run_whole() {
         ),
     ];
     for (job, why) in &jobs {
-        let id = job["job_id"].as_str().unwrap();
-        farm.publish_job(job.clone()).await;
-        let last = watch.until_final(id, JOB_TIMEOUT).await;
-        assert_eq!(
-            last.state,
-            Phase::Completed,
-            "{id}: {last:#?}\n{}",
-            worker.logs()
-        );
-        assert!(
-            watch.of(id).iter().all(|e| e.part.is_none()),
-            "{id} ran in parts"
-        );
+        let id = completes_whole(&farm, &mut watch, &worker, job.clone()).await;
         assert!(worker.logs().contains(why), "{id}: no {why:?} in the log");
     }
     assert_nothing_left(&farm, &["w-outputs", "w-hls", "w-rate", "w-avi", "w-short"]).await;
@@ -1036,22 +1048,9 @@ async fn on_storage_that_ignores_create_if_absent_segmented_jobs_run_whole() {
     let mut watch = farm.watch_progress().await;
     let worker = farm.spawn_worker(&[]);
     for id in ["g-1", "g-2"] {
-        farm.publish_job(
-            json!({"job_id": id, "input_key": "in/g.mp4", "segment_seconds": 2,
-            "output_key": format!("out/{id}.mp4"), "transcode_options": FAST}),
-        )
-        .await;
-        let last = watch.until_final(id, JOB_TIMEOUT).await;
-        assert_eq!(
-            last.state,
-            Phase::Completed,
-            "{id}: {last:#?}\n{}",
-            worker.logs()
-        );
-        assert!(
-            watch.of(id).iter().all(|e| e.part.is_none()),
-            "{id} ran in parts"
-        );
+        let job = json!({"job_id": id, "input_key": "in/g.mp4", "segment_seconds": 2,
+            "output_key": format!("out/{id}.mp4"), "transcode_options": FAST});
+        completes_whole(&farm, &mut watch, &worker, job).await;
         let output = farm
             .get_output(&format!("out/{id}.mp4"))
             .await
