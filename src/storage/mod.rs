@@ -289,12 +289,17 @@ impl Storage {
                 Err(e) => return Err(e),
             }
         }
-        Ok((won != 1).then(|| {
-            format!(
+        Ok(match won {
+            1 => None,
+            0 => Some(format!(
+                "none of {PROBE_CREATES} create-if-absent requests (If-None-Match: *) made at once for one new key succeeded, \
+                 where one should"
+            )),
+            _ => Some(format!(
                 "{won} of {PROBE_CREATES} create-if-absent requests (If-None-Match: *) made at once for one key succeeded, \
                  so the storage ignores the condition"
-            )
-        }))
+            )),
+        })
     }
 
     /// The small object `key` (at most `limit` bytes), or `None` when

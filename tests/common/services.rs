@@ -742,6 +742,12 @@ impl S3Server {
         S3Server::start_with(&["--conditional-writes", "refuse"])
     }
 
+    /// Starts a private `s3-test-server` that fails every write with
+    /// `If-None-Match` or `If-Match` (`PreconditionFailed`), object or not.
+    pub fn start_failing_conditional_writes() -> S3Server {
+        S3Server::start_with(&["--conditional-writes", "fail"])
+    }
+
     /// Starts a private `s3-test-server` with extra command-line `flags`.
     fn start_with(flags: &[&str]) -> S3Server {
         let mut failures = String::new();

@@ -184,14 +184,17 @@ async fn a_create_if_absent_has_one_winner_when_many_ask_at_once() {
 /// one winner before it relies on it: a server that honours
 /// `If-None-Match: *` gives one winner of eight asking at once, one that
 /// ignores it (as Garage 2.5.0 does) gives eight, one that refuses it
-/// answers `NotImplemented`; the object asked for is removed either way.
+/// answers `NotImplemented`, one that fails it whatever is there gives
+/// none; the object asked for is removed either way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_storage_that_ignores_create_if_absent_is_found_out() {
     let ignoring = S3Server::start_ignoring_conditional_writes();
     let refusing = S3Server::start_refusing_conditional_writes();
+    let failing = S3Server::start_failing_conditional_writes();
     let cases = [
         (shared_s3(), None),
         (&ignoring, Some(["8 of 8 create-if-absent requests (If-None-Match: *) made at once for one key succeeded, so the storage ignores the condition", ""])),
+        (&failing, Some(["none of 8 create-if-absent requests (If-None-Match: *) made at once for one new key succeeded, where one should", ""])),
         (&refusing, Some(["the storage refuses a create-if-absent (If-None-Match: *): ", "answered HTTP 501 (NotImplemented) to a PUT with If-None-Match"])),
     ];
     for (s3, flaw) in cases {

@@ -1,3 +1,5 @@
+//! Unit tests of `objects`, on the directory backend.
+
 use super::*;
 use crate::storage::directory::DirStore;
 

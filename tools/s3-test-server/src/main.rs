@@ -15,9 +15,10 @@
 //! so a create-if-absent has one winner, as on AWS S3. With
 //! `--conditional-writes ignore` it drops those two headers from every
 //! `PutObject` instead, as servers without conditional writes do (Garage
-//! 2.5.0 answers 200 to every such put), and with `refuse` it answers
-//! such puts `NotImplemented`, as other servers do, so the tests can see
-//! what the worker does on such storage.
+//! 2.5.0 answers 200 to every such put), with `refuse` it answers such
+//! puts `NotImplemented`, and with `fail` `PreconditionFailed` whether the
+//! object is there or not, as other servers do, so the tests can see what
+//! the worker does on such storage.
 //!
 //! The s3s-fs library has no `ListMultipartUploads`; this server adds it:
 //! it notes each multipart upload it starts (bucket, key, id, time) until
@@ -58,8 +59,9 @@ struct Opt {
     #[arg(long, requires = "access_key")]
     secret_key: Option<String>,
     /// What to do with `If-None-Match` and `If-Match` on `PutObject`:
-    /// honour them, ignore them (write whatever is there) or refuse the
-    /// put (`NotImplemented`), as servers without conditional writes do.
+    /// honour them, ignore them (write whatever is there), refuse the put
+    /// (`NotImplemented`) or fail it (`PreconditionFailed`, object or
+    /// not), as servers without conditional writes do.
     #[arg(long, value_enum, default_value = "honour")]
     conditional_writes: Conditional,
     /// Root directory of stored data.
@@ -72,6 +74,7 @@ enum Conditional {
     Honour,
     Ignore,
     Refuse,
+    Fail,
 }
 
 /// The s3s-fs file system plus the list of unfinished multipart uploads.
@@ -151,7 +154,13 @@ s3_impl! {
                         "A header you provided implies functionality that is not implemented."
                     ));
                 }
-                Conditional::Refuse => {}
+                Conditional::Fail if conditional => {
+                    return Err(s3s::s3_error!(
+                        PreconditionFailed,
+                        "At least one of the pre-conditions you specified did not hold"
+                    ));
+                }
+                Conditional::Refuse | Conditional::Fail => {}
             }
             if req.input.if_none_match.is_some() || req.input.if_match.is_some() {
                 let _one_at_a_time = self.conditional.lock().await;
