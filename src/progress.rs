@@ -50,6 +50,7 @@ pub struct Reporter {
     last: Arc<Mutex<Last>>,
     status: Arc<AttemptStatus>,
     tracks_left_out: Arc<Mutex<Vec<String>>>,
+    ran_whole: Arc<Mutex<Option<String>>>,
     share: Option<Arc<PartShare>>,
     in_order: bool,
 }
@@ -94,6 +95,7 @@ impl Reporter {
                 sent_at: None,
             })),
             tracks_left_out: Arc::default(),
+            ran_whole: Arc::default(),
             share: None,
             in_order: false,
         }
@@ -130,6 +132,12 @@ impl Reporter {
             .tracks_left_out
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = tracks;
+    }
+
+    /// Records why a job that was to be encoded in segments runs whole,
+    /// for the `completed` event.
+    pub fn ran_whole(&self, why: String) {
+        *self.ran_whole.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
     }
 
     fn event(&self, state: Phase, percent: f64) -> Progress {
@@ -233,6 +241,11 @@ impl Reporter {
         event.output_keys = output_keys.to_vec();
         event.tracks_left_out = self
             .tracks_left_out
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        event.ran_whole = self
+            .ran_whole
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();

@@ -148,7 +148,7 @@ fn eta_text(event: &Progress) -> Option<String> {
 pub fn final_line(event: &Progress) -> String {
     match event.state {
         Phase::Completed => format!(
-            "completed {} on {} (attempt {}){}",
+            "completed {} on {} (attempt {}){}{}",
             event.job_id,
             event.worker,
             event.attempt,
@@ -156,6 +156,11 @@ pub fn final_line(event: &Progress) -> String {
                 .output_key
                 .as_deref()
                 .map(|k| format!(" -> {k}"))
+                .unwrap_or_default(),
+            event
+                .ran_whole
+                .as_deref()
+                .map(|why| format!(" (not in segments: {why})"))
                 .unwrap_or_default()
         ),
         Phase::Cancelled => format!(
@@ -322,6 +327,11 @@ mod tests {
         assert_eq!(
             final_line(&done),
             "completed job1 on host-a:1 (attempt 1) -> out/a.mp4"
+        );
+        done.ran_whole = Some("the input (3.0 s) is too short for two segments of 2 s".into());
+        assert_eq!(
+            final_line(&done),
+            "completed job1 on host-a:1 (attempt 1) -> out/a.mp4 (not in segments: the input (3.0 s) is too short for two segments of 2 s)"
         );
         let mut failed = event(Phase::Failed, 0.0);
         failed.error = Some("there is no input".into());

@@ -130,6 +130,11 @@ pub struct Progress {
     /// track is carried).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tracks_left_out: Vec<String>,
+    /// On completion of a job that was to be encoded in segments (its
+    /// `segment_seconds`, or the worker's `segments.auto_above`) and ran
+    /// whole: why (absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ran_whole: Option<String>,
     /// For a segmented job: the part this event is about (`v0003`, video
     /// segment 3, or `audio`); absent on the job's own events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -170,6 +175,7 @@ impl Progress {
             bytes_total: None,
             bytes_per_sec: None,
             tracks_left_out: Vec::new(),
+            ran_whole: None,
             part: None,
             segment: None,
             segments: None,

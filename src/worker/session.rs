@@ -402,7 +402,10 @@ impl Worker {
                 if let Some(seconds) = self.segmenting(&job) {
                     match self.split(&broker, &delivery, &attempt, seconds).await? {
                         Split::Queued => return Ok(None),
-                        Split::Whole(why) => tracing::info!("running the job whole: {why}"),
+                        Split::Whole(why) => {
+                            tracing::info!("running the job whole: {why}");
+                            reporter.ran_whole(why);
+                        }
                     }
                 }
                 attempt.run().await.map(Some)

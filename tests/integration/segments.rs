@@ -455,6 +455,7 @@ async fn two_workers_encode_the_segments_of_one_job_joined_frame_for_frame() {
     let logs = || format!("{}\n{}", workers[0].logs(), workers[1].logs());
     assert_eq!(last.state, Phase::Completed, "{last:#?}\n{}", logs());
     assert_eq!(last.output_keys, ["out/long.mp4"]);
+    assert_eq!(last.ran_whole, None, "it ran in parts");
 
     let events = watch.of("seg");
     let segments = events.iter().find_map(|e| e.segments).expect("part events");
@@ -628,6 +629,7 @@ async fn segmented_jobs_run_on_the_directory_backend() {
         .await;
     let last = watch.until_final("seg-dir", JOB_TIMEOUT).await;
     assert_eq!(last.state, Phase::Completed, "{last:#?}\n{}", worker.logs());
+    assert_eq!(last.ran_whole, None, "it ran in parts");
     for w in [&worker, &idle] {
         assert!(!w.logs().contains("fetching the input"), "{}", w.logs());
     }
@@ -962,7 +964,8 @@ async fn mov_and_webm_outputs_are_joined_frame_for_frame() {
 }
 
 /// Publishes `job`, waits for it to complete, and checks that no event of
-/// it came from a part (it ran whole); returns its id.
+/// it came from a part (it ran whole) and that its `completed` event says
+/// why it ran whole; returns that reason.
 async fn completes_whole(
     farm: &Farm,
     watch: &mut ProgressWatch,
@@ -982,7 +985,10 @@ async fn completes_whole(
         watch.of(&id).iter().all(|e| e.part.is_none()),
         "{id} ran in parts"
     );
-    id
+    let Some(why) = last.ran_whole.clone() else {
+        panic!("{id}: no ran_whole in {last:#?}");
+    };
+    why
 }
 
 /// Jobs that cannot be segmented run whole, with `segment_seconds` set:
@@ -1028,8 +1034,17 @@ async fn jobs_that_cannot_be_segmented_run_whole() {
         ),
     ];
     for (job, why) in &jobs {
-        let id = completes_whole(&farm, &mut watch, &worker, job.clone()).await;
-        assert!(worker.logs().contains(why), "{id}: no {why:?} in the log");
+        let id = &job["job_id"];
+        let ran_whole = completes_whole(&farm, &mut watch, &worker, job.clone()).await;
+        assert!(
+            ran_whole.contains(why),
+            "{id}: {ran_whole:?} is not {why:?}"
+        );
+        let logged = format!("running the job whole: {ran_whole}");
+        assert!(
+            worker.logs().contains(&logged),
+            "{id}: no {logged:?} in the log"
+        );
     }
     assert_nothing_left(&farm, &["w-outputs", "w-hls", "w-rate", "w-avi", "w-short"]).await;
     farm.assert_all_acked(vec![worker]).await;
@@ -1050,7 +1065,11 @@ async fn on_storage_that_ignores_create_if_absent_segmented_jobs_run_whole() {
     for id in ["g-1", "g-2"] {
         let job = json!({"job_id": id, "input_key": "in/g.mp4", "segment_seconds": 2,
             "output_key": format!("out/{id}.mp4"), "transcode_options": FAST});
-        completes_whole(&farm, &mut watch, &worker, job).await;
+        let ran_whole = completes_whole(&farm, &mut watch, &worker, job).await;
+        assert!(
+            ran_whole.starts_with("8 of 8 create-if-absent"),
+            "{ran_whole}"
+        );
         let output = farm
             .get_output(&format!("out/{id}.mp4"))
             .await
