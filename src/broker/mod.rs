@@ -29,6 +29,7 @@
 //! [`private_queue`], [`waiting_queues`]), and the dead-letter queue read back
 //! ([`Broker::peek_dead_letters`], [`Broker::requeue_dead_letter`]).
 
+mod claims;
 mod dead_letters;
 mod delivery;
 mod high_water;

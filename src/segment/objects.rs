@@ -16,6 +16,10 @@
 //! The claims need a create-if-absent with one winner; a worker asks the
 //! storage once ([`Objects::claims_flaw`]), under `~probe/` (`~` is in no
 //! job id; a probe left behind is removed with abandoned jobs' leftovers).
+//! Where the storage has more than one winner, the plans that worker
+//! makes settle their claims on the broker ([`Arbiter`],
+//! [`SegmentPlan::claims_on_broker`]), and the winner writes its claim
+//! here.
 
 use std::time::{Duration, SystemTime};
 
@@ -24,6 +28,8 @@ use serde::{Deserialize, Serialize};
 use super::plan::{Part, SegmentPlan};
 use crate::error::JobError;
 use crate::storage::{Storage, StorageError};
+
+pub use claims::Arbiter;
 
 /// Largest plan read, in bytes.
 const MAX_PLAN_BYTES: usize = 4 << 20;
@@ -133,10 +139,11 @@ pub struct Abandoned {
 }
 
 /// The objects of segmented jobs in a storage.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct Objects<'a> {
     storage: &'a Storage,
     prefix: &'a str,
+    arbiter: Option<Arbiter<'a>>,
 }
 
 fn broken(key: &str, e: impl std::fmt::Display) -> StorageError {
@@ -146,7 +153,18 @@ fn broken(key: &str, e: impl std::fmt::Display) -> StorageError {
 impl<'a> Objects<'a> {
     /// The objects under `prefix` of `storage`.
     pub fn new(storage: &'a Storage, prefix: &'a str) -> Objects<'a> {
-        Objects { storage, prefix }
+        Objects {
+            storage,
+            prefix,
+            arbiter: None,
+        }
+    }
+
+    /// These objects, settling the claims of plans whose claims go to the
+    /// broker with `arbiter` (without one, such claims fail).
+    pub fn with_arbiter(mut self, arbiter: Arbiter<'a>) -> Objects<'a> {
+        self.arbiter = Some(arbiter);
+        self
     }
 
     /// The folder of `job_id`'s objects.
@@ -195,38 +213,6 @@ impl<'a> Objects<'a> {
         serde_json::from_slice(&bytes)
             .map(Some)
             .map_err(|e| broken(key, e))
-    }
-
-    /// Writes `claim` under `key` unless a claim is there, and returns the
-    /// claim that holds. It is read back, so a request retried after it
-    /// created the claim still tells its winner. A server that ignores the
-    /// condition could tell two workers each that it holds theirs, so
-    /// segmented jobs run whole on such storage ([`Objects::claims_flaw`]).
-    async fn claim<T: Serialize + serde::de::DeserializeOwned>(
-        &self,
-        key: &str,
-        claim: &T,
-    ) -> Result<T, StorageError> {
-        let bytes = serde_json::to_vec(claim).expect("a claim serializes");
-        self.storage.put_small_new(key, &bytes).await?;
-        self.record(key).await?.ok_or_else(|| {
-            StorageError::Unavailable(format!(
-                "the claim {key:?} is missing right after it was made"
-            ))
-        })
-    }
-
-    /// Why the storage cannot settle the claims (its create-if-absent can
-    /// have more than one winner), or `None` when it can
-    /// ([`Storage::create_if_absent_flaw`], under `~probe/`).
-    pub async fn claims_flaw(&self) -> Result<Option<String>, StorageError> {
-        let folder = format!("{}~probe/", self.prefix);
-        let key = format!("{folder}{}.json", uuid::Uuid::new_v4().simple());
-        let flaw = self.storage.create_if_absent_flaw(&key).await?;
-        if let Err(e) = self.storage.remove_empty_folder(&folder).await {
-            tracing::debug!(error = %e, "could not remove the probe's folder");
-        }
-        Ok(flaw)
     }
 
     /// Whether `key` is one of these objects.
@@ -306,7 +292,7 @@ impl<'a> Objects<'a> {
     /// Claims the end of `plan`'s job with `claim`, unless a claim is
     /// there: returns the claim that holds (`claim` itself when it won).
     pub async fn claim_end(&self, plan: &SegmentPlan, claim: &End) -> Result<End, StorageError> {
-        self.claim(&self.end_key(plan), claim).await
+        self.claim(plan, "end", &self.end_key(plan), claim).await
     }
 
     /// The claim of the task that encodes the audio part of `plan`'s job,
@@ -325,7 +311,8 @@ impl<'a> Objects<'a> {
         plan: &SegmentPlan,
         claim: &AudioClaim,
     ) -> Result<AudioClaim, StorageError> {
-        self.claim(&self.audio_key(plan), claim).await
+        self.claim(plan, "audio", &self.audio_key(plan), claim)
+            .await
     }
 
     /// Replaces the claim (by its owner, e.g. a join that failed for good).
@@ -406,5 +393,6 @@ pub fn extension(muxer: &str) -> &'static str {
     }
 }
 
+mod claims;
 #[cfg(test)]
 mod tests;

@@ -149,6 +149,13 @@ pub struct SegmentPlan {
     /// which reads the whole input, runs where the input is when it can.
     #[serde(default)]
     pub audio_by_claim: bool,
+    /// The claims (the job's end, its audio part) are settled on the
+    /// broker, not by a create-if-absent in the storage, whose
+    /// create-if-absent can have more than one winner (see
+    /// [`crate::segment::objects::Objects::claims_flaw`]): the splitter
+    /// found that out, and every worker of the job follows it.
+    #[serde(default)]
+    pub claims_on_broker: bool,
     /// Input tracks the output does not carry, one sentence each.
     #[serde(default)]
     pub left_out: Vec<String>,
@@ -437,6 +444,7 @@ mod tests {
             cuts: cut(&scan(26, &[0.0, 11.0]), 10.0),
             audio_beside: None,
             audio_by_claim: false,
+            claims_on_broker: false,
             left_out: vec![],
             split_by: "w".into(),
             created_at: "t".into(),

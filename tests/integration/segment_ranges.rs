@@ -114,8 +114,13 @@ async fn a_segment_read_by_ranges_is_the_segment_read_from_the_file_and_fetches_
     .expect("the segment by ranges");
     assert_eq!(from_file.frames, 100, "4 s at 25 fps: {from_file:?}");
     assert_eq!(from_file.fetched, 0, "a file is not fetched");
+    // What was fetched differs, and so may the frames decoded past the
+    // segment's end: those the decoder had begun when it was told to
+    // stop depend on timing (this comparison failed once in a run beside
+    // other tests; its values were not kept).
     let (mut a, mut b) = (from_file.clone(), by_ranges.clone());
     (a.fetched, b.fetched) = (0, 0);
+    (a.decoded_after, b.decoded_after) = (0, 0);
     assert_eq!(a, b, "the same frames at the same times");
     // The same encoder (one thread) fed the same frames writes the same
     // packets.

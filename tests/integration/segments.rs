@@ -12,8 +12,12 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use transcode_worker::broker::Broker;
 use transcode_worker::error::ErrorKind;
 use transcode_worker::job::{Phase, Progress};
+use transcode_worker::segment::objects::Arbiter;
+use transcode_worker::segment::{End, Ending, Objects, Part, SegmentPlan};
+use transcode_worker::storage::Storage;
 
 use crate::common::farm::{Farm, ProgressWatch, Rabbit, WorkerProc};
 use crate::common::services::{shared_rabbit, S3Server};
@@ -1051,42 +1055,177 @@ async fn jobs_that_cannot_be_segmented_run_whole() {
 }
 
 /// On S3 storage that ignores create-if-absent (`If-None-Match: *` on a
-/// put), as Garage 2.5.0 does, a segmented job's workers could not agree
-/// which of them joins it: the worker finds that out once, by asking, and
-/// runs such jobs whole, saying why; its question leaves nothing behind.
+/// put), as Garage 2.5.0 does, the storage cannot tell a segmented job's
+/// workers which of them joins it: the worker that splits the job finds
+/// that out (once, by asking) and the job's claims are settled on the
+/// broker instead. Two workers encode its parts, one joins it, the output
+/// has every frame, and its question to the storage leaves nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_storage_that_ignores_create_if_absent_segmented_jobs_run_whole() {
+async fn on_storage_that_ignores_create_if_absent_the_claims_are_settled_on_the_broker() {
     let s3 = S3Server::start_ignoring_conditional_writes();
     let farm = Farm::s3_on(Rabbit::Shared(shared_rabbit()), &s3, &[]).await;
-    let input = fixtures::h264_mp4(8);
+    let input = fixtures::h264_mp4(12);
     farm.put_input("in/g.mp4", &input).await;
     let mut watch = farm.watch_progress().await;
-    let worker = farm.spawn_worker(&[]);
+    let json_log = [("LOG_FORMAT", "json")];
+    let workers = [farm.spawn_worker(&json_log), farm.spawn_worker(&json_log)];
+    let logs = || format!("{}\n{}", workers[0].logs(), workers[1].logs());
     for id in ["g-1", "g-2"] {
-        let job = json!({"job_id": id, "input_key": "in/g.mp4", "segment_seconds": 2,
-            "output_key": format!("out/{id}.mp4"), "transcode_options": FAST});
-        let ran_whole = completes_whole(&farm, &mut watch, &worker, job).await;
-        assert!(
-            ran_whole.starts_with("8 of 8 create-if-absent"),
-            "{ran_whole}"
-        );
+        farm.publish_job(
+            json!({"job_id": id, "input_key": "in/g.mp4", "segment_seconds": 2,
+            "output_key": format!("out/{id}.mp4"), "transcode_options": FAST}),
+        )
+        .await;
+        let last = watch.until_final(id, JOB_TIMEOUT).await;
+        assert_eq!(last.state, Phase::Completed, "{id}: {last:#?}\n{}", logs());
+        assert_eq!(last.ran_whole, None, "{id} ran in parts");
+        let events = watch.of(id);
+        let segments = events.iter().find_map(|e| e.segments).expect("part events");
+        assert!(segments >= 4, "{id}: 12 s in segments of 2 s: {segments}");
+        assert_eq!(encoders(&events).len(), segments as usize, "{id}");
+        assert_progress_never_goes_back(&events);
         let output = farm
             .get_output(&format!("out/{id}.mp4"))
             .await
             .expect("the output");
         assert_eq!(decoded_frames(&output), decoded_frames(&input), "{id}");
     }
-    let logs = worker.logs();
-    let why = "running the job whole: 8 of 8 create-if-absent requests (If-None-Match: *) made at once for one key succeeded, so the storage ignores the condition";
+    let logs = logs();
+    let why = "the job's claims are settled on the broker: 8 of 8 create-if-absent requests (If-None-Match: *) made at once for one key succeeded, so the storage ignores the condition";
     assert_eq!(logs.matches(why).count(), 2, "{logs}");
     assert_eq!(
-        logs.matches("segmented jobs will run whole on this storage")
+        logs.matches("the last part is stored; joining the job")
             .count(),
-        1,
-        "the storage is asked once: {logs}"
+        2,
+        "each job is joined once: {logs}"
     );
     assert_nothing_left(&farm, &["g-1", "g-2"]).await;
-    farm.assert_all_acked(vec![worker]).await;
+    farm.assert_all_acked(workers.into()).await;
+}
+
+/// On storage that ignores create-if-absent, the end claims of a plan
+/// whose claims go to the broker have one winner when 16 tasks claim at
+/// once, and every one of them is told the same winner; a winner that
+/// died before it wrote its claim to the storage leaves the others an
+/// error, never a second winner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_claims_settled_on_the_broker_have_one_winner_on_storage_that_ignores_conditions() {
+    let s3 = S3Server::start_ignoring_conditional_writes();
+    let farm = Farm::s3_on(Rabbit::Shared(shared_rabbit()), &s3, &[]).await;
+    let storage = Storage::from_settings(&farm.settings.storage).expect("the storage");
+    let broker = Broker::connect(&farm.settings, "claims test")
+        .await
+        .expect("a broker connection");
+    let arbiter = Arbiter {
+        broker: &broker,
+        expires: Duration::from_secs(600),
+    };
+    let objects = Objects::new(&storage, SEGMENTS_PREFIX).with_arbiter(arbiter);
+    for round in 0..5 {
+        let plan: SegmentPlan = serde_json::from_value(json!({
+            "plan_id": format!("p{round}"), "job_id": "claims", "message": "{}", "queue": "q",
+            "attempt": 1, "fingerprint": "f", "video": "x264enc", "audio": "a",
+            "muxer": "mp4mux", "input_size": 10, "media": {},
+            "frames": 100, "first_ns": 0, "end_ns": 4_000_000_000u64, "frame_ns": 40_000_000,
+            "cuts": [], "split_by": "w", "created_at": "t", "claims_on_broker": true
+        }))
+        .expect("a plan");
+        objects.write_plan(&plan).await.expect("the plan");
+        let claims: Vec<End> = (0..16)
+            .map(|i| End::new(Part::Video(i), Ending::Join, None, "w"))
+            .collect();
+        let asks = claims.iter().map(|c| objects.claim_end(&plan, c));
+        let told: Vec<End> = futures_util::future::join_all(asks)
+            .await
+            .into_iter()
+            .map(|r| r.expect("a claim"))
+            .collect();
+        let winners: BTreeSet<&str> = told.iter().map(|e| e.token.as_str()).collect();
+        assert_eq!(winners.len(), 1, "round {round}: {told:?}");
+        assert!(claims.contains(&told[0]), "round {round}");
+        assert_eq!(
+            objects.end(&plan).await.expect("a read"),
+            Some(told[0].clone())
+        );
+        objects.remove_claims_on_broker(&plan).await;
+    }
+    // A winner that died after the broker took its claim and before it
+    // wrote it to the storage: the next claimant waits for it, then fails
+    // with the reason (retried; the job ends as abandoned if it never
+    // comes), and is never told it won.
+    let plan: SegmentPlan = serde_json::from_value(json!({
+        "plan_id": "dead", "job_id": "claims", "message": "{}", "queue": "q",
+        "attempt": 1, "fingerprint": "f", "video": "x264enc", "audio": "a",
+        "muxer": "mp4mux", "input_size": 10, "media": {},
+        "frames": 100, "first_ns": 0, "end_ns": 4_000_000_000u64, "frame_ns": 40_000_000,
+        "cuts": [], "split_by": "w", "created_at": "t", "claims_on_broker": true
+    }))
+    .expect("a plan");
+    let dead = End::new(Part::Video(7), Ending::Join, None, "dead");
+    let body = serde_json::to_vec(&dead).expect("a claim");
+    assert!(broker
+        .claim_first("claims.dead.end", &body, Duration::from_secs(600))
+        .await
+        .expect("a claim"));
+    assert_eq!(objects.end(&plan).await.expect("a read"), None);
+    objects.write_plan(&plan).await.expect("the plan");
+    let late = End::new(Part::Video(1), Ending::Join, None, "w");
+    let e = objects
+        .claim_end(&plan, &late)
+        .await
+        .expect_err("no claim to be told");
+    assert!(e.is_transient(), "{e}");
+    assert!(
+        e.to_string()
+            .contains("its winner has not written it within 5s"),
+        "{e}"
+    );
+    assert_eq!(objects.end(&plan).await.expect("a read"), None);
+    // Once its job has ended (no plan), it fails at once.
+    objects.remove("claims").await.expect("removed");
+    let started = std::time::Instant::now();
+    let e = objects
+        .claim_end(&plan, &late)
+        .await
+        .expect_err("no claim to be told");
+    assert!(e.to_string().contains("its job has ended"), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(4), "{e}");
+    objects.remove_claims_on_broker(&plan).await;
+    objects.remove("claims").await.expect("removed");
+    broker.close().await;
+}
+
+/// A claim settled on the broker has one winner however many ask at once,
+/// and once it is removed it can be made again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_on_the_broker_has_one_winner_when_many_ask_at_once() {
+    let farm = Farm::s3(&[]).await;
+    let broker = Broker::connect(&farm.settings, "claims test")
+        .await
+        .expect("a broker connection");
+    let expires = Duration::from_secs(600);
+    let name = "job.plan.end";
+    for round in 0..5 {
+        let asks = (0..16).map(|i| {
+            let body = format!("{{\"by\":{i}}}");
+            let broker = &broker;
+            async move { broker.claim_first(name, body.as_bytes(), expires).await }
+        });
+        let won = futures_util::future::join_all(asks)
+            .await
+            .into_iter()
+            .filter(|won| *won.as_ref().expect("a claim"))
+            .count();
+        assert_eq!(won, 1, "round {round}");
+        assert!(!broker
+            .claim_first(name, b"{}", expires)
+            .await
+            .expect("a claim"));
+        broker.remove_claim(name).await.expect("removed");
+        let queue = format!("{}.claim.{name}", farm.settings.broker.progress_queue);
+        assert!(!farm.has_queue(&queue).await, "{queue} is left");
+    }
+    broker.close().await;
 }
 
 /// A broker whose `consumer_timeout` (5 s) is shorter than the whole job

@@ -41,7 +41,7 @@ impl Worker {
                         worker: self.id.clone(),
                         at: crate::job::now_rfc3339(),
                     };
-                    match objects.claim_end(plan, &claim).await {
+                    match self.claims(broker).claim_end(plan, &claim).await {
                         Ok(holds) if holds.token == claim.token => {
                             tracing::warn!("{}", error.message);
                             self.abandon(broker, plan, &error).await;
@@ -104,8 +104,9 @@ impl Worker {
     }
 
     /// Removes a job's segment objects (logged when it cannot: the
-    /// pruning pass finds them later), its progress mark (which expires
-    /// when it cannot), and the copy of its input this worker kept.
+    /// pruning pass finds them later), its progress mark and claims on
+    /// the broker (which expire when they cannot), and the copy of its
+    /// input this worker kept.
     pub(super) async fn remove_objects(&self, broker: &Broker, job_id: &str) {
         if let Err(e) = broker.remove_mark(job_id).await {
             tracing::warn!(error = %e, "cannot remove the job's progress mark");
@@ -114,6 +115,7 @@ impl Worker {
             if let Ok(job) = plan.job() {
                 self.inputs.forget(&job.input_key);
             }
+            self.claims(broker).remove_claims_on_broker(&plan).await;
         }
         match self.objects().remove(job_id).await {
             Ok(n) => tracing::info!(objects = n, "removed the job's segment objects"),

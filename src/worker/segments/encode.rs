@@ -9,6 +9,7 @@ impl Worker {
     /// stored, and join the job when it was the last.
     pub(super) async fn run_part(
         &self,
+        broker: &Broker,
         plan: &SegmentPlan,
         job: &Job,
         part: Part,
@@ -39,7 +40,7 @@ impl Worker {
         }
         let stored = objects.stored_parts(plan).await?;
         let mut made = plan.made_by(part);
-        if self.carries_audio(plan, job, part, &stored).await? {
+        if self.carries_audio(broker, plan, job, part, &stored).await? {
             made.push(Part::Audio);
         }
         let todo: Vec<Part> = made.into_iter().filter(|p| !stored.contains(p)).collect();
@@ -52,7 +53,9 @@ impl Worker {
                 .await?;
         }
         let mut stored = objects.stored_parts(plan).await?;
-        if stored.len() < plan.parts().len() && self.takes_audio_last(plan, part, &stored).await? {
+        if stored.len() < plan.parts().len()
+            && self.takes_audio_last(broker, plan, part, &stored).await?
+        {
             tracing::info!(
                 "every video segment is stored and no task carries the audio part: encoding it here"
             );
@@ -64,8 +67,10 @@ impl Worker {
             return Ok(PartEnd::Stored);
         }
         let claim = End::new(part, Ending::Join, None, &self.id);
-        let holds = objects.claim_end(plan, &claim).await?;
-        if holds.token != claim.token {
+        let holds = self.claims(broker).claim_end(plan, &claim).await?;
+        // An earlier attempt of this task may have won it and died before
+        // it wrote its claim (claims on the broker): it is this task's.
+        if holds.token != claim.token && !own_join(&holds) {
             tracing::info!(by = %holds.by, "another part ends the job");
             return Ok(PartEnd::Ended);
         }
@@ -85,6 +90,7 @@ impl Worker {
     /// split the job, unless that one takes no part before its own second.
     async fn carries_audio(
         &self,
+        broker: &Broker,
         plan: &SegmentPlan,
         job: &Job,
         part: Part,
@@ -105,13 +111,19 @@ impl Worker {
         if self.reads_by_ranges() && !self.inputs.holds(&job.input_key, &info) {
             return Ok(false);
         }
-        self.claim_audio(plan, part).await
+        self.claim_audio(broker, plan, part).await
     }
 
     /// Claims the audio part for the task of `part`: whether it won.
-    async fn claim_audio(&self, plan: &SegmentPlan, part: Part) -> Result<bool, JobError> {
+    async fn claim_audio(
+        &self,
+        broker: &Broker,
+        plan: &SegmentPlan,
+        part: Part,
+    ) -> Result<bool, JobError> {
         let claim = AudioClaim::new(part, &self.id);
-        Ok(self.objects().claim_audio(plan, &claim).await?.by == claim.by)
+        let holds = self.claims(broker).claim_audio(plan, &claim).await?;
+        Ok(holds.by == claim.by)
     }
 
     /// Whether the task of `part`, its own parts stored, encodes the audio
@@ -120,6 +132,7 @@ impl Worker {
     /// and this task wins the claim.
     async fn takes_audio_last(
         &self,
+        broker: &Broker,
         plan: &SegmentPlan,
         part: Part,
         stored: &[Part],
@@ -134,7 +147,7 @@ impl Worker {
         {
             return Ok(false);
         }
-        self.claim_audio(plan, part).await
+        self.claim_audio(broker, plan, part).await
     }
 
     /// Encodes `todo` for the task of `part`, its progress the share of

@@ -15,7 +15,8 @@
 //!   is dead-lettered with the reason. The job's objects are removed once
 //!   it has ended.
 //!
-//! The part steps are in `encode.rs`, the join in `join.rs`, the input
+//! The part steps are in `encode.rs`, the join in `join.rs`, how the
+//! claims are settled in `claims.rs`, the input
 //! a worker keeps for its parts (or fetches ahead) in `input.rs`, and the
 //! clean-up of jobs whose tasks were lost in `cleanup.rs`.
 //!
@@ -50,6 +51,7 @@ use crate::segment::plan::{cut, unsegmentable};
 use crate::segment::{AudioClaim, Done, End, Ending, Objects, Part, PartTask, SegmentPlan};
 use crate::storage::{ObjectInfo, Storage, Transferred};
 
+mod claims;
 mod cleanup;
 mod encode;
 mod input;
@@ -77,23 +79,6 @@ impl Worker {
     /// The storage objects of segmented jobs.
     fn objects(&self) -> Objects<'_> {
         Objects::new(&self.storage, &self.settings.segments.prefix)
-    }
-
-    /// Why the storage cannot settle a segmented job's claims (which
-    /// worker joins it, which encodes its audio), or `None`; asked once
-    /// (a failure to ask is not kept: the job is retried).
-    async fn claims_flaw(&self) -> Result<Option<String>, JobError> {
-        let flaw = self
-            .claims_flaw
-            .get_or_try_init(|| async {
-                let flaw = self.objects().claims_flaw().await?;
-                if let Some(why) = &flaw {
-                    tracing::warn!("segmented jobs will run whole on this storage: {why}");
-                }
-                Ok::<_, JobError>(flaw)
-            })
-            .await?;
-        Ok(flaw.clone())
     }
 
     /// The segment length `job` is encoded in, if it is segmented: its own
@@ -140,11 +125,13 @@ impl Worker {
         if let Some(why) = unsegmentable(&encoding.video) {
             return Ok(Split::Whole(why));
         }
-        if let Some(why) = self.claims_flaw().await? {
-            return Ok(Split::Whole(format!(
-                "{why}: the workers of a segmented job could not agree which of them joins it"
-            )));
-        }
+        let claims_on_broker = match self.claims_flaw().await? {
+            Some(why) => {
+                tracing::info!("the job's claims are settled on the broker: {why}");
+                true
+            }
+            None => false,
+        };
         let storage = &self.storage;
         let Some(info) = storage.head(&job.input_key).await? else {
             return Err(JobError::new(
@@ -258,6 +245,7 @@ impl Worker {
             cuts,
             audio_beside: None,
             audio_by_claim: false,
+            claims_on_broker,
             left_out,
             split_by: self.id.clone(),
             created_at: crate::job::now_rfc3339(),
@@ -363,7 +351,7 @@ impl Worker {
                 }
             }
             let limit = self.settings.worker.job_timeout;
-            let run = self.run_part(&plan, &job, part, attempt, &reporter);
+            let run = self.run_part(&broker, &plan, &job, part, attempt, &reporter);
             let result = tokio::select! {
                 r = tokio::time::timeout(limit, run) => r.unwrap_or_else(|_| Err(JobError::new(
                     ErrorKind::Stalled,
@@ -422,7 +410,7 @@ impl Worker {
         part: Part,
         error: JobError,
     ) {
-        let objects = self.objects();
+        let objects = self.claims(broker);
         let ending = if error.kind == ErrorKind::Cancelled {
             Ending::Cancel
         } else {
