@@ -12,12 +12,11 @@
 
 use std::time::Duration;
 
-use lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
-};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
 
+use super::queues::declare_expiring;
 use super::{Broker, BrokerError};
 
 impl Broker {
@@ -42,23 +41,12 @@ impl Broker {
                 .confirm_select(ConfirmSelectOptions::default())
                 .await?;
             let mut arguments = FieldTable::default();
-            let ms = expires.as_millis().min(i64::MAX as u128) as i64;
-            arguments.insert("x-expires".into(), AMQPValue::LongLongInt(ms));
             arguments.insert("x-max-length".into(), AMQPValue::LongLongInt(1));
             arguments.insert(
                 "x-overflow".into(),
                 AMQPValue::LongString("reject-publish".into()),
             );
-            channel
-                .queue_declare(
-                    queue.as_str().into(),
-                    QueueDeclareOptions {
-                        durable: true,
-                        ..Default::default()
-                    },
-                    arguments,
-                )
-                .await?;
+            declare_expiring(&channel, &queue, expires, arguments).await?;
             let confirm = channel
                 .basic_publish(
                     "".into(),

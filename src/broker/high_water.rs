@@ -27,11 +27,12 @@
 
 use std::time::Duration;
 
-use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions, QueueDeleteOptions};
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeleteOptions};
+use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel};
 use serde::{Deserialize, Serialize};
 
+use super::queues::declare_expiring;
 use super::{progress_properties, publish_json, Broker, BrokerError};
 use crate::job::Progress;
 
@@ -117,23 +118,11 @@ impl Broker {
         expires: Duration,
     ) -> Result<(), BrokerError> {
         let queue = self.mark_queue(job_id);
-        let ms = expires.as_millis().min(i64::MAX as u128) as i64;
         self.on_mark_channel(move |channel| async move {
             channel
                 .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
                 .await?;
-            let mut arguments = FieldTable::default();
-            arguments.insert("x-expires".into(), AMQPValue::LongLongInt(ms));
-            channel
-                .queue_declare(
-                    queue.as_str().into(),
-                    QueueDeclareOptions {
-                        durable: true,
-                        ..Default::default()
-                    },
-                    arguments,
-                )
-                .await?;
+            declare_expiring(&channel, &queue, expires, FieldTable::default()).await?;
             put_mark(&channel, &queue, percent).await?;
             channel.tx_commit().await
         })

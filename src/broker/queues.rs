@@ -185,3 +185,27 @@ pub async fn publish_json<T: serde::Serialize + ?Sized>(
         )
         .await
 }
+
+/// Declares `queue` durable, removed by the broker once unused for
+/// `expires`, with `arguments` besides (the progress marks' and claims'
+/// queues of segmented jobs).
+pub(super) async fn declare_expiring(
+    channel: &Channel,
+    queue: &str,
+    expires: Duration,
+    mut arguments: FieldTable,
+) -> Result<(), lapin::Error> {
+    let ms = expires.as_millis().min(i64::MAX as u128) as i64;
+    arguments.insert("x-expires".into(), lapin::types::AMQPValue::LongLongInt(ms));
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            arguments,
+        )
+        .await
+        .map(|_| ())
+}
