@@ -295,6 +295,21 @@ impl<'a> Objects<'a> {
         self.claim(plan, "end", &self.end_key(plan), claim).await
     }
 
+    /// Claims the end of `plan`'s abandoned job with `claim` where the
+    /// end was won on the broker by a worker that died before it wrote
+    /// its claim (so [`Objects::claim_end`] can tell no winner): a claim
+    /// of its own on the broker, whose winner writes `claim` as the end.
+    /// Only for plans whose claims go to the broker.
+    pub async fn claim_abandoned_end(
+        &self,
+        plan: &SegmentPlan,
+        claim: &End,
+    ) -> Result<End, StorageError> {
+        debug_assert!(plan.claims_on_broker);
+        self.claim(plan, "abandon", &self.end_key(plan), claim)
+            .await
+    }
+
     /// The claim of the task that encodes the audio part of `plan`'s job,
     /// if one was made.
     pub async fn audio_claim(

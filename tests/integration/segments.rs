@@ -1195,6 +1195,87 @@ async fn end_claims_settled_on_the_broker_have_one_winner_on_storage_that_ignore
     broker.close().await;
 }
 
+/// A job whose claims go to the broker (its storage ignores
+/// create-if-absent), whose end was won there by a worker that died
+/// before it wrote it, and of which nothing moved for
+/// `segments.abandon_after`: a worker that starts ends it as abandoned by
+/// a claim of its own (a `stalled` failure, its message dead-lettered)
+/// and removes its objects and its claims on the broker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_job_whose_end_was_won_on_the_broker_and_never_written_is_ended() {
+    let s3 = S3Server::start_ignoring_conditional_writes();
+    let abandon = [("TRANSCODE_SEGMENTS__ABANDON_AFTER", "1m")];
+    let farm = Farm::s3_on(Rabbit::Shared(shared_rabbit()), &s3, &abandon).await;
+    let storage = Storage::from_settings(&farm.settings.storage).expect("the storage");
+    let job = json!({"job_id": "seg-won", "input_key": "in/won.mp4",
+        "output_key": "out/won.mp4", "transcode_options": FAST, "segment_seconds": 4});
+    let plan: SegmentPlan = serde_json::from_value(json!({
+        "plan_id": "p1", "job_id": "seg-won", "message": job.to_string(),
+        "queue": farm.jobs_queue(), "attempt": 1, "fingerprint": "f", "video": "x264enc",
+        "audio": "a", "muxer": "mp4mux", "input_size": 10, "media": {},
+        "frames": 100, "first_ns": 0, "end_ns": 4_000_000_000u64, "frame_ns": 40_000_000,
+        "cuts": [], "split_by": "w", "created_at": "t", "claims_on_broker": true
+    }))
+    .expect("a plan");
+    let objects = Objects::new(&storage, SEGMENTS_PREFIX);
+    objects.write_plan(&plan).await.expect("the plan");
+    let broker = Broker::connect(&farm.settings, "claims test")
+        .await
+        .expect("a broker connection");
+    let dead = End::new(Part::Video(0), Ending::Join, None, "dead");
+    let body = serde_json::to_vec(&dead).expect("a claim");
+    assert!(broker
+        .claim_first("seg-won.p1.end", &body, Duration::from_secs(3600))
+        .await
+        .expect("a claim"));
+    broker.close().await;
+    let mut watch = farm.watch_progress().await;
+    // Until the plan is older than abandon_after.
+    let bucket = farm.bucket.as_ref().expect("an S3 farm");
+    wait_for_value(
+        Duration::from_secs(120),
+        "the plan a minute old",
+        || async {
+            let listed = bucket.list(SEGMENTS_PREFIX.to_string(), None).await.ok()?;
+            let newest = listed
+                .into_iter()
+                .flat_map(|page| page.contents)
+                .filter_map(|o| {
+                    time::OffsetDateTime::parse(
+                        &o.last_modified,
+                        &time::format_description::well_known::Rfc3339,
+                    )
+                    .ok()
+                })
+                .max()?;
+            let age = time::OffsetDateTime::now_utc() - newest;
+            (age > time::Duration::seconds(62)).then_some(())
+        },
+    )
+    .await;
+    let worker = farm.spawn_worker(&abandon);
+    let last = watch.until_final("seg-won", DEFAULT_TIMEOUT).await;
+    assert_eq!(last.state, Phase::Failed, "{last:#?}\n{}", worker.logs());
+    assert_eq!(last.error_kind, Some(ErrorKind::Stalled));
+    let dead_letters = farm.wait_dead_letters(DEFAULT_TIMEOUT).await;
+    let message: Value = serde_json::from_slice(&dead_letters[0].0).expect("a JSON body");
+    assert_eq!(message, job);
+    assert!(
+        worker.logs().contains("ending it by a claim of its own"),
+        "{}",
+        worker.logs()
+    );
+    assert_nothing_left(&farm, &["seg-won"]).await;
+    for what in ["end", "audio", "abandon"] {
+        let queue = format!(
+            "{}.claim.seg-won.p1.{what}",
+            farm.settings.broker.progress_queue
+        );
+        assert!(!farm.has_queue(&queue).await, "{queue} is left");
+    }
+    farm.assert_all_acked(vec![worker]).await;
+}
+
 /// A claim settled on the broker has one winner however many ask at once,
 /// and once it is removed it can be made again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -63,7 +63,7 @@ impl Objects<'_> {
     /// the messages no one holds, so a claim taken out to be read would
     /// let another claim in. A winner that dies between the broker's
     /// answer and its write leaves the others an error (retried); its job
-    /// then ends as abandoned.
+    /// then ends as abandoned ([`Objects::claim_abandoned_end`]).
     async fn claim_on_broker<T: serde::de::DeserializeOwned>(
         &self,
         plan: &SegmentPlan,
@@ -110,7 +110,7 @@ impl Objects<'_> {
         let (Some(arbiter), true) = (self.arbiter, plan.claims_on_broker) else {
             return;
         };
-        for what in ["end", "audio"] {
+        for what in ["end", "audio", "abandon"] {
             let name = format!("{}.{}.{what}", plan.job_id, plan.plan_id);
             if let Err(e) = arbiter.broker.remove_claim(&name).await {
                 tracing::warn!(error = %e, claim = %name, "cannot remove a claim on the broker");

@@ -41,7 +41,18 @@ impl Worker {
                         worker: self.id.clone(),
                         at: crate::job::now_rfc3339(),
                     };
-                    match self.claims(broker).claim_end(plan, &claim).await {
+                    let claims = self.claims(broker);
+                    let mut claimed = claims.claim_end(plan, &claim).await;
+                    if let Err(e) = &claimed {
+                        // On the broker, the end was won by a worker that
+                        // died before it wrote it: nothing else can end
+                        // the job, so its cleaners claim that on their own.
+                        if plan.claims_on_broker && matches!(claims.end(plan).await, Ok(None)) {
+                            tracing::warn!(error = %e, "the end of the abandoned job was won but never written; ending it by a claim of its own");
+                            claimed = claims.claim_abandoned_end(plan, &claim).await;
+                        }
+                    }
+                    match claimed {
                         Ok(holds) if holds.token == claim.token => {
                             tracing::warn!("{}", error.message);
                             self.abandon(broker, plan, &error).await;
