@@ -10,6 +10,7 @@
 //! Sections: overhead, per-job cost, memory, scale-out, renditions
 //! (farm/renditions.rs: a ladder from one decode against separate jobs),
 //! segmented jobs (farm/segments.rs: one input on one and two workers),
+//! a part reading by ranges from storage far away (farm/far.rs),
 //! progress marks (farm/marks.rs: a segmented job's events in order),
 //! history (the dashboard and `status` with a large history; also on
 //! Garage), the one-core, Garage and 1080p overhead runs.
@@ -23,6 +24,8 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "farm/far.rs"]
+mod far;
 #[path = "support/garage.rs"]
 mod garage;
 #[path = "farm/marks.rs"]
@@ -56,7 +59,7 @@ const CHEAP_VIDEO: &str =
 const JOB_TIMEOUT: Duration = Duration::from_secs(900);
 
 /// The sections of a run, in the order they run.
-const SECTIONS: [&str; 14] = [
+const SECTIONS: [&str; 15] = [
     "overhead",
     "perjob",
     "memory",
@@ -65,6 +68,7 @@ const SECTIONS: [&str; 14] = [
     "scale",
     "renditions",
     "segments",
+    "far",
     "marks",
     "history",
     "history-garage",
@@ -241,7 +245,7 @@ fn main() {
         )
     };
     let ts = &test_server;
-    let sections: [(&str, &dyn Fn() -> String); 14] = [
+    let sections: [(&str, &dyn Fn() -> String); 15] = [
         ("overhead", &|| {
             rt.block_on(overhead(&opts, Overhead::Main, ts, "1a", ""))
         }),
@@ -255,6 +259,7 @@ fn main() {
         ("scale", &|| rt.block_on(scale_out(&opts))),
         ("renditions", &|| rt.block_on(renditions::renditions(&opts))),
         ("segments", &|| rt.block_on(segments::segments(&opts))),
+        ("far", &|| rt.block_on(far::far(&opts))),
         ("marks", &|| rt.block_on(marks::marks(&opts))),
         ("history", &|| rt.block_on(history(&opts, ts))),
         ("history-garage", &|| match &garage_target {

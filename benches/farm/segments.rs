@@ -29,7 +29,8 @@
 use super::*;
 
 /// The video branch: the `h264-mp4` preset's encoder, one encoder thread.
-const VIDEO: &str = "videoconvert ! x264enc pass=qual quantizer=23 speed-preset=medium threads=1";
+pub(crate) const VIDEO: &str =
+    "videoconvert ! x264enc pass=qual quantizer=23 speed-preset=medium threads=1";
 
 /// The 1280x720 H.264 + AAC input of `secs` seconds.
 fn h264_720p(secs: u32) -> PathBuf {
@@ -45,7 +46,7 @@ fn h264_720p(secs: u32) -> PathBuf {
 }
 
 /// The 1280x720 MPEG-2 + PCM MOV input of `secs` seconds.
-fn mpeg2_720p(secs: u32) -> PathBuf {
+pub(crate) fn mpeg2_720p(secs: u32) -> PathBuf {
     ffmpeg_input(
         &format!("mpeg2-{secs}s-1280x720.mov"),
         &lavfi(

@@ -268,6 +268,19 @@ impl Settings {
                 "must be from 64 to 65536",
             ));
         }
+        if s.range_read_ahead > 16 {
+            return Err(invalid("segments.range_read_ahead", "must be from 0 to 16"));
+        }
+        // Each block fetched ahead is in memory until it is kept.
+        if s.range_read_ahead * s.range_block_kib > 256 << 10 {
+            return Err(invalid(
+                "segments.range_read_ahead",
+                format!(
+                    "{} blocks of {} KiB would hold more than 256 MiB in memory",
+                    s.range_read_ahead, s.range_block_kib
+                ),
+            ));
+        }
         Ok(())
     }
 

@@ -388,6 +388,9 @@ pub struct SegmentSettings {
     pub fetch_input: FetchInput,
     /// KiB of each range request when parts read their input by ranges.
     pub range_block_kib: u64,
+    /// Blocks a part reading by ranges fetches ahead once it reads on
+    /// from one block into the next (0: none).
+    pub range_read_ahead: u64,
 }
 
 /// How the workers of a segmented job that did not split it get its input

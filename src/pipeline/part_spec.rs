@@ -71,6 +71,12 @@ pub struct EncodedVideo {
     /// (not those another part of the job had fetched here before).
     #[serde(default)]
     pub fetched: u64,
+    /// Of `fetched`, the bytes fetched ahead of the part's reads.
+    #[serde(default)]
+    pub fetched_ahead: u64,
+    /// Milliseconds the part's reads by ranges waited for storage.
+    #[serde(default)]
+    pub read_wait_ms: u64,
 }
 
 /// The audio part to encode.
@@ -104,4 +110,10 @@ pub struct EncodedAudio {
     /// Bytes of the input fetched from storage by ranges for this part.
     #[serde(default)]
     pub fetched: u64,
+    /// Of `fetched`, the bytes fetched ahead of the part's reads.
+    #[serde(default)]
+    pub fetched_ahead: u64,
+    /// Milliseconds the part's reads by ranges waited for storage.
+    #[serde(default)]
+    pub read_wait_ms: u64,
 }

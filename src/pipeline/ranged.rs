@@ -9,7 +9,8 @@
 //! block fetched is kept as a file in the block folder (one per input and
 //! worker, in its scratch), so the worker's next parts of the same job,
 //! and the index every part reads, are fetched once. The element holds at
-//! most two blocks in memory.
+//! most two blocks in memory, and each block being fetched ahead (see
+//! below) until it is kept.
 //!
 //! Every request carries `If-Match` with the ETag the job was split at
 //! (and the ETag of each answer is checked, for servers that ignore it),
@@ -19,11 +20,25 @@
 //! the pipeline's error classification turns into "input not found" (404,
 //! changed) or "storage unavailable" (anything else: the part is retried). The
 //! URL carries a signature and is never logged or put into a message.
+//!
+//! Storage far away makes each block a wait: once a part has read
+//! [`SEQUENTIAL`] blocks in a row (as it does through its segment; its
+//! reads of the container's header and index are a block or two), the
+//! source fetches the following [`Ranged::read_ahead`] blocks in threads
+//! of their own, while the
+//! pipeline decodes and encodes what it has; a read of a block being
+//! fetched ahead waits for it instead of fetching it twice. A part's end
+//! waits (up to [`FINISH_WAIT`]) for the blocks still being fetched, so
+//! that what it fetched is counted; at most that many blocks past the end
+//! of each run of reads are fetched in vain (kept for the worker's next
+//! parts).
+//!
+//! The element itself is in `element.rs`; the HTTP requests and the block
+//! folder, in `fetch.rs`.
 
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use gstreamer as gst;
@@ -31,9 +46,12 @@ use gstreamer::glib;
 use gstreamer::prelude::*;
 use gstreamer::subclass::prelude::*;
 use gstreamer_base as gst_base;
-use gstreamer_base::prelude::*;
-use gstreamer_base::subclass::prelude::*;
 use serde::{Deserialize, Serialize};
+
+mod element;
+mod fetch;
+
+use fetch::{Fetcher, ReadError};
 
 /// Where a part reads its input by ranges.
 #[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -49,6 +67,9 @@ pub struct Ranged {
     pub blocks: PathBuf,
     /// Bytes of each range request.
     pub block_size: u64,
+    /// Blocks fetched ahead of a sequential read (0: none).
+    #[serde(default)]
+    pub read_ahead: u64,
 }
 
 impl std::fmt::Debug for Ranged {
@@ -59,6 +80,7 @@ impl std::fmt::Debug for Ranged {
             .field("etag", &self.etag)
             .field("blocks", &self.blocks)
             .field("block_size", &self.block_size)
+            .field("read_ahead", &self.read_ahead)
             .finish()
     }
 }
@@ -67,16 +89,48 @@ impl std::fmt::Debug for Ranged {
 const RETRIES: u32 = 3;
 /// Blocks held in memory by one element.
 const IN_MEMORY: usize = 2;
+/// Blocks read in a row, each the one after the last, before the next
+/// are fetched ahead: a part's reads of the container's header and index
+/// run through a block or two; its segment's, through many.
+const SEQUENTIAL: u64 = 3;
+/// How long the end of a part waits for the blocks being fetched ahead.
+const FINISH_WAIT: Duration = Duration::from_secs(10);
 
 glib::wrapper! {
     /// The source element (not registered: made by [`source`]).
-    pub struct RangeSrc(ObjectSubclass<imp::RangeSrc>)
+    pub struct RangeSrc(ObjectSubclass<element::RangeSrc>)
         @extends gst_base::BaseSrc, gst::Element, gst::Object;
 }
 
-/// A source element reading `ranged`; the bytes it fetches from storage
-/// (not those found in the block folder) are added to `fetched`.
-pub(super) fn source(ranged: &Ranged, fetched: Arc<AtomicU64>) -> Result<gst::Element, String> {
+/// What a part's range source did: bytes fetched (all, and of those the
+/// bytes fetched ahead of the reads), and how long its reads waited for
+/// storage.
+#[derive(Debug, Default)]
+pub(super) struct ReadStats {
+    fetched: AtomicU64,
+    fetched_ahead: AtomicU64,
+    waited_ns: AtomicU64,
+}
+
+impl ReadStats {
+    /// Bytes fetched from storage (not those found in the block folder).
+    pub(super) fn fetched(&self) -> u64 {
+        self.fetched.load(Ordering::Relaxed)
+    }
+
+    /// Of [`ReadStats::fetched`], the bytes fetched ahead of the reads.
+    pub(super) fn fetched_ahead(&self) -> u64 {
+        self.fetched_ahead.load(Ordering::Relaxed)
+    }
+
+    /// Milliseconds the reads waited for a block to arrive from storage.
+    pub(super) fn waited_ms(&self) -> u64 {
+        self.waited_ns.load(Ordering::Relaxed) / 1_000_000
+    }
+}
+
+/// A source element reading `ranged`, noting what it does in `stats`.
+pub(super) fn source(ranged: &Ranged, stats: Arc<ReadStats>) -> Result<gst::Element, String> {
     std::fs::create_dir_all(&ranged.blocks)
         .map_err(|e| format!("cannot make the block folder: {e}"))?;
     let client = reqwest::blocking::Client::builder()
@@ -90,46 +144,83 @@ pub(super) fn source(ranged: &Ranged, fetched: Arc<AtomicU64>) -> Result<gst::El
         .reader
         .lock()
         .unwrap_or_else(|e| e.into_inner()) = Some(Reader {
-        ranged: ranged.clone(),
-        client,
+        fetcher: Fetcher {
+            ranged: ranged.clone(),
+            client,
+            stats,
+        },
         held: Vec::new(),
-        fetched,
-        temp: 0,
+        last: None,
+        run: 0,
+        ahead: Arc::default(),
+        threads: Vec::new(),
     });
     Ok(element.upcast())
 }
 
-/// A failed read: whether the input is gone (or changed), and what happened.
-#[derive(Debug)]
-struct ReadError {
-    gone: bool,
-    message: String,
-}
-
-/// The state of one element: where it reads, and the blocks it holds.
+/// The state of one element: where it reads, the blocks it holds, and
+/// those being fetched ahead.
 struct Reader {
-    ranged: Ranged,
-    client: reqwest::blocking::Client,
+    fetcher: Fetcher,
     /// Blocks in memory, most recently used last.
     held: Vec<(u64, Arc<Vec<u8>>)>,
-    fetched: Arc<AtomicU64>,
-    /// Counter of the temporary names of blocks being written.
-    temp: u64,
+    /// The block read last.
+    last: Option<u64>,
+    /// How many blocks in a row, each the one after the last, were read
+    /// up to the last.
+    run: u64,
+    /// The blocks being fetched ahead.
+    ahead: Arc<Ahead>,
+    /// The threads fetching ahead (each fetches one block).
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// The blocks being fetched ahead of the reads; a read of one of them
+/// waits for it instead of fetching it again.
+#[derive(Default)]
+struct Ahead {
+    fetching: Mutex<Vec<u64>>,
+    settled: Condvar,
+}
+
+impl Ahead {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<u64>> {
+        self.fetching.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until block `index` is not being fetched ahead.
+    fn wait_for(&self, index: u64) {
+        let mut fetching = self.lock();
+        while fetching.contains(&index) {
+            fetching = self
+                .settled
+                .wait(fetching)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Block `index` is no longer being fetched ahead.
+    fn settle(&self, index: u64) {
+        self.lock().retain(|&i| i != index);
+        self.settled.notify_all();
+    }
 }
 
 impl Reader {
     /// Copies bytes from `offset` into `out`; returns how many (fewer only
     /// at the end of the input).
     fn read_at(&mut self, offset: u64, out: &mut [u8]) -> Result<usize, ReadError> {
+        let ranged = &self.fetcher.ranged;
+        let (size, block_size) = (ranged.size, ranged.block_size);
         let mut done = 0;
         while done < out.len() {
             let at = offset + done as u64;
-            if at >= self.ranged.size {
+            if at >= size {
                 break;
             }
-            let index = at / self.ranged.block_size;
+            let index = at / block_size;
             let block = self.block(index)?;
-            let within = (at - index * self.ranged.block_size) as usize;
+            let within = (at - index * block_size) as usize;
             if within >= block.len() {
                 break;
             }
@@ -140,25 +231,38 @@ impl Reader {
         Ok(done)
     }
 
-    /// Block `index`: held, in the block folder, or fetched (and kept there).
+    /// Block `index`: held, in the block folder, or fetched (and kept
+    /// there). A read that makes [`SEQUENTIAL`] blocks read in a row starts
+    /// fetching the next [`Ranged::read_ahead`] blocks.
     fn block(&mut self, index: u64) -> Result<Arc<Vec<u8>>, ReadError> {
+        if self.last != Some(index) {
+            let on = self.last.is_some_and(|last| last + 1 == index);
+            self.run = if on { self.run + 1 } else { 1 };
+            if self.run >= SEQUENTIAL {
+                self.fetch_ahead(index);
+            }
+            self.last = Some(index);
+        }
         if let Some(i) = self.held.iter().position(|(b, _)| *b == index) {
             let entry = self.held.remove(i);
             let block = entry.1.clone();
             self.held.push(entry);
             return Ok(block);
         }
-        let start = index * self.ranged.block_size;
-        let len = self.ranged.block_size.min(self.ranged.size - start) as usize;
-        let path = self.ranged.blocks.join(index.to_string());
-        let block = match std::fs::read(&path) {
-            Ok(bytes) if bytes.len() == len => bytes,
-            _ => {
-                let bytes = self.fetch(start, len)?;
-                self.keep(&path, &bytes);
+        let waiting = std::time::Instant::now();
+        self.ahead.wait_for(index);
+        let block = match self.fetcher.kept(index) {
+            Some(bytes) => bytes,
+            None => {
+                let (start, len) = self.fetcher.range_of(index);
+                let bytes = self.fetcher.fetch(start, len, RETRIES)?;
+                self.fetcher.keep(index, &bytes);
                 bytes
             }
         };
+        let waited = waiting.elapsed().as_nanos() as u64;
+        let stats = &self.fetcher.stats;
+        stats.waited_ns.fetch_add(waited, Ordering::Relaxed);
         let block = Arc::new(block);
         if self.held.len() == IN_MEMORY {
             self.held.remove(0);
@@ -167,207 +271,88 @@ impl Reader {
         Ok(block)
     }
 
-    /// Writes a fetched block into the folder (under a temporary name
-    /// first, so a reader never finds half a block). Best effort: a block
-    /// not kept is fetched again when it is needed again.
-    fn keep(&mut self, path: &Path, bytes: &[u8]) {
-        self.temp += 1;
-        let temp = path.with_extension(format!("{}-{}.part", std::process::id(), self.temp));
-        if std::fs::write(&temp, bytes).is_err() || std::fs::rename(&temp, path).is_err() {
-            let _ = std::fs::remove_file(&temp);
+    /// Starts fetching the blocks after `index` (up to
+    /// [`Ranged::read_ahead`] of them) that are not held, kept or being
+    /// fetched, each in a thread of its own. Best effort: a block that
+    /// could not be fetched ahead is fetched when it is read.
+    fn fetch_ahead(&mut self, index: u64) {
+        let blocks = self
+            .fetcher
+            .ranged
+            .size
+            .div_ceil(self.fetcher.ranged.block_size);
+        let finished: Vec<_> = {
+            let (done, running) = std::mem::take(&mut self.threads)
+                .into_iter()
+                .partition(|t| t.is_finished());
+            self.threads = running;
+            done
+        };
+        for thread in finished {
+            let _ = thread.join();
+        }
+        for next in index + 1..=index + self.fetcher.ranged.read_ahead {
+            if next >= blocks
+                || self.held.iter().any(|(b, _)| *b == next)
+                || self.ahead.lock().contains(&next)
+                || self.fetcher.has(next)
+            {
+                continue;
+            }
+            self.ahead.lock().push(next);
+            let (fetcher, ahead) = (self.fetcher.clone(), self.ahead.clone());
+            let spawned = std::thread::Builder::new()
+                .name("tw-read-ahead".into())
+                .spawn(move || {
+                    let (start, len) = fetcher.range_of(next);
+                    if let Ok(bytes) = fetcher.fetch(start, len, 0) {
+                        fetcher.keep(next, &bytes);
+                        let ahead_bytes = bytes.len() as u64;
+                        fetcher
+                            .stats
+                            .fetched_ahead
+                            .fetch_add(ahead_bytes, Ordering::Relaxed);
+                    }
+                    ahead.settle(next);
+                });
+            match spawned {
+                Ok(thread) => self.threads.push(thread),
+                Err(_) => self.ahead.settle(next),
+            }
         }
     }
 
-    /// `len` bytes from `start`, by a range request, tried again on
-    /// transient failures.
-    fn fetch(&self, start: u64, len: usize) -> Result<Vec<u8>, ReadError> {
-        let mut last = None;
-        for attempt in 0..=RETRIES {
-            if attempt > 0 {
-                std::thread::sleep(Duration::from_millis(200 << (2 * (attempt - 1))));
+    /// Waits for the blocks being fetched ahead, so that what the part
+    /// fetched is counted when it ends; up to [`FINISH_WAIT`], then the
+    /// threads still fetching are left to end on their own (storage that
+    /// hangs does not hold the part's end).
+    fn finish(&mut self) {
+        let deadline = std::time::Instant::now() + FINISH_WAIT;
+        let mut fetching = self.ahead.lock();
+        while !fetching.is_empty() {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
             }
-            match self.request(start, len) {
-                Ok(bytes) => {
-                    self.fetched
-                        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                    return Ok(bytes);
-                }
-                Err(e) if e.gone => return Err(e),
-                Err(e) => last = Some(e),
-            }
+            fetching = self
+                .ahead
+                .settled
+                .wait_timeout(fetching, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
-        Err(last.expect("tried at least once"))
-    }
-
-    fn request(&self, start: u64, len: usize) -> Result<Vec<u8>, ReadError> {
-        let end = start + len as u64 - 1;
-        let what = format!("bytes {start}-{end} of the input");
-        let transient = |message: String| ReadError {
-            gone: false,
-            message,
-        };
-        let mut request = self
-            .client
-            .get(&self.ranged.url)
-            .header(reqwest::header::RANGE, format!("bytes={start}-{end}"));
-        if let Some(etag) = &self.ranged.etag {
-            request = request.header(reqwest::header::IF_MATCH, format!("\"{etag}\""));
-        }
-        // Without the URL: it carries the signature.
-        let response = request
-            .send()
-            .map_err(|e| transient(format!("{what}: {}", e.without_url())))?;
-        let status = response.status();
-        let gone = |why: &str| ReadError {
-            gone: true,
-            message: format!("{what}: the input {why}"),
-        };
-        match status.as_u16() {
-            206 => {}
-            404 => return Err(gone("is gone (HTTP 404)")),
-            412 => return Err(gone("changed since the job was split (HTTP 412)")),
-            416 => {
-                return Err(gone(
-                    "changed since the job was split (it is shorter: HTTP 416)",
-                ))
-            }
-            _ => return Err(transient(format!("{what}: HTTP {status}"))),
-        }
-        // Checked here too: not every S3 server honours `If-Match`.
-        let etag = response
-            .headers()
-            .get(reqwest::header::ETAG)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v.trim_start_matches("W/").trim_matches('"'));
-        if let (Some(expected), Some(etag)) = (&self.ranged.etag, etag) {
-            if etag != expected {
-                return Err(gone("changed since the job was split (another ETag)"));
+        drop(fetching);
+        for thread in self.threads.drain(..) {
+            if thread.is_finished() {
+                let _ = thread.join();
             }
         }
-        let mut bytes = Vec::with_capacity(len);
-        response
-            .take(len as u64 + 1)
-            .read_to_end(&mut bytes)
-            .map_err(|e| transient(format!("{what}: {e}")))?;
-        if bytes.len() != len {
-            return Err(transient(format!(
-                "{what}: {} bytes arrived, {len} were asked for",
-                bytes.len()
-            )));
-        }
-        Ok(bytes)
     }
 }
 
-mod imp {
-    use super::*;
-
-    /// The element's instance: its reader, set once by [`source`].
-    #[derive(Default)]
-    pub struct RangeSrc {
-        pub(super) reader: Mutex<Option<Reader>>,
-    }
-
-    #[glib::object_subclass]
-    impl ObjectSubclass for RangeSrc {
-        const NAME: &'static str = "TranscodeWorkerRangeSrc";
-        type Type = super::RangeSrc;
-        type ParentType = gst_base::BaseSrc;
-    }
-
-    impl ObjectImpl for RangeSrc {
-        fn constructed(&self) {
-            self.parent_constructed();
-            self.obj().set_format(gst::Format::Bytes);
-        }
-    }
-
-    impl GstObjectImpl for RangeSrc {}
-
-    impl ElementImpl for RangeSrc {
-        fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
-            static METADATA: std::sync::LazyLock<gst::subclass::ElementMetadata> =
-                std::sync::LazyLock::new(|| {
-                    gst::subclass::ElementMetadata::new(
-                        "Storage range source",
-                        "Source/Network",
-                        "Reads an input from S3 by byte ranges, keeping the blocks it fetched",
-                        "transcode-worker",
-                    )
-                });
-            Some(&METADATA)
-        }
-
-        fn pad_templates() -> &'static [gst::PadTemplate] {
-            static TEMPLATES: std::sync::LazyLock<Vec<gst::PadTemplate>> =
-                std::sync::LazyLock::new(|| {
-                    vec![gst::PadTemplate::new(
-                        "src",
-                        gst::PadDirection::Src,
-                        gst::PadPresence::Always,
-                        &gst::Caps::new_any(),
-                    )
-                    .expect("a valid template")]
-                });
-            TEMPLATES.as_ref()
-        }
-    }
-
-    impl BaseSrcImpl for RangeSrc {
-        fn is_seekable(&self) -> bool {
-            true
-        }
-
-        fn size(&self) -> Option<u64> {
-            self.reader
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .as_ref()
-                .map(|r| r.ranged.size)
-        }
-
-        fn fill(
-            &self,
-            offset: u64,
-            length: u32,
-            buffer: &mut gst::BufferRef,
-        ) -> Result<gst::FlowSuccess, gst::FlowError> {
-            let mut reader = self.reader.lock().unwrap_or_else(|e| e.into_inner());
-            let Some(reader) = reader.as_mut() else {
-                gst::element_imp_error!(self, gst::CoreError::Failed, ["no input set"]);
-                return Err(gst::FlowError::Error);
-            };
-            if offset >= reader.ranged.size {
-                return Err(gst::FlowError::Eos);
-            }
-            let read = {
-                let mut map = buffer.map_writable().map_err(|_| {
-                    gst::element_imp_error!(self, gst::CoreError::Failed, ["cannot map a buffer"]);
-                    gst::FlowError::Error
-                })?;
-                let want = (length as usize).min(map.len());
-                reader.read_at(offset, &mut map[..want])
-            };
-            match read {
-                Ok(n) => {
-                    buffer.set_size(n);
-                    Ok(gst::FlowSuccess::Ok)
-                }
-                Err(e) => {
-                    let kind = if e.gone {
-                        gst::ResourceError::NotFound
-                    } else {
-                        gst::ResourceError::Read
-                    };
-                    gst::element_imp_error!(
-                        self,
-                        kind,
-                        ("reading the input from storage: {}", e.message)
-                    );
-                    Err(gst::FlowError::Error)
-                }
-            }
-        }
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.finish();
     }
 }
 

@@ -18,7 +18,6 @@
 //! every frame back at its stream time.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,7 +25,7 @@ use super::build::record_decoders;
 use super::bus::{app, run_to_end, start_error, wait_for, FAILED, LINKED, WRITTEN};
 use super::outputs::{branch, link_branch};
 use super::part_spec::{AudioSpec, EncodedAudio, EncodedVideo, PartInput, VideoSpec};
-use super::ranged;
+use super::ranged::{self, ReadStats};
 use super::tracks::Watch;
 use super::{caps_name, discard, internal, make, path_str, NullOnDrop};
 use crate::error::{ErrorKind, JobError};
@@ -72,9 +71,9 @@ pub fn encode_video(
     on_position: impl FnMut(Duration, Option<Duration>),
 ) -> Result<EncodedVideo, JobError> {
     super::init()?;
-    let fetched = Arc::new(AtomicU64::new(0));
+    let reads = Arc::new(ReadStats::default());
     let (pipeline, decode, mux) =
-        start_part(&spec.input, &fetched, &spec.output, &spec.muxer, "video")?;
+        start_part(&spec.input, &reads, &spec.output, &spec.muxer, "video")?;
     let _guard = NullOnDrop(pipeline.clone());
     let decoders = record_decoders(&decode)?;
     let video = branch(&spec.video, "video")?;
@@ -153,7 +152,9 @@ pub fn encode_video(
             decoders: taken(&decoders),
             decoded_before: t.before,
             decoded_after: t.after,
-            fetched: fetched.load(Ordering::Relaxed),
+            fetched: reads.fetched(),
+            fetched_ahead: reads.fetched_ahead(),
+            read_wait_ms: reads.waited_ms(),
         }),
         _ => Err(JobError::new(
             ErrorKind::UndecodableInput,
@@ -175,9 +176,9 @@ pub fn encode_audio(
     on_position: impl FnMut(Duration, Option<Duration>),
 ) -> Result<EncodedAudio, JobError> {
     super::init()?;
-    let fetched = Arc::new(AtomicU64::new(0));
+    let reads = Arc::new(ReadStats::default());
     let (pipeline, decode, mux) =
-        start_part(&spec.input, &fetched, &spec.output, &spec.muxer, "audio")?;
+        start_part(&spec.input, &reads, &spec.output, &spec.muxer, "audio")?;
     let _guard = NullOnDrop(pipeline.clone());
     let decoders = record_decoders(&decode)?;
     let timeline: Shared = Arc::default();
@@ -241,17 +242,19 @@ pub fn encode_audio(
         first_ns: t.origin.unwrap_or(0),
         end_ns: t.end,
         decoders: taken(&decoders),
-        fetched: fetched.load(Ordering::Relaxed),
+        fetched: reads.fetched(),
+        fetched_ahead: reads.fetched_ahead(),
+        read_wait_ms: reads.waited_ms(),
     })
 }
 
-/// `filesrc ! decodebin` (or the range source, counting what it fetches
-/// into `fetched`) and `muxer ! filesink` in a new pipeline: the decoder
+/// `filesrc ! decodebin` (or the range source, noting what it does in
+/// `reads`) and `muxer ! filesink` in a new pipeline: the decoder
 /// decodes only streams of the kind `keep` (`video` or `audio`), and the
 /// sink tells the bus when it has written everything.
 fn start_part(
     input: &PartInput,
-    fetched: &Arc<AtomicU64>,
+    reads: &Arc<ReadStats>,
     output: &std::path::Path,
     muxer: &str,
     keep: &'static str,
@@ -263,7 +266,7 @@ fn start_part(
             src.set_property("location", path_str(path)?);
             src
         }
-        PartInput::Ranged(ranged) => ranged::source(ranged, fetched.clone())
+        PartInput::Ranged(ranged) => ranged::source(ranged, reads.clone())
             .map_err(|e| JobError::new(ErrorKind::Internal, format!("the range source: {e}")))?,
     };
     let decode = make("decodebin")?;

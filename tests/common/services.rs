@@ -748,6 +748,18 @@ impl S3Server {
         S3Server::start_with(&["--conditional-writes", "fail"])
     }
 
+    /// Starts a private `s3-test-server` whose every `GetObject` waits
+    /// `delay_ms` and the time its body takes at `mib_per_second` (0: no
+    /// limit) before it answers, as storage far away does.
+    pub fn start_far_away(delay_ms: u64, mib_per_second: f64) -> S3Server {
+        S3Server::start_with(&[
+            "--get-delay-ms",
+            &delay_ms.to_string(),
+            "--get-mib-per-second",
+            &mib_per_second.to_string(),
+        ])
+    }
+
     /// Starts a private `s3-test-server` with extra command-line `flags`.
     fn start_with(flags: &[&str]) -> S3Server {
         let mut failures = String::new();

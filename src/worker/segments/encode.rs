@@ -246,15 +246,27 @@ impl Worker {
                 "frames decoded outside the segment"
             );
         }
-        // Bytes of the input this task fetched by ranges (none from a copy).
-        let fetched = match &outcome {
-            PartOutcome::Video(v) => v.fetched,
-            PartOutcome::Audio(a) => a.fetched,
-            PartOutcome::VideoAndAudio { video, audio, .. } => video.fetched + audio.fetched,
-            _ => 0,
+        // What this task fetched by ranges (nothing from a copy): bytes,
+        // bytes fetched ahead, milliseconds its reads waited.
+        let (fetched, ahead, waited_ms) = match &outcome {
+            PartOutcome::Video(v) => (v.fetched, v.fetched_ahead, v.read_wait_ms),
+            PartOutcome::Audio(a) => (a.fetched, a.fetched_ahead, a.read_wait_ms),
+            PartOutcome::VideoAndAudio {
+                video: v, audio: a, ..
+            } => (
+                v.fetched + a.fetched,
+                v.fetched_ahead + a.fetched_ahead,
+                v.read_wait_ms + a.read_wait_ms,
+            ),
+            _ => (0, 0, 0),
         };
         if fetched > 0 {
-            tracing::info!(bytes = fetched, "fetched part of the input by ranges");
+            tracing::info!(
+                bytes = fetched,
+                ahead,
+                waited_ms,
+                "fetched part of the input by ranges"
+            );
             reporter.transferred(Phase::Downloading, fetched, info.size);
         }
         // Per part: frames, audio tracks, first and end stream times, ms.

@@ -37,6 +37,7 @@ impl Worker {
                     etag: info.version.clone(),
                     blocks: held.path.clone(),
                     block_size: self.settings.segments.range_block_kib << 10,
+                    read_ahead: self.settings.segments.range_read_ahead,
                 };
                 return Ok((PartInput::Ranged(ranged), held));
             }

@@ -20,6 +20,12 @@
 //! object is there or not, as other servers do, so the tests can see what
 //! the worker does on such storage.
 //!
+//! With `--get-delay-ms` and `--get-mib-per-second` every `GetObject`
+//! waits, before it answers, as long as a server across a network would
+//! take to deliver it (a delay, then the body at that rate; the body then
+//! comes at once), so the benchmarks can measure what a worker does with
+//! storage far away.
+//!
 //! The s3s-fs library has no `ListMultipartUploads`; this server adds it:
 //! it notes each multipart upload it starts (bucket, key, id, time) until
 //! it is completed or aborted, and lists them by bucket and key prefix. The
@@ -64,6 +70,15 @@ struct Opt {
     /// not), as servers without conditional writes do.
     #[arg(long, value_enum, default_value = "honour")]
     conditional_writes: Conditional,
+    /// Milliseconds each `GetObject` waits before it answers, as a server
+    /// across a network does (with `--get-mib-per-second`, a model of
+    /// storage far away).
+    #[arg(long, default_value_t = 0)]
+    get_delay_ms: u64,
+    /// Each `GetObject` also waits as long as its body takes at this many
+    /// MiB a second (then answers at once); 0: no limit.
+    #[arg(long, default_value_t = 0.0)]
+    get_mib_per_second: f64,
     /// Root directory of stored data.
     root: PathBuf,
 }
@@ -85,6 +100,28 @@ struct Store {
     conditional: tokio::sync::Mutex<()>,
     /// `--conditional-writes`.
     conditional_writes: Conditional,
+    /// `--get-delay-ms` and `--get-mib-per-second`.
+    far: Far,
+}
+
+/// How far away the server plays it is: each `GetObject` answers after
+/// `delay` plus its length at `bytes_per_second`.
+#[derive(Debug, Clone, Copy)]
+struct Far {
+    delay: std::time::Duration,
+    bytes_per_second: f64,
+}
+
+impl Far {
+    /// How long a `GetObject` of `bytes` waits before it answers.
+    fn wait(&self, bytes: u64) -> std::time::Duration {
+        let transfer = if self.bytes_per_second > 0.0 {
+            std::time::Duration::from_secs_f64(bytes as f64 / self.bytes_per_second)
+        } else {
+            std::time::Duration::ZERO
+        };
+        self.delay + transfer
+    }
 }
 
 /// A multipart upload started and not yet completed or aborted.
@@ -126,7 +163,6 @@ s3_impl! {
         delete_object: DeleteObjectInput => DeleteObjectOutput,
         delete_objects: DeleteObjectsInput => DeleteObjectsOutput,
         get_bucket_location: GetBucketLocationInput => GetBucketLocationOutput,
-        get_object: GetObjectInput => GetObjectOutput,
         head_bucket: HeadBucketInput => HeadBucketOutput,
         head_object: HeadObjectInput => HeadObjectOutput,
         list_buckets: ListBucketsInput => ListBucketsOutput,
@@ -137,6 +173,19 @@ s3_impl! {
         list_parts: ListPartsInput => ListPartsOutput,
     }
     own {
+        async fn get_object(
+            &self,
+            req: S3Request<GetObjectInput>,
+        ) -> S3Result<S3Response<GetObjectOutput>> {
+            let response = self.fs.get_object(req).await?;
+            let bytes = response.output.content_length.unwrap_or(0).max(0) as u64;
+            let wait = self.far.wait(bytes);
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+            Ok(response)
+        }
+
         async fn put_object(
             &self,
             mut req: S3Request<PutObjectInput>,
@@ -254,6 +303,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         uploads: Mutex::new(Vec::new()),
         conditional: tokio::sync::Mutex::new(()),
         conditional_writes: opt.conditional_writes,
+        far: Far {
+            delay: std::time::Duration::from_millis(opt.get_delay_ms),
+            bytes_per_second: opt.get_mib_per_second * (1 << 20) as f64,
+        },
     });
     if let (Some(access_key), Some(secret_key)) = (opt.access_key, opt.secret_key) {
         builder.set_auth(SimpleAuth::from_single(access_key, secret_key));
