@@ -2,12 +2,12 @@
 //! with and without reading ahead.
 //!
 //! The S3 test server plays storage across a network: every `GetObject`
-//! answers after [`DELAY_MS`] plus its length at [`MIB_PER_SECOND`] (a
-//! 4 MiB block: 30 + 100 ms). One video part of a segmented job, 30 s of
-//! the 2-minute 1280x720 MPEG-2 input of section 7 (8 Mbit/s, as tape
-//! captures are), encoded with section 7's video branch (x264 `medium`,
-//! one thread), in this process (`pipeline::run_part`, as the worker's
-//! pipeline process runs it):
+//! answers after [`DELAY_MS`] plus its length at one of
+//! [`MIB_PER_SECOND`] (a 4 MiB block: 30 + 100 ms, or 30 + 400 ms). One
+//! video part of a segmented job, 30 s of the 2-minute 1280x720 MPEG-2
+//! input of section 7 (8 Mbit/s, as tape captures are), encoded with
+//! section 7's video branch (x264 `medium`, one thread), in this process
+//! (`pipeline::run_part`, as the worker's pipeline process runs it):
 //!
 //! - from a local file (no reads wait: the floor);
 //! - by ranges in blocks of 4 MiB (the default `segments.range_block_kib`),
@@ -16,8 +16,10 @@
 //!   default);
 //!
 //! and all three again with x264 `ultrafast` (one thread), an encoder
-//! several times faster, as a proxy's or a hardware encoder is: the faster
-//! the encoder, the less of a read's wait the pipeline's queues hide.
+//! several times faster, as a proxy's or a hardware encoder is. The
+//! pipeline's queues let the demuxer wait for a block while the encoder
+//! works on what it has, so reading ahead can only gain where storage
+//! delivers a block more slowly than the pipeline uses one.
 //!
 //! Each reading by ranges starts with an empty block folder, as a
 //! worker's first part of a job does. The three take turns going first
@@ -33,8 +35,8 @@ use transcode_worker::storage::Storage;
 
 /// What each `GetObject` of the far storage waits before its body.
 const DELAY_MS: u64 = 30;
-/// The far storage's rate, per request.
-const MIB_PER_SECOND: f64 = 40.0;
+/// The far storage's rates, per request: a fast link, and a slower one.
+const MIB_PER_SECOND: [f64; 2] = [40.0, 10.0];
 /// A video branch several times faster than section 7's.
 const FAST_VIDEO: &str = "videoconvert ! x264enc speed-preset=ultrafast threads=1";
 /// Blocks of the range reads: the default `segments.range_block_kib`.
@@ -100,18 +102,19 @@ async fn encode(
     }
 }
 
-pub(crate) async fn far(opts: &Opts) -> String {
-    // 30 s from a key frame (every 12 frames: 24 s is frame 600).
-    let (secs, from_s, until_s) = if opts.smoke { (8, 2, 6) } else { (120, 24, 54) };
-    let input = segments::mpeg2_720p(secs);
-    let server = S3Server::start_far_away(DELAY_MS, MIB_PER_SECOND);
+/// The input `input` on storage that answers every `GetObject` after
+/// [`DELAY_MS`] plus its length at `mib_per_second`, read by ranges in
+/// blocks of [`BLOCK`] into `dir` (nothing fetched ahead); and the server,
+/// which serves it as long as it lives.
+async fn far_away(input: &Path, mib_per_second: f64, dir: &Path) -> (Ranged, S3Server) {
+    let server = S3Server::start_far_away(DELAY_MS, mib_per_second);
     let farm = Farm::s3_on(
         Rabbit::Shared(common::services::shared_rabbit()),
         &server,
         &[],
     )
     .await;
-    farm.put_input("in/far.mov", &input).await;
+    farm.put_input("in/far.mov", input).await;
     let storage = Storage::from_settings(&farm.settings.storage).expect("the storage");
     let info = storage
         .head("in/far.mov")
@@ -123,15 +126,23 @@ pub(crate) async fn far(opts: &Opts) -> String {
         .await
         .expect("presigned")
         .expect("the farm's credentials presign");
-    let dir = tempfile::tempdir().expect("a folder");
     let ranged = Ranged {
         url,
         size: info.size,
         etag: info.version,
-        blocks: dir.path().join("blocks"),
+        blocks: dir.join("blocks"),
         block_size: BLOCK,
         read_ahead: 0,
     };
+    (ranged, server)
+}
+
+pub(crate) async fn far(opts: &Opts) -> String {
+    // 30 s from a key frame (every 12 frames: 24 s is frame 600).
+    let (secs, from_s, until_s) = if opts.smoke { (8, 2, 6) } else { (120, 24, 54) };
+    let input = segments::mpeg2_720p(secs);
+    let size = std::fs::metadata(&input).expect("the input").len();
+    let dir = tempfile::tempdir().expect("a folder");
     let ways = [
         Read::File,
         Read::Ranges { ahead: 0 },
@@ -140,47 +151,59 @@ pub(crate) async fn far(opts: &Opts) -> String {
     let mut rows = Vec::new();
     let mut per_run = Vec::new();
     let mut frames = HashSet::new();
-    for (encoder, video) in [
-        ("x264 `medium`", segments::VIDEO),
-        ("x264 `ultrafast`", FAST_VIDEO),
-    ] {
-        let mut took: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
-        let mut waited: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
-        let mut last: BTreeMap<usize, EncodedVideo> = BTreeMap::new();
-        for run in 0..opts.runs {
-            let mut order: Vec<usize> = (0..ways.len()).collect();
-            order.rotate_left(run % ways.len());
-            let mut line = Vec::new();
-            for i in order {
-                let way = ways[i].name();
-                eprintln!("bench: far storage, {encoder}, run {}, {way}", run + 1);
-                let (t, v) =
-                    encode(ways[i], video, &input, &ranged, from_s, until_s, dir.path()).await;
-                let wait = v.read_wait_ms as f64 / 1e3;
-                line.push(format!(
-                    "{way} {:.2} s (reads waited {wait:.2} s)",
-                    t.as_secs_f64()
+    for mib_per_second in MIB_PER_SECOND {
+        let (ranged, _server) = far_away(&input, mib_per_second, dir.path()).await;
+        let storage = format!("{DELAY_MS} ms + {mib_per_second} MiB/s");
+        for (encoder, video) in [
+            ("x264 `medium`", segments::VIDEO),
+            ("x264 `ultrafast`", FAST_VIDEO),
+        ] {
+            let mut took: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
+            let mut waited: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
+            let mut last: BTreeMap<usize, EncodedVideo> = BTreeMap::new();
+            for run in 0..opts.runs {
+                let mut order: Vec<usize> = (0..ways.len()).collect();
+                order.rotate_left(run % ways.len());
+                let mut line = Vec::new();
+                for i in order {
+                    let way = ways[i].name();
+                    eprintln!(
+                        "bench: far storage ({storage}), {encoder}, run {}, {way}",
+                        run + 1
+                    );
+                    let (t, v) =
+                        encode(ways[i], video, &input, &ranged, from_s, until_s, dir.path()).await;
+                    let wait = v.read_wait_ms as f64 / 1e3;
+                    line.push(format!(
+                        "{way} {:.2} s (reads waited {wait:.2} s)",
+                        t.as_secs_f64()
+                    ));
+                    took.entry(i).or_default().push(t.as_secs_f64());
+                    waited.entry(i).or_default().push(wait);
+                    frames.insert(v.frames);
+                    last.insert(i, v);
+                }
+                per_run.push(format!(
+                    "{storage}, {encoder}, run {}: {}",
+                    run + 1,
+                    line.join(", ")
                 ));
-                took.entry(i).or_default().push(t.as_secs_f64());
-                waited.entry(i).or_default().push(wait);
-                frames.insert(v.frames);
-                last.insert(i, v);
             }
-            per_run.push(format!("{encoder}, run {}: {}", run + 1, line.join(", ")));
-        }
-        let file = median(took[&0].clone());
-        let mib = |b: u64| format!("{:.1} MiB", b as f64 / (1 << 20) as f64);
-        for (i, way) in ways.iter().enumerate() {
-            let t = median(took[&i].clone());
-            rows.push(vec![
-                encoder.to_string(),
-                way.name(),
-                format!("{t:.2} s"),
-                format!("{:+.1} %", (t / file - 1.0) * 100.0),
-                format!("{:.2} s", median(waited[&i].clone())),
-                mib(last[&i].fetched),
-                mib(last[&i].fetched_ahead),
-            ]);
+            let file = median(took[&0].clone());
+            let mib = |b: u64| format!("{:.1} MiB", b as f64 / (1 << 20) as f64);
+            for (i, way) in ways.iter().enumerate() {
+                let t = median(took[&i].clone());
+                rows.push(vec![
+                    storage.clone(),
+                    encoder.to_string(),
+                    way.name(),
+                    format!("{t:.2} s"),
+                    format!("{:+.1} %", (t / file - 1.0) * 100.0),
+                    format!("{:.2} s", median(waited[&i].clone())),
+                    mib(last[&i].fetched),
+                    mib(last[&i].fetched_ahead),
+                ]);
+            }
         }
     }
     assert_eq!(
@@ -194,15 +217,17 @@ pub(crate) async fn far(opts: &Opts) -> String {
          {} s ({} s to {} s) of the {}-second 1280x720 MPEG-2 input of section 7 \
          ({} MiB, 8 Mbit/s), encoded with `{}` (section 7's video branch) and with \
          `{FAST_VIDEO}` (an encoder several times faster, as a proxy's or a \
-         hardware encoder is) in the benchmark's process (`pipeline::run_part`); the S3 test server answering every `GetObject` after \
-         {DELAY_MS} ms plus its length at {MIB_PER_SECOND} MiB/s (`--get-delay-ms`, \
-         `--get-mib-per-second`); blocks of 4 MiB, an empty block folder for each part; \
-         {} frames each. \"Reads waited\": the time the range source's reads waited for \
-         a block (fetched by the read itself or still being fetched ahead). Fetched: \
-         the bytes the part's reads fetched from storage, of which ahead: those fetched \
-         ahead of the reads (last run).\n",
+         hardware encoder is) in the benchmark's process (`pipeline::run_part`); \
+         the S3 test server answering every `GetObject` after {DELAY_MS} ms plus its \
+         length at the rate named (`--get-delay-ms`, `--get-mib-per-second`: a 4 MiB \
+         block takes 130 ms at 40 MiB/s, 430 ms at 10 MiB/s); blocks of 4 MiB, an \
+         empty block folder for each part; {} frames each. \"Reads waited\": the \
+         time the range source's reads waited for a block (fetched by the read itself \
+         or still being fetched ahead). Fetched: the bytes the part's reads fetched \
+         from storage, of which ahead: those fetched ahead of the reads (last run).\n",
         table(
             &[
+                "storage (each request)",
                 "encoder (one thread)",
                 "the part's input",
                 "part, wall time",
@@ -219,7 +244,7 @@ pub(crate) async fn far(opts: &Opts) -> String {
         from_s,
         until_s,
         secs,
-        info.size >> 20,
+        size >> 20,
         segments::VIDEO,
         frames.iter().next().copied().unwrap_or(0),
     )
