@@ -11,9 +11,9 @@
 //!
 //! - from a local file (no reads wait: the floor);
 //! - by ranges in blocks of 4 MiB (the default `segments.range_block_kib`),
-//!   nothing fetched ahead (`segments.range_read_ahead = 0`);
-//! - the same, two blocks fetched ahead (`range_read_ahead = 2`, the
+//!   nothing fetched ahead (`segments.range_read_ahead = 0`, the
 //!   default);
+//! - the same, two blocks fetched ahead (`range_read_ahead = 2`);
 //!
 //! and all three again with x264 `ultrafast` (one thread), an encoder
 //! several times faster, as a proxy's or a hardware encoder is. The

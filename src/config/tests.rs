@@ -300,7 +300,7 @@ fn segmented_inputs_are_read_by_ranges_unless_set_to_whole() {
     let s = Settings::from_env(None, &s3_env()).unwrap();
     assert_eq!(s.segments.fetch_input, FetchInput::Ranges);
     assert_eq!(s.segments.range_block_kib, 4096);
-    assert_eq!(s.segments.range_read_ahead, 2);
+    assert_eq!(s.segments.range_read_ahead, 0);
     let mut e = s3_env();
     e.insert("TRANSCODE_SEGMENTS__FETCH_INPUT".into(), "whole".into());
     e.insert("TRANSCODE_SEGMENTS__RANGE_BLOCK_KIB".into(), "64".into());
@@ -313,9 +313,9 @@ fn segmented_inputs_are_read_by_ranges_unless_set_to_whole() {
         assert!(err.contains("segments.range_block_kib"), "{err}");
     }
     e.insert("TRANSCODE_SEGMENTS__RANGE_BLOCK_KIB".into(), "64".into());
-    e.insert("TRANSCODE_SEGMENTS__RANGE_READ_AHEAD".into(), "0".into());
+    e.insert("TRANSCODE_SEGMENTS__RANGE_READ_AHEAD".into(), "2".into());
     let s = Settings::from_env(None, &e).unwrap();
-    assert_eq!(s.segments.range_read_ahead, 0);
+    assert_eq!(s.segments.range_read_ahead, 2);
     e.insert("TRANSCODE_SEGMENTS__RANGE_READ_AHEAD".into(), "17".into());
     let err = Settings::from_env(None, &e).unwrap_err().to_string();
     assert!(err.contains("segments.range_read_ahead"), "{err}");
