@@ -379,8 +379,9 @@ async fn listening(worker: &WorkerProc) {
 /// its first part before the other starts its second): both encode
 /// segments; the one that split the job, which has the input, encodes
 /// the audio part (which reads all of it); the other never downloads the
-/// input and fetches less than all of it by ranges; the output is joined
-/// like the input.
+/// input and fetches less than all of it by ranges, some of it ahead of
+/// its reads (`segments.range_read_ahead = 2`); the output is joined like
+/// the input.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_reading_by_ranges_encode_a_job_and_the_other_fetches_part_of_the_input() {
     let farm = Farm::s3(&[SLOW_ALLOWED]).await;
@@ -391,6 +392,7 @@ async fn two_workers_reading_by_ranges_encode_a_job_and_the_other_fetches_part_o
     let settings = [
         ("LOG_FORMAT", "json"),
         ("TRANSCODE_SEGMENTS__RANGE_BLOCK_KIB", "64"),
+        ("TRANSCODE_SEGMENTS__RANGE_READ_AHEAD", "2"),
     ];
     let workers = vec![farm.spawn_worker(&settings), farm.spawn_worker(&settings)];
     for worker in &workers {
@@ -439,6 +441,15 @@ async fn two_workers_reading_by_ranges_encode_a_job_and_the_other_fetches_part_o
     assert!(
         fetched > 0 && fetched < size,
         "the other worker fetched {fetched} of {size} bytes\n{}",
+        other.logs()
+    );
+    let ahead: u64 = json_lines(other, "fetched part of the input by ranges")
+        .iter()
+        .map(|v| v["ahead"].as_u64().expect("ahead"))
+        .sum();
+    assert!(
+        ahead > 0 && ahead < fetched,
+        "the other worker fetched {ahead} of its {fetched} bytes ahead\n{}",
         other.logs()
     );
 
