@@ -1,5 +1,6 @@
 //! Section 7c: a part reading its input by ranges from storage far away,
-//! with and without reading ahead.
+//! with and without reading ahead; and the input downloaded in one request
+//! and in parts.
 //!
 //! The S3 test server plays storage across a network: every `GetObject`
 //! answers after [`DELAY_MS`] plus its length at one of
@@ -20,6 +21,12 @@
 //! pipeline's queues let the demuxer wait for a block while the encoder
 //! works on what it has, so reading ahead can only gain where storage
 //! delivers a block more slowly than the pipeline uses one.
+//!
+//! Then the whole input downloaded (as the worker that splits a job, or
+//! runs a whole-file job, downloads it) from each of these servers and
+//! from one that does not wait: in one request
+//! (`storage.download_concurrency = 1`) and in parts of 16 MiB, four at a
+//! time (the default).
 //!
 //! Each reading by ranges starts with an empty block folder, as a
 //! worker's first part of a job does. The three take turns going first
@@ -106,8 +113,13 @@ async fn encode(
 /// [`DELAY_MS`] plus its length at `mib_per_second`, read by ranges in
 /// blocks of [`BLOCK`] into `dir` (nothing fetched ahead); and the server,
 /// which serves it as long as it lives.
-async fn far_away(input: &Path, mib_per_second: f64, dir: &Path) -> (Ranged, S3Server) {
-    let server = S3Server::start_far_away(DELAY_MS, mib_per_second);
+async fn far_away(
+    input: &Path,
+    delay_ms: u64,
+    mib_per_second: f64,
+    dir: &Path,
+) -> (Ranged, S3Server, transcode_worker::config::Settings) {
+    let server = S3Server::start_far_away(delay_ms, mib_per_second);
     let farm = Farm::s3_on(
         Rabbit::Shared(common::services::shared_rabbit()),
         &server,
@@ -134,7 +146,77 @@ async fn far_away(input: &Path, mib_per_second: f64, dir: &Path) -> (Ranged, S3S
         block_size: BLOCK,
         read_ahead: 0,
     };
-    (ranged, server)
+    (ranged, server, farm.settings.clone())
+}
+
+/// Downloads of the input (`storage.fetch_known`, as a worker fetches a
+/// job's input) from the storage of `settings` into `dir`, in one request
+/// and in parts of 16 MiB four at a time, `runs` times each, taking turns
+/// going first; the rows of the download table for `storage`, and the
+/// runs in words.
+async fn downloads(
+    settings: &transcode_worker::config::Settings,
+    storage: &str,
+    runs: usize,
+    dir: &Path,
+) -> (Vec<Vec<String>>, String) {
+    let ways = [1usize, 4];
+    let mut took: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
+    let mut per_run = Vec::new();
+    let mut size = 0;
+    for run in 0..runs {
+        let mut order: Vec<usize> = ways.to_vec();
+        order.rotate_left(run % ways.len());
+        let mut line = Vec::new();
+        for concurrency in order {
+            let mut settings = settings.clone();
+            settings.storage.download_concurrency = concurrency;
+            let store = Storage::from_settings(&settings.storage).expect("the storage");
+            let info = store
+                .head("in/far.mov")
+                .await
+                .expect("a head")
+                .expect("the input");
+            size = info.size;
+            eprintln!(
+                "bench: download ({storage}), run {}, {concurrency} at a time",
+                run + 1
+            );
+            let counter = transcode_worker::storage::Transferred::default();
+            let started = Instant::now();
+            let got = tokio::time::timeout(
+                JOB_TIMEOUT,
+                store.fetch_known("in/far.mov", &info, dir, &counter),
+            )
+            .await
+            .expect("the download within the timeout")
+            .expect("the download");
+            let t = started.elapsed().as_secs_f64();
+            assert_eq!((got.size, counter.get()), (info.size, info.size));
+            line.push(format!("{concurrency} at a time {t:.2} s"));
+            took.entry(concurrency).or_default().push(t);
+        }
+        per_run.push(format!("{storage}, run {}: {}", run + 1, line.join(", ")));
+    }
+    let one = median(took[&1].clone());
+    let rows = ways
+        .iter()
+        .map(|c| {
+            let t = median(took[c].clone());
+            vec![
+                storage.to_string(),
+                if *c == 1 {
+                    "one request".to_string()
+                } else {
+                    format!("parts of 16 MiB, {c} at a time")
+                },
+                format!("{t:.2} s"),
+                format!("{:.0} MiB/s", size as f64 / (1 << 20) as f64 / t),
+                format!("{:.2}x", one / t),
+            ]
+        })
+        .collect();
+    (rows, per_run.join("; "))
 }
 
 pub(crate) async fn far(opts: &Opts) -> String {
@@ -151,9 +233,21 @@ pub(crate) async fn far(opts: &Opts) -> String {
     let mut rows = Vec::new();
     let mut per_run = Vec::new();
     let mut frames = HashSet::new();
+    let mut download_rows = Vec::new();
+    let mut download_runs = Vec::new();
+    {
+        let (_, _server, settings) = far_away(&input, 0, 0.0, dir.path()).await;
+        let (got, runs) = downloads(&settings, "loopback, no wait", opts.runs, dir.path()).await;
+        download_rows.extend(got);
+        download_runs.push(runs);
+    }
     for mib_per_second in MIB_PER_SECOND {
-        let (ranged, _server) = far_away(&input, mib_per_second, dir.path()).await;
+        let (ranged, _server, settings) =
+            far_away(&input, DELAY_MS, mib_per_second, dir.path()).await;
         let storage = format!("{DELAY_MS} ms + {mib_per_second} MiB/s");
+        let (got, runs) = downloads(&settings, &storage, opts.runs, dir.path()).await;
+        download_rows.extend(got);
+        download_runs.push(runs);
         for (encoder, video) in [
             ("x264 `medium`", segments::VIDEO),
             ("x264 `ultrafast`", FAST_VIDEO),
@@ -224,7 +318,12 @@ pub(crate) async fn far(opts: &Opts) -> String {
          empty block folder for each part; {} frames each. \"Reads waited\": the \
          time the range source's reads waited for a block (fetched by the read itself \
          or still being fetched ahead). Fetched: the bytes the part's reads fetched \
-         from storage, of which ahead: those fetched ahead of the reads (last run).\n",
+         from storage, of which ahead: those fetched ahead of the reads (last run).\n\n\
+         The whole input downloaded, as a worker downloads a job's input (the worker \
+         that splits a segmented job, a whole-file job), by the worker's storage code \
+         (`Storage::fetch_known`) into a scratch folder on the same disk, from the same \
+         servers and from one that does not wait:\n\n{}\n\
+         Medians of {} run(s); per run, in the order they ran: {}.\n",
         table(
             &[
                 "storage (each request)",
@@ -247,5 +346,17 @@ pub(crate) async fn far(opts: &Opts) -> String {
         size >> 20,
         segments::VIDEO,
         frames.iter().next().copied().unwrap_or(0),
+        table(
+            &[
+                "storage (each request)",
+                "download",
+                "time",
+                "rate",
+                "against one request",
+            ],
+            &download_rows,
+        ),
+        opts.runs,
+        download_runs.join("; "),
     )
 }

@@ -384,6 +384,12 @@ impl Settings {
         if self.storage.upload_concurrency == 0 {
             return Err(invalid("storage.upload_concurrency", "must be at least 1"));
         }
+        if !(1..=32).contains(&self.storage.download_concurrency) {
+            return Err(invalid(
+                "storage.download_concurrency",
+                "must be from 1 to 32",
+            ));
+        }
         if self.worker.concurrency == 0 {
             return Err(invalid("worker.concurrency", "must be at least 1"));
         }

@@ -287,6 +287,8 @@ pub struct StorageSettings {
     pub retry_for: Duration,
     /// Multipart upload parts in flight.
     pub upload_concurrency: usize,
+    /// Parts of a download (byte ranges) in flight.
+    pub download_concurrency: usize,
     /// Prefixes `input_key` must start with; empty for any.
     pub allowed_input_prefixes: Vec<String>,
     /// Prefixes `output_key` must start with; empty for any.

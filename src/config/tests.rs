@@ -331,3 +331,23 @@ fn segmented_inputs_are_read_by_ranges_unless_set_to_whole() {
     let err = Settings::from_env(None, &e).unwrap_err().to_string();
     assert!(err.contains("fetch_input"), "{err}");
 }
+
+#[test]
+fn downloads_go_in_four_parts_at_a_time_unless_set() {
+    let s = Settings::from_env(None, &s3_env()).unwrap();
+    assert_eq!(s.storage.download_concurrency, 4);
+    let mut e = s3_env();
+    e.insert("TRANSCODE_STORAGE__DOWNLOAD_CONCURRENCY".into(), "1".into());
+    assert_eq!(
+        Settings::from_env(None, &e)
+            .unwrap()
+            .storage
+            .download_concurrency,
+        1
+    );
+    for bad in ["0", "33"] {
+        e.insert("TRANSCODE_STORAGE__DOWNLOAD_CONCURRENCY".into(), bad.into());
+        let err = Settings::from_env(None, &e).unwrap_err().to_string();
+        assert!(err.contains("storage.download_concurrency"), "{err}");
+    }
+}

@@ -204,10 +204,7 @@ impl Storage {
         counter: &Transferred,
     ) -> Result<LocalInput, StorageError> {
         match self {
-            Storage::S3(s) => {
-                s.fetch(key, info.size, &scratch.join("input"), counter)
-                    .await
-            }
+            Storage::S3(s) => s.fetch(key, info, &scratch.join("input"), counter).await,
             Storage::Directory(d) => d.fetch(key, info.size).await,
         }
     }

@@ -38,10 +38,12 @@ use super::{
 };
 use crate::config::StorageSettings;
 
+mod download;
 mod read;
 mod small;
 mod upload;
 
+use download::Download;
 use upload::Upload;
 
 /// Bytes of a download buffered before they are written to the scratch file.
@@ -61,6 +63,7 @@ pub struct S3Store {
     endpoint: String,
     retry_for: Duration,
     upload_concurrency: usize,
+    download_concurrency: usize,
     /// Sends the bodies of uploads (see the module documentation); `None`
     /// with anonymous credentials.
     uploads: Option<reqwest::Client>,
@@ -122,6 +125,7 @@ impl S3Store {
             endpoint: settings.endpoint.clone(),
             retry_for: settings.retry_for,
             upload_concurrency: settings.upload_concurrency,
+            download_concurrency: settings.download_concurrency,
             uploads: if anonymous {
                 None
             } else {
@@ -196,19 +200,39 @@ impl S3Store {
         .await
     }
 
-    /// Downloads `key`, of `expected` bytes by a HEAD just made, into the
-    /// file `dest` (streamed through a buffer of [`WRITE_BUFFER`] bytes),
-    /// retrying transient failures; a download of another size is one.
+    /// Downloads `key`, as a HEAD just made describes it (`info`), into
+    /// the file `dest` (streamed through a buffer of [`WRITE_BUFFER`]
+    /// bytes; in parts when it is large, see `download.rs`), retrying
+    /// transient failures; a download of another size is one.
     pub(super) async fn fetch(
         &self,
         key: &str,
-        expected: u64,
+        info: &ObjectInfo,
         dest: &std::path::Path,
         counter: &Transferred,
     ) -> Result<LocalInput, StorageError> {
+        let expected = info.size;
         let (_, transfer, inner) = self.route(key);
         with_retries("S3 download", self.retry_for, || async {
             counter.reset();
+            if let (Some(http), true) = (
+                &self.uploads,
+                Download::in_parts(expected, self.download_concurrency),
+            ) {
+                let download = Download {
+                    store: self,
+                    http,
+                    key,
+                    info,
+                    dest,
+                    counter,
+                };
+                download.run().await?;
+                return Ok(LocalInput {
+                    path: dest.to_path_buf(),
+                    size: expected,
+                });
+            }
             let file = tokio::fs::File::create(dest)
                 .await
                 .map_err(|e| StorageError::Local(format!("{}: {e}", dest.display())))?;

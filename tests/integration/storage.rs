@@ -1,6 +1,7 @@
 //! Storage against a real S3 server over HTTP: streamed multipart upload
-//! with metadata, streamed download checked against the object size, clear
-//! errors for missing objects and an unreachable server.
+//! with metadata, streamed download (in parts, of one version of the
+//! object) checked against the object size, clear errors for missing
+//! objects and an unreachable server.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -25,6 +26,90 @@ fn settings_for(s3: &S3Server, bucket: &str, retry_for: &str) -> Settings {
     Settings::from_env(None, &env).unwrap()
 }
 
+/// Writes 40 MiB plus 4 bytes to `path` (three 16 MiB parts, the last one
+/// short), each byte depending on `seed`; returns the size.
+fn write_big(path: &std::path::Path, seed: u8) -> u64 {
+    let mut file = std::fs::File::create(path).unwrap();
+    let mut block = vec![0u8; 1 << 20];
+    for i in 0..40u8 {
+        block
+            .iter_mut()
+            .enumerate()
+            .for_each(|(j, b)| *b = (j as u8) ^ i ^ seed);
+        file.write_all(&block).unwrap();
+    }
+    file.write_all(b"tail").unwrap();
+    drop(file);
+    std::fs::metadata(path).unwrap().len()
+}
+
+/// A 40 MiB object comes down in three parts of 16 MiB (the last one
+/// short), four at a time by default, each into its place in the file: the
+/// file is the object, every byte counted once. The parts are all of one
+/// version: a download sized by a HEAD made before the object was replaced
+/// (by another of the same size) fails, saying so, where one request
+/// (`download_concurrency = 1`) brings the object as it is now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_object_is_downloaded_in_parts_all_of_one_version() {
+    let s3 = shared_s3();
+    let bucket = s3.random_bucket().await;
+    let settings = settings_for(s3, &bucket.name(), "1s");
+    assert_eq!(settings.storage.download_concurrency, 4);
+    let storage = Storage::from_settings(&settings.storage).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (first, second) = (dir.path().join("first.bin"), dir.path().join("second.bin"));
+    let size = write_big(&first, 0);
+    assert_eq!(write_big(&second, 0x5a), size);
+    let none = Transferred::default();
+    storage
+        .store(&first, "in/big.bin", &[], &none)
+        .await
+        .unwrap();
+
+    let scratch = tempfile::tempdir().unwrap();
+    let got = Transferred::default();
+    let input = storage
+        .fetch("in/big.bin", scratch.path(), &got)
+        .await
+        .unwrap();
+    assert_eq!((input.size, got.get()), (size, size));
+    assert!(std::fs::read(&input.path).unwrap() == std::fs::read(&first).unwrap());
+
+    let before = storage.head("in/big.bin").await.unwrap().unwrap();
+    storage
+        .store(&second, "in/big.bin", &[], &none)
+        .await
+        .unwrap();
+    let err = storage
+        .fetch_known(
+            "in/big.bin",
+            &before,
+            scratch.path(),
+            &Transferred::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StorageError::Unavailable(_)), "{err}");
+    assert!(
+        err.to_string().contains("changed while it was downloaded"),
+        "{err}"
+    );
+
+    let mut one = settings.clone();
+    one.storage.download_concurrency = 1;
+    let one = Storage::from_settings(&one.storage).unwrap();
+    let input = one
+        .fetch_known(
+            "in/big.bin",
+            &before,
+            scratch.path(),
+            &Transferred::default(),
+        )
+        .await
+        .unwrap();
+    assert!(std::fs::read(&input.path).unwrap() == std::fs::read(&second).unwrap());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_file_round_trips_through_multipart_upload_with_metadata() {
     let s3 = shared_s3();
@@ -34,18 +119,7 @@ async fn a_large_file_round_trips_through_multipart_upload_with_metadata() {
     // 40 MiB plus a bit: three 16 MiB parts, the last one short, each
     // streamed from the file.
     let src = dir.path().join("big.bin");
-    let mut file = std::fs::File::create(&src).unwrap();
-    let mut block = vec![0u8; 1 << 20];
-    for i in 0..40u8 {
-        block
-            .iter_mut()
-            .enumerate()
-            .for_each(|(j, b)| *b = (j as u8) ^ i);
-        file.write_all(&block).unwrap();
-    }
-    file.write_all(b"tail").unwrap();
-    drop(file);
-    let size = std::fs::metadata(&src).unwrap().len();
+    let size = write_big(&src, 0);
 
     let sent = Transferred::default();
     let meta = vec![("transcode-job-id".to_string(), "j1".to_string())];
