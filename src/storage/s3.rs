@@ -1,7 +1,8 @@
 //! S3-compatible object storage (MinIO, Garage, AWS) through rust-s3.
 //!
 //! Downloads stream into a file and are checked against the object's size,
-//! so a truncated body is never handed to GStreamer. Uploads stream from the
+//! so a truncated body is never handed to GStreamer; a large one comes in
+//! parts of one version of the object, several at a time (`download.rs`). Uploads stream from the
 //! file, as a multipart upload for anything over one part ([`upload::PART_SIZE`]),
 //! which S3 makes visible under the key only when it completes. Transfers
 //! have no whole-request timeout (rust-s3's default would cut any transfer
