@@ -2,8 +2,8 @@
 //! `storage.download_concurrency` of them at a time, each streamed into its
 //! place in the scratch file. One request's speed is often capped well
 //! below the link's (across the internet, to AWS from elsewhere), so a
-//! large input comes in several times faster; memory is one write buffer
-//! a part in flight, whatever the size. Every request carries `If-Match`
+//! large input comes in several times faster; memory is a write buffer of
+//! [`PART_WRITE_BUFFER`] a part in flight, whatever the size. Every request carries `If-Match`
 //! with the ETag of the HEAD that sized the download (and each answer's
 //! ETag is checked, for servers that ignore it), so the parts are all of
 //! one version of the object. Ranges go out with reqwest to a URL rust-s3
@@ -16,6 +16,10 @@ use reqwest::header::{IF_MATCH, RANGE};
 use super::upload::PART_SIZE;
 use super::*;
 
+/// Bytes of a part buffered before they are written to the file: smaller
+/// than a whole download's [`WRITE_BUFFER`], as several parts are in flight
+/// (and the file's own writes copy what they are given).
+const PART_WRITE_BUFFER: usize = 256 << 10;
 /// How long the presigned URL of a download is valid (a download that
 /// takes longer fails and is tried again with a new one).
 const PRESIGNED_FOR_SECS: u32 = 24 * 3600;
@@ -120,7 +124,7 @@ impl Download<'_> {
         file.seek(std::io::SeekFrom::Start(start))
             .await
             .map_err(|e| self.local(e))?;
-        let mut writer = tokio::io::BufWriter::with_capacity(WRITE_BUFFER, file);
+        let mut writer = tokio::io::BufWriter::with_capacity(PART_WRITE_BUFFER, file);
         let mut body = response.bytes_stream();
         let mut got = 0u64;
         while let Some(chunk) = body.next().await {
