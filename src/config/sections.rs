@@ -390,8 +390,8 @@ pub struct SegmentSettings {
     pub fetch_input: FetchInput,
     /// KiB of each range request when parts read their input by ranges.
     pub range_block_kib: u64,
-    /// Blocks a part reading by ranges fetches ahead once it reads on
-    /// from one block into the next (0: none).
+    /// Blocks a part reading by ranges fetches ahead once it has read
+    /// three blocks in a row (0: none).
     pub range_read_ahead: u64,
 }
 

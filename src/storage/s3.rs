@@ -2,9 +2,10 @@
 //!
 //! Downloads stream into a file and are checked against the object's size,
 //! so a truncated body is never handed to GStreamer; a large one comes in
-//! parts of one version of the object, several at a time (`download.rs`). Uploads stream from the
-//! file, as a multipart upload for anything over one part ([`upload::PART_SIZE`]),
-//! which S3 makes visible under the key only when it completes. Transfers
+//! parts of one version of the object, several at a time (`download.rs`).
+//! Uploads stream from the file, as a multipart upload for anything over
+//! one part ([`upload::PART_SIZE`]), which S3 makes visible under the key
+//! only when it completes. Transfers
 //! have no whole-request timeout (rust-s3's default would cut any transfer
 //! longer than a minute); the worker watches their byte counters instead.
 //!
@@ -228,11 +229,19 @@ impl S3Store {
                     dest,
                     counter,
                 };
-                download.run().await?;
-                return Ok(LocalInput {
-                    path: dest.to_path_buf(),
-                    size: expected,
-                });
+                match download.run().await {
+                    Ok(()) => {
+                        return Ok(LocalInput {
+                            path: dest.to_path_buf(),
+                            size: expected,
+                        })
+                    }
+                    Err(StorageError::Unsupported(why)) => {
+                        tracing::warn!(key, why, "downloading in one request");
+                        counter.reset();
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             let file = tokio::fs::File::create(dest)
                 .await

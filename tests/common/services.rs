@@ -760,6 +760,12 @@ impl S3Server {
         ])
     }
 
+    /// Starts a private `s3-test-server` that answers every `GetObject`
+    /// with the whole object, its `Range` header ignored.
+    pub fn start_ignoring_ranges() -> S3Server {
+        S3Server::start_with(&["--ignore-ranges"])
+    }
+
     /// Starts a private `s3-test-server` with extra command-line `flags`.
     fn start_with(flags: &[&str]) -> S3Server {
         let mut failures = String::new();

@@ -110,6 +110,29 @@ async fn a_large_object_is_downloaded_in_parts_all_of_one_version() {
     assert!(std::fs::read(&input.path).unwrap() == std::fs::read(&second).unwrap());
 }
 
+/// A server that answers a range request with the whole object (HTTP
+/// 200) gets the download in one request instead: the file is the object,
+/// every byte counted once (the whole object's answer to a range is not
+/// read).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_range_reads_gets_the_download_in_one_request() {
+    let s3 = S3Server::start_ignoring_ranges();
+    let bucket = s3.random_bucket().await;
+    let settings = settings_for(&s3, &bucket.name(), "1s");
+    let storage = Storage::from_settings(&settings.storage).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("big.bin");
+    let size = write_big(&src, 7);
+    storage
+        .store(&src, "in/big.bin", &[], &Transferred::default())
+        .await
+        .unwrap();
+    let got = Transferred::default();
+    let input = storage.fetch("in/big.bin", dir.path(), &got).await.unwrap();
+    assert_eq!((input.size, got.get()), (size, size));
+    assert!(std::fs::read(&input.path).unwrap() == std::fs::read(&src).unwrap());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_file_round_trips_through_multipart_upload_with_metadata() {
     let s3 = shared_s3();

@@ -1,15 +1,18 @@
 //! Downloads from S3 in parts: byte ranges of [`PART_SIZE`], up to
-//! `storage.download_concurrency` of them at a time, each streamed into its
-//! place in the scratch file. One request's speed is often capped well
+//! `storage.download_concurrency` of them at a time, each streamed into
+//! its place in the scratch file. One request's speed is often capped well
 //! below the link's (across the internet, to AWS from elsewhere), so a
 //! large input comes in several times faster; memory is a write buffer of
-//! [`PART_WRITE_BUFFER`] a part in flight, whatever the size. Every request carries `If-Match`
-//! with the ETag of the HEAD that sized the download (and each answer's
-//! ETag is checked, for servers that ignore it), so the parts are all of
-//! one version of the object. Ranges go out with reqwest to a URL rust-s3
-//! presigns, as the uploads' bodies do; with anonymous credentials, which
-//! cannot presign, and for an object of one part, the download is one
-//! request.
+//! [`PART_WRITE_BUFFER`] a part in flight, whatever the size.
+//!
+//! Every request carries `If-Match` with the ETag of the HEAD that sized
+//! the download (and each answer's ETag is checked, for servers that
+//! ignore it), so the parts are all of one version of the object. Ranges
+//! go out with reqwest to a URL rust-s3 presigns, as the uploads' bodies
+//! do; with anonymous credentials, which cannot presign, for an object of
+//! one part, and from a server that answers a range with the whole object
+//! ([`StorageError::Unsupported`], its body not read), the download is
+//! one request.
 
 use reqwest::header::{IF_MATCH, RANGE};
 
@@ -98,7 +101,14 @@ impl Download<'_> {
                 "the object changed while it was downloaded".into(),
             ));
         }
+        if status.is_success() && status.as_u16() != 206 {
+            return Err(StorageError::Unsupported(format!(
+                "{} answered a range request with HTTP {status}, not 206",
+                self.store.describe()
+            )));
+        }
         if status.as_u16() != 206 {
+            // An error's body: a short XML document.
             let body = response.text().await.unwrap_or_default();
             return Err(self
                 .store

@@ -24,7 +24,8 @@
 //! waits, before it answers, as long as a server across a network would
 //! take to deliver it (a delay, then the body at that rate; the body then
 //! comes at once), so the benchmarks can measure what a worker does with
-//! storage far away.
+//! storage far away. With `--ignore-ranges` it answers every `GetObject`
+//! with the whole object, as a server without range reads would.
 //!
 //! The s3s-fs library has no `ListMultipartUploads`; this server adds it:
 //! it notes each multipart upload it starts (bucket, key, id, time) until
@@ -79,6 +80,10 @@ struct Opt {
     /// MiB a second (then answers at once); 0: no limit.
     #[arg(long, default_value_t = 0.0)]
     get_mib_per_second: f64,
+    /// Answer every `GetObject` with the whole object (HTTP 200), its
+    /// `Range` header ignored, as a server without range reads would.
+    #[arg(long)]
+    ignore_ranges: bool,
     /// Root directory of stored data.
     root: PathBuf,
 }
@@ -102,6 +107,8 @@ struct Store {
     conditional_writes: Conditional,
     /// `--get-delay-ms` and `--get-mib-per-second`.
     far: Far,
+    /// `--ignore-ranges`.
+    ignore_ranges: bool,
 }
 
 /// How far away the server plays it is: each `GetObject` answers after
@@ -175,8 +182,11 @@ s3_impl! {
     own {
         async fn get_object(
             &self,
-            req: S3Request<GetObjectInput>,
+            mut req: S3Request<GetObjectInput>,
         ) -> S3Result<S3Response<GetObjectOutput>> {
+            if self.ignore_ranges {
+                req.input.range = None;
+            }
             let response = self.fs.get_object(req).await?;
             let bytes = response.output.content_length.unwrap_or(0).max(0) as u64;
             let wait = self.far.wait(bytes);
@@ -307,6 +317,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             delay: std::time::Duration::from_millis(opt.get_delay_ms),
             bytes_per_second: opt.get_mib_per_second * (1 << 20) as f64,
         },
+        ignore_ranges: opt.ignore_ranges,
     });
     if let (Some(access_key), Some(secret_key)) = (opt.access_key, opt.secret_key) {
         builder.set_auth(SimpleAuth::from_single(access_key, secret_key));
