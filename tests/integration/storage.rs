@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::io::Write;
 
 use transcode_worker::config::Settings;
-use transcode_worker::storage::{Storage, StorageError, Transferred};
+use transcode_worker::storage::{LocalInput, ObjectInfo, Storage, StorageError, Transferred};
 
 use crate::common::services::{shared_s3, S3Server};
 
@@ -41,6 +41,18 @@ fn write_big(path: &std::path::Path, seed: u8) -> u64 {
     file.write_all(b"tail").unwrap();
     drop(file);
     std::fs::metadata(path).unwrap().len()
+}
+
+/// `in/big.bin` of `storage` fetched into `scratch` as `info` describes it.
+async fn fetch_as(
+    storage: &Storage,
+    info: &ObjectInfo,
+    scratch: &std::path::Path,
+) -> Result<LocalInput, StorageError> {
+    let counter = Transferred::default();
+    storage
+        .fetch_known("in/big.bin", info, scratch, &counter)
+        .await
 }
 
 /// A 40 MiB object comes down in three parts of 16 MiB (the last one
@@ -80,13 +92,7 @@ async fn a_large_object_is_downloaded_in_parts_all_of_one_version() {
         .store(&second, "in/big.bin", &[], &none)
         .await
         .unwrap();
-    let err = storage
-        .fetch_known(
-            "in/big.bin",
-            &before,
-            scratch.path(),
-            &Transferred::default(),
-        )
+    let err = fetch_as(&storage, &before, scratch.path())
         .await
         .unwrap_err();
     assert!(matches!(err, StorageError::Unavailable(_)), "{err}");
@@ -98,15 +104,7 @@ async fn a_large_object_is_downloaded_in_parts_all_of_one_version() {
     let mut one = settings.clone();
     one.storage.download_concurrency = 1;
     let one = Storage::from_settings(&one.storage).unwrap();
-    let input = one
-        .fetch_known(
-            "in/big.bin",
-            &before,
-            scratch.path(),
-            &Transferred::default(),
-        )
-        .await
-        .unwrap();
+    let input = fetch_as(&one, &before, scratch.path()).await.unwrap();
     assert!(std::fs::read(&input.path).unwrap() == std::fs::read(&second).unwrap());
 }
 
