@@ -768,6 +768,31 @@ async fn the_worker_splits_long_inputs_above_its_threshold() {
     farm.assert_all_acked(vec![worker]).await;
 }
 
+/// Waits (up to two minutes) until the newest object under the segment
+/// prefix of `farm`'s bucket is over a minute old (`abandon_after` in
+/// these tests), saying `what` if it never is.
+async fn until_segment_objects_are_a_minute_old(farm: &Farm, what: &str) {
+    let bucket = farm.bucket.as_ref().expect("an S3 farm");
+    wait_for_value(Duration::from_secs(120), what, || async {
+        let newest = bucket
+            .list(SEGMENTS_PREFIX.to_string(), None)
+            .await
+            .ok()?
+            .into_iter()
+            .flat_map(|page| page.contents)
+            .filter_map(|o| {
+                time::OffsetDateTime::parse(
+                    &o.last_modified,
+                    &time::format_description::well_known::Rfc3339,
+                )
+                .ok()
+            })
+            .max()?;
+        let age = time::OffsetDateTime::now_utc() - newest;
+        (age > time::Duration::seconds(62)).then_some(())
+    })
+    .await;
+}
 /// Everything died: the worker that split the job crashed in its first
 /// part and the part tasks are gone from the queue. A worker started once
 /// the job's objects are older than `segments.abandon_after` (1 minute
@@ -794,30 +819,7 @@ async fn the_objects_of_a_job_whose_tasks_were_lost_are_found_and_removed() {
     );
     assert!(!segment_objects(&farm).await.is_empty());
     // Until the newest object is older than abandon_after.
-    let bucket = farm.bucket.as_ref().expect("an S3 farm");
-    wait_for_value(
-        Duration::from_secs(120),
-        "the objects a minute old",
-        || async {
-            let newest = bucket
-                .list(SEGMENTS_PREFIX.to_string(), None)
-                .await
-                .ok()?
-                .into_iter()
-                .flat_map(|page| page.contents)
-                .filter_map(|o| {
-                    time::OffsetDateTime::parse(
-                        &o.last_modified,
-                        &time::format_description::well_known::Rfc3339,
-                    )
-                    .ok()
-                })
-                .max()?;
-            let age = time::OffsetDateTime::now_utc() - newest;
-            (age > time::Duration::seconds(62)).then_some(())
-        },
-    )
-    .await;
+    until_segment_objects_are_a_minute_old(&farm, "the objects a minute old").await;
     let second = farm.spawn_worker(&[]);
     let last = watch.until_final("seg-lost", DEFAULT_TIMEOUT).await;
     assert_eq!(last.state, Phase::Failed, "{last:#?}\n{}", second.logs());
@@ -1231,28 +1233,7 @@ async fn an_abandoned_job_whose_end_was_won_on_the_broker_and_never_written_is_e
     broker.close().await;
     let mut watch = farm.watch_progress().await;
     // Until the plan is older than abandon_after.
-    let bucket = farm.bucket.as_ref().expect("an S3 farm");
-    wait_for_value(
-        Duration::from_secs(120),
-        "the plan a minute old",
-        || async {
-            let listed = bucket.list(SEGMENTS_PREFIX.to_string(), None).await.ok()?;
-            let newest = listed
-                .into_iter()
-                .flat_map(|page| page.contents)
-                .filter_map(|o| {
-                    time::OffsetDateTime::parse(
-                        &o.last_modified,
-                        &time::format_description::well_known::Rfc3339,
-                    )
-                    .ok()
-                })
-                .max()?;
-            let age = time::OffsetDateTime::now_utc() - newest;
-            (age > time::Duration::seconds(62)).then_some(())
-        },
-    )
-    .await;
+    until_segment_objects_are_a_minute_old(&farm, "the plan a minute old").await;
     let worker = farm.spawn_worker(&abandon);
     let last = watch.until_final("seg-won", DEFAULT_TIMEOUT).await;
     assert_eq!(last.state, Phase::Failed, "{last:#?}\n{}", worker.logs());
