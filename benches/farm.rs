@@ -9,7 +9,8 @@
 //! `--out FILE`.
 //! Sections: overhead, per-job cost, memory, scale-out, renditions
 //! (farm/renditions.rs: a ladder from one decode against separate jobs),
-//! segmented jobs (farm/segments.rs: one input on one and two workers),
+//! segmented jobs (farm/segments.rs: one input on one and two workers;
+//! farm/lengths.rs: what the segment length costs),
 //! a part reading by ranges from storage far away (farm/far.rs),
 //! progress marks (farm/marks.rs: a segmented job's events in order),
 //! history (the dashboard and `status` with a large history; also on
@@ -28,6 +29,8 @@ mod common;
 mod far;
 #[path = "support/garage.rs"]
 mod garage;
+#[path = "farm/lengths.rs"]
+mod lengths;
 #[path = "farm/marks.rs"]
 mod marks;
 #[path = "farm/renditions.rs"]
@@ -59,7 +62,7 @@ const CHEAP_VIDEO: &str =
 const JOB_TIMEOUT: Duration = Duration::from_secs(900);
 
 /// The sections of a run, in the order they run.
-const SECTIONS: [&str; 15] = [
+const SECTIONS: [&str; 16] = [
     "overhead",
     "perjob",
     "memory",
@@ -68,6 +71,7 @@ const SECTIONS: [&str; 15] = [
     "scale",
     "renditions",
     "segments",
+    "lengths",
     "far",
     "marks",
     "history",
@@ -245,7 +249,7 @@ fn main() {
         )
     };
     let ts = &test_server;
-    let sections: [(&str, &dyn Fn() -> String); 15] = [
+    let sections: [(&str, &dyn Fn() -> String); 16] = [
         ("overhead", &|| {
             rt.block_on(overhead(&opts, Overhead::Main, ts, "1a", ""))
         }),
@@ -259,6 +263,7 @@ fn main() {
         ("scale", &|| rt.block_on(scale_out(&opts))),
         ("renditions", &|| rt.block_on(renditions::renditions(&opts))),
         ("segments", &|| rt.block_on(segments::segments(&opts))),
+        ("lengths", &|| rt.block_on(lengths::lengths(&opts))),
         ("far", &|| rt.block_on(far::far(&opts))),
         ("marks", &|| rt.block_on(marks::marks(&opts))),
         ("history", &|| rt.block_on(history(&opts, ts))),

@@ -33,7 +33,7 @@ pub(crate) const VIDEO: &str =
     "videoconvert ! x264enc pass=qual quantizer=23 speed-preset=medium threads=1";
 
 /// The 1280x720 H.264 + AAC input of `secs` seconds.
-fn h264_720p(secs: u32) -> PathBuf {
+pub(crate) fn h264_720p(secs: u32) -> PathBuf {
     ffmpeg_input(
         &format!("h264-{secs}s-1280x720.mp4"),
         &lavfi(
@@ -60,7 +60,7 @@ pub(crate) fn mpeg2_720p(secs: u32) -> PathBuf {
 
 /// CPU seconds (user + system) `pid` and its child processes have used,
 /// those it has waited for included.
-fn tree_cpu_s(pid: i32) -> f64 {
+pub(crate) fn tree_cpu_s(pid: i32) -> f64 {
     let ticks: f64 = sh("getconf CLK_TCK").trim().parse().unwrap_or(100.0);
     let used = |pid: i32| -> f64 {
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
@@ -80,7 +80,7 @@ fn tree_cpu_s(pid: i32) -> f64 {
 }
 
 /// The job `id` on the input, in segments of `segment_seconds` if given.
-fn job(id: &str, key: &str, segment_seconds: Option<u32>) -> serde_json::Value {
+pub(crate) fn job(id: &str, key: &str, segment_seconds: Option<u32>) -> serde_json::Value {
     let mut job = json!({"job_id": id, "input_key": key,
         "output_key": format!("out/{id}.mp4"), "transcode_options": VIDEO});
     if let Some(s) = segment_seconds {
@@ -92,43 +92,43 @@ fn job(id: &str, key: &str, segment_seconds: Option<u32>) -> serde_json::Value {
 /// Where one job's time went, from the JSON logs of the workers that ran
 /// it (the timestamps and the timings of their lines).
 #[derive(Debug, Default, Clone)]
-struct Timeline {
+pub(crate) struct Timeline {
     /// "job started" -> "job completed", s.
-    worker_s: f64,
+    pub(crate) worker_s: f64,
     /// A whole-file job: its pipeline (probe, stream, encoder flush, muxer
     /// finish, stop: the "outputs verified" line), s.
-    pipeline_s: f64,
+    pub(crate) pipeline_s: f64,
     /// A segmented job: "job started" -> "split the job" (the input's
     /// fetch, its scan, the plan written), s.
-    split_s: f64,
+    pub(crate) split_s: f64,
     /// The part tasks' pipelines: each task's encode time (a video
     /// segment, with the audio beside it in one task), summed, s.
-    parts_s: f64,
+    pub(crate) parts_s: f64,
     /// "split the job" -> "the last part is stored" less the parts'
     /// pipelines: each part's upload and record, the next task's delivery,
     /// a second worker's fetch of the input; with two workers, the time
     /// both work at once counts twice in `parts_s`, so this is only
     /// meaningful for one worker, s.
-    between_s: f64,
+    pub(crate) between_s: f64,
     /// "the last part is stored" -> "job completed" (the join, its
     /// verification, the upload, the record), s.
-    finish_s: f64,
+    pub(crate) finish_s: f64,
     /// The join pipeline's own time, s.
-    join_s: f64,
+    pub(crate) join_s: f64,
     /// Per worker that encoded parts: how many tasks, its first part's
     /// start after the split, and its last part's end after the split, s.
-    workers: Vec<(usize, f64, f64)>,
+    pub(crate) workers: Vec<(usize, f64, f64)>,
     /// Bytes of the input the workers read from storage for the job:
     /// whole downloads (`fetching the input`) and range reads (`fetched
     /// part of the input by ranges`).
-    read_bytes: f64,
+    pub(crate) read_bytes: f64,
     /// The input's size (from a whole download's line), bytes.
-    input_bytes: f64,
+    pub(crate) input_bytes: f64,
 }
 
 impl Timeline {
     /// Reads job `id`'s lines from the logs of `workers`.
-    fn of(workers: &[&WorkerProc], id: &str) -> Timeline {
+    pub(crate) fn of(workers: &[&WorkerProc], id: &str) -> Timeline {
         let at = |v: &serde_json::Value| -> f64 {
             v["timestamp"]
                 .as_str()
