@@ -21,7 +21,8 @@
 //!    give),
 //!    [`plan`] (what pipeline a job gets, which elements a worker needs),
 //!    [`capability`] (what a worker can run, what a job needs, where a job
-//!    waits for a worker that can);
+//!    waits for a worker that can), [`byte_range`] (what an answer to a
+//!    range request of an object says);
 //!    and the process basics [`telemetry`] (logs) and [`signals`].
 //! 2. **Outside systems**, one module each:
 //!    [`broker`] (RabbitMQ through lapin: topology, publishing, a delivered
@@ -59,6 +60,7 @@
 #![allow(rustdoc::private_intra_doc_links)]
 
 pub mod broker;
+pub mod byte_range;
 pub mod capability;
 pub mod cli;
 pub mod commands;

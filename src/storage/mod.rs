@@ -224,6 +224,16 @@ impl Storage {
         }
     }
 
+    /// Whether the storage answers a range request for `key` with the range
+    /// rather than the whole object (one small request on S3; the
+    /// directory backend reads in place, so `true`).
+    pub async fn serves_ranges(&self, key: &str) -> Result<bool, StorageError> {
+        match self {
+            Storage::S3(s) => s.serves_ranges(key).await,
+            Storage::Directory(_) => Ok(true),
+        }
+    }
+
     /// Stores the file `src` under `key`, with user `metadata`. The object
     /// appears under `key` only once it is complete.
     pub async fn store(

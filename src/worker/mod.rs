@@ -79,6 +79,9 @@ pub struct Worker {
     /// Why the storage cannot settle segmented jobs' claims (`None`: it
     /// can), once asked.
     claims_flaw: tokio::sync::OnceCell<Option<String>>,
+    /// Whether the storage answers range requests with ranges, once asked
+    /// (before this worker's first part that would read by ranges).
+    serves_ranges: tokio::sync::OnceCell<bool>,
     /// The queues of jobs waiting for capable workers that this worker has
     /// learnt of (from the requirements stream or its own moves).
     waiting: Mutex<BTreeSet<WaitingQueue>>,
@@ -160,6 +163,7 @@ impl Worker {
             history,
             inputs: crate::segment::InputCache::new(usize::from(settings_concurrency)),
             claims_flaw: tokio::sync::OnceCell::new(),
+            serves_ranges: tokio::sync::OnceCell::new(),
             waiting: Mutex::new(BTreeSet::new()),
             exit_when_idle,
         }))

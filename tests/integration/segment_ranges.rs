@@ -4,7 +4,8 @@
 //! read from a file, fetching only the blocks around it and each of them
 //! once; a gone, changed or unreachable input fails the part with the
 //! reason (and never shows the presigned URL); two workers encode a job,
-//! the one that did not split it fetching only part of the input.
+//! the one that did not split it fetching only part of the input; on
+//! storage that ignores ranges, it downloads the input instead.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -460,6 +461,64 @@ async fn two_workers_reading_by_ranges_encode_a_job_and_the_other_fetches_part_o
     let output = farm.get_output("out/long.mp4").await.expect("the output");
     assert_joined_like_the_input(&input, &output, &starts);
     assert_nothing_left(&farm, &["ranges"]).await;
+    farm.assert_all_acked(workers).await;
+}
+
+/// On storage that answers range requests with the whole object (a proxy
+/// that drops `Range`), the worker that did not split a job finds it out
+/// with one request before its first part, says so once, and downloads
+/// the input instead of reading it by ranges: both workers encode parts
+/// and the job completes, joined like the input.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_storage_that_ignores_ranges_the_parts_download_the_input_instead() {
+    let s3 = S3Server::start_ignoring_ranges();
+    let farm = Farm::s3_on(Rabbit::Shared(shared_rabbit()), &s3, &[SLOW_ALLOWED]).await;
+    let input = fixtures::h264_mp4_key_every_second(20, true);
+    farm.put_input("in/long.mp4", &input).await;
+    let mut watch = farm.watch_progress().await;
+    let settings = [
+        ("LOG_FORMAT", "json"),
+        ("TRANSCODE_SEGMENTS__RANGE_BLOCK_KIB", "64"),
+    ];
+    let workers = vec![farm.spawn_worker(&settings), farm.spawn_worker(&settings)];
+    for worker in &workers {
+        listening(worker).await;
+    }
+    farm.publish_job(json!({"job_id": "no-ranges", "input_key": "in/long.mp4",
+        "output_key": "out/long.mp4", "transcode_options": slow(20), "segment_seconds": 4}))
+        .await;
+    let last = watch.until_final("no-ranges", JOB_TIMEOUT).await;
+    let logs = || format!("{}\n{}", workers[0].logs(), workers[1].logs());
+    assert_eq!(last.state, Phase::Completed, "{last:#?}\n{}", logs());
+    let by_segment = encoders(&watch.of("no-ranges"));
+    let names: std::collections::BTreeSet<&String> =
+        by_segment.values().flatten().map(|(w, _)| w).collect();
+    assert_eq!(names.len(), 2, "both workers encode: {by_segment:?}");
+
+    let other = match workers[0].logs().contains("split the job") {
+        true => &workers[1],
+        false => &workers[0],
+    };
+    let told = json_lines(
+        other,
+        "the storage answers range requests with the whole object: parts download their input instead of reading it by ranges",
+    );
+    assert_eq!(told.len(), 1, "said once\n{}", other.logs());
+    assert_eq!(fetched_by_ranges(other), 0, "{}", other.logs());
+    assert_eq!(
+        other.logs().matches("\"fetching the input\"").count(),
+        1,
+        "downloaded once, for all its parts\n{}",
+        other.logs()
+    );
+
+    let starts: Vec<f64> = segment_starts(&[&workers[0], &workers[1]])
+        .values()
+        .copied()
+        .collect();
+    let output = farm.get_output("out/long.mp4").await.expect("the output");
+    assert_joined_like_the_input(&input, &output, &starts);
+    assert_nothing_left(&farm, &["no-ranges"]).await;
     farm.assert_all_acked(workers).await;
 }
 

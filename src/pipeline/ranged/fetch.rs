@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Ranged, ReadStats};
+use crate::byte_range::{answer, RangeAnswer};
 
 /// A failed read: whether the input is gone (or changed), and what happened.
 #[derive(Debug)]
@@ -107,32 +108,27 @@ impl Fetcher {
         let response = request
             .send()
             .map_err(|e| transient(format!("{what}: {}", e.without_url())))?;
-        let status = response.status();
         let gone = |why: &str| ReadError {
             gone: true,
             message: format!("{what}: the input {why}"),
         };
-        match status.as_u16() {
-            206 => {}
-            404 => return Err(gone("is gone (HTTP 404)")),
-            412 => return Err(gone("changed since the job was split (HTTP 412)")),
-            416 => {
-                return Err(gone(
-                    "changed since the job was split (it is shorter: HTTP 416)",
-                ))
-            }
-            _ => return Err(transient(format!("{what}: HTTP {status}"))),
-        }
-        // Checked here too: not every S3 server honours `If-Match`.
+        let status = response.status();
         let etag = response
             .headers()
             .get(reqwest::header::ETAG)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v.trim_start_matches("W/").trim_matches('"'));
-        if let (Some(expected), Some(etag)) = (&self.ranged.etag, etag) {
-            if etag != expected {
-                return Err(gone("changed since the job was split (another ETag)"));
+            .and_then(|v| v.to_str().ok());
+        match answer(status.as_u16(), etag, self.ranged.etag.as_deref()) {
+            RangeAnswer::Range => {}
+            RangeAnswer::Gone => return Err(gone("is gone (HTTP 404)")),
+            RangeAnswer::Changed(why) => {
+                return Err(gone(&format!("changed since the job was split ({why})")))
             }
+            RangeAnswer::Whole => {
+                return Err(transient(format!(
+                    "{what}: the storage answered with the whole input (HTTP {status}): it does not serve byte ranges"
+                )))
+            }
+            RangeAnswer::Failed => return Err(transient(format!("{what}: HTTP {status}"))),
         }
         let mut bytes = Vec::with_capacity(len);
         response

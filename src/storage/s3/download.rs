@@ -16,6 +16,8 @@
 
 use reqwest::header::{IF_MATCH, RANGE};
 
+use crate::byte_range::{answer, RangeAnswer};
+
 use super::upload::PART_SIZE;
 use super::*;
 
@@ -96,34 +98,26 @@ impl Download<'_> {
             .await
             .map_err(|e| unavailable(with_causes(&e.without_url())))?;
         let status = response.status();
-        if status.as_u16() == 412 {
-            return Err(unavailable(
-                "the object changed while it was downloaded".into(),
-            ));
-        }
-        if status.is_success() && status.as_u16() != 206 {
-            return Err(StorageError::Unsupported(format!(
-                "{} answered a range request with HTTP {status}, not 206",
-                self.store.describe()
-            )));
-        }
-        if status.as_u16() != 206 {
-            // An error's body: a short XML document.
-            let body = response.text().await.unwrap_or_default();
-            return Err(self
-                .store
-                .error(self.key, S3Error::HttpFailWithBody(status.as_u16(), body)));
-        }
-        let etag = response
-            .headers()
-            .get(ETAG)
-            .and_then(|v| v.to_str().ok())
-            .and_then(bare_etag);
-        if let (Some(expected), Some(etag)) = (&self.info.version, &etag) {
-            if etag.trim_start_matches("W/").trim_matches('"') != expected {
-                return Err(unavailable(
-                    "the object changed while it was downloaded (another ETag)".into(),
-                ));
+        let etag = response.headers().get(ETAG).and_then(|v| v.to_str().ok());
+        match answer(status.as_u16(), etag, self.info.version.as_deref()) {
+            RangeAnswer::Range => {}
+            RangeAnswer::Changed(why) => {
+                return Err(unavailable(format!(
+                    "the object changed while it was downloaded ({why})"
+                )))
+            }
+            RangeAnswer::Whole => {
+                return Err(StorageError::Unsupported(format!(
+                    "{} answered a range request with HTTP {status}, not 206",
+                    self.store.describe()
+                )))
+            }
+            RangeAnswer::Gone | RangeAnswer::Failed => {
+                // An error's body: a short XML document.
+                let body = response.text().await.unwrap_or_default();
+                return Err(self
+                    .store
+                    .error(self.key, S3Error::HttpFailWithBody(status.as_u16(), body)));
             }
         }
         let mut file = tokio::fs::OpenOptions::new()
@@ -153,5 +147,44 @@ impl Download<'_> {
             return Err(unavailable(format!("cut short: {got} of {len} bytes")));
         }
         Ok(())
+    }
+}
+
+impl S3Store {
+    /// Whether the server answers a range request for `key` with the
+    /// range (HTTP 206) rather than the whole object (a server or proxy
+    /// that drops `Range`): one request for the object's first byte, whose
+    /// answer is not read when it is the whole object. `true` when this
+    /// store cannot presign (nothing of it is read by ranges then).
+    pub(in crate::storage) async fn serves_ranges(&self, key: &str) -> Result<bool, StorageError> {
+        let Some(http) = &self.uploads else {
+            return Ok(true);
+        };
+        let (_, transfer, inner) = self.route(key);
+        let url = transfer
+            .presign_get(inner, 600, None)
+            .await
+            .map_err(|e| self.error(key, e))?;
+        let response = http
+            .get(url)
+            .header(RANGE, "bytes=0-0")
+            .send()
+            .await
+            .map_err(|e| {
+                StorageError::Unavailable(format!(
+                    "{}: {key:?}: {}",
+                    self.describe(),
+                    with_causes(&e.without_url())
+                ))
+            })?;
+        let status = response.status().as_u16();
+        match answer(status, None, None) {
+            RangeAnswer::Range => Ok(true),
+            RangeAnswer::Whole => Ok(false),
+            _ => {
+                let body = response.text().await.unwrap_or_default();
+                Err(self.error(key, S3Error::HttpFailWithBody(status, body)))
+            }
+        }
     }
 }

@@ -2,7 +2,8 @@
 //! (`segments.fetch_input = "ranges"`), the blocks fetched kept for the
 //! job's next parts here; or fetched whole once and kept, or fetched
 //! ahead, while another worker splits the job, when this one has nothing
-//! to do (`"whole"`). The worker that split the job has it whole.
+//! to do (`"whole"`, and on storage that answers range requests with the
+//! whole object). The worker that split the job has it whole.
 
 use super::*;
 use crate::config::FetchInput;
@@ -12,14 +13,14 @@ impl Worker {
     /// Where the parts of a job read its input `key` (as `info`
     /// describes it) on this worker, and what holds it here while they
     /// run: by ranges when the settings ask for it and the storage can
-    /// presign, else a whole copy ([`Worker::kept_input`]).
+    /// presign and serves ranges, else a whole copy ([`Worker::kept_input`]).
     pub(super) async fn part_input(
         &self,
         key: &str,
         info: &ObjectInfo,
         reporter: &Reporter,
     ) -> Result<(PartInput, LocalInput), JobError> {
-        if self.reads_by_ranges() {
+        if self.reads_by_ranges() && self.storage_serves_ranges(key).await {
             let w = &self.settings.worker;
             let held = self
                 .inputs
@@ -46,9 +47,41 @@ impl Worker {
         Ok((PartInput::File(held.path.clone()), held))
     }
 
-    /// Whether this worker's parts read their input by ranges.
+    /// Whether this worker's parts read their input by ranges (as far as
+    /// it knows: until its first such part, it has not asked the storage
+    /// whether it serves ranges).
     pub(super) fn reads_by_ranges(&self) -> bool {
-        self.settings.segments.fetch_input == FetchInput::Ranges && self.storage.presigns()
+        self.settings.segments.fetch_input == FetchInput::Ranges
+            && self.storage.presigns()
+            && self.serves_ranges.get() != Some(&false)
+    }
+
+    /// Whether the storage answers range requests with ranges, asked once
+    /// with `key`. A storage that answers with the whole object (a proxy
+    /// that drops `Range`) would fail every read of a range source, so the
+    /// parts download their input instead. A question that fails is asked
+    /// again at the next part; this one reads by ranges, whose reads say
+    /// what fails.
+    async fn storage_serves_ranges(&self, key: &str) -> bool {
+        let asked = self
+            .serves_ranges
+            .get_or_try_init(|| async {
+                let serves = self.storage.serves_ranges(key).await?;
+                if !serves {
+                    tracing::warn!(
+                        "the storage answers range requests with the whole object: parts download their input instead of reading it by ranges"
+                    );
+                }
+                Ok::<_, crate::storage::StorageError>(serves)
+            })
+            .await;
+        match asked {
+            Ok(serves) => *serves,
+            Err(e) => {
+                tracing::debug!(error = %e, "could not ask the storage whether it serves ranges");
+                true
+            }
+        }
     }
 
     /// The input `key` (as `info` describes it) on this machine: kept from
