@@ -203,8 +203,8 @@ fn report(
             "part tasks",
             "1 worker",
             "overhead on 1 worker (against the whole file)",
-            "1 worker: the farm's own steps (whole: fetch, probe, verify, upload; segmented: split, between parts, finish)",
-            "1 worker: pipelines (whole: its pipeline; segmented: the part tasks' pipelines)",
+            "1 worker: the farm's own steps (whole: fetch, verify, upload; segmented: split, between parts, finish)",
+            "1 worker: pipelines (whole: its pipeline, the probe included; segmented: the part tasks' pipelines)",
             "2 workers",
             "speed-up (whole on 1 / segmented on 2)",
             "tasks per worker on 2 (last run)",
@@ -243,7 +243,9 @@ fn report(
     let fitted = match line {
         Some((fixed, per_part)) => format!(
             "A least-squares line through the {} one-worker runs' overhead (seconds) against \
-             their part tasks: **{:.3} s a part** and {:.2} s a job whatever its number of parts.",
+             their part tasks: {:.3} s a part and {:.2} s a job whatever its number of parts \
+             (every cause together, decoding before cuts off key frames and the runs' spread \
+             included).",
             points.len(),
             per_part,
             fixed
