@@ -375,6 +375,74 @@ async fn listening(worker: &WorkerProc) {
     .await;
 }
 
+/// A job run by two workers: a 20 s input with audio in segments of 4 s,
+/// each part slowed to 2 s, so the worker that split the job starts its
+/// first part before the other starts its second.
+struct TwoWorkers {
+    id: String,
+    input: PathBuf,
+    workers: Vec<WorkerProc>,
+    events: Vec<transcode_worker::job::Progress>,
+}
+
+impl TwoWorkers {
+    /// Two workers (JSON logs, blocks of 64 KiB, and `extra` settings) run
+    /// job `id` on `farm` (made with [`SLOW_ALLOWED`]): it completes, and
+    /// both workers encode segments.
+    async fn run(farm: &Farm, id: &str, extra: &[(&str, &str)]) -> TwoWorkers {
+        let input = fixtures::h264_mp4_key_every_second(20, true);
+        farm.put_input("in/long.mp4", &input).await;
+        let mut watch = farm.watch_progress().await;
+        let mut settings = vec![
+            ("LOG_FORMAT", "json"),
+            ("TRANSCODE_SEGMENTS__RANGE_BLOCK_KIB", "64"),
+        ];
+        settings.extend_from_slice(extra);
+        let workers = vec![farm.spawn_worker(&settings), farm.spawn_worker(&settings)];
+        for worker in &workers {
+            listening(worker).await;
+        }
+        farm.publish_job(json!({"job_id": id, "input_key": "in/long.mp4",
+            "output_key": "out/long.mp4", "transcode_options": slow(20), "segment_seconds": 4}))
+            .await;
+        let last = watch.until_final(id, JOB_TIMEOUT).await;
+        let logs = format!("{}\n{}", workers[0].logs(), workers[1].logs());
+        assert_eq!(last.state, Phase::Completed, "{last:#?}\n{logs}");
+        let events = watch.of(id);
+        let by_segment = encoders(&events);
+        let names: std::collections::BTreeSet<&String> =
+            by_segment.values().flatten().map(|(w, _)| w).collect();
+        assert_eq!(names.len(), 2, "both workers encode: {by_segment:?}");
+        TwoWorkers {
+            id: id.to_string(),
+            input,
+            workers,
+            events,
+        }
+    }
+
+    /// The worker that split the job, and the other.
+    fn splitter_and_other(&self) -> (&WorkerProc, &WorkerProc) {
+        match self.workers[0].logs().contains("split the job") {
+            true => (&self.workers[0], &self.workers[1]),
+            false => (&self.workers[1], &self.workers[0]),
+        }
+    }
+
+    /// The output is joined like the input, nothing of the job is left
+    /// and every message was acked.
+    async fn assert_joined_and_gone(self, farm: &Farm) {
+        let starts: Vec<f64> = segment_starts(&[&self.workers[0], &self.workers[1]])
+            .values()
+            .copied()
+            .collect();
+        let output = farm.get_output("out/long.mp4").await.expect("the output");
+        assert_joined_like_the_input(&self.input, &output, &starts);
+        assert_nothing_left(farm, &[self.id.as_str()]).await;
+        farm.assert_all_acked(self.workers).await;
+    }
+}
+
 /// Two workers reading by ranges, a 20 s input with audio in segments of
 /// 4 s (each part slowed to 2 s, so the worker that split the job starts
 /// its first part before the other starts its second): both encode
@@ -386,41 +454,22 @@ async fn listening(worker: &WorkerProc) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_reading_by_ranges_encode_a_job_and_the_other_fetches_part_of_the_input() {
     let farm = Farm::s3(&[SLOW_ALLOWED]).await;
-    let input = fixtures::h264_mp4_key_every_second(20, true);
-    let size = std::fs::metadata(&input).expect("the fixture").len();
-    farm.put_input("in/long.mp4", &input).await;
-    let mut watch = farm.watch_progress().await;
-    let settings = [
-        ("LOG_FORMAT", "json"),
-        ("TRANSCODE_SEGMENTS__RANGE_BLOCK_KIB", "64"),
-        ("TRANSCODE_SEGMENTS__RANGE_READ_AHEAD", "2"),
-    ];
-    let workers = vec![farm.spawn_worker(&settings), farm.spawn_worker(&settings)];
-    for worker in &workers {
-        listening(worker).await;
-    }
-    farm.publish_job(json!({"job_id": "ranges", "input_key": "in/long.mp4",
-        "output_key": "out/long.mp4", "transcode_options": slow(20), "segment_seconds": 4}))
-        .await;
-    let last = watch.until_final("ranges", JOB_TIMEOUT).await;
+    let run = TwoWorkers::run(
+        &farm,
+        "ranges",
+        &[("TRANSCODE_SEGMENTS__RANGE_READ_AHEAD", "2")],
+    )
+    .await;
+    let (workers, input) = (&run.workers, &run.input);
+    let size = std::fs::metadata(input).expect("the fixture").len();
     let logs = || format!("{}\n{}", workers[0].logs(), workers[1].logs());
-    assert_eq!(last.state, Phase::Completed, "{last:#?}\n{}", logs());
-
-    let events = watch.of("ranges");
-    assert_progress_never_goes_back(&events);
-    let by_segment = encoders(&events);
-    assert_eq!(by_segment.len(), 5, "20 s in segments of 4 s");
-    let names: std::collections::BTreeSet<&String> =
-        by_segment.values().flatten().map(|(w, _)| w).collect();
-    assert_eq!(names.len(), 2, "both workers encode: {by_segment:?}");
+    assert_progress_never_goes_back(&run.events);
+    assert_eq!(encoders(&run.events).len(), 5, "20 s in segments of 4 s");
 
     // The splitter downloaded the input to scan it, used that copy, and
     // encoded the audio part; the other read only what its segments
     // needed, and never downloaded it.
-    let (splitter, other) = match workers[0].logs().contains("split the job") {
-        true => (&workers[0], &workers[1]),
-        false => (&workers[1], &workers[0]),
-    };
+    let (splitter, other) = run.splitter_and_other();
     assert_eq!(
         splitter.logs().matches("\"fetching the input\"").count(),
         1,
@@ -453,15 +502,7 @@ async fn two_workers_reading_by_ranges_encode_a_job_and_the_other_fetches_part_o
         "the other worker fetched {ahead} of its {fetched} bytes ahead\n{}",
         other.logs()
     );
-
-    let starts: Vec<f64> = segment_starts(&[&workers[0], &workers[1]])
-        .values()
-        .copied()
-        .collect();
-    let output = farm.get_output("out/long.mp4").await.expect("the output");
-    assert_joined_like_the_input(&input, &output, &starts);
-    assert_nothing_left(&farm, &["ranges"]).await;
-    farm.assert_all_acked(workers).await;
+    run.assert_joined_and_gone(&farm).await;
 }
 
 /// On storage that answers range requests with the whole object (a proxy
@@ -473,32 +514,8 @@ async fn two_workers_reading_by_ranges_encode_a_job_and_the_other_fetches_part_o
 async fn on_storage_that_ignores_ranges_the_parts_download_the_input_instead() {
     let s3 = S3Server::start_ignoring_ranges();
     let farm = Farm::s3_on(Rabbit::Shared(shared_rabbit()), &s3, &[SLOW_ALLOWED]).await;
-    let input = fixtures::h264_mp4_key_every_second(20, true);
-    farm.put_input("in/long.mp4", &input).await;
-    let mut watch = farm.watch_progress().await;
-    let settings = [
-        ("LOG_FORMAT", "json"),
-        ("TRANSCODE_SEGMENTS__RANGE_BLOCK_KIB", "64"),
-    ];
-    let workers = vec![farm.spawn_worker(&settings), farm.spawn_worker(&settings)];
-    for worker in &workers {
-        listening(worker).await;
-    }
-    farm.publish_job(json!({"job_id": "no-ranges", "input_key": "in/long.mp4",
-        "output_key": "out/long.mp4", "transcode_options": slow(20), "segment_seconds": 4}))
-        .await;
-    let last = watch.until_final("no-ranges", JOB_TIMEOUT).await;
-    let logs = || format!("{}\n{}", workers[0].logs(), workers[1].logs());
-    assert_eq!(last.state, Phase::Completed, "{last:#?}\n{}", logs());
-    let by_segment = encoders(&watch.of("no-ranges"));
-    let names: std::collections::BTreeSet<&String> =
-        by_segment.values().flatten().map(|(w, _)| w).collect();
-    assert_eq!(names.len(), 2, "both workers encode: {by_segment:?}");
-
-    let other = match workers[0].logs().contains("split the job") {
-        true => &workers[1],
-        false => &workers[0],
-    };
+    let run = TwoWorkers::run(&farm, "no-ranges", &[]).await;
+    let (_, other) = run.splitter_and_other();
     let told = json_lines(
         other,
         "the storage answers range requests with the whole object: parts download their input instead of reading it by ranges",
@@ -511,15 +528,7 @@ async fn on_storage_that_ignores_ranges_the_parts_download_the_input_instead() {
         "downloaded once, for all its parts\n{}",
         other.logs()
     );
-
-    let starts: Vec<f64> = segment_starts(&[&workers[0], &workers[1]])
-        .values()
-        .copied()
-        .collect();
-    let output = farm.get_output("out/long.mp4").await.expect("the output");
-    assert_joined_like_the_input(&input, &output, &starts);
-    assert_nothing_left(&farm, &["no-ranges"]).await;
-    farm.assert_all_acked(workers).await;
+    run.assert_joined_and_gone(&farm).await;
 }
 
 /// The worker that split a job is busy with another job, and the two
