@@ -154,6 +154,27 @@ pub(crate) async fn assert_nothing_left(farm: &Farm, jobs: &[&str]) {
     }
 }
 
+/// Each join of the workers' (JSON) logs: the parts it fetched, and the
+/// most it fetched at once (its `fetched the parts to join` line).
+fn joined_parts(workers: &[WorkerProc]) -> Vec<(u64, u64)> {
+    workers
+        .iter()
+        .flat_map(|w| {
+            w.logs()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|v| v["message"] == "fetched the parts to join")
+                .map(|v| {
+                    (
+                        v["parts"].as_u64().expect("parts"),
+                        v["at_once"].as_u64().expect("at_once"),
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 /// The start (in seconds of the input) of each video segment, as the
 /// workers logged each one they stored (`part stored`, JSON logs).
 pub(crate) fn segment_starts(workers: &[&WorkerProc]) -> BTreeMap<String, f64> {
@@ -504,6 +525,12 @@ async fn two_workers_encode_the_segments_of_one_job_joined_frame_for_frame() {
         let fetches = worker.logs().matches("\"fetching the input\"").count();
         assert_eq!(fetches, 1, "{}", worker.logs());
     }
+
+    // The worker that joined fetched the five segments and the audio part
+    // four at a time (`storage.download_concurrency`, by default).
+    let fetched = joined_parts(&workers);
+    assert_eq!(fetched.len(), 1, "one join\n{}", logs());
+    assert_eq!((fetched[0].0, fetched[0].1), (6, 4), "{}", logs());
 
     let starts = segment_starts(&[&workers[0], &workers[1]]);
     assert_eq!(starts.len(), segments as usize, "{starts:?}");
@@ -927,14 +954,18 @@ async fn a_segmented_encode_is_as_good_as_a_whole_file_encode() {
 
 /// The other containers the worker writes: QuickTime (H.264 + AAC) and
 /// WebM (VP8 + Opus), each in segments of 3 s and checked frame by frame
-/// against the input like the MP4 and Matroska outputs above.
+/// against the input like the MP4 and Matroska outputs above; each join
+/// fetches its parts `storage.download_concurrency` (here 2) at a time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mov_and_webm_outputs_are_joined_frame_for_frame() {
     let farm = Farm::s3(&[]).await;
     let input = fixtures::h264_mp4(8);
     farm.put_input("in/c.mp4", &input).await;
     let mut watch = farm.watch_progress().await;
-    let worker = farm.spawn_worker(&[("LOG_FORMAT", "json")]);
+    let worker = farm.spawn_worker(&[
+        ("LOG_FORMAT", "json"),
+        ("TRANSCODE_STORAGE__DOWNLOAD_CONCURRENCY", "2"),
+    ]);
     let jobs = [
         ("c-mov", "out/c.mov", FAST),
         (
@@ -965,8 +996,12 @@ async fn mov_and_webm_outputs_are_joined_frame_for_frame() {
         let output = farm.get_output(key).await.expect("the output");
         assert_joined_like_the_input(&input, &output, &starts[starts.len() - 3..]);
     }
+    // Each join fetched its three segments and the audio part two at a
+    // time, as the worker's `storage.download_concurrency` says.
+    let workers = vec![worker];
+    assert_eq!(joined_parts(&workers), [(4, 2), (4, 2)]);
     assert_nothing_left(&farm, &["c-mov", "c-webm"]).await;
-    farm.assert_all_acked(vec![worker]).await;
+    farm.assert_all_acked(workers).await;
 }
 
 /// Publishes `job`, waits for it to complete, and checks that no event of

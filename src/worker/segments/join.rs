@@ -1,6 +1,10 @@
 //! Joining the stored parts of a segmented job into its output, without
-//! encoding: the parts fetched one by one, joined in the pipeline process,
-//! checked against the plan.
+//! encoding: the parts fetched several at a time, joined in the pipeline
+//! process, checked against the plan.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use futures_util::{StreamExt, TryStreamExt};
 
 use super::*;
 
@@ -60,21 +64,11 @@ impl Worker {
             self.settings.worker.min_free_space_mb,
         )?;
         let folder = self.scratch.attempt_folder()?;
-        let mut video = Vec::new();
-        let mut audio = None;
-        for (part, done) in records {
-            let path = self
-                .fetch_part(
-                    &objects.part_key(plan, part),
-                    folder.path().join(part.name()),
-                )
-                .await?;
-            let file = PartFile {
-                path,
-                first_ns: done.first_ns,
-                frames: done.frames,
-                end_ns: done.end_ns,
-            };
+        let files = self
+            .fetch_parts(plan, &objects, records, folder.path())
+            .await?;
+        let (mut video, mut audio) = (Vec::new(), None);
+        for (part, file) in files {
             match part {
                 Part::Video(_) => video.push(file),
                 Part::Audio => audio = Some(file),
@@ -136,6 +130,57 @@ impl Worker {
                 made: Some(made),
             }],
         })
+    }
+
+    /// Makes the stored parts of `plan` (each with its done record) local
+    /// files in `folder`, in their order, `storage.download_concurrency`
+    /// of them at a time: the join waits for all of them, and on storage
+    /// far away each part one after another would be a round trip and a
+    /// single request's speed.
+    async fn fetch_parts(
+        &self,
+        plan: &SegmentPlan,
+        objects: &Objects<'_>,
+        records: Vec<(Part, Done)>,
+        folder: &std::path::Path,
+    ) -> Result<Vec<(Part, PartFile)>, JobError> {
+        let started = std::time::Instant::now();
+        let (count, bytes) = (
+            records.len(),
+            records.iter().map(|(_, d)| d.size).sum::<u64>(),
+        );
+        let (in_flight, at_once) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        let fetch = |(part, done): (Part, Done)| {
+            let (in_flight, at_once) = (&in_flight, &at_once);
+            async move {
+                let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                at_once.fetch_max(now, Ordering::SeqCst);
+                let path = self
+                    .fetch_part(&objects.part_key(plan, part), folder.join(part.name()))
+                    .await;
+                in_flight.fetch_sub(1, Ordering::SeqCst);
+                let file = PartFile {
+                    path: path?,
+                    first_ns: done.first_ns,
+                    frames: done.frames,
+                    end_ns: done.end_ns,
+                };
+                Ok::<_, JobError>((part, file))
+            }
+        };
+        let files = futures_util::stream::iter(records)
+            .map(fetch)
+            .buffered(self.settings.storage.download_concurrency.max(1))
+            .try_collect::<Vec<_>>()
+            .await?;
+        tracing::info!(
+            parts = count,
+            bytes,
+            at_once = at_once.load(Ordering::SeqCst),
+            ms = started.elapsed().as_millis() as u64,
+            "fetched the parts to join"
+        );
+        Ok(files)
     }
 
     /// Makes the stored part `key` a local file, in `folder` (made here).
