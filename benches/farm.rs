@@ -11,7 +11,8 @@
 //! (farm/renditions.rs: a ladder from one decode against separate jobs),
 //! segmented jobs (farm/segments.rs: one input on one and two workers;
 //! farm/lengths.rs: what the segment length costs),
-//! a part reading by ranges from storage far away (farm/far.rs),
+//! a part reading by ranges from storage far away (farm/far.rs), the
+//! join fetching a segmented job's parts (farm/joins.rs),
 //! progress marks (farm/marks.rs: a segmented job's events in order),
 //! history (the dashboard and `status` with a large history; also on
 //! Garage), the one-core, Garage and 1080p overhead runs.
@@ -29,6 +30,8 @@ mod common;
 mod far;
 #[path = "support/garage.rs"]
 mod garage;
+#[path = "farm/joins.rs"]
+mod joins;
 #[path = "farm/lengths.rs"]
 mod lengths;
 #[path = "farm/marks.rs"]
@@ -62,7 +65,7 @@ const CHEAP_VIDEO: &str =
 const JOB_TIMEOUT: Duration = Duration::from_secs(900);
 
 /// The sections of a run, in the order they run.
-const SECTIONS: [&str; 16] = [
+const SECTIONS: [&str; 17] = [
     "overhead",
     "perjob",
     "memory",
@@ -73,6 +76,7 @@ const SECTIONS: [&str; 16] = [
     "segments",
     "lengths",
     "far",
+    "joins",
     "marks",
     "history",
     "history-garage",
@@ -249,7 +253,7 @@ fn main() {
         )
     };
     let ts = &test_server;
-    let sections: [(&str, &dyn Fn() -> String); 16] = [
+    let sections: [(&str, &dyn Fn() -> String); 17] = [
         ("overhead", &|| {
             rt.block_on(overhead(&opts, Overhead::Main, ts, "1a", ""))
         }),
@@ -265,6 +269,7 @@ fn main() {
         ("segments", &|| rt.block_on(segments::segments(&opts))),
         ("lengths", &|| rt.block_on(lengths::lengths(&opts))),
         ("far", &|| rt.block_on(far::far(&opts))),
+        ("joins", &|| rt.block_on(joins::joins(&opts))),
         ("marks", &|| rt.block_on(marks::marks(&opts))),
         ("history", &|| rt.block_on(history(&opts, ts))),
         ("history-garage", &|| match &garage_target {
