@@ -287,7 +287,8 @@ pub struct StorageSettings {
     pub retry_for: Duration,
     /// Multipart upload parts in flight.
     pub upload_concurrency: usize,
-    /// Parts of a download (byte ranges) in flight.
+    /// Parts of a download (byte ranges) in flight; also the parts of a
+    /// segmented job its join fetches at a time.
     pub download_concurrency: usize,
     /// Prefixes `input_key` must start with; empty for any.
     pub allowed_input_prefixes: Vec<String>,
