@@ -109,6 +109,27 @@ async fn encode(
     }
 }
 
+/// A farm on an S3 test server that answers every `GetObject` after
+/// `delay_ms` plus its length at `mib_per_second` (0 and 0: at once),
+/// with `input` stored under `key`; and the server, which serves it as
+/// long as it lives.
+pub(crate) async fn far_farm(
+    input: &Path,
+    key: &str,
+    delay_ms: u64,
+    mib_per_second: f64,
+) -> (S3Server, Farm) {
+    let server = S3Server::start_far_away(delay_ms, mib_per_second);
+    let farm = Farm::s3_on(
+        Rabbit::Shared(common::services::shared_rabbit()),
+        &server,
+        &[],
+    )
+    .await;
+    farm.put_input(key, input).await;
+    (server, farm)
+}
+
 /// The input `input` on storage that answers every `GetObject` after
 /// [`DELAY_MS`] plus its length at `mib_per_second`, read by ranges in
 /// blocks of [`BLOCK`] into `dir` (nothing fetched ahead); and the server,
@@ -119,14 +140,7 @@ async fn far_away(
     mib_per_second: f64,
     dir: &Path,
 ) -> (Ranged, S3Server, transcode_worker::config::Settings) {
-    let server = S3Server::start_far_away(delay_ms, mib_per_second);
-    let farm = Farm::s3_on(
-        Rabbit::Shared(common::services::shared_rabbit()),
-        &server,
-        &[],
-    )
-    .await;
-    farm.put_input("in/far.mov", input).await;
+    let (server, farm) = far_farm(input, "in/far.mov", delay_ms, mib_per_second).await;
     let storage = Storage::from_settings(&farm.settings.storage).expect("the storage");
     let info = storage
         .head("in/far.mov")

@@ -13,6 +13,7 @@
 //! output's verification and upload) comes from section 7's timelines.
 //! The two settings take turns going first from run to run.
 
+use super::far::far_farm;
 use super::segments::{job, mpeg2_720p, Timeline};
 use super::*;
 
@@ -82,14 +83,7 @@ pub(crate) async fn joins(opts: &Opts) -> String {
         } else {
             format!("{delay_ms} ms + {mib_per_second} MiB/s")
         };
-        let server = S3Server::start_far_away(delay_ms, mib_per_second);
-        let farm = Farm::s3_on(
-            Rabbit::Shared(common::services::shared_rabbit()),
-            &server,
-            &[],
-        )
-        .await;
-        farm.put_input("in/join.mov", &input).await;
+        let (_server, farm) = far_farm(&input, "in/join.mov", delay_ms, mib_per_second).await;
         let mut got: BTreeMap<usize, Vec<Fetched>> = BTreeMap::new();
         for run in 0..opts.runs {
             let mut order = WAYS.to_vec();
