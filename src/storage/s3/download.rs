@@ -49,11 +49,11 @@ impl Download<'_> {
 
     /// Fetches every part into the file (made, or cut, to the object's size).
     pub(super) async fn run(&self) -> Result<(), StorageError> {
-        let (_, transfer, inner) = self.store.route(self.key);
-        let url = transfer
-            .presign_get(inner, PRESIGNED_FOR_SECS, None)
-            .await
-            .map_err(|e| self.store.error(self.key, e))?;
+        let Some(url) = self.store.presign_get(self.key, PRESIGNED_FOR_SECS).await? else {
+            return Err(StorageError::Unsupported(
+                "anonymous credentials cannot presign the ranges' URL".into(),
+            ));
+        };
         let size = self.info.size;
         let file = tokio::fs::File::create(self.dest)
             .await
@@ -147,44 +147,5 @@ impl Download<'_> {
             return Err(unavailable(format!("cut short: {got} of {len} bytes")));
         }
         Ok(())
-    }
-}
-
-impl S3Store {
-    /// Whether the server answers a range request for `key` with the
-    /// range (HTTP 206) rather than the whole object (a server or proxy
-    /// that drops `Range`): one request for the object's first byte, whose
-    /// answer is not read when it is the whole object. `true` when this
-    /// store cannot presign (nothing of it is read by ranges then).
-    pub(in crate::storage) async fn serves_ranges(&self, key: &str) -> Result<bool, StorageError> {
-        let Some(http) = &self.uploads else {
-            return Ok(true);
-        };
-        let (_, transfer, inner) = self.route(key);
-        let url = transfer
-            .presign_get(inner, 600, None)
-            .await
-            .map_err(|e| self.error(key, e))?;
-        let response = http
-            .get(url)
-            .header(RANGE, "bytes=0-0")
-            .send()
-            .await
-            .map_err(|e| {
-                StorageError::Unavailable(format!(
-                    "{}: {key:?}: {}",
-                    self.describe(),
-                    with_causes(&e.without_url())
-                ))
-            })?;
-        let status = response.status().as_u16();
-        match answer(status, None, None) {
-            RangeAnswer::Range => Ok(true),
-            RangeAnswer::Whole => Ok(false),
-            _ => {
-                let body = response.text().await.unwrap_or_default();
-                Err(self.error(key, S3Error::HttpFailWithBody(status, body)))
-            }
-        }
     }
 }

@@ -1,8 +1,11 @@
 //! Presigned GET URLs, for the pipeline process to read an input by byte
 //! ranges without the worker's credentials (see
-//! [`crate::pipeline::Ranged`]).
+//! [`crate::pipeline::Ranged`]), and whether the server answers ranges.
+
+use reqwest::header::RANGE;
 
 use super::*;
+use crate::byte_range::{answer, RangeAnswer};
 
 impl S3Store {
     /// Whether it can presign URLs (not with anonymous credentials).
@@ -26,5 +29,38 @@ impl S3Store {
             .await
             .map(Some)
             .map_err(|e| self.error(key, e))
+    }
+
+    /// Whether the server answers a range request for `key` with the
+    /// range (HTTP 206) rather than the whole object (a server or proxy
+    /// that drops `Range`): one request, by a presigned URL, for the
+    /// object's first byte, whose answer is not read when it is the whole
+    /// object. `true` when this store cannot presign (nothing of it is
+    /// read by ranges then).
+    pub(in crate::storage) async fn serves_ranges(&self, key: &str) -> Result<bool, StorageError> {
+        let (Some(http), Some(url)) = (&self.uploads, self.presign_get(key, 600).await?) else {
+            return Ok(true);
+        };
+        let response = http
+            .get(url)
+            .header(RANGE, "bytes=0-0")
+            .send()
+            .await
+            .map_err(|e| {
+                StorageError::Unavailable(format!(
+                    "{}: {key:?}: {}",
+                    self.describe(),
+                    with_causes(&e.without_url())
+                ))
+            })?;
+        let status = response.status().as_u16();
+        match answer(status, None, None) {
+            RangeAnswer::Range => Ok(true),
+            RangeAnswer::Whole => Ok(false),
+            _ => {
+                let body = response.text().await.unwrap_or_default();
+                Err(self.error(key, S3Error::HttpFailWithBody(status, body)))
+            }
+        }
     }
 }

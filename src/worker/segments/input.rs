@@ -20,7 +20,11 @@ impl Worker {
         info: &ObjectInfo,
         reporter: &Reporter,
     ) -> Result<(PartInput, LocalInput), JobError> {
-        if self.reads_by_ranges() && self.storage_serves_ranges(key).await {
+        // A worker that holds the input (the splitter's copy, or blocks
+        // of an earlier part) needs no answer from the storage.
+        let by_ranges = self.reads_by_ranges()
+            && (self.inputs.holds(key, info) || self.storage_serves_ranges(key).await);
+        if by_ranges {
             let w = &self.settings.worker;
             let held = self
                 .inputs
